@@ -1,0 +1,323 @@
+"""Streamed Hugging Face checkpoint I/O: one tensor in memory at a time.
+
+The original pipeline loaded whole 7B models to merge them (~49 GB peak, OOM-killed) and
+dropped the tokenizer on the way. Here a reader hands out single tensors from single-file
+or sharded safetensors checkpoints, a writer flushes shards at a size limit with an index,
+and the side files (config, generation config, tokenizer) are copied and verified by hash.
+
+Tensors are read with ``pread`` where the installed safetensors supports it, so pages of
+already-processed tensors do not stay mapped (and counted in RSS) for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from engine.workspace import atomic_write_json, ensure_dir, fsync_dir, sha256_file
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# Files a checkpoint needs besides its weights; copied byte for byte when present.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+REQUIRED_SIDE_FILES = ("config.json",)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_CODES = {v: k for k, v in _DTYPES.items()}
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _open(path: Path):
+    """safe_open with the pread backend when this safetensors has it (no lingering mmap)."""
+    try:
+        return safe_open(str(path), framework="pt", device="cpu", backend="pread")
+    except TypeError:
+        return safe_open(str(path), framework="pt", device="cpu")
+
+
+class CheckpointReader:
+    """Names, shapes and dtypes of a checkpoint's tensors; one tensor loaded per ``get``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        index = self.root / INDEX_FILE
+        single = self.root / SINGLE_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"{index}: not a safetensors index (need a 'weight_map'): {exc}") from None
+            self._where = {name: self.root / shard for name, shard in weight_map.items()}
+            missing = sorted({str(p) for p in self._where.values() if not p.is_file()})
+            if missing:
+                raise ValueError(f"{index}: shards missing: {', '.join(missing)}")
+        elif single.is_file():
+            self._where = {}
+            with _open(single) as fh:
+                self._where = dict.fromkeys(fh.keys(), single)
+        else:
+            raise ValueError(f"{self.root}: no {SINGLE_FILE} or {INDEX_FILE} (not a safetensors checkpoint)")
+        self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for shard in sorted(set(self._where.values())):
+            with _open(shard) as fh:
+                for name in fh.keys():
+                    sl = fh.get_slice(name)
+                    self._meta[name] = (sl.get_dtype(), tuple(sl.get_shape()))
+        absent = sorted(n for n in self._where if n not in self._meta)
+        if absent:
+            raise ValueError(f"{self.root}: index names tensors absent from their shard: {', '.join(absent[:10])}")
+        self._config: dict[str, Any] | None = None
+
+    def names(self) -> list[str]:
+        """Tensor names in file order of the index (stable, deterministic)."""
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[self._check(name)][1]
+
+    def dtype(self, name: str) -> torch.dtype:
+        code = self._meta[self._check(name)][0]
+        if code not in _DTYPES:
+            raise ValueError(f"{self._where[name]}: tensor {name} has unsupported dtype {code}")
+        return _DTYPES[code]
+
+    def nbytes(self, name: str) -> int:
+        n = 1
+        for d in self.shape(name):
+            n *= d
+        return n * self.dtype(name).itemsize
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(n) for n in self._where)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Load one tensor (its own memory, nothing else of the shard stays resident)."""
+        with _open(self._where[self._check(name)]) as fh:
+            return fh.get_tensor(name)
+
+    def iter_shard_order(self) -> Iterator[str]:
+        """Names grouped by shard, so consecutive reads touch one file."""
+        by_shard: dict[Path, list[str]] = {}
+        for name, shard in self._where.items():
+            by_shard.setdefault(shard, []).append(name)
+        for shard in sorted(by_shard):
+            yield from by_shard[shard]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        if self._config is None:
+            path = self.root / "config.json"
+            if not path.is_file():
+                raise ValueError(f"{self.root}: no config.json")
+            self._config = json.loads(path.read_text())
+        return self._config
+
+    def _check(self, name: str) -> str:
+        if name not in self._where:
+            raise KeyError(f"{self.root}: no tensor named {name!r}")
+        return name
+
+
+def open_checkpoint(root: Path | str) -> CheckpointReader:
+    """Open a Hugging Face safetensors checkpoint directory (single file or sharded)."""
+    return CheckpointReader(Path(root))
+
+
+def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]) -> bytes:
+    """A safetensors header (8-byte little-endian length + JSON padded to 8 bytes)."""
+    obj: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    for name, dtype, shape, start, end in entries:
+        obj[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [start, end]}
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor without a copy (bf16 included)."""
+    flat = t.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+class ShardedWriter:
+    """Write tensors into safetensors shards of at most ``max_shard_bytes`` plus an index.
+
+    Tensors are buffered until the next one would overflow the shard, then the shard is
+    written to a temporary name and fsynced. ``close()`` renames the shards to their final
+    ``model-0000i-of-0000n.safetensors`` names (or ``model.safetensors`` when one shard)
+    and writes the index last, so a reader never sees a half-written checkpoint. Peak
+    memory is one shard plus the tensor being added.
+    """
+
+    def __init__(self, out_dir: Path | str, max_shard_bytes: int) -> None:
+        if max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
+        self.out_dir = ensure_dir(Path(out_dir))
+        self.max_shard_bytes = max_shard_bytes
+        self._buffer: list[tuple[str, torch.Tensor]] = []
+        self._buffered = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self._seen: set[str] = set()
+        self.total_bytes = 0
+        self._closed = False
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue one tensor (stored as given: cast before adding)."""
+        if self._closed:
+            raise RuntimeError(f"{self.out_dir}: writer already closed")
+        if name in self._seen:
+            raise ValueError(f"{self.out_dir}: tensor {name!r} written twice")
+        if tensor.dtype not in _CODES:
+            raise ValueError(f"{self.out_dir}: tensor {name!r} has unsupported dtype {tensor.dtype}")
+        self._seen.add(name)
+        t = tensor.detach().to("cpu").contiguous()
+        size = t.numel() * t.element_size()
+        if self._buffer and self._buffered + size > self.max_shard_bytes:
+            self._flush()
+        self._buffer.append((name, t))
+        self._buffered += size
+        self.total_bytes += size
+        if self._buffered >= self.max_shard_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        entries, offset = [], 0
+        for name, t in self._buffer:
+            size = t.numel() * t.element_size()
+            entries.append((name, t.dtype, tuple(t.shape), offset, offset + size))
+            offset += size
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".shard-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_header(entries))
+            for _, t in self._buffer:
+                fh.write(_tensor_bytes(t))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._shards.append((Path(tmp), [name for name, _ in self._buffer]))
+        self._buffer, self._buffered = [], 0
+
+    def close(self) -> list[Path]:
+        """Flush, name the shards, write the index; returns the weight files."""
+        if self._closed:
+            raise RuntimeError(f"{self.out_dir}: writer already closed")
+        if self._buffer or not self._shards:
+            self._flush()
+        self._closed = True
+        n = len(self._shards)
+        finals = (
+            [self.out_dir / SINGLE_FILE]
+            if n == 1
+            else [self.out_dir / f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        for (tmp, _), final in zip(self._shards, finals, strict=True):
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+        if n > 1:
+            weight_map = {name: final.name for (_, names), final in zip(self._shards, finals, strict=True) for name in names}
+            atomic_write_json(
+                self.out_dir / INDEX_FILE, {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            )
+        fsync_dir(self.out_dir)
+        return finals
+
+    def abort(self) -> None:
+        """Remove temporary shards after a failure."""
+        for tmp, _ in self._shards:
+            tmp.unlink(missing_ok=True)
+        self._buffer, self._shards, self._closed = [], [], True
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+
+def copy_side_files(src: Path | str, dst: Path | str) -> dict[str, str]:
+    """Copy config/generation/tokenizer files and verify them byte-identical by sha256.
+
+    Returns {file name: sha256}. A missing config.json is an error; tokenizer files are
+    copied when present (a checkpoint without them is allowed, but nothing is dropped).
+    """
+    src, dst = Path(src), ensure_dir(Path(dst))
+    for req in REQUIRED_SIDE_FILES:
+        if not (src / req).is_file():
+            raise ValueError(f"{src}: no {req}")
+    copied: dict[str, str] = {}
+    for name in SIDE_FILES:
+        s = src / name
+        if not s.is_file():
+            continue
+        d = dst / name
+        tmp = dst / f".{name}.tmp"
+        shutil.copyfile(s, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, d)
+        want, got = sha256_file(s), sha256_file(d)
+        if want != got:
+            raise OSError(f"{d}: copy differs from {s} (sha256 {got} != {want})")
+        copied[name] = want
+    fsync_dir(dst)
+    return copied
+
+
+def set_config_dtype(root: Path | str, dtype: torch.dtype) -> None:
+    """Record a changed storage dtype in config.json (only when the output dtype differs)."""
+    path = Path(root) / "config.json"
+    cfg = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    key = "dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"
+    cfg[key] = name
+    atomic_write_json(path, cfg)
+
+
+def resolve_dtype(name: str | None, source: torch.dtype) -> torch.dtype:
+    """The storage dtype: the source's unless a spec names float32/float16/bfloat16."""
+    if name is None:
+        return source
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype {name!r}: expected one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
