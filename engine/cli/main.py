@@ -11,10 +11,7 @@ import pkgutil
 import sys
 
 import engine.cli as cli_pkg
-
-
-class BadInput(Exception):
-    """A user error: printed as one line, exit code 2."""
+from engine.cli._common import BadInput
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,57 @@
+"""Helpers shared by CLI commands: finding the workspace, formatting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from engine.spec import PipelineSpec, SpecError, load_spec
+from engine.workspace import Workspace
+
+
+class BadInput(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def add_workspace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", "-w", type=Path, default=None,
+                   help="workspace directory (default: $PMAT_WORKSPACE or the current directory)")
+
+
+def workspace_of(args: argparse.Namespace, *, must_exist: bool = True) -> Workspace:
+    root = args.workspace or Path(os.environ.get("PMAT_WORKSPACE") or Path.cwd())
+    ws = Workspace(root)
+    if must_exist and not ws.spec_path.exists():
+        raise BadInput(f"{ws.spec_path}: no pipeline spec here (pmat init DIR, or --workspace DIR)")
+    return ws
+
+
+def spec_of(ws: Workspace) -> PipelineSpec:
+    try:
+        return load_spec(ws.spec_path)
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"

@@ -1,0 +1,271 @@
+"""The pipeline spec: one YAML file holds every model, dataset, stage and parameter.
+
+``load_spec(path)`` returns a validated ``PipelineSpec`` or raises ``SpecError``
+whose message is one line naming the file, the key path and what was expected.
+Stage parameters are validated against the stage module's own ``Params`` model,
+so a typo in a hyperparameter is caught before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
+GIB = 1 << 30
+
+
+class SpecError(ValueError):
+    """A spec problem, phrased as one line: FILE: KEY.PATH: what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(_Strict):
+    """A model by local path, or produced by a stage (``artifact: STAGE.NAME``)."""
+
+    path: str | None = None
+    artifact: str | None = None
+    description: str = ""
+
+
+class DatasetEntry(_Strict):
+    path: str | None = None
+    sha256: str | None = None
+    package: str | None = None
+    description: str = ""
+
+
+class WorkItem(_Strict):
+    title: str
+    depends_on: list[str] = Field(default_factory=list)
+    acceptance: list[str] = Field(default_factory=list)
+
+
+class StageEntry(_Strict):
+    kind: str
+    work_item: str | None = None
+    after: list[str] = Field(default_factory=list)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    memory_gb: float = Field(ge=0)
+    duration_h: float = Field(gt=0)
+    approval: Literal["required", "none"] = "none"
+    resume: bool = True
+    max_attempts: int = Field(default=3, ge=1)
+    device: str = "auto"
+    seed: int = 0
+
+
+class Criterion(_Strict):
+    """An acceptance criterion: an expression over results of named checkpoints."""
+
+    description: str = ""
+    work_item: str | None = None
+    checkpoint: str | None = None
+    checkpoints: dict[str, str] = Field(default_factory=dict)
+    expr: str
+    threshold: float | None = None
+
+    @field_validator("expr")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        try:
+            ast.parse(v, mode="eval")
+        except SyntaxError as exc:
+            raise ValueError(f"not a valid expression: {exc.msg}") from None
+        return v
+
+
+class Settings(_Strict):
+    memory_margin_gb: float = Field(default=2.0, ge=0)
+    memory_budget_gb: float | None = Field(default=None, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    cancel_grace_s: float = Field(default=10.0, ge=0)
+
+
+class PipelineSpec(_Strict):
+    name: str
+    description: str = ""
+    settings: Settings = Field(default_factory=Settings)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    datasets: dict[str, DatasetEntry] = Field(default_factory=dict)
+    work_items: dict[str, WorkItem] = Field(default_factory=dict)
+    stages: dict[str, StageEntry]
+    acceptance: dict[str, Criterion] = Field(default_factory=dict)
+
+    # -- derived ----------------------------------------------------------------
+    def deps(self, stage: str) -> list[str]:
+        """Stages that must finish before ``stage`` (explicit ``after`` + input producers)."""
+        entry = self.stages[stage]
+        out = list(entry.after)
+        for ref in entry.inputs.values():
+            src = self.ref_stage(ref)
+            if src and src not in out:
+                out.append(src)
+        return out
+
+    def ref_stage(self, ref: str) -> str | None:
+        """The stage producing a reference, following model aliases (None for paths)."""
+        m = REF_RE.match(ref)
+        if m is None:
+            return None
+        if m.group(1) == "model":
+            entry = self.models.get(m.group(2))
+            return self.ref_stage(entry.artifact) if entry and entry.artifact else None
+        if m.group(1) == "dataset":
+            return None
+        return m.group(3)
+
+    def stages_of(self, item: str) -> list[str]:
+        return [s for s, e in self.stages.items() if e.work_item == item]
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after",)) or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    got = err.get("input")
+    got_s = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"{err['msg']}{got_s}"
+
+
+def _check_refs(spec: PipelineSpec, where: str) -> None:
+    for name, st in spec.stages.items():
+        for dep in st.after:
+            if dep not in spec.stages:
+                raise SpecError(f"{where}: stages.{name}.after: unknown stage {dep!r}")
+        if st.work_item is not None and st.work_item not in spec.work_items:
+            raise SpecError(f"{where}: stages.{name}.work_item: unknown work item {st.work_item!r}")
+        for key, ref in st.inputs.items():
+            _check_ref(spec, ref, f"{where}: stages.{name}.inputs.{key}")
+    for name, entry in spec.models.items():
+        if (entry.path is None) == (entry.artifact is None):
+            raise SpecError(f"{where}: models.{name}: expected exactly one of 'path' or 'artifact'")
+        if entry.artifact:
+            _check_ref(spec, entry.artifact, f"{where}: models.{name}.artifact")
+    for name, item in spec.work_items.items():
+        for dep in item.depends_on:
+            if dep not in spec.work_items:
+                raise SpecError(f"{where}: work_items.{name}.depends_on: unknown work item {dep!r}")
+        for ac in item.acceptance:
+            if ac not in spec.acceptance:
+                raise SpecError(f"{where}: work_items.{name}.acceptance: unknown criterion {ac!r}")
+    for name, crit in spec.acceptance.items():
+        if (crit.checkpoint is None) == (not crit.checkpoints):
+            raise SpecError(f"{where}: acceptance.{name}: expected exactly one of 'checkpoint' or 'checkpoints'")
+        refs = {"checkpoint": crit.checkpoint} if crit.checkpoint else {f"checkpoints.{k}": v for k, v in crit.checkpoints.items()}
+        for key, ref in refs.items():
+            _check_ref(spec, ref, f"{where}: acceptance.{name}.{key}")
+
+
+def _check_ref(spec: PipelineSpec, ref: str, where: str) -> None:
+    m = REF_RE.match(ref)
+    if m is None:
+        raise SpecError(f"{where}: expected 'model:NAME', 'dataset:NAME' or 'STAGE.ARTIFACT' (got {ref!r})")
+    if m.group(1) == "model" and m.group(2) not in spec.models:
+        raise SpecError(f"{where}: unknown model {m.group(2)!r}")
+    if m.group(1) == "dataset" and m.group(2) not in spec.datasets:
+        raise SpecError(f"{where}: unknown dataset {m.group(2)!r}")
+    if m.group(3) is not None and m.group(3) not in spec.stages:
+        raise SpecError(f"{where}: unknown stage {m.group(3)!r}")
+
+
+def _find_cycle(nodes: list[str], deps: Any) -> list[str] | None:
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        color[n] = 1
+        stack.append(n)
+        for d in deps(n):
+            if color.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in color and (cyc := visit(d)):
+                return cyc
+        stack.pop()
+        color[n] = 2
+        return None
+
+    for n in nodes:
+        if n not in color and (cyc := visit(n)):
+            return cyc
+    return None
+
+
+def _check_cycles(spec: PipelineSpec, where: str) -> None:
+    cyc = _find_cycle(list(spec.stages), spec.deps)
+    if cyc:
+        raise SpecError(f"{where}: stages: dependency cycle {' -> '.join(cyc)}")
+    cyc = _find_cycle(list(spec.work_items), lambda n: spec.work_items[n].depends_on)
+    if cyc:
+        raise SpecError(f"{where}: work_items: dependency cycle {' -> '.join(cyc)}")
+
+
+def _check_stage_params(spec: PipelineSpec, where: str) -> None:
+    from engine.stages.base import load_stage
+
+    for name, st in spec.stages.items():
+        try:
+            module = load_stage(st.kind)
+        except ValueError as exc:
+            raise SpecError(f"{where}: stages.{name}.kind: {exc}") from None
+        try:
+            module.Params(**st.params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise SpecError(f"{where}: stages.{name}.params.{_key_path(err['loc'])}: {_describe(err)}") from None
+        expected = set(getattr(module, "INPUTS", {}))
+        given = set(st.inputs)
+        if given != expected:
+            missing, extra = sorted(expected - given), sorted(given - expected)
+            what = f"missing {missing}" if missing else f"unexpected {extra}"
+            raise SpecError(f"{where}: stages.{name}.inputs: {what} (stage kind {st.kind!r} takes {sorted(expected)})")
+
+
+def parse_spec(data: Any, where: str = "<spec>") -> PipelineSpec:
+    """Validate an already-loaded YAML document."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: (top level): expected a mapping of keys, got {type(data).__name__}")
+    try:
+        spec = PipelineSpec(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SpecError(f"{where}: {_key_path(err['loc'])}: {_describe(err)}") from None
+    _check_refs(spec, where)
+    _check_cycles(spec, where)
+    _check_stage_params(spec, where)
+    return spec
+
+
+def load_spec(path: Path | str) -> PipelineSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(data, str(path))
+
+
+def pipeline_path(name: str) -> Path:
+    """A pipeline shipped with pmat (``pmat`` or ``demo``)."""
+    return Path(__file__).parent / "pipelines" / f"{name}.yaml"

@@ -1,0 +1,271 @@
+"""Pipeline state as a fold over the supervisor's journal and the jobs' event logs.
+
+Nothing here is stored: ``PipelineState.refresh()`` reads whatever was appended
+since the last call (by byte offset) and folds it in. A fresh process rebuilds
+the same state from the same files, which is how the console, ``pmat status``
+and a restarted supervisor agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.events import EventReader
+from engine.workspace import Workspace
+
+PROGRESS_HISTORY = 512
+METRIC_HISTORY = 4096
+RATE_WINDOW_S = 900.0
+
+
+@dataclass
+class Attempt:
+    """One run of a stage: job id ``<stage>.<attempt>``."""
+
+    job_id: str
+    stage: str
+    attempt: int
+    launched_at: float | None = None
+    identity: dict[str, Any] | None = None
+    reservation: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: str | None = None  # ok | failed | cancelled | crashed
+    error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    done: float = 0
+    total: float | None = None
+    unit: str = "items"
+    progress: deque = field(default_factory=lambda: deque(maxlen=PROGRESS_HISTORY))
+    metrics: dict[str, deque] = field(default_factory=dict)
+    rss: int = 0
+    peak_rss: int = 0
+    gpu: int | None = None
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: int = 0
+    warnings: list[str] = field(default_factory=list)
+    last_event_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.launched_at is not None and self.outcome is None
+
+    def metric_series(self, name: str) -> list[tuple[int | None, float]]:
+        return [(s, v) for s, v, _ in self.metrics.get(name, ())]
+
+
+@dataclass
+class StageState:
+    name: str
+    attempts: list[Attempt] = field(default_factory=list)
+    requested: bool = False
+    waiting: str | None = None
+    cancel_requested: bool = False
+    retry_pending: bool = False  # a new attempt is queued after a finished one
+
+    @property
+    def latest(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def done(self) -> bool:
+        return self.latest is not None and self.latest.outcome == "ok"
+
+    @property
+    def status(self) -> str:
+        """pending | queued | running | done | failed | crashed | cancelled."""
+        a = self.latest
+        if a is None:
+            return "queued" if self.requested else "pending"
+        if a.outcome is None:
+            return "running" if a.launched_at is not None else "queued"
+        if self.retry_pending:
+            return "queued"
+        return {"ok": "done"}.get(a.outcome, a.outcome)
+
+    def rate_eta(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """Units per second and seconds to go, from the job's own event timestamps.
+
+        Progress of earlier attempts counts (a resumed stage continues its count),
+        so the rate is right the moment a console opens, also after a resume.
+        """
+        hist = [p for a in self.attempts[-2:] for p in a.progress]
+        a = self.latest
+        if a is None or len(hist) < 2 or a.total is None:
+            return None, None
+        end_ts, end_done = hist[-1]
+        start = next((p for p in hist if p[0] >= end_ts - RATE_WINDOW_S and p[1] <= end_done), hist[0])
+        dt, dd = end_ts - start[0], end_done - start[1]
+        if dt <= 0 or dd <= 0:
+            return None, None
+        rate = dd / dt
+        eta = max(0.0, (a.total - a.done) / rate)
+        if now is not None and a.outcome is None:
+            eta = max(0.0, eta - (now - end_ts))
+        return rate, eta
+
+    def rate_series(self, buckets: int = 24) -> list[float]:
+        """Rates between successive progress events, for a sparkline."""
+        hist = [p for a in self.attempts[-2:] for p in a.progress]
+        out = []
+        for (t0, d0), (t1, d1) in zip(hist, hist[1:], strict=False):
+            if t1 > t0 and d1 >= d0:
+                out.append((d1 - d0) / (t1 - t0))
+        return out[-buckets:]
+
+
+class PipelineState:
+    """Everything known about a workspace, rebuilt from its logs."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+        self.stages: dict[str, StageState] = {}
+        self.jobs: dict[str, Attempt] = {}
+        self.approvals: dict[str, dict[str, Any]] = {}
+        self.supervisor: dict[str, Any] | None = None
+        self.journal: deque = deque(maxlen=2000)
+        self.processed_commands: set[str] = set()
+        self._journal_reader = EventReader(workspace.journal_path)
+        self._job_readers: dict[str, EventReader] = {}
+        self._finished_logs: set[str] = set()
+
+    # -- access -----------------------------------------------------------------
+    def stage(self, name: str) -> StageState:
+        st = self.stages.get(name)
+        if st is None:
+            st = self.stages[name] = StageState(name)
+        return st
+
+    def attempt(self, job_id: str) -> Attempt:
+        a = self.jobs.get(job_id)
+        if a is None:
+            stage, _, n = job_id.rpartition(".")
+            a = Attempt(job_id, stage, int(n) if n.isdigit() else 0)
+            self.jobs[job_id] = a
+            st = self.stage(stage)
+            st.attempts.append(a)
+            st.attempts.sort(key=lambda x: x.attempt)
+        return a
+
+    def running(self) -> list[Attempt]:
+        return [a for a in self.jobs.values() if a.running]
+
+    # -- folding ----------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Fold in everything appended since the last call; True if anything changed."""
+        changed = False
+        for ev in self._journal_reader.poll():
+            self._apply_journal(ev)
+            changed = True
+        changed |= self._scan_job_logs()
+        return changed
+
+    def _scan_job_logs(self) -> bool:
+        changed = False
+        jobs_dir = self.ws.logs_dir / "jobs"
+        try:
+            entries = list(os.scandir(jobs_dir))
+        except FileNotFoundError:
+            return False
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(".jsonl") or name in self._finished_logs:
+                continue
+            job_id = name[: -len(".jsonl")]
+            reader = self._job_readers.get(job_id)
+            if reader is None:
+                reader = self._job_readers[job_id] = EventReader(jobs_dir / name)
+            events = reader.poll()
+            if events:
+                changed = True
+                a = self.attempt(job_id)
+                apply = self._apply_job
+                for ev in events:
+                    apply(a, ev)
+                if a.finished_at is not None:
+                    self._finished_logs.add(name)
+        return changed
+
+    def _apply_job(self, a: Attempt, ev: dict[str, Any]) -> None:
+        kind = ev.get("kind")
+        ts = ev.get("ts", 0.0)
+        a.last_event_at = ts
+        if kind == "progress":
+            a.done = ev.get("done", 0)
+            a.total = ev.get("total")
+            a.unit = ev.get("unit", a.unit)
+            a.progress.append((ts, a.done))
+        elif kind == "metric":
+            series = a.metrics.get(ev["name"])
+            if series is None:
+                series = a.metrics[ev["name"]] = deque(maxlen=METRIC_HISTORY)
+            series.append((ev.get("step"), ev.get("value"), ts))
+        elif kind == "resource":
+            a.rss = ev.get("rss", 0)
+            a.peak_rss = max(a.peak_rss, ev.get("peak_rss", 0))
+            a.gpu = ev.get("gpu")
+        elif kind == "job_started":
+            a.started_at = ts
+            a.params = ev.get("params", {})
+            a.identity = a.identity or {k: ev[k] for k in ("pid", "start_ticks", "boot_id") if k in ev}
+            a.launched_at = a.launched_at or ts
+        elif kind == "job_finished":
+            a.finished_at = ts
+            a.outcome = ev.get("outcome")
+            a.error = ev.get("error")
+            a.peak_rss = max(a.peak_rss, ev.get("peak_rss") or 0)
+        elif kind == "artifact":
+            a.artifacts[ev["name"]] = {"path": ev.get("path"), "sha256": ev.get("sha256"), "bytes": ev.get("bytes")}
+        elif kind == "checkpoint":
+            a.checkpoints += 1
+        elif kind == "warning":
+            if ev.get("message") != "traceback":
+                a.warnings.append(ev.get("message", ""))
+
+    def _apply_journal(self, ev: dict[str, Any]) -> None:
+        self.journal.append(ev)
+        kind = ev.get("kind")
+        if kind == "supervisor_started":
+            self.supervisor = ev
+        elif kind == "queued":
+            st = self.stage(ev["stage"])
+            st.requested = True
+            st.cancel_requested = False
+            st.retry_pending = st.latest is not None and st.latest.outcome not in (None, "ok")
+        elif kind == "waiting":
+            self.stage(ev["stage"]).waiting = ev.get("reason")
+        elif kind == "launched":
+            a = self.attempt(ev["job_id"])
+            a.launched_at = ev["ts"]
+            a.identity = ev.get("identity")
+            a.reservation = ev.get("reservation", 0)
+            st = self.stage(a.stage)
+            st.waiting = None
+            st.retry_pending = False
+        elif kind == "crashed":
+            a = self.attempt(ev["job_id"])
+            if a.outcome is None:
+                a.outcome = "crashed"
+                a.error = ev.get("reason")
+                a.finished_at = ev["ts"]
+        elif kind == "approval_granted":
+            self.approvals[ev["target"]] = ev
+        elif kind == "approval_revoked":
+            self.approvals.pop(ev["target"], None)
+        elif kind == "cancel_requested":
+            self.stage(ev["stage"]).cancel_requested = True
+        elif kind in ("command_received", "command_rejected"):
+            if ev.get("id"):
+                self.processed_commands.add(ev["id"])
+        elif kind == "unrequested":
+            self.stage(ev["stage"]).requested = False
+
+
+def load_state(workspace: Workspace) -> PipelineState:
+    st = PipelineState(workspace)
+    st.refresh()
+    return st
+
