@@ -1,0 +1,10 @@
+"""GGML quantization kernels: Q8_0, Q5_0 (fallback), Q4_K, Q6_K.
+
+Three paths producing identical bytes: ``reference`` (a clear port of llama.cpp's reference
+quantizers), ``vectorized`` (torch, CPU or GPU) and ``triton`` (the GPU kernel for the
+scale searches). Use :func:`quantize` / :func:`dequantize`.
+"""
+
+from kernels.quant.formats import BLOCK, QK_K, QType, parse_qtype, row_bytes
+
+__all__ = ["BLOCK", "QK_K", "QType", "parse_qtype", "row_bytes"]
