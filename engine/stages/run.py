@@ -79,7 +79,7 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
         "job_started",
         job_id=job.job_id,
         stage=job.stage,
-        kind=job.kind,
+        stage_kind=job.kind,
         attempt=job.attempt,
         argv=sys.argv,
         params=job.params,
