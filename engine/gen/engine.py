@@ -1,0 +1,339 @@
+"""A slot-based sampler over a Hugging Face decoder (Qwen2/Llama layout).
+
+Why not ``model.generate``: it prefills every one of the N samples of a prompt
+separately, grows its KV cache by concatenation every step, sorts the vocabulary
+through generic logits processors and leaves rows idle once they finish. Here:
+
+* one prefill per prompt, its KV copied into the N rows that sample from it;
+* a static KV cache of ``rows x max_len`` slots; each row writes at its own pointer,
+  so a finished row is refilled with the next prompt while the others decode;
+* on CUDA the decode step is captured as a CUDA graph per attention-length bucket;
+* sampling by inverse CDF with one counter-based uniform per (row key, step), so a
+  sample's text depends only on its seed and sample index, not on its batch.
+
+The model's own modules (norms, projections, MLP, rotary embedding) do the math; only
+the attention over the cache and its bookkeeping are written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _signed(v: int) -> int:
+    """A 64-bit pattern as the int64 torch stores."""
+    v &= MASK64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def splitmix64(x: int) -> int:
+    """SplitMix64 finaliser on Python ints (exact 64-bit)."""
+    x = (x + GOLDEN) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def sample_key(seed: int, sample_index: int) -> int:
+    """The random stream of one (request seed, sample index), as an int64 value."""
+    return _signed(splitmix64(splitmix64(seed & MASK64) ^ sample_index))
+
+
+def _lsr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One float32 uniform in [0, 1) per row from (key, step): counter-based, batch-free."""
+    x = keys + steps * _signed(GOLDEN)
+    x = (x ^ _lsr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _lsr(x, 27)) * _signed(0x94D049BB133111EB)
+    x = x ^ _lsr(x, 31)
+    return _lsr(x, 40).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temp: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor,
+    keys: torch.Tensor,
+    steps: torch.Tensor,
+    filtered: bool,
+) -> torch.Tensor:
+    """Next token per row: argmax where temp == 0, else temperature/top-k/top-p sampling.
+
+    Semantics follow transformers' warpers (temperature, then top-k, then the smallest
+    prefix of probability >= top_p). ``filtered`` False skips the sort when no row uses
+    top-k or top-p.
+    """
+    greedy = temp <= 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
+    idx = None
+    if filtered:
+        scaled, idx = scaled.sort(dim=-1, descending=True)
+        probs = torch.softmax(scaled, dim=-1)
+        rank = torch.arange(probs.shape[-1], device=probs.device)[None]
+        keep = (top_k[:, None] <= 0) | (rank < top_k[:, None])
+        keep &= (probs.cumsum(-1) - probs) < top_p[:, None]
+        probs = probs * keep
+    else:
+        probs = torch.softmax(scaled, dim=-1)
+    cdf = probs.cumsum(-1)
+    target = uniforms(keys, steps) * cdf[:, -1]
+    choice = torch.searchsorted(cdf, target[:, None].contiguous(), right=True).squeeze(1)
+    nz = probs > 0
+    last = probs.shape[-1] - 1 - nz.flip(-1).to(torch.int8).argmax(-1)
+    choice = torch.minimum(choice, last)
+    if idx is not None:
+        choice = idx.gather(1, choice[:, None]).squeeze(1)
+    return torch.where(greedy, logits.argmax(-1), choice)
+
+
+@dataclass
+class Seq:
+    """One sample to produce: a prompt's token ids and its sampling settings."""
+
+    req: int
+    sample: int
+    prompt_ids: list[int]
+    max_new: int
+    temperature: float
+    top_p: float
+    top_k: int
+    key: int
+    tokens: list[int] = field(default_factory=list)
+    finish: str = ""
+
+
+class SlotEngine:
+    """Static-cache sampler for ``rows`` concurrent sequences of up to ``max_len`` tokens."""
+
+    def __init__(self, model, rows: int, max_len: int, stop_ids: list[int], *, cuda_graphs: bool = False,
+                 sync_every: int = 1, prefill_tokens: int = 16384, ignore_eos: bool = False) -> None:
+        cfg = model.config
+        inner = model.model
+        self.model, self.embed, self.layers = model, inner.embed_tokens, inner.layers
+        self.norm, self.rotary, self.head = inner.norm, inner.rotary_emb, model.lm_head
+        attn = self.layers[0].self_attn
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"):
+            if not hasattr(attn, name):
+                raise ValueError(f"{type(model).__name__}: attention has no {name!r}; fast sampler needs a Qwen2/Llama layout")
+        if any(getattr(layer.self_attn, "sliding_window", None) for layer in self.layers):
+            raise ValueError(f"{type(model).__name__}: sliding-window attention is not supported by the fast sampler")
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim
+        self.rows = rows
+        self.max_len = -(-max_len // 64) * 64
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        shape = (rows, self.n_kv, self.max_len, self.head_dim)
+        self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self.mask = torch.full((rows, self.max_len), float("-inf"), device=self.device, dtype=self.dtype)
+        self.arange = torch.arange(rows, device=self.device)
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.ptr = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=self.device)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.sync_every = max(1, sync_every)
+        self.prefill_tokens = prefill_tokens
+        self.ignore_eos = ignore_eos
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+
+    # -- the model math ---------------------------------------------------------
+    def _attend_layer(self, i: int, layer, x: torch.Tensor, cos, sin):
+        """Projections + rotary of one layer for x [B, T, H] -> (q, k, v) as [B, heads, T, D]."""
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        a = layer.self_attn
+        b, t, _ = x.shape
+        h = layer.input_layernorm(x)
+        q = a.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = a.k_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = a.v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return a, q, k, v
+
+    def _decode(self, span: int) -> torch.Tensor:
+        """One token per row at its pointer; attention over slots [0, span). No host syncs."""
+        b, g = self.rows, self.n_heads // self.n_kv
+        self.mask[self.arange, self.ptr] = 0.0
+        x = self.embed(self.tokens[:, None])
+        cos, sin = self.rotary(x, self.ptr[:, None])
+        mask = self.mask[:, None, None, :span]
+        for i, layer in enumerate(self.layers):
+            a, q, k, v = self._attend_layer(i, layer, x, cos, sin)
+            self.k[i][self.arange, :, self.ptr] = k[:, :, 0]
+            self.v[i][self.arange, :, self.ptr] = v[:, :, 0]
+            q = q.reshape(b, self.n_kv, g, self.head_dim)  # query heads grouped by their kv head
+            o = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span],
+                                               attn_mask=mask, scale=a.scaling)
+            x = x + a.o_proj(o.reshape(b, 1, self.n_heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.head(self.norm(x)[:, 0]).float()
+
+    def _step_logits(self, span: int) -> torch.Tensor:
+        if not self.cuda_graphs:
+            return self._decode(span)
+        if span not in self.graphs:
+            # Warm-up and capture repeat the same step (same tokens, same slots): idempotent.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._decode(span)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self._decode(span)
+            self.graphs[span] = (graph, out)
+        graph, out = self.graphs[span]
+        graph.replay()
+        return out
+
+    def _prefill(self, seqs: list[Seq], rows: list[int], groups: list[list[int]]) -> torch.Tensor:
+        """Prefill each distinct prompt once (right-padded); copy its KV into its samples' rows.
+
+        ``groups[j]`` lists the positions in ``rows`` that sample from prompt ``j``;
+        returns the last-position logits per row [len(rows), V].
+        """
+        prompts = [seqs[grp[0]].prompt_ids for grp in groups]
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        t = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [0] * (t - len(p)) for p in prompts], device=self.device)
+        src = torch.tensor([j for j, grp in enumerate(groups) for _ in grp], device=self.device)
+        dest = torch.tensor([rows[r] for grp in groups for r in grp], device=self.device)
+        x = self.embed(ids)
+        cos, sin = self.rotary(x, torch.arange(t, device=self.device)[None].expand(len(prompts), t))
+        g = self.n_heads // self.n_kv
+        for i, layer in enumerate(self.layers):
+            a, q, k, v = self._attend_layer(i, layer, x, cos, sin)
+            self.k[i][dest, :, :t] = k[src]
+            self.v[i][dest, :, :t] = v[src]
+            o = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                               is_causal=True, scale=a.scaling)
+            x = x + a.o_proj(o.transpose(1, 2).reshape(len(prompts), t, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = self.norm(x[torch.arange(len(prompts), device=self.device), lens - 1])
+        logits = self.head(last).float()
+        slot = torch.arange(self.max_len, device=self.device)[None]
+        self.mask[dest] = torch.where(slot < lens[src][:, None], 0.0, float("-inf")).to(self.dtype)
+        self.ptr[dest] = lens[src]
+        return logits[src]
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self, seqs: list[Seq]) -> None:
+        """Generate every sequence (fills ``seq.tokens`` and ``seq.finish``)."""
+        if not seqs:
+            return
+        worst = max(len(s.prompt_ids) + s.max_new for s in seqs)
+        if worst > self.max_len:
+            raise ValueError(f"a prompt plus max_new_tokens needs {worst} slots; the engine has {self.max_len}")
+        dev, rows = self.device, self.rows
+        width = max(s.max_new for s in seqs) + 1  # last column: scratch for finished rows
+        out = torch.zeros(rows, width, dtype=torch.long, device=dev)
+        count = torch.zeros(rows, dtype=torch.long, device=dev)
+        finished = torch.ones(rows, dtype=torch.bool, device=dev)
+        keys = torch.zeros(rows, dtype=torch.long, device=dev)
+        temp = torch.zeros(rows, device=dev)
+        top_p = torch.ones(rows, device=dev)
+        top_k = torch.zeros(rows, dtype=torch.long, device=dev)
+        max_new = torch.ones(rows, dtype=torch.long, device=dev)
+        filtered = any(s.temperature > 0 and (s.top_k > 0 or s.top_p < 1) for s in seqs)
+
+        # Groups of samples sharing a prompt, shortest prompts first (less padding per prefill).
+        by_req: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_req.setdefault(s.req, []).append(i)
+        pending = sorted(by_req.values(), key=lambda grp: (len(seqs[grp[0]].prompt_ids), seqs[grp[0]].req))
+        owner: list[int | None] = [None] * rows
+        base = [0] * rows  # host-side bound of a row's pointer: min(base + steps, cap)
+        cap = [0] * rows
+        stop_ids = set(self.stop.tolist())
+
+        def is_stop(tok: torch.Tensor) -> torch.Tensor:
+            if self.ignore_eos:
+                return torch.zeros_like(tok, dtype=torch.bool)
+            return torch.isin(tok, self.stop)
+
+        def admit() -> None:
+            free = [r for r in range(rows) if owner[r] is None]
+            while pending and free:
+                batch, used, longest = [], 0, 0
+                while pending and used < len(free):
+                    grp = pending[0]
+                    plen = len(seqs[grp[0]].prompt_ids)
+                    if batch and (len(batch) + 1) * max(longest, plen) > self.prefill_tokens:
+                        break
+                    take = grp[: len(free) - used]  # a group larger than the free rows is split
+                    pending[0] = grp[len(take):]
+                    if not pending[0]:
+                        pending.pop(0)
+                    batch.append(take)
+                    used += len(take)
+                    longest = max(longest, plen)
+                sel = [i for grp in batch for i in grp]
+                dest = free[: len(sel)]
+                free = free[len(sel):]
+                pos = {i: j for j, i in enumerate(sel)}
+                logits = self._prefill([seqs[i] for i in sel], dest, [[pos[i] for i in grp] for grp in batch])
+                d = torch.tensor(dest, device=dev)
+                for r, i in zip(dest, sel, strict=True):
+                    owner[r] = i
+                    base[r] = len(seqs[i].prompt_ids) - steps
+                    cap[r] = len(seqs[i].prompt_ids) + seqs[i].max_new - 1
+                s_sel = [seqs[i] for i in sel]
+                keys[d] = torch.tensor([s.key for s in s_sel], device=dev)
+                temp[d] = torch.tensor([s.temperature for s in s_sel], device=dev)
+                top_p[d] = torch.tensor([s.top_p for s in s_sel], device=dev)
+                top_k[d] = torch.tensor([s.top_k for s in s_sel], device=dev)
+                max_new[d] = torch.tensor([s.max_new for s in s_sel], device=dev)
+                first = sample_rows(logits, temp[d], top_p[d], top_k[d], keys[d], torch.zeros_like(d), filtered)
+                out[d] = 0
+                out[d, 0] = first
+                count[d] = 1
+                finished[d] = is_stop(first) | (max_new[d] <= 1)
+                self.tokens[d] = first
+
+        def harvest() -> None:
+            fin = finished.tolist()
+            done = [r for r in range(rows) if owner[r] is not None and fin[r]]
+            if not done:
+                return
+            d = torch.tensor(done, device=dev)
+            counts, toks = count[d].tolist(), out[d].tolist()
+            for r, c, row in zip(done, counts, toks, strict=True):
+                s = seqs[owner[r]]
+                s.tokens = row[:c]
+                s.finish = "stop" if not self.ignore_eos and s.tokens[-1] in stop_ids else "length"
+                owner[r] = None
+                base[r] = cap[r] = 0
+
+        steps = 0
+        admit()
+        while any(o is not None for o in owner):
+            reach = max(min(b + steps, c) for b, c in zip(base, cap, strict=True))
+            span = min(self.max_len, -(-(reach + 1) // 64) * 64)
+            logits = self._step_logits(span)
+            new = sample_rows(logits, temp, top_p, top_k, keys, count, filtered)
+            active = ~finished
+            out[self.arange, torch.where(active, count, width - 1)] = new
+            count += active
+            finished |= active & (is_stop(new) | (count >= max_new))
+            self.tokens.copy_(torch.where(active, new, self.tokens))
+            self.ptr += active
+            steps += 1
+            if steps % self.sync_every == 0:
+                harvest()
+                if pending:
+                    admit()

@@ -1,0 +1,118 @@
+"""The transformers backend: loads a checkpoint with transformers, samples with SlotEngine.
+
+Stop tokens come from the tokenizer, the model config and generation_config (Qwen:
+151643 ``<|endoftext|>`` and 151645 ``<|im_end|>``). ``device`` reports where the
+weights actually are after loading, never what was asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from engine.gen.base import GenOutput, GenRequest
+from engine.gen.engine import Seq, SlotEngine, sample_key
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r} (expected auto, bfloat16, float16 or float32)") from None
+
+
+def _ids(value: int | Iterable[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """EOS ids of the tokenizer, config and generation config, plus Qwen's chat terminators."""
+    ids = _ids(tokenizer.eos_token_id) | _ids(getattr(model.config, "eos_token_id", None))
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        ids |= _ids(gen_cfg.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab}
+    return sorted(ids)
+
+
+class HFBackend:
+    """Batched greedy/sampled generation; the N samples of a request share one prefill."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, device: str = "auto", dtype: str = "auto", *, max_rows: int = 256,
+                 cuda_graphs: bool | None = None, sync_every: int | None = None, ignore_eos: bool = False,
+                 model=None, tokenizer=None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev = resolve_device(device)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev))
+            model.to(dev)
+        self.model = model.eval()
+        self.device = str(next(self.model.parameters()).device)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.max_rows = max_rows
+        on_cuda = self.device.startswith("cuda")
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self.sync_every = sync_every or (4 if on_cuda else 1)
+        self.ignore_eos = ignore_eos
+        self._engine: SlotEngine | None = None
+
+    def _engine_for(self, rows: int, max_len: int) -> SlotEngine:
+        """Reuse the engine (its cache and captured graphs) when the shape allows."""
+        e = self._engine
+        if e is None or e.rows != rows or e.max_len < max_len:
+            self._engine = None  # free the old cache first
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            e = self._engine = SlotEngine(self.model, rows, max_len, self.stop_ids, cuda_graphs=self.cuda_graphs,
+                                          sync_every=self.sync_every, ignore_eos=self.ignore_eos)
+        return e
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a prompt exactly as sent (no special tokens added)."""
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
+        if not requests:
+            return []
+        seqs: list[Seq] = []
+        for ri, r in enumerate(requests):
+            ids = self.encode(r.prompt)
+            if not ids:
+                raise ValueError(f"request {r.request_id}: empty prompt")
+            for j in range(r.n):
+                seqs.append(Seq(ri, j, ids, r.max_new_tokens, r.temperature, r.top_p, r.top_k, sample_key(r.seed, j)))
+        rows = min(self.max_rows, len(seqs))
+        max_len = max(len(s.prompt_ids) + s.max_new for s in seqs)
+        with torch.inference_mode():
+            self._engine_for(rows, max_len).run(seqs)
+        outs = [GenOutput(r.request_id, [], [], []) for r in requests]
+        stops = set(self.stop_ids)
+        for s in seqs:
+            o = outs[s.req]
+            body = s.tokens[:-1] if s.finish == "stop" and s.tokens and s.tokens[-1] in stops else s.tokens
+            o.texts.append(self.tokenizer.decode(body, skip_special_tokens=True))
+            o.token_counts.append(len(s.tokens))
+            o.finish_reasons.append(s.finish)
+        return outs

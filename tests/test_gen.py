@@ -1,0 +1,92 @@
+"""Generation backend: greedy parity with transformers, per-sample determinism, stops, sampling law."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.gen.base import Backend, GenRequest, load_backend
+from engine.gen.engine import sample_key, sample_rows, uniforms
+from engine.gen.hf import HFBackend
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path) -> HFBackend:
+    return load_backend(tiny_model_dir, device="cpu")
+
+
+def chat(be: HFBackend, text: str) -> str:
+    return be.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+
+
+def test_interface_and_device(backend: HFBackend) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.device == "cpu" and backend.name == "transformers"
+    eos = backend.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert set(eos) <= set(backend.stop_ids)
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        load_backend("x", backend="nope")
+    with pytest.raises(ValueError, match="top_p"):
+        GenRequest("r", "p", 4, top_p=0.0)
+
+
+def test_greedy_matches_transformers_generate(backend: HFBackend) -> None:
+    prompts = [chat(backend, "Write a function add(a, b)."), chat(backend, "Reverse a string, in python, please.")]
+    outs = backend.generate([GenRequest(f"r{i}", p, 24) for i, p in enumerate(prompts)])
+    for p, o in zip(prompts, outs, strict=True):
+        ids = backend.tokenizer(p, add_special_tokens=False, return_tensors="pt")
+        ref = backend.model.generate(**ids, max_new_tokens=24, do_sample=False)[0, ids["input_ids"].shape[1]:]
+        ref = ref.tolist()
+        if ref[-1] in backend.stop_ids:
+            ref = ref[:-1]
+        assert o.texts == [backend.tokenizer.decode(ref, skip_special_tokens=True)]
+        assert o.token_counts[0] <= 24 and o.finish_reasons[0] in ("stop", "length")
+
+
+def test_samples_do_not_depend_on_their_batch(backend: HFBackend) -> None:
+    a = GenRequest("a", chat(backend, "Sum a list."), 20, temperature=0.8, top_p=0.95, seed=7, n=4)
+    b = GenRequest("b", chat(backend, "Is a number prime? Write is_prime(n)."), 20, temperature=1.0, top_k=20, seed=3, n=3)
+    alone = backend.generate([a])[0]
+    mixed = backend.generate([b, a])
+    assert mixed[1].texts == alone.texts
+    assert len(set(alone.texts)) > 1  # distinct samples, not one repeated
+    small = HFBackend(Path(), model=backend.model, tokenizer=backend.tokenizer, max_rows=3)  # refills rows
+    refilled = small.generate([b, a])
+    assert refilled[1].texts == alone.texts and refilled[0].texts == mixed[0].texts
+    c = GenRequest("a", a.prompt, 20, temperature=0.8, top_p=0.95, seed=8, n=4)
+    assert backend.generate([c])[0].texts != alone.texts
+
+
+def test_stop_token_ends_a_sample(tiny_model_dir: Path) -> None:
+    be = load_backend(tiny_model_dir, device="cpu")
+    with torch.no_grad():
+        be.model.model.norm.weight.zero_()  # all logits equal: argmax is id 0, <|endoftext|>
+    assert be.tokenizer.convert_ids_to_tokens(0) == "<|endoftext|>"
+    prompt = chat(be, "hello")
+    out = be.generate([GenRequest("s", prompt, 16)])[0]
+    assert out.finish_reasons == ["stop"] and out.texts == [""] and out.token_counts == [1]
+    forced = HFBackend(Path(), model=be.model, tokenizer=be.tokenizer, ignore_eos=True).generate(
+        [GenRequest("s", prompt, 16)])[0]
+    assert forced.finish_reasons == ["length"] and forced.token_counts == [16]
+
+
+def test_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]).repeat(4000, 1)
+    n = logits.shape[0]
+    keys = torch.tensor([sample_key(11, i) for i in range(n)])
+    steps = torch.zeros(n, dtype=torch.long)
+    ones = torch.ones(n)
+    tok = sample_rows(logits, ones, ones, torch.zeros(n, dtype=torch.long), keys, steps, filtered=False)
+    freq = torch.bincount(tok, minlength=5).float() / n
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.03)
+    nucleus = sample_rows(logits, ones, ones * 0.7, torch.zeros(n, dtype=torch.long), keys, steps, filtered=True)
+    assert set(nucleus.tolist()) == {0, 1}  # p(0)=0.64 < 0.7, p(0)+p(1)=0.88 >= 0.7
+    top1 = sample_rows(logits, ones, ones, torch.ones(n, dtype=torch.long), keys, steps, filtered=True)
+    assert set(top1.tolist()) == {0}
+    greedy = sample_rows(logits, ones * 0, ones, torch.zeros(n, dtype=torch.long), keys, steps, filtered=False)
+    assert set(greedy.tolist()) == {0}
+    u = uniforms(keys, steps)
+    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.02
