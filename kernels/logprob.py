@@ -69,11 +69,14 @@ def _torch_rows_forward(logits: torch.Tensor, t: torch.Tensor, stats: bool) -> t
 
 def _torch_rows_grad_(logits: torch.Tensor, t_local: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> None:
     """In place: logits <- g * (onehot(t_local) - softmax(logits)); t_local outside [0, width) has no one-hot."""
-    d = torch.exp(logits.float() - lse[:, None]).mul_(-g[:, None])
+    # fp32 slabs are rewritten in place; lower precision goes through one fp32 copy
+    d = logits if logits.dtype == torch.float32 else logits.float()
+    d.sub_(lse[:, None]).exp_().mul_(-g[:, None])
     hit = (t_local >= 0) & (t_local < logits.shape[1])
     rows = torch.nonzero(hit).squeeze(-1)
     d[rows, t_local[rows]] += g[rows]
-    logits.copy_(d)
+    if d is not logits:
+        logits.copy_(d)
 
 
 # --- row work: triton ------------------------------------------------------------------
