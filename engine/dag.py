@@ -30,7 +30,7 @@ def learned_durations(spec: PipelineSpec, state: PipelineState | None) -> dict[s
     if state is not None:
         for name, st in state.stages.items():
             entry = spec.stages.get(name)
-            ok = [a for a in st.attempts if a.outcome == "ok" and a.started_at and a.finished_at]
+            ok = [a for a in st.attempts if a.outcome == "ok" and a.started_at is not None and a.finished_at is not None]
             if entry is None or not ok:
                 continue
             hours = (ok[-1].finished_at - ok[-1].started_at) / 3600
@@ -116,6 +116,4 @@ def why_not_running(
         return Blocker("memory", f"waiting for memory: needs {need / GIB:.1f} GB, {max(headroom, 0) / GIB:.1f} GB free after reservations")
     if st is None or not st.requested:
         return Blocker("not_requested", "ready (not requested: pmat run to start)")
-    if st.waiting:
-        return Blocker("queued", st.waiting)
     return Blocker("queued", "ready")

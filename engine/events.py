@@ -35,10 +35,13 @@ JOURNAL_KINDS = (
     "launched",
     "reattached",
     "crashed",
+    "cancelled",
+    "cancel_requested",
+    "unrequested",
     "approval_granted",
+    "approval_revoked",
     "command_received",
     "command_rejected",
-    "finished",
 )
 
 FILE_MODE = 0o600

@@ -68,10 +68,8 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
         a = st.latest
         approved = approval_current(spec, ws, name, state.approvals.get(name))
         b = why_not_running(spec, state, name, approved=approved)
-        if b.kind in ("queued",) and st.waiting:
-            reason = st.waiting
-        else:
-            reason = b.text
+        # the supervisor's journaled reason knows the memory figures; the DAG knows the rest
+        reason = st.waiting if b.kind == "queued" and st.waiting else b.text
         rate, eta = st.rate_eta(now)
         elapsed = None
         if a and a.started_at:

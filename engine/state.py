@@ -245,10 +245,10 @@ class PipelineState:
             st = self.stage(a.stage)
             st.waiting = None
             st.retry_pending = False
-        elif kind == "crashed":
+        elif kind in ("crashed", "cancelled"):
             a = self.attempt(ev["job_id"])
             if a.outcome is None:
-                a.outcome = "crashed"
+                a.outcome = kind
                 a.error = ev.get("reason")
                 a.finished_at = ev["ts"]
         elif kind == "approval_granted":

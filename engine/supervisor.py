@@ -149,7 +149,9 @@ class Supervisor:
                     ident.signal_group(signal.SIGKILL)
                 continue
             self.state.refresh()  # the job may have finished between the two reads
-            if a.outcome is None:
+            if a.outcome is None and self.state.stage(a.stage).cancel_requested:
+                self.emit("cancelled", job_id=a.job_id, stage=a.stage, reason="killed by cancel before it logged its end")
+            elif a.outcome is None:
                 self._crashed(a.job_id, "process exited without job_finished (killed or crashed)")
             self._kill_deadlines.pop(a.job_id, None)
 

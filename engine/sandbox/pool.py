@@ -1,0 +1,266 @@
+"""The pool: warm template processes, job dispatch, wall-clock kills, verdicts.
+
+The manager lives in the caller's process. Each slot is one template started inside
+a new network namespace (``unshare --net``; with ``--map-root-user`` when not root)
+where that works, else the child's audit hook alone blocks sockets. When the pool
+runs as root, each slot's children run under their own unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("passed", "failed", "error", "syntax_error", "timeout", "oom", "blocked")
+GRACE_S = 1.0
+_NET_PROBE: dict[bool, list[str] | None] = {}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-program limits (kernel-enforced rlimits)."""
+
+    memory_mb: int = 2048
+    cpu_s: int = 20
+    nproc: int = 16
+    fsize_mb: int = 16
+    nofile: int = 64
+
+
+@dataclass
+class Job:
+    """One check: ``program`` runs confined; ``runner_code`` (trusted tests) runs outside it.
+
+    ``setup`` runs in the child after the program (MBPP's test_setup_code). ``aliases``
+    binds a test-side name to a program global (``{"candidate": "add"}``).
+    """
+
+    program: str
+    runner_code: str
+    setup: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+
+
+@dataclass
+class Verdict:
+    status: str
+    error_type: str | None = None
+    detail: str = ""
+    blocked_op: str | None = None
+    wall_s: float = 0.0
+    stdout_tail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def network_prefix() -> list[str] | None:
+    """The ``unshare`` command that gives a template a network namespace of its own, if any."""
+    root = os.geteuid() == 0
+    if root not in _NET_PROBE:
+        cmd = ["unshare", "--net"] + ([] if root else ["--map-root-user"])
+        try:
+            ok = shutil.which("unshare") and subprocess.run(
+                [*cmd, "true"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        _NET_PROBE[root] = cmd if ok else None
+    return _NET_PROBE[root]
+
+
+class _Slot:
+    def __init__(self, index: int, pool: SandboxPool) -> None:
+        self.index = index
+        self.pool = pool
+        self.buf = b""
+        self.job: tuple[int, Job, str] | None = None
+        self.pids: dict[str, int] = {}
+        self.deadline = 0.0
+        self.killed = False
+        self.start()
+
+    def start(self) -> None:
+        uid = self.pool.uid_base + self.index if os.geteuid() == 0 and self.pool.uid_base else None
+        if self.pool.net_prefix and os.geteuid() != 0:
+            uid = None  # inside a user namespace the template is "root" without real uids to switch to
+        cfg = {"base": self.pool.base, "uid": uid, "limits": asdict(self.pool.limits)}
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
+        self.proc = subprocess.Popen(
+            [*(self.pool.net_prefix or []), sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        self.buf = b""
+        ready = self.read_line(timeout=60)
+        if not ready or ready.get("type") != "ready":
+            raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
+
+    def read_line(self, timeout: float) -> dict[str, Any] | None:
+        end = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            import select
+
+            if not select.select([fd], [], [], max(0.0, end - time.monotonic()))[0]:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def submit(self, idx: int, job: Job) -> None:
+        nonce = secrets.token_hex(16)
+        self.job, self.pids, self.killed = (idx, job, nonce), {}, False
+        self.deadline = time.monotonic() + job.timeout + GRACE_S + 5.0  # until 'started' arrives
+        msg = {"nonce": nonce, "program": job.program, "setup": job.setup, "runner_code": job.runner_code,
+               "aliases": job.aliases, "timeout": job.timeout}
+        data = (json.dumps(msg) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.proc.stdin.fileno(), view):]
+
+    def kill_job(self) -> None:
+        self.killed = True
+        for pid in self.pids.values():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdict:
+    """Turn the template's 'done' line into a verdict; only the runner's nonce-bearing line counts."""
+    if killed:
+        return Verdict("timeout", detail="wall-clock limit reached; process group killed")
+    result = (done or {}).get("result")
+    if not isinstance(result, dict) or not secrets.compare_digest(str(result.get("nonce", "")), nonce):
+        return Verdict("error", "HarnessError", f"no valid verdict from the test runner: {done}")
+    v = Verdict(**{k: result.get(k) for k in ("status", "error_type", "detail", "blocked_op")},
+                wall_s=float(result.get("wall_s") or 0), stdout_tail=str(result.get("stdout_tail") or ""))
+    status = (done or {}).get("child_status")
+    if v.error_type == "EarlyExit" and isinstance(status, int) and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            v.status, v.detail = "timeout", f"killed by {signal.Signals(sig).name} (CPU limit)"
+        else:
+            v.detail = f"killed by {signal.Signals(sig).name}"
+    elif v.error_type == "EarlyExit" and isinstance(status, int) and os.WIFEXITED(status):
+        v.detail = f"program exited with code {os.WEXITSTATUS(status)} before its tests finished"
+    if v.status not in STATUSES:
+        return Verdict("error", "HarnessError", f"unknown status {v.status!r}")
+    return v
+
+
+class SandboxPool:
+    """Run many checks through ``workers`` warm templates; use as a context manager."""
+
+    def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, uid_base: int | None = 64000,
+                 network: str = "auto") -> None:
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits
+        self.uid_base = uid_base
+        self.net_prefix = network_prefix() if network == "auto" else None
+        self.network = "namespace" if self.net_prefix else "in-process"
+        self.base = tempfile.mkdtemp(prefix="pmat-sandbox-")
+        os.chmod(self.base, 0o711)
+        self.slots = [_Slot(i, self) for i in range(self.workers)]
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.stop()
+        self.slots = []
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def healthy(self) -> bool:
+        return all(s.proc.poll() is None for s in self.slots) and bool(self.slots)
+
+    def run(self, job: Job) -> Verdict:
+        return self.run_many([job])[0]
+
+    def run_many(self, jobs: list[Job], on_result: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+        """Run every job; verdicts in job order. ``on_result(i, verdict)`` as each finishes."""
+        results: list[Verdict | None] = [None] * len(jobs)
+        pending = deque(enumerate(jobs))
+        idle = deque(self.slots)
+        busy: dict[int, _Slot] = {}
+        sel = selectors.DefaultSelector()
+        try:
+            while pending or busy:
+                while idle and pending:
+                    slot = idle.popleft()
+                    slot.submit(*pending.popleft())
+                    busy[slot.proc.stdout.fileno()] = slot
+                    sel.register(slot.proc.stdout.fileno(), selectors.EVENT_READ, slot)
+                wait = max(0.0, min(s.deadline for s in busy.values()) - time.monotonic())
+                for key, _ in sel.select(timeout=wait):
+                    slot = key.data
+                    finished = self._pump(slot)
+                    if finished is not None:
+                        sel.unregister(key.fd)
+                        del busy[key.fd]
+                        idx = slot.job[0]
+                        results[idx] = finished
+                        slot.job = None
+                        idle.append(slot)
+                        if on_result:
+                            on_result(idx, finished)
+                now = time.monotonic()
+                for slot in busy.values():
+                    if now >= slot.deadline and not slot.killed:
+                        slot.kill_job()
+                        slot.deadline = now + 10.0  # the template reports 'done' once the group is dead
+        finally:
+            sel.close()
+        return [r for r in results if r is not None]
+
+    def _pump(self, slot: _Slot) -> Verdict | None:
+        """Read what a template wrote; a verdict once its job is done (restarting a dead template)."""
+        chunk = os.read(slot.proc.stdout.fileno(), 1 << 20)
+        if not chunk:
+            slot.proc.wait()
+            slot.proc.stdin.close()
+            slot.proc.stdout.close()
+            slot.start()
+            return Verdict("error", "HarnessError", "sandbox template died; restarted")
+        slot.buf += chunk
+        while b"\n" in slot.buf:
+            line, slot.buf = slot.buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if msg.get("type") == "started":
+                slot.pids = {"runner": int(msg["runner"]), "child": int(msg["child"])}
+                slot.deadline = time.monotonic() + slot.job[1].timeout + GRACE_S
+            elif msg.get("type") == "done":
+                return verdict_from(msg, slot.job[2], slot.killed)
+        return None

@@ -1,0 +1,225 @@
+"""The trusted side: run a benchmark's tests against the program living in the child.
+
+The tests execute here, in a process that never runs a byte of the program. Names the
+tests use but do not define are resolved in the child: plain data comes back as
+builtin values, functions and other objects as ``Remote`` handles whose calls cross
+the socket. So the asserts compare values this process built itself, with its own
+builtins and modules; the child can only answer calls, die, or be blocked.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+from engine.sandbox import wire
+
+_NO_MAP = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"}
+
+
+class RemoteError(Exception):
+    """An exception raised in the child whose type has no builtin twin here."""
+
+
+class ChildGone(BaseException):
+    """The child exited or broke the protocol; a test's ``except Exception`` cannot swallow it."""
+
+
+class CallTimeout(BaseException):
+    """The wall-clock budget ran out while waiting for the child."""
+
+
+def free_names(code: str) -> set[str]:
+    """Names loaded by ``code`` that it neither binds nor gets from builtins."""
+    tree = ast.parse(code)
+    loads, binds = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds.add(node.name)
+        elif isinstance(node, ast.arg):
+            binds.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            binds.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            binds.add(node.name)
+    return loads - binds - set(dir(builtins))
+
+
+class Remote:
+    """A handle on an object in the child: callable, attribute access, identity equality."""
+
+    __slots__ = ("_conn", "_enc", "_type")
+
+    def __init__(self, conn: Connection, enc: dict[str, Any], type_name: str) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_enc", enc)
+        object.__setattr__(self, "_type", type_name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn.call(self, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._conn.request({"op": "getattr", "target": self._enc, "name": name})["value"]
+
+    def __repr__(self) -> str:
+        return f"<sandboxed {self._type}>"
+
+
+class Connection:
+    """The runner's end of the call socket, with a deadline for every wait."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.fatal: BaseException | None = None
+
+    def _ref(self, handle: int, type_name: str) -> Remote:
+        return Remote(self, {"ref": handle}, type_name)
+
+    def _out(self, value: Any) -> Any:
+        if isinstance(value, Remote):
+            return value._enc
+        if type(value) in (list, tuple, set, frozenset):
+            return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[type(value)]: [self._out(v) for v in value]}
+        if type(value) is dict:
+            return {"d": [[self._out(k), self._out(v)] for k, v in value.items()]}
+        return wire.encode(value, self._no_ref)
+
+    @staticmethod
+    def _no_ref(value: Any) -> int:
+        raise TypeError(f"cannot pass a {type(value).__name__} into the sandbox")
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.fatal is not None:
+            raise self.fatal
+        try:
+            wire.send_msg(self.sock, msg)
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            reply = wire.recv_msg(self.sock)
+            if not isinstance(reply, dict):
+                raise wire.ProtocolError("reply is not an object")
+            if reply.get("ok"):
+                for key in ("value", "values"):
+                    if key in reply:
+                        reply[key] = (wire.decode(reply[key], self._ref) if key == "value" else
+                                      {str(k): wire.decode(v, self._ref) for k, v in reply[key].items()})
+                return reply
+        except TimeoutError:
+            self.fatal = CallTimeout("wall-clock limit reached")
+            raise self.fatal from None
+        except (EOFError, OSError, wire.ProtocolError) as exc:
+            self.fatal = ChildGone(f"{type(exc).__name__}: {exc}")
+            raise self.fatal from None
+        raise remote_exception(reply.get("exc") or {}, reply.get("phase"))
+
+    def call(self, target: Remote, args: tuple, kwargs: dict[str, Any]) -> Any:
+        reply = self.request({"op": "call", "target": target._enc, "args": [self._out(a) for a in args],
+                              "kwargs": {k: self._out(v) for k, v in kwargs.items()}})
+        for arg, after in zip(args, reply.get("args_after") or []):
+            if after is not None and type(arg) in (list, dict, set):
+                new = wire.decode(after, self._ref)
+                if type(new) is type(arg) and new != arg:
+                    arg.clear()
+                    arg.update(new) if not isinstance(arg, list) else arg.extend(new)
+        return reply["value"]
+
+
+def remote_exception(info: dict[str, Any], phase: str | None = None) -> BaseException:
+    """Rebuild the child's exception as a builtin exception here (or RemoteError)."""
+    name, msg = str(info.get("type", "Exception")), str(info.get("msg", ""))
+    cls = getattr(builtins, name, None)
+    exc: BaseException
+    try:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)) or name in _NO_MAP:
+            raise TypeError
+        exc = cls(msg)
+    except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments
+        exc = RemoteError(f"{name}: {msg}")
+    exc.pmat_remote = {"type": name, "msg": msg, "tb": str(info.get("tb", ""))[-2000:], "phase": phase}
+    return exc
+
+
+def _read_violation(fd: int) -> str | None:
+    if not select.select([fd], [], [], 0)[0]:
+        return None
+    data = os.read(fd, 4096)
+    return data.decode(errors="replace").splitlines()[0] if data else None
+
+
+def _tail(workdir: str, n: int = 2000) -> str:
+    try:
+        fd = os.open(os.path.join(workdir, ".output"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - n), 0)
+        return os.read(fd, n).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def classify(exc: BaseException | None) -> dict[str, Any]:
+    """Map the outcome of the tests to a verdict category."""
+    if exc is None:
+        return {"status": "passed", "error_type": None, "detail": ""}
+    if isinstance(exc, CallTimeout):
+        return {"status": "timeout", "error_type": None, "detail": str(exc)}
+    if isinstance(exc, ChildGone):
+        return {"status": "error", "error_type": "EarlyExit", "detail": f"program process ended: {exc}"}
+    info = getattr(exc, "pmat_remote", None)
+    name = info["type"] if info else type(exc).__name__
+    detail = (info["tb"] if info else f"{name}: {exc}")[-1500:]
+    if info and info.get("phase") == "compile":
+        return {"status": "syntax_error", "error_type": name, "detail": detail}
+    if name == "MemoryError":
+        return {"status": "oom", "error_type": name, "detail": detail}
+    if name == "AssertionError":
+        return {"status": "failed", "error_type": name, "detail": detail}
+    return {"status": "error", "error_type": name, "detail": detail}
+
+
+def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int, child_pid: int,
+                workdir: str) -> None:
+    """Entry of a forked runner: run the tests, write one verdict line, never return."""
+    start = time.monotonic()
+    conn = Connection(socket.socket(fileno=sock_fd), start + float(job["timeout"]))
+    outcome: BaseException | None = None
+    try:
+        conn.request({"op": "load", "program": job["program"], "setup": job.get("setup", "")})
+        code = job["runner_code"]
+        aliases: dict[str, str] = dict(job.get("aliases") or {})
+        free = free_names(code) - set(aliases)
+        found = conn.request({"op": "resolve", "names": sorted(free | set(aliases.values()))})["values"]
+        ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins}
+        ns.update({k: found[k] for k in free if k in found})
+        ns.update({alias: found[target] for alias, target in aliases.items() if target in found})
+        exec(compile(code, "<tests>", "exec"), ns)  # noqa: S102 - benchmark tests, trusted
+        if conn.fatal is not None:
+            outcome = conn.fatal
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a verdict
+        outcome = conn.fatal or exc
+    verdict = classify(outcome)
+    blocked = _read_violation(viol_fd)
+    if blocked is None and isinstance(outcome, ChildGone):
+        time.sleep(0.01)  # the hook writes before it exits; give a dying child's line time to land
+        blocked = _read_violation(viol_fd)
+    if blocked:
+        verdict = {"status": "blocked", "error_type": None, "detail": f"forbidden operation: {blocked}"}
+    try:
+        os.killpg(child_pid, signal.SIGKILL)
+    except OSError:
+        pass
+    verdict.update(nonce=job["nonce"], blocked_op=blocked, wall_s=round(time.monotonic() - start, 6),
+                   stdout_tail=_tail(workdir))
+    wire.write_line(result_fd, verdict)

@@ -1,0 +1,167 @@
+"""A warm template process: ``python -m engine.sandbox.template CONFIG_JSON``.
+
+Started once per pool slot (inside a fresh network namespace when the OS allows), it
+pre-imports what benchmark programs use and then forks, per check, a confined child
+(pre-forked while idle, before the job it will serve exists) and a trusted runner.
+It never executes a program itself. Lines on stdout: ``ready``, then per job
+``started`` (pids) and ``done`` (the runner's verdict line and the child's status).
+"""
+
+from __future__ import annotations
+
+import ast  # noqa: E401,F401
+
+# What benchmark programs import, loaded once here so no check pays for it.
+import bisect  # noqa: E401,F401
+import json
+import os
+import random  # noqa: E401,F401
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from engine.sandbox import wire
+from engine.sandbox.child import child_main
+from engine.sandbox.runner import runner_main
+
+
+@dataclass
+class Warm:
+    pid: int
+    workdir: str
+    sock: socket.socket
+    viol_r: int
+
+
+def _close_except(keep: set[int]) -> None:
+    for fd in os.listdir("/proc/self/fd"):
+        n = int(fd)
+        if n > 2 and n not in keep:
+            try:
+                os.close(n)
+            except OSError:
+                pass
+
+
+def _rmtree(path: str) -> None:
+    def fix(func: Any, p: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)
+
+
+class Template:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.base: str = cfg["base"]
+        self.uid: int | None = cfg.get("uid")
+        self.limits: dict[str, int] = cfg["limits"]
+        self.out = 1
+
+    def prefork(self) -> Warm:
+        workdir = tempfile.mkdtemp(prefix="run-", dir=self.base)
+        if self.uid is not None:
+            os.chown(workdir, self.uid, self.uid)
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        viol_r, viol_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                parent_sock.close()
+                os.close(viol_r)
+                child_main(child_sock.detach(), viol_w, workdir, self.limits, self.uid)
+            finally:
+                os._exit(1)
+        child_sock.close()
+        os.close(viol_w)
+        return Warm(pid, workdir, parent_sock, viol_r)
+
+    def reap_uid(self) -> None:
+        """Kill whatever still runs under the slot's uid (a process that left the group)."""
+        if self.uid is None:
+            return
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(self.uid)
+                os.setuid(self.uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    def run_job(self, job: dict[str, Any], warm: Warm) -> Warm:
+        res_r, res_w = os.pipe()
+        runner = os.fork()
+        if runner == 0:
+            try:
+                os.setsid()
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                sock_fd = warm.sock.detach()
+                _close_except({sock_fd, warm.viol_r, res_w})
+                runner_main(job, sock_fd, warm.viol_r, res_w, warm.pid, warm.workdir)
+            finally:
+                os._exit(0)
+        os.close(res_w)
+        warm.sock.close()
+        os.close(warm.viol_r)
+        wire.write_line(self.out, {"type": "started", "runner": runner, "child": warm.pid})
+        chunks = []
+        while chunk := os.read(res_r, 1 << 16):
+            chunks.append(chunk)
+        os.close(res_r)
+        _, runner_status = os.waitpid(runner, 0)
+        try:
+            os.killpg(warm.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, child_status = os.waitpid(warm.pid, 0)
+        self.reap_uid()
+        _rmtree(warm.workdir)
+        raw = b"".join(chunks).decode(errors="replace").strip()
+        try:
+            result = json.loads(raw) if raw else None
+        except ValueError:
+            result = None
+        wire.write_line(self.out, {"type": "done", "result": result, "child_status": child_status,
+                                   "runner_status": runner_status})
+        return self.prefork()  # before the next job line is read: a child never sees its own job
+
+    def serve(self) -> None:
+        warm = self.prefork()
+        wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid})
+        buf = b""
+        while True:
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                warm = self.run_job(json.loads(line), warm)
+        os.kill(warm.pid, signal.SIGKILL)
+        os.waitpid(warm.pid, 0)
+        _rmtree(warm.workdir)
+
+
+def main() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: go when the pool goes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/fd|mem for others
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    Template(json.loads(sys.argv[1])).serve()
+
+
+if __name__ == "__main__":
+    main()

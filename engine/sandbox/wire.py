@@ -1,0 +1,131 @@
+"""Framing and value encoding between the untrusted child and the trusted test runner.
+
+Only plain data crosses: the decoder builds nothing but builtin values (and opaque
+``Ref`` handles), so an object that compares equal to anything, or any other object of
+the program's own making, never reaches the trusted side's asserts. Subclasses of
+builtins travel as their base type (a ``Counter`` arrives as a ``dict``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+MAX_MESSAGE = 64 << 20  # bytes; a larger reply is a protocol error, not a hang
+MAX_DEPTH = 200
+MAX_ITEMS = 1_000_000
+_HEADER = struct.Struct("!I")
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a well-formed message."""
+
+
+def send_msg(sock: socket.socket, obj: Any) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise EOFError("peer closed the connection")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_msg(sock: socket.socket) -> Any:
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    if size > MAX_MESSAGE:
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
+    try:
+        return json.loads(_recv_exact(sock, size))
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed message: {exc}") from None
+
+
+def write_line(fd: int, obj: Any) -> None:
+    """Write one JSON line to a raw fd in full (pipes between template and manager)."""
+    data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# -- values -------------------------------------------------------------------
+def encode(value: Any, make_ref: Callable[[Any], int], depth: int = 0, budget: list[int] | None = None) -> Any:
+    """Encode a value as tagged JSON; objects that are not plain data become handles."""
+    budget = budget if budget is not None else [MAX_ITEMS]
+    budget[0] -= 1
+    if depth > MAX_DEPTH or budget[0] < 0:
+        raise ValueError("value too deep or too large to return")
+    if value is None or isinstance(value, (bool, str)):
+        return str.__str__(value) if isinstance(value, str) else value
+    if isinstance(value, int):
+        v = int.__index__(value)
+        return v if -(10**300) < v < 10**300 else {"x": hex(v)}
+    if isinstance(value, float):
+        return float.__float__(value)
+    rec = lambda v: encode(v, make_ref, depth + 1, budget)  # noqa: E731
+    for base, tag in ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "f")):
+        if isinstance(value, base):
+            return {tag: [rec(v) for v in base.__iter__(value)]}
+    if isinstance(value, dict):
+        return {"d": [[rec(k), rec(v)] for k, v in dict.items(value)]}
+    if isinstance(value, (bytes, bytearray)):
+        return {"b": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, complex):
+        return {"c": [complex.__complex__(value).real, complex.__complex__(value).imag]}
+    if type(value) is Decimal:
+        return {"dec": str(value)}
+    if type(value) is Fraction:
+        return {"frac": [value.numerator, value.denominator]}
+    return {"ref": make_ref(value), "type": type(value).__qualname__[:100]}
+
+
+def decode(obj: Any, make_ref: Callable[[int, str], Any], depth: int = 0) -> Any:
+    """Inverse of ``encode`` building only builtin values (trusted side)."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError("value nested too deep")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict) and len(obj) in (1, 2):
+        rec = lambda v: decode(v, make_ref, depth + 1)  # noqa: E731
+        try:
+            if "l" in obj:
+                return [rec(v) for v in obj["l"]]
+            if "t" in obj:
+                return tuple(rec(v) for v in obj["t"])
+            if "s" in obj:
+                return {rec(v) for v in obj["s"]}
+            if "f" in obj:
+                return frozenset(rec(v) for v in obj["f"])
+            if "d" in obj:
+                return {rec(k): rec(v) for k, v in obj["d"]}
+            if "x" in obj:
+                return int(obj["x"], 16)
+            if "b" in obj:
+                return base64.b64decode(obj["b"])
+            if "c" in obj:
+                return complex(float(obj["c"][0]), float(obj["c"][1]))
+            if "dec" in obj:
+                return Decimal(str(obj["dec"]))
+            if "frac" in obj:
+                return Fraction(int(obj["frac"][0]), int(obj["frac"][1]))
+            if "ref" in obj:
+                return make_ref(int(obj["ref"]), str(obj.get("type", "?")))
+        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
+            raise ProtocolError(f"malformed value: {exc}") from None
+    raise ProtocolError(f"malformed value of type {type(obj).__name__}")

@@ -1,0 +1,230 @@
+"""Stage `merge`: fold a peft LoRA adapter into its base checkpoint, one tensor at a time.
+
+Every adapter tensor must land on a base tensor: an adapter whose names match nothing
+(the original matched 0 of 339 silently) fails with the unmatched names listed. DoRA and
+other non-linear adapters are refused. delta = (B @ A) * alpha / r (rsLoRA alpha/sqrt(r)),
+computed in fp32 and stored in the base's dtype. Peak memory is one output shard plus a
+few copies of the largest tensor, whatever the number of layers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+
+from engine.models.checkpoint import (
+    CheckpointReader,
+    ShardedWriter,
+    copy_side_files,
+    open_checkpoint,
+    resolve_dtype,
+    set_config_dtype,
+)
+from engine.stages.base import StageContext, StageFailed, StageParams
+from kernels.lora import lora_scale, merge_lora_
+
+PREFIX = "base_model.model."
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+_LORA_KEY = re.compile(r"^(?P<mod>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$")
+
+
+class Params(StageParams):
+    out_dtype: Literal["float32", "float16", "bfloat16"] | None = None  # None: the base's dtype
+    max_shard_bytes: int = 1 << 30
+
+
+INPUTS = {"model": "base HF checkpoint dir (safetensors)", "adapter": "peft LoRA adapter dir"}
+OUTPUTS = {"model": "merged HF checkpoint dir (sharded safetensors + config + tokenizer)"}
+
+
+@dataclass
+class LoraModule:
+    """One adapted base weight: W += (B @ A) * scale (transposed for embeddings)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+    transpose: bool
+
+
+@dataclass
+class LoraAdapter:
+    """A parsed peft LoRA adapter, keyed by the base tensor names it changes."""
+
+    path: Path
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+    bias_deltas: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    replacements: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def targets(self) -> set[str]:
+        return set(self.modules) | set(self.bias_deltas) | set(self.replacements)
+
+    def check_against(self, base: CheckpointReader) -> None:
+        """Every target must be a base tensor of the right shape, else StageFailed."""
+        unmatched = sorted(n for n in self.targets() if n not in base)
+        if unmatched:
+            raise StageFailed(
+                f"{self.path}: {len(unmatched)} of {len(self.targets())} adapter targets match no tensor of "
+                f"{base.root}: {', '.join(unmatched)}"
+            )
+        for name, mod in self.modules.items():
+            rows, cols = mod.b.shape[0], mod.a.shape[1]
+            shape = (cols, rows) if mod.transpose else (rows, cols)
+            if base.shape(name) != shape:
+                raise StageFailed(f"{self.path}: LoRA delta for {name} is {shape}, base tensor is {base.shape(name)}")
+        for name, t in self.replacements.items():
+            if base.shape(name) != tuple(t.shape):
+                raise StageFailed(f"{self.path}: saved {name} is {tuple(t.shape)}, base tensor is {base.shape(name)}")
+
+    def apply_(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted value of base tensor ``name`` given its fp32 value (modified in place)."""
+        if name in self.replacements:
+            weight.copy_(self.replacements[name])
+        if name in self.modules:
+            m = self.modules[name]
+            merge_lora_(weight, m.a, m.b, m.scale, fan_in_fan_out=m.transpose)
+        if name in self.bias_deltas:
+            bias, scale = self.bias_deltas[name]
+            weight.add_(bias.to(weight.device, torch.float32), alpha=scale)
+        return weight
+
+
+def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
+    """peft's rank/alpha pattern lookup: a key matches a module name suffix."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def load_adapter(adapter_dir: Path) -> LoraAdapter:
+    """Parse a peft LoRA adapter directory; refuse what is not a plain linear LoRA."""
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise StageFailed(f"{adapter_dir}: no {ADAPTER_CONFIG} (not a peft adapter)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type") != "LORA":
+        raise StageFailed(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters merge")
+    if cfg.get("use_dora"):
+        raise StageFailed(f"{cfg_path}: use_dora is true; a DoRA adapter is not a linear delta and cannot be merged as B@A")
+    weights_path = adapter_dir / ADAPTER_WEIGHTS
+    if not weights_path.is_file():
+        raise StageFailed(f"{adapter_dir}: no {ADAPTER_WEIGHTS} (convert .bin adapters to safetensors)")
+    tensors = load_file(weights_path)
+    if any("lora_magnitude_vector" in k for k in tensors):
+        raise StageFailed(f"{weights_path}: holds lora_magnitude_vector (DoRA); not a linear delta, refused")
+    alpha, rslora = float(cfg["lora_alpha"]), bool(cfg.get("use_rslora"))
+    fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
+    alpha_pattern = cfg.get("alpha_pattern") or {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    out = LoraAdapter(adapter_dir)
+    for key, t in tensors.items():
+        name = key.removeprefix(PREFIX)
+        m = _LORA_KEY.match(name)
+        if m:
+            parts.setdefault(m["mod"], {})[m["part"]] = t
+        else:  # a saved full tensor (modules_to_save, saved embeddings): replaces the base one
+            out.replacements[name.replace(".base_layer.", ".")] = t
+    for mod, p in sorted(parts.items()):
+        emb = "lora_embedding_A" in p or "lora_embedding_B" in p
+        a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if emb else ("lora_A.weight", "lora_B.weight")
+        if a_key not in p or b_key not in p:
+            raise StageFailed(f"{weights_path}: module {mod} has {sorted(p)} but needs both {a_key} and {b_key}")
+        a, b = p[a_key], p[b_key]
+        r = a.shape[0]
+        scale = lora_scale(_pattern_value(alpha_pattern, mod, alpha), r, rslora)
+        out.modules[f"{mod}.weight"] = LoraModule(a, b, scale, transpose=emb or fan_in_fan_out)
+        if "lora_B.bias" in p:
+            out.bias_deltas[f"{mod}.bias"] = (p["lora_B.bias"], scale)
+    return out
+
+
+@dataclass
+class MergeReport:
+    tensors: int
+    merged: int
+    replaced: int
+    bytes_written: int
+    seconds: float
+
+
+def merge_adapter(
+    base_dir: Path,
+    adapter_dir: Path,
+    out_dir: Path,
+    *,
+    out_dtype: str | None,
+    max_shard_bytes: int,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> MergeReport:
+    """Stream ``base_dir`` through the adapter into ``out_dir`` (weights + side files)."""
+    t0 = time.perf_counter()
+    base = open_checkpoint(base_dir)
+    adapter = load_adapter(adapter_dir)
+    adapter.check_against(base)
+    targets = adapter.targets()
+    names = list(base.iter_shard_order())
+    with ShardedWriter(out_dir, max_shard_bytes) as writer:
+        for i, name in enumerate(names):
+            src = base.get(name)
+            dtype = resolve_dtype(out_dtype, src.dtype) if src.is_floating_point() else src.dtype
+            if name in targets:
+                src = adapter.apply_(name, src.float())
+            writer.add(name, src.to(dtype))
+            del src
+            if on_tensor:
+                on_tensor(i + 1, len(names))
+    copy_side_files(base_dir, out_dir)
+    if out_dtype is not None:
+        set_config_dtype(out_dir, resolve_dtype(out_dtype, torch.float32))
+    return MergeReport(
+        tensors=len(names),
+        merged=len(adapter.modules),
+        replaced=len(adapter.replacements),
+        bytes_written=writer.total_bytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
+    """One output shard + four fp32 copies of the largest tensor + the adapter + runtime."""
+    base = open_checkpoint(inputs["model"])
+    largest = max(base.nbytes(n) // base.dtype(n).itemsize for n in base.names()) * 4
+    adapter = Path(inputs["adapter"]) / ADAPTER_WEIGHTS
+    adapter_bytes = adapter.stat().st_size if adapter.is_file() else 0
+    return params.max_shard_bytes + 4 * largest + 2 * adapter_bytes + (700 << 20)
+
+
+def run(ctx: StageContext, params: Params) -> None:
+    out = ctx.work_dir / "model"
+    if out.exists():  # a previous attempt's partial output: the merge is one pass, redo it
+        shutil.rmtree(out)
+
+    def on_tensor(done: int, total: int) -> None:
+        ctx.check_cancelled()
+        if done == total or done % 16 == 0:
+            ctx.progress(done, total, "tensors")
+
+    report = merge_adapter(
+        ctx.inputs["model"],
+        ctx.inputs["adapter"],
+        out,
+        out_dtype=params.out_dtype,
+        max_shard_bytes=params.max_shard_bytes,
+        on_tensor=on_tensor,
+    )
+    ctx.metric("merged_modules", report.merged)
+    ctx.metric("replaced_tensors", report.replaced)
+    ctx.metric("merge_seconds", report.seconds)
+    ctx.publish("model", out)

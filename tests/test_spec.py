@@ -1,0 +1,130 @@
+"""Spec validation: every class of bad input gives one line naming file, key and expectation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from engine.dag import critical_path, learned_durations, topo_order, why_not_running
+from engine.spec import SpecError, load_spec, parse_spec
+from engine.state import PipelineState
+from engine.workspace import Workspace
+
+PY = "{python}"
+
+
+def base_spec() -> dict:
+    step = {"kind": "command", "params": {"argv": [PY, "-c", "pass"]}, "memory_gb": 1, "duration_h": 1}
+    return {
+        "name": "t",
+        "work_items": {"W-1": {"title": "one"}, "W-2": {"title": "two", "depends_on": ["W-1"]}},
+        "stages": {
+            "a": {**step, "work_item": "W-1"},
+            "b": {**step, "after": ["a"], "duration_h": 5, "work_item": "W-2"},
+            "c": {**step, "after": ["a"], "duration_h": 2, "work_item": "W-2"},
+            "d": {**step, "after": ["b", "c"], "approval": "required", "work_item": "W-2"},
+        },
+        "acceptance": {"AC-1": {"checkpoint": "a.output", "expr": "x.y >= 1"}},
+    }
+
+
+def write(tmp_path, data) -> str:
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def error_of(tmp_path, data) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(path)
+    return msg
+
+
+def test_valid_spec_loads(tmp_path):
+    spec = load_spec(write(tmp_path, base_spec()))
+    assert topo_order(spec) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["stages"]["a"].update(colour="red"), "stages.a.colour: unknown key"),
+        (lambda d: d["stages"]["a"].update(memory_gb=-3), "stages.a.memory_gb: Input should be greater than or equal to 0"),
+        (lambda d: d["stages"]["a"].update(duration_h="long"), "stages.a.duration_h: Input should be a valid number"),
+        (lambda d: d["stages"]["b"].update(after=["zz"]), "stages.b.after: unknown stage 'zz'"),
+        (lambda d: d["stages"]["a"].update(after=["d"]), "stages: dependency cycle"),
+        (lambda d: d["stages"]["a"].update(kind="nope"), "stages.a.kind: no stage kind 'nope'"),
+        (lambda d: d["stages"]["a"]["params"].update(argvv=1), "stages.a.params.argvv: unknown key"),
+        (lambda d: d["stages"]["a"].update(inputs={"model": "model:base"}), "stages.a.inputs.model: unknown model 'base'"),
+        (lambda d: d["stages"]["a"].update(work_item="W-9"), "stages.a.work_item: unknown work item 'W-9'"),
+        (lambda d: d["work_items"]["W-1"].update(depends_on=["W-2"]), "work_items: dependency cycle"),
+        (lambda d: d["acceptance"]["AC-1"].update(expr="x >= "), "acceptance.AC-1.expr"),
+        (lambda d: d.pop("stages"), "stages: required key is missing"),
+    ],
+)
+def test_bad_input_names_key(tmp_path, mutate, expected):
+    data = copy.deepcopy(base_spec())
+    mutate(data)
+    assert expected in error_of(tmp_path, data)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "spec.yaml"
+    p.write_text("stages: [\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(p)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "absent.yaml")
+
+
+def test_cli_check_exit_codes(tmp_path):
+    good = write(tmp_path, base_spec())
+    ok = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", good], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = copy.deepcopy(base_spec())
+    bad["stages"]["a"]["memory_gb"] = -1
+    (tmp_path / "bad").mkdir()
+    path = write(tmp_path / "bad", bad)
+    res = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", path], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "stages.a.memory_gb" in res.stderr
+
+
+def test_critical_path_and_learned_durations(tmp_path):
+    spec = parse_spec(base_spec())
+    path, hours = critical_path(spec)
+    assert path == ["a", "b", "d"] and hours == 7
+    # stage b ran in 1 h instead of 5: b takes its measured time, and the other
+    # stages of its kind are scaled by the same ratio (0.2) until they run
+    ws = Workspace(tmp_path / "ws").init()
+    st = PipelineState(ws)
+    a = st.attempt("b.1")
+    a.started_at, a.finished_at, a.outcome = 0.0, 3600.0, "ok"
+    learned = learned_durations(spec, st)
+    assert learned == pytest.approx({"a": 0.2, "b": 1.0, "c": 0.4, "d": 0.2})
+    path, hours = critical_path(spec, st)
+    assert path == ["a", "b", "d"] and hours == pytest.approx(1.4)
+    # what is left: b done counts zero, so c now bounds the finish
+    st.attempt("a.1").outcome = "ok"
+    path, hours = critical_path(spec, st, remaining=True)
+    assert path == ["a", "c", "d"] and hours == pytest.approx(0.6)
+
+
+def test_why_not_running_reasons(tmp_path):
+    spec = parse_spec(base_spec())
+    st = PipelineState(Workspace(tmp_path / "ws").init())
+    assert why_not_running(spec, st, "d").text == "waiting on b, c"
+    for s in ("a", "b", "c"):
+        st.attempt(f"{s}.1").outcome = "ok"
+    assert why_not_running(spec, st, "d").kind == "needs_approval"
+    b = why_not_running(spec, st, "d", approved=True, need=8 << 30, headroom=3 << 30)
+    assert b.text == "waiting for memory: needs 8.0 GB, 3.0 GB free after reservations"
+    st.attempt("c.1").outcome = "failed"
+    assert why_not_running(spec, st, "d").text == "dependency c failed"
