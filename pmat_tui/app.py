@@ -1,0 +1,255 @@
+"""The pmat console: a client of the supervisor that reads logs and writes commands.
+
+It never owns a job (DESIGN principle 5): quitting, a closed terminal (SIGHUP) or an
+SSH drop leave every job and the supervisor running. New events are noticed through
+watchfiles (inotify) with a slow polling fallback, and folded in at most every
+``MIN_REFRESH_S`` so that a busy log does not keep the console busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from engine.memory import MemorySnapshot
+from engine.spec import PipelineSpec
+from engine.workspace import Workspace
+from pmat_tui.model import ConsoleModel
+from pmat_tui.screens.approve import ApproveScreen
+from pmat_tui.screens.base import ViewScreen
+from pmat_tui.screens.confirm import ConfirmScreen
+from pmat_tui.screens.dag import DagScreen
+from pmat_tui.screens.gates import GatesScreen
+from pmat_tui.screens.help import HelpScreen
+from pmat_tui.screens.jobs import JobsScreen
+from pmat_tui.screens.log import LogScreen
+from pmat_tui.screens.memory import MemoryScreen
+
+MIN_REFRESH_S = 0.2
+POLL_S = 1.0
+ACTIONS = ("run", "approve", "cancel", "retry")
+
+
+class PmatApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "pmat"
+    MODES = {"dag": DagScreen, "jobs": JobsScreen, "memory": MemoryScreen, "gates": GatesScreen, "log": LogScreen}
+    DEFAULT_MODE = "dag"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding("1", "switch_mode('dag')", "DAG"),
+        Binding("2", "switch_mode('jobs')", "Jobs"),
+        Binding("3", "switch_mode('memory')", "Mem"),
+        Binding("4", "switch_mode('gates')", "Gates"),
+        Binding("5", "switch_mode('log')", "Log"),
+        Binding("r", "run", "Run"),
+        Binding("a", "approve", "Approve"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("t", "retry", "Retry"),
+        Binding("l", "open_log", "Log", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        ws: Workspace,
+        spec: PipelineSpec | None = None,
+        *,
+        readonly: bool = False,
+        now: Callable[[], float] | None = None,
+        memory_probe: Callable[[], MemorySnapshot] | None = None,
+        watch: bool = True,
+        notice: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = ConsoleModel(ws, spec, readonly=readonly, now=now, memory_probe=memory_probe)
+        self.selected_stage: str | None = None
+        self.log_target: str | None = "supervisor"
+        self._watch_enabled = watch
+        self._notice = notice
+        self._stop = threading.Event()
+        self._last_refresh = 0.0
+        self._pending = False
+        self.refreshes = 0
+        if readonly:
+            self.sub_title = "read-only"
+
+    # -- lifecycle ------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self.model.refresh(force=True)
+        self._last_refresh = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests): nothing to hang up
+        if self._watch_enabled:
+            self.set_interval(POLL_S, self.request_refresh)
+            self._watch()
+        if self._notice:
+            self.notify(self._notice, severity="warning", timeout=10)
+        if not self.model.readonly and self.model.overview and self.model.overview.supervisor_pid is None:
+            self.notify("No supervisor runs for this workspace: commands wait until one does (pmat supervise).",
+                        severity="warning", timeout=10)
+
+    def _hangup(self) -> None:
+        """The terminal went away: leave quietly (the jobs never depended on us)."""
+        self._stop.set()
+        self.exit(return_code=0)
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    @work(thread=True, exclusive=True, group="watch")
+    def _watch(self) -> None:
+        """Wake the console when a log under the workspace changes (inotify via watchfiles)."""
+        import watchfiles
+
+        try:
+            for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=20, stop_event=self._stop,
+                                      raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
+                if self._stop.is_set():
+                    return
+                self._loop.call_soon_threadsafe(self.request_refresh)
+        except Exception:  # noqa: BLE001 - no inotify (network fs, limits): the polling timer carries on
+            if not self._stop.is_set():
+                self._loop.call_soon_threadsafe(self._faster_polling)
+
+    def _faster_polling(self) -> None:
+        self.set_interval(MIN_REFRESH_S, self.request_refresh)
+
+    # -- refreshing -----------------------------------------------------------------
+    def request_refresh(self) -> None:
+        """Fold new events now, or as soon as ``MIN_REFRESH_S`` has passed since the last fold."""
+        wait = self._last_refresh + MIN_REFRESH_S - time.monotonic()
+        if wait <= 0:
+            self.do_refresh()
+        elif not self._pending:
+            self._pending = True
+            self.set_timer(wait, self.do_refresh)
+
+    def do_refresh(self, force: bool = False) -> None:
+        self._pending = False
+        self._last_refresh = time.monotonic()
+        self.refreshes += 1
+        _, structural = self.model.refresh(force=force)
+        for sent, what, reason in self.model.answers():
+            if what == "rejected":
+                self.notify(f"{sent.command} {sent.target} rejected: {reason}", severity="error", timeout=8)
+            else:
+                self.notify(f"{sent.command} {sent.target}: done", timeout=4)
+        screen = self.screen
+        if isinstance(screen, ViewScreen):
+            screen.update_view(structural)
+        elif structural:
+            for s in self.screen_stack:
+                if isinstance(s, ViewScreen):
+                    s.update_view(True)
+
+    # -- actions --------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ACTIONS and self.model.readonly:
+            return False  # read-only: the actions do not exist
+        return True
+
+    def _stage(self) -> str | None:
+        if not self.selected_stage:
+            self.notify("Select a stage first (DAG view: arrows).", severity="warning")
+        return self.selected_stage
+
+    def _send(self, command: str, target: str, **args) -> None:
+        try:
+            self.model.send(command, target, **args)
+        except PermissionError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"{command} {target}: sent to the supervisor", timeout=3)
+        self.request_refresh()
+
+    def action_run(self, stage: str | None = None) -> None:
+        stage = stage or self._stage()
+        if stage:
+            self._send("run", stage)
+
+    def action_retry(self, stage: str | None = None) -> None:
+        stage = stage or self._stage()
+        if stage:
+            self._send("retry", stage)
+
+    def action_cancel(self, stage: str | None = None) -> None:
+        stage = stage or self._stage()
+        if not stage:
+            return
+        job = self.model.job_of(stage)
+        status = self.model.rows[stage].status if stage in self.model.rows else "pending"
+        if status not in ("running", "queued"):
+            self.notify(f"{stage} is {status}: nothing to cancel", severity="warning")
+            return
+        grace = self.model.spec.settings.cancel_grace_s
+        what = f"job {job}" if status == "running" and job else f"queued stage {stage}"
+        question = f"Cancel {what}?\nSIGTERM now, SIGKILL after {grace:g} s if it has not stopped."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send("cancel", job if status == "running" and job else stage)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_approve(self, stage: str | None = None) -> None:
+        stage = stage or self._stage()
+        if not stage:
+            return
+        if self.model.spec.stages[stage].approval != "required":
+            self.notify(f"{stage} needs no approval", severity="warning")
+            return
+        evidence = self.model.evidence(stage)
+        gates = [g for g in self.model.gates() if stage in g.gated_stages]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send("approve", stage, evidence=evidence)
+
+        self.push_screen(ApproveScreen(stage, evidence, gates), answered)
+
+    def action_open_log(self, stage: str | None = None) -> None:
+        stage = stage or self.selected_stage
+        job = self.model.job_of(stage) if stage else None
+        self.log_target = job or "supervisor"
+        if self.current_mode == "log":
+            self.screen.update_view(True)  # type: ignore[attr-defined]
+        else:
+            self.switch_mode("log")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.model.readonly))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for mode in self.MODES:
+            yield SystemCommand(f"View: {mode}", f"switch to the {mode} view", lambda m=mode: self.switch_mode(m))
+        yield SystemCommand("Log: supervisor journal", "the supervisor's journal", lambda: self._log("supervisor"))
+        for stage, entry in self.model.spec.stages.items():
+            if self.model.job_of(stage):
+                yield SystemCommand(f"Log: {stage}", f"log of {self.model.job_of(stage)}", lambda s=stage: self.action_open_log(s))
+            if self.model.readonly:
+                continue
+            yield SystemCommand(f"Run: {stage}", "request the stage with its upstream", lambda s=stage: self.action_run(s))
+            yield SystemCommand(f"Cancel: {stage}", "cancel its job (asks first)", lambda s=stage: self.action_cancel(s))
+            yield SystemCommand(f"Retry: {stage}", "run it again after a failure", lambda s=stage: self.action_retry(s))
+            if entry.approval == "required":
+                yield SystemCommand(f"Approve: {stage}", "review the evidence and approve", lambda s=stage: self.action_approve(s))
+
+    def _log(self, target: str) -> None:
+        self.log_target = target
+        self.switch_mode("log")
+        if isinstance(self.screen, LogScreen):
+            self.screen.update_view(True)

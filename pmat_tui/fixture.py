@@ -1,0 +1,158 @@
+"""Deterministic workspaces for the console's snapshot tests and benchmark.
+
+``write_fixture(root)`` writes a small pipeline with a journal and job logs at fixed
+timestamps (``FIXTURE_NOW`` is "now"), covering every status and reason the console
+shows. ``write_bench(root, jobs, events)`` generates a large workspace. Both write
+the same files a supervisor and its jobs would; nothing here runs a process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.memory import GIB, GpuInfo, MemorySnapshot
+from engine.workspace import Workspace
+
+T0 = 1_790_000_000.0
+FIXTURE_NOW = T0 + 3600.0
+FAKE_IDENT = {"pid": 4_000_000, "start_ticks": 1, "boot_id": "fixture"}
+
+
+def fixture_memory() -> MemorySnapshot:
+    """A GB10-like box: 119 GB unified, NVML without device memory."""
+    return MemorySnapshot(total=119 * GIB, available=80 * GIB, psi={"some": 0.4, "full": 0.0},
+                          gpus=[GpuInfo("NVIDIA GB10", True, None, None, {})])
+
+
+def _cmd(after: list[str], item: str, hours: float, gb: float, **kw: Any) -> dict[str, Any]:
+    return {"kind": "command", "work_item": item, "after": after, "params": {"argv": ["{python}", "-c", "pass"]},
+            "memory_gb": gb, "duration_h": hours, **kw}
+
+
+FIXTURE_SPEC: dict[str, Any] = {
+    "name": "fixture",
+    "description": "every status the console shows",
+    "work_items": {
+        "PMAT-001": {"title": "Baseline", "acceptance": ["AC-021"]},
+        "PMAT-002": {"title": "Sampling and pairs", "depends_on": ["PMAT-001"]},
+        "PMAT-003": {"title": "DPO", "depends_on": ["PMAT-002"], "acceptance": ["AC-020"]},
+        "PMAT-004": {"title": "Merge and ship", "depends_on": ["PMAT-003"], "acceptance": ["AC-022"]},
+    },
+    "stages": {
+        "base": {"kind": "tiny_model", "work_item": "PMAT-001", "params": {"hidden_size": 64},
+                 "memory_gb": 1, "duration_h": 0.1},
+        "eval_base": _cmd(["base"], "PMAT-001", 1.0, 4),
+        "sample": _cmd(["eval_base"], "PMAT-002", 10.0, 18.6),
+        "sft": _cmd(["base"], "PMAT-002", 2.0, 12),
+        "lint": _cmd(["base"], "PMAT-002", 0.2, 1),
+        "pairs": _cmd(["sample"], "PMAT-002", 0.5, 2),
+        "dpo": _cmd(["pairs", "sft"], "PMAT-003", 4.0, 40, approval="required"),
+        "release": _cmd(["eval_base"], "PMAT-001", 0.1, 1, approval="required"),
+        "merge": _cmd(["dpo"], "PMAT-004", 1.0, 49),
+        "quant": _cmd(["merge"], "PMAT-004", 0.5, 8),
+    },
+    "acceptance": {
+        "AC-020": {"description": "DPO loss falls over training", "work_item": "PMAT-003",
+                   "checkpoint": "dpo.adapter", "expr": "dpo.loss_last < dpo.loss_first"},
+        "AC-021": {"description": "baseline HumanEval pass@1 >= 85%", "work_item": "PMAT-001",
+                   "checkpoint": "base.model", "expr": "humaneval.pass_at_1 >= 0.85", "threshold": 0.85},
+        "AC-022": {"description": "final: HE >= 85, HE+ >= 82, MBPP >= 80", "work_item": "PMAT-004",
+                   "checkpoint": "quant.model", "expr": "humaneval.pass_at_1 >= 0.85", "threshold": 0.85},
+    },
+}
+
+
+class _Log:
+    """Writes one JSONL file with explicit timestamps."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "w")  # noqa: SIM115 - closed by close()
+
+    def emit(self, ts: float, event: str, **fields: Any) -> None:
+        self.fh.write(json.dumps({"ts": round(ts, 3), "kind": event, **fields}, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _job(ws: Workspace, journal: _Log, stage: str, attempt: int, start: float, *, end: float | None,
+         outcome: str | None, total: float, unit: str, step_s: float, done_at_end: float,
+         error: str | None = None, metrics: bool = False, rss: int = 2 * GIB) -> None:
+    job_id = f"{stage}.{attempt}"
+    journal.emit(start - 2, "admitted", stage=stage, job_id=job_id, reservation=rss)
+    journal.emit(start - 1, "launched", stage=stage, job_id=job_id, attempt=attempt, identity=FAKE_IDENT,
+                 reservation=rss)
+    log = _Log(ws.job_log(job_id))
+    log.emit(start, "job_started", job_id=job_id, stage=stage, attempt=attempt,
+             params={"argv": ["{python}", "-c", "pass"]}, **FAKE_IDENT)
+    stop = end if end is not None else FIXTURE_NOW - 5
+    n = max(1, int((stop - start) / step_s))
+    for i in range(1, n + 1):
+        ts = start + i * step_s
+        log.emit(ts, "progress", done=round(done_at_end * i / n), total=total, unit=unit)
+        if metrics:
+            loss = 0.693 * math.exp(-i / (n / 2)) + 0.05 * math.sin(i)
+            log.emit(ts, "metric", name="loss", value=round(loss, 4), step=i)
+            log.emit(ts, "metric", name="rewards/margins", value=round(0.02 * i + 0.03 * math.cos(i), 4), step=i)
+        if i % 5 == 0:
+            log.emit(ts, "resource", rss=rss - (n - i) * 1000, peak_rss=rss, gpu=None)
+    if outcome is not None:
+        if outcome == "ok":
+            log.emit(stop, "artifact", name="output", path=str(ws.artifact_path(stage, "output")),
+                     sha256="9f2c1e7ab3d4" + "0" * 52, bytes=123456)
+        log.emit(stop, "job_finished", outcome=outcome, error=error, peak_rss=rss)
+    log.close()
+
+
+def write_fixture(root: Path) -> Workspace:
+    """The snapshot tests' workspace: done, running, failed, waiting, gated and pending stages."""
+    ws = Workspace(root).init()
+    ws.spec_path.write_text(yaml.safe_dump(FIXTURE_SPEC, sort_keys=False))
+    j = _Log(ws.journal_path)
+    j.emit(T0, "supervisor_started", **FAKE_IDENT)
+    for s in ("base", "eval_base", "sample", "sft", "lint", "pairs", "dpo", "release"):
+        j.emit(T0 + 1, "queued", stage=s, reason="requested by fixture")
+    _job(ws, j, "base", 1, T0 + 10, end=T0 + 70, outcome="ok", total=2, unit="steps", step_s=20, done_at_end=2)
+    _job(ws, j, "eval_base", 1, T0 + 80, end=T0 + 580, outcome="ok", total=164, unit="problems", step_s=25,
+         done_at_end=164)
+    _job(ws, j, "lint", 1, T0 + 80, end=T0 + 200, outcome="failed", total=10, unit="files", step_s=30,
+         done_at_end=4, error="command python exited with status 1")
+    _job(ws, j, "sft", 1, T0 + 90, end=None, outcome=None, total=400, unit="steps", step_s=60,
+         done_at_end=310, metrics=True, rss=11 * GIB)
+    _job(ws, j, "sample", 1, T0 + 600, end=None, outcome=None, total=1000, unit="prompts", step_s=30,
+         done_at_end=600, rss=int(18.6 * GIB))
+    j.emit(T0 + 600, "waiting", stage="pairs", reason="waiting on sample")
+    j.emit(T0 + 600, "waiting", stage="dpo", reason="waiting on pairs, sft")
+    j.emit(T0 + 600, "waiting", stage="release", reason="needs approval")
+    j.close()
+    return ws
+
+
+def write_bench(root: Path, jobs: int = 200, events: int = 100_000, running: int = 3) -> Workspace:
+    """A large workspace: ``jobs`` stages in chains of 10 per work item, ``events`` job events in all."""
+    ws = Workspace(root).init()
+    items = {f"W-{i:03d}": {"title": f"work item {i}"} for i in range(math.ceil(jobs / 10))}
+    stages: dict[str, Any] = {}
+    for k in range(jobs):
+        item = f"W-{k // 10:03d}"
+        after = [f"s{k - 1:03d}"] if k % 10 else []
+        stages[f"s{k:03d}"] = _cmd(after, item, 1.0 + k % 7, 1 + k % 5)
+    ws.spec_path.write_text(yaml.safe_dump({"name": "bench", "work_items": items, "stages": stages}, sort_keys=False))
+    per_job = events // jobs
+    j = _Log(ws.journal_path)
+    j.emit(T0, "supervisor_started", **FAKE_IDENT)
+    for s in stages:
+        j.emit(T0 + 1, "queued", stage=s, reason="requested by bench")
+    for k, s in enumerate(stages):
+        live = k >= jobs - running
+        _job(ws, j, s, 1, T0 + 10, end=None if live else T0 + 10 + per_job, outcome=None if live else "ok",
+             total=per_job, unit="items", step_s=(FIXTURE_NOW - 20 - T0) / per_job if live else 1.0,
+             done_at_end=per_job - (per_job // 2 if live else 0))
+    j.close()
+    return ws

@@ -1,0 +1,65 @@
+"""Formatting shared by the console's widgets."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.text import Text
+
+from engine.cli._common import fmt_bytes, fmt_duration
+
+__all__ = ["fmt_bytes", "fmt_duration", "fmt_clock", "fmt_rate", "fmt_num", "event_text", "short_hash"]
+
+KIND_STYLE = {
+    "job_started": "bold green",
+    "job_finished": "bold",
+    "progress": "cyan",
+    "metric": "blue",
+    "warning": "bold yellow",
+    "artifact": "green",
+    "checkpoint": "magenta",
+    "resource": "dim",
+    "crashed": "bold red",
+    "command_rejected": "red",
+    "approval_granted": "bold cyan",
+}
+
+
+def fmt_clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def fmt_num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def fmt_rate(per_h: float | None, unit: str) -> str:
+    if not per_h:
+        return "-"
+    return f"{per_h:,.0f} {unit}/h" if per_h >= 100 else f"{per_h:.3g} {unit}/h"
+
+
+def short_hash(h: str | None, n: int = 12) -> str:
+    if not h:
+        return "-"
+    return h[:n + 3] if h.startswith("fp:") else h[:n]
+
+
+def event_text(raw: bytes) -> Text:
+    """One log line as ``HH:MM:SS kind key=value ...``; lines that are not JSON stay raw."""
+    try:
+        ev = json.loads(raw)
+    except ValueError:
+        return Text(raw.decode(errors="replace"), style="red")
+    if not isinstance(ev, dict):
+        return Text(raw.decode(errors="replace"))
+    kind = str(ev.get("kind", "?"))
+    out = Text(fmt_clock(ev.get("ts")) + " ", style="dim")
+    out.append(f"{kind:<12} ", style=KIND_STYLE.get(kind, "bold"))
+    rest = " ".join(f"{k}={json.dumps(v, default=str, separators=(',', ':'))}" for k, v in ev.items() if k not in ("ts", "kind"))
+    out.append(rest)
+    return out

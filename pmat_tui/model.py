@@ -1,0 +1,227 @@
+"""What the console knows: a fold over the workspace's logs, plus the commands it may send.
+
+The console is a client (DESIGN principle 5): everything shown here is derived from
+``PipelineState`` and the files of the workspace, and every action is a command file
+for the supervisor. ``refresh()`` separates cheap updates (progress of running jobs)
+from structural ones (the overview with reasons and the critical path), so an idle
+console stays idle while jobs write many events a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.approvals import stage_evidence
+from engine.memory import MemorySnapshot, admission_headroom, snapshot
+from engine.overview import Overview, StageRow, build_overview
+from engine.spec import GIB, PipelineSpec, load_spec
+from engine.state import Attempt, PipelineState
+from engine.supervisor import send_command, supervisor_identity
+from engine.workspace import Workspace
+
+STATUS_STYLE = {
+    "running": ("▶", "bold green"),
+    "done": ("✔", "green"),
+    "queued": ("…", "yellow"),
+    "pending": ("○", "dim"),
+    "failed": ("✘", "bold red"),
+    "crashed": ("✘", "bold red"),
+    "cancelled": ("■", "magenta"),
+}
+BLOCKED_STYLE = {
+    "needs_approval": ("◆", "bold cyan"),
+    "memory": ("▲", "bold yellow"),
+    "failed_dependency": ("⊘", "red"),
+}
+GATE_STYLE = {
+    "pass": ("✔", "green"),
+    "fail": ("✘", "bold red"),
+    "no data": ("?", "dim"),
+    "stale": ("↻", "yellow"),
+}
+STRUCTURE_EVERY_S = 5.0
+
+
+def status_mark(row: StageRow) -> tuple[str, str]:
+    """Symbol and style of a stage: its status, or what blocks it when it waits."""
+    if row.status in ("queued", "pending") and row.reason_kind in BLOCKED_STYLE:
+        return BLOCKED_STYLE[row.reason_kind]
+    return STATUS_STYLE.get(row.status, ("?", ""))
+
+
+@dataclass
+class GateRow:
+    """One acceptance criterion as the console shows it."""
+
+    ac: str
+    description: str
+    work_item: str | None
+    status: str  # pass | fail | no data | stale
+    value: Any = None
+    threshold: float | None = None
+    checkpoint: str | None = None
+    evidence: dict[str, Any] | None = None
+    detail: str = ""
+    gated_stages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sent:
+    """A command the console sent, until the supervisor's journal answers it."""
+
+    cid: str
+    command: str
+    target: str
+    at: float
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return None
+
+
+class ConsoleModel:
+    """Reads a workspace; sends commands unless read-only."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        spec: PipelineSpec | None = None,
+        *,
+        readonly: bool = False,
+        now: Callable[[], float] | None = None,
+        memory_probe: Callable[[], MemorySnapshot] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.spec = spec or load_spec(ws.spec_path)
+        self.readonly = readonly
+        self.now = now or time.time
+        self.memory_probe = memory_probe or snapshot
+        self.state = PipelineState(ws)
+        self.overview: Overview | None = None
+        self.rows: dict[str, StageRow] = {}
+        self.sent: list[Sent] = []
+        self._signature: tuple = ()
+        self._structure_at = 0.0
+        self._journal_last: dict[str, Any] | None = None
+
+    # -- folding ----------------------------------------------------------------
+    def _sig(self) -> tuple:
+        last = self.state.journal[-1] if self.state.journal else None
+        finished = sum(1 for a in self.state.jobs.values() if a.outcome is not None)
+        started = sum(1 for a in self.state.jobs.values() if a.started_at is not None)
+        return (len(self.state.journal), last and last.get("ts"), len(self.state.jobs), finished, started)
+
+    def refresh(self, force: bool = False) -> tuple[bool, bool]:
+        """Fold new events. Returns (anything changed, structure changed)."""
+        changed = self.state.refresh()
+        sig = self._sig()
+        now = time.monotonic()
+        structural = force or self.overview is None or sig != self._signature or now - self._structure_at > STRUCTURE_EVERY_S
+        if structural:
+            self._signature = sig
+            self._structure_at = now
+            self.overview = build_overview(self.ws, self.spec, self.state, now=self.now())
+            self.rows = {r.stage: r for r in self.overview.rows}
+        return changed or structural, structural
+
+    def answers(self) -> list[tuple[Sent, str, str | None]]:
+        """(command, 'done'|'rejected', reason) for commands the journal answered since the last call."""
+        fresh: list[dict[str, Any]] = []
+        for ev in reversed(self.state.journal):  # the journal deque is bounded: find what is new by identity
+            if ev is self._journal_last:
+                break
+            fresh.append(ev)
+        fresh.reverse()
+        if self.state.journal:
+            self._journal_last = self.state.journal[-1]
+        pending = {s.cid: s for s in self.sent}
+        verdict: dict[str, tuple[str, str | None]] = {}
+        for ev in fresh:
+            cid = ev.get("id") or ""
+            if cid in pending and ev.get("kind") in ("command_received", "command_rejected"):
+                if ev["kind"] == "command_rejected" or cid not in verdict:
+                    verdict[cid] = ("rejected" if ev["kind"] == "command_rejected" else "done", ev.get("reason"))
+        out = []
+        for cid, (what, reason) in verdict.items():
+            out.append((pending[cid], what, reason))
+            self.sent.remove(pending[cid])
+        return out
+
+    # -- queries ----------------------------------------------------------------
+    def supervisor_pid(self) -> int | None:
+        ident = supervisor_identity(self.ws)
+        return ident.pid if ident else None
+
+    def running(self) -> list[Attempt]:
+        return sorted(self.state.running(), key=lambda a: a.launched_at or 0)
+
+    def recent_finished(self, n: int = 3) -> list[Attempt]:
+        done = [a for a in self.state.jobs.values() if a.outcome is not None]
+        return sorted(done, key=lambda a: a.finished_at or 0)[-n:]
+
+    def job_of(self, stage: str) -> str | None:
+        st = self.state.stages.get(stage)
+        return st.latest.job_id if st and st.latest else None
+
+    def memory(self) -> dict[str, Any]:
+        """Available memory, PSI, per-job use, reservations and admission headroom."""
+        snap = self.memory_probe()
+        s = self.spec.settings
+        running = self.running()
+        budget = int(s.memory_budget_gb * GIB) if s.memory_budget_gb else None
+        headroom = admission_headroom(snap.available, [(a.reservation, a.rss) for a in running],
+                                      int(s.memory_margin_gb * GIB), budget)
+        return {"snapshot": snap, "running": running, "headroom": headroom, "budget": budget,
+                "margin": int(s.memory_margin_gb * GIB)}
+
+    def gates(self) -> list[GateRow]:
+        """Acceptance criteria with their verdicts (engine.gates when present, else no data)."""
+        results: dict[str, Any] = {}
+        try:
+            from engine.gates import evaluate_gates  # written by the lead; optional until it lands
+        except ImportError:
+            evaluate_gates = None
+        if evaluate_gates is not None:
+            got = evaluate_gates(self.spec, self.ws)
+            items = got.items() if isinstance(got, dict) else ((_get(g, "ac", "criterion", "id", "name"), g) for g in got)
+            results = {str(k): v for k, v in items}
+        rows = []
+        for ac, crit in self.spec.acceptance.items():
+            gated = [s for s, e in self.spec.stages.items() if e.approval == "required" and e.work_item
+                     and ac in self.spec.work_items[e.work_item].acceptance]
+            r = results.get(ac)
+            checkpoint = crit.checkpoint or ", ".join(f"{k}={v}" for k, v in crit.checkpoints.items())
+            if r is None:
+                rows.append(GateRow(ac, crit.description, crit.work_item, "no data", None, crit.threshold,
+                                    checkpoint, None, crit.expr, gated))
+                continue
+            status = str(_get(r, "status", "verdict") or "no data").replace("_", " ")
+            rows.append(GateRow(
+                ac, crit.description, crit.work_item, status,
+                _get(r, "value"), _get(r, "threshold") if _get(r, "threshold") is not None else crit.threshold,
+                checkpoint, _get(r, "evidence"), str(_get(r, "detail", "reason", "message") or crit.expr), gated,
+            ))
+        return rows
+
+    def evidence(self, stage: str) -> dict[str, Any]:
+        return stage_evidence(self.spec, self.ws, stage)
+
+    # -- commands ---------------------------------------------------------------
+    def send(self, command: str, target: str, **args: Any) -> Sent:
+        """Write a command for the supervisor; refused outright in read-only mode."""
+        if self.readonly:
+            raise PermissionError("read-only console: no commands are sent")
+        key = {"run": "targets", "approve": "target"}.get(command, "job")
+        value: Any = [target] if key == "targets" else target
+        cid = send_command(self.ws, command, **{key: value}, **args)
+        s = Sent(cid, command, target, self.now())
+        self.sent.append(s)
+        return s

@@ -1,0 +1,45 @@
+"""What every view shares: the header line, the footer, and a hook for new data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from pmat_tui.widgets.header_bar import HeaderBar
+
+if TYPE_CHECKING:
+    from pmat_tui.app import PmatApp
+    from pmat_tui.model import ConsoleModel
+
+
+class ViewScreen(Screen):
+    """A mode of the console. Subclasses compose ``body()`` and implement ``update_view``."""
+
+    VIEW = "view"
+
+    @property
+    def papp(self) -> PmatApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def model(self) -> ConsoleModel:
+        return self.papp.model
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield from self.body()
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    def on_screen_resume(self) -> None:
+        self.update_view(True)
+
+    def update_view(self, structural: bool) -> None:
+        """Show the model's current state; ``structural`` when the overview was rebuilt."""
+        if structural:
+            self.query_one(HeaderBar).show(self.model, self.VIEW)

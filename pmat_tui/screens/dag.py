@@ -1,0 +1,43 @@
+"""DAG view: work items and stages on the left, the selected stage's details on the right."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual.widgets import Tree
+
+from pmat_tui.screens.base import ViewScreen
+from pmat_tui.widgets.dag_tree import DagTree
+from pmat_tui.widgets.stage_detail import StageDetail
+
+
+class DagScreen(ViewScreen):
+    VIEW = "DAG"
+
+    def body(self) -> ComposeResult:
+        with Container(id="dag-split"):
+            yield DagTree(self.model, id="dag-tree")
+            yield StageDetail(self.model, id="stage-detail")
+
+    def on_mount(self) -> None:
+        tree = self.query_one(DagTree)
+        tree.focus()
+        rows = self.model.rows
+        first = next((s for s, r in rows.items() if r.status == "running"), next(iter(tree.stage_nodes), None))
+        self.papp.selected_stage = self.papp.selected_stage or first
+        if self.papp.selected_stage:
+            tree.select_stage(self.papp.selected_stage)
+
+    def update_view(self, structural: bool) -> None:
+        super().update_view(structural)
+        tree = self.query_one(DagTree)
+        tree.update_rows()
+        detail = self.query_one(StageDetail)
+        if structural or (detail.stage and self.model.rows.get(detail.stage) and self.model.rows[detail.stage].status == "running"):
+            detail.show(self.papp.selected_stage)
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        data = event.node.data or ""
+        if data and not data.startswith("item:"):
+            self.papp.selected_stage = data
+            self.query_one(StageDetail).show(data)

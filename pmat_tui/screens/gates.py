@@ -1,0 +1,40 @@
+"""Gates view: every acceptance criterion with its verdict and evidence; approve from here."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable
+
+from pmat_tui.model import GateRow
+from pmat_tui.screens.base import ViewScreen
+from pmat_tui.widgets.gates_table import GateDetail, GatesTable
+
+
+class GatesScreen(ViewScreen):
+    VIEW = "Gates"
+
+    rows: list[GateRow] = []
+
+    def body(self) -> ComposeResult:
+        yield GatesTable(id="gates-table")
+        yield GateDetail(id="gate-detail")
+
+    def on_mount(self) -> None:
+        self.query_one(GatesTable).focus()
+
+    def update_view(self, structural: bool) -> None:
+        super().update_view(structural)
+        if structural:
+            self.rows = self.model.gates()
+            self.query_one(GatesTable).show(self.rows)
+            self._show_selected()
+
+    def _show_selected(self) -> None:
+        table = self.query_one(GatesTable)
+        g = self.rows[table.cursor_row] if self.rows and 0 <= table.cursor_row < len(self.rows) else None
+        self.query_one(GateDetail).show(g)
+        if g and g.gated_stages:
+            self.papp.selected_stage = g.gated_stages[0]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_selected()

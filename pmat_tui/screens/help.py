@@ -1,0 +1,46 @@
+"""`?`: every key of the console in one place."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+KEYS = [
+    ("1 2 3 4 5", "views: DAG, Jobs, Memory, Gates, Log"),
+    ("tab / arrows", "move between and within panels (no mouse needed)"),
+    ("r", "run the selected stage (with its upstream)"),
+    ("a", "approve the selected gated stage (shows its evidence)"),
+    ("c", "cancel the selected stage's job (asks first)"),
+    ("t", "retry a failed, crashed or cancelled stage"),
+    ("l", "open the selected stage's log"),
+    ("ctrl+p", "command palette: every action on every stage"),
+    ("Log view: f / p [ ] s", "follow/pause, filter, pretty JSON, prev/next job, journal"),
+    ("q", "quit (jobs keep running; the supervisor keeps working)"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "close")]
+
+    def __init__(self, readonly: bool) -> None:
+        super().__init__()
+        self.readonly = readonly
+
+    def compose(self) -> ComposeResult:
+        t = Table("key", "does", box=None, padding=(0, 1), header_style="bold")
+        for k, v in KEYS:
+            if self.readonly and k in ("r", "a", "c", "t"):
+                continue
+            t.add_row(k, v)
+        with Vertical(classes="modal-box"):
+            yield Static("pmat console — read-only: nothing can be changed" if self.readonly else "pmat console",
+                         classes="modal-text")
+            with VerticalScroll(classes="modal-scroll"):
+                yield Static(t)
+
+    async def action_dismiss(self, result=None) -> None:
+        self.dismiss(None)

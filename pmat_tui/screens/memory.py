@@ -1,0 +1,27 @@
+"""Memory view: available memory, pressure, per-job use and reservations, the queue."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+
+from pmat_tui.screens.base import ViewScreen
+from pmat_tui.widgets.memory_panel import MemoryPanel
+
+PROBE_EVERY_S = 2.0
+
+
+class MemoryScreen(ViewScreen):
+    VIEW = "Memory"
+
+    def body(self) -> ComposeResult:
+        with VerticalScroll(id="memory-scroll"):
+            yield MemoryPanel(id="memory")
+
+    def on_mount(self) -> None:
+        self.set_interval(PROBE_EVERY_S, lambda: self.update_view(False))
+
+    def update_view(self, structural: bool) -> None:
+        super().update_view(structural)
+        if self.is_current:
+            self.query_one(MemoryPanel).show(self.model)

@@ -1,0 +1,75 @@
+"""The DAG as a tree: work items, then their stages, with status, critical path and reason."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from engine.dag import topo_order, work_item_order
+from engine.overview import StageRow
+from pmat_tui.fmt import fmt_duration
+from pmat_tui.model import ConsoleModel, status_mark
+
+CRITICAL = "★"
+
+
+def stage_label(row: StageRow, width: int = 18) -> Text:
+    sym, style = status_mark(row)
+    t = Text()
+    t.append(f"{sym} ", style=style)
+    t.append(CRITICAL if row.critical else " ", style="bold #ff8700")
+    t.append(f" {row.stage:<{width}} ", style="bold" if row.status == "running" else "")
+    if row.status == "running":
+        pct = f"{100 * (row.done or 0) / row.total:.0f}%" if row.total else "running"
+        t.append(f"{pct} ETA {fmt_duration(row.eta_s)}", style=style)
+    elif row.status == "done":
+        t.append("done", style=style)
+    else:
+        t.append(row.reason, style=style)
+    return t
+
+
+class DagTree(Tree[str]):
+    """Node data: a stage name, or ``item:<id>`` for a work item."""
+
+    def __init__(self, model: ConsoleModel, **kw) -> None:
+        super().__init__(model.spec.name, data="", **kw)
+        self.model = model
+        self.stage_nodes: dict[str, TreeNode[str]] = {}
+        self.item_nodes: dict[str, TreeNode[str]] = {}
+        self.show_root = False
+        self.guide_depth = 2
+        spec = model.spec
+        order = topo_order(spec)
+        width = max((len(s) for s in spec.stages), default=8)
+        self._width = min(width, 22)
+        for item in work_item_order(spec) + [None]:
+            stages = [s for s in order if spec.stages[s].work_item == item]
+            if not stages:
+                continue
+            title = f"{item}  {spec.work_items[item].title}" if item else "(no work item)"
+            node = self.root.add(title, data=f"item:{item or ''}", expand=True)
+            self.item_nodes[item or ""] = node
+            for s in stages:
+                self.stage_nodes[s] = node.add_leaf(s, data=s)
+        self.root.expand()
+
+    def update_rows(self) -> None:
+        rows = self.model.rows
+        for stage, node in self.stage_nodes.items():
+            row = rows.get(stage)
+            if row is not None:
+                node.set_label(stage_label(row, self._width))
+        for item, node in self.item_nodes.items():
+            stages = [rows[s] for s in self.model.spec.stages if (self.model.spec.stages[s].work_item or "") == item and s in rows]
+            done = sum(r.status == "done" for r in stages)
+            title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
+            label = Text(title, style="bold")
+            label.append(f"  {done}/{len(stages)} done", style="dim")
+            node.set_label(label)
+
+    def select_stage(self, stage: str) -> None:
+        node = self.stage_nodes.get(stage)
+        if node is not None:
+            self.move_cursor(node)

@@ -1,0 +1,52 @@
+"""Acceptance criteria: verdict, value against threshold, and the evidence behind it."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+from textual.widgets import DataTable, Static
+
+from pmat_tui.fmt import fmt_num
+from pmat_tui.model import GATE_STYLE, GateRow
+
+
+class GatesTable(DataTable):
+    """One row per criterion; the row key is the AC id."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.add_columns("AC", "verdict", "value", "threshold", "checkpoint", "gates")
+
+    def show(self, rows: list[GateRow]) -> None:
+        keep = self.cursor_row
+        self.clear()
+        for g in rows:
+            sym, style = GATE_STYLE.get(g.status, ("?", ""))
+            self.add_row(g.ac, Text(f"{sym} {g.status}", style=style), fmt_num(g.value), fmt_num(g.threshold),
+                         g.checkpoint or "-", ", ".join(g.gated_stages) or "-", key=g.ac)
+        if rows:
+            self.move_cursor(row=min(keep, len(rows) - 1))
+
+
+class GateDetail(Static):
+    """The selected criterion's description, expression and evidence record."""
+
+    def show(self, g: GateRow | None) -> None:
+        if g is None:
+            self.update("")
+            return
+        sym, style = GATE_STYLE.get(g.status, ("?", ""))
+        parts: list[RenderableType] = [
+            Text(f"{sym} {g.ac} {g.status}", style=f"bold {style}"),
+            Text(g.description or "-"),
+            Text(f"rule: {g.detail}", style="dim"),
+        ]
+        if g.evidence:
+            parts.append(Text("evidence: " + json.dumps(g.evidence, default=str, indent=1)))
+        else:
+            parts.append(Text("evidence: no result recorded for this checkpoint yet", style="dim"))
+        if g.gated_stages:
+            parts.append(Text(f"approving gates stage(s): {', '.join(g.gated_stages)} (a)", style="cyan"))
+        self.update(Group(*parts))

@@ -1,0 +1,29 @@
+"""One line on top of every view: pipeline, workspace, supervisor, mode, critical path."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from pmat_tui.model import ConsoleModel
+
+
+class HeaderBar(Static):
+    """Where am I and is anything looking after my jobs."""
+
+    def show(self, model: ConsoleModel, view: str) -> None:
+        ov = model.overview
+        t = Text()
+        t.append(" pmat ", style="bold reverse")
+        t.append(f" {view} ", style="bold")
+        t.append(f"· {model.spec.name} · {model.ws.root.name} ")
+        pid = ov.supervisor_pid if ov else None
+        if pid:
+            t.append(f"· supervisor {pid} ", style="green")
+        else:
+            t.append("· no supervisor ", style="bold red")
+        if model.readonly:
+            t.append(" READ-ONLY ", style="bold black on yellow")
+        if ov:
+            t.append(f" · critical path {ov.remaining_hours:.1f}h to go", style="dim")
+        self.update(t)

@@ -1,0 +1,67 @@
+"""One job: progress bar, rate and ETA from its own timestamps, sparkline, resources, curves."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, ProgressBar, Sparkline
+
+from engine.state import Attempt, StageState
+from pmat_tui.fmt import fmt_bytes, fmt_duration, fmt_num, fmt_rate
+
+CURVES = (("loss", "loss"), ("rewards/margins", "margin"))
+
+
+class JobCard(Vertical, can_focus=True):
+    """A job's live numbers; rate and ETA come from event timestamps, never from the widget."""
+
+    def __init__(self, job_id: str, **kw) -> None:
+        super().__init__(id=f"job-{job_id.replace('.', '-').replace('/', '-')}", classes="job-card", **kw)
+        self.job_id = job_id
+        self.stage = job_id.rpartition(".")[0]
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.job_id, classes="job-title")
+        with Horizontal(classes="job-progress"):
+            yield ProgressBar(show_eta=False)
+            yield Label("", classes="job-count")
+        yield Label("", classes="job-stats")
+        with Horizontal(classes="job-rate"):
+            yield Label("rate/h ", classes="spark-label")
+            yield Sparkline([], classes="rate-spark")
+        for _name, short in CURVES:
+            with Horizontal(classes=f"job-curve curve-{short}"):
+                yield Label("", classes="spark-label")
+                yield Sparkline([], classes=f"{short}-spark")
+
+    def update_job(self, a: Attempt, st: StageState, now: float) -> None:
+        status = a.outcome or ("running" if a.running else "queued")
+        style = {"running": "bold green", "ok": "green", "failed": "bold red", "cancelled": "magenta", "crashed": "bold red"}.get(status, "")
+        title = Text(f"{a.job_id} ", style="bold")
+        title.append(status, style=style)
+        if st.cancel_requested and a.running:
+            title.append("  cancelling…", style="magenta")
+        if a.warnings:
+            title.append(f"  ⚠ {a.warnings[-1][:60]}", style="yellow")
+        self.query_one(".job-title", Label).update(title)
+        bar = self.query_one(ProgressBar)
+        if a.total:
+            bar.update(total=a.total, progress=a.done)
+        count = f"{fmt_num(a.done)}/{fmt_num(a.total)} {a.unit}" if a.total else f"{fmt_num(a.done)} {a.unit}"
+        self.query_one(".job-count", Label).update(count)
+        rate, eta = st.rate_eta(now)
+        elapsed = ((a.finished_at or now) - a.started_at) if a.started_at else None
+        gpu = fmt_bytes(a.gpu) if a.gpu is not None else "-"
+        stats = (f"rate {fmt_rate(rate * 3600 if rate else None, a.unit)} · ETA {fmt_duration(eta) if a.running else '-'}"
+                 f" · elapsed {fmt_duration(elapsed)} · RSS {fmt_bytes(a.rss or None)} · GPU {gpu}")
+        self.query_one(".job-stats", Label).update(stats)
+        rates = [r * 3600 for r in st.rate_series(48)]
+        self.query_one(".rate-spark", Sparkline).data = rates or [0.0]
+        for name, short in CURVES:
+            series = [v for _, v in a.metric_series(name) if isinstance(v, int | float)]
+            box = self.query_one(f".curve-{short}", Horizontal)
+            box.display = bool(series)
+            if series:
+                box.query_one(".spark-label", Label).update(f"{short} {series[0]:.3g}→{series[-1]:.3g} ")
+                box.query_one(f".{short}-spark", Sparkline).data = series[-200:]

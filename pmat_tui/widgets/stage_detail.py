@@ -1,0 +1,92 @@
+"""What one stage is: parameters, attempts, artifacts and the last lines of its log."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from pmat_tui.fmt import event_text, fmt_bytes, fmt_clock, fmt_duration, short_hash
+from pmat_tui.logtail import LogTail
+from pmat_tui.model import ConsoleModel, status_mark
+
+LOG_LINES = 8
+
+
+def _table(*cols: str) -> Table:
+    t = Table(*cols, box=None, padding=(0, 1), show_edge=False, header_style="bold dim", expand=False)
+    return t
+
+
+class StageDetail(VerticalScroll):
+    """Details of the stage selected in the DAG."""
+
+    can_focus = False
+
+    def __init__(self, model: ConsoleModel, **kw) -> None:
+        super().__init__(**kw)
+        self.model = model
+        self.stage: str | None = None
+        self.body = Static(id="stage-detail-body")
+
+    def compose(self):
+        yield self.body
+
+    def show(self, stage: str | None) -> None:
+        self.stage = stage
+        self.body.update(self.render_stage() if stage in self.model.spec.stages else Text("Select a stage.", style="dim"))
+
+    def render_stage(self) -> RenderableType:
+        m, stage = self.model, self.stage
+        assert stage is not None
+        entry = m.spec.stages[stage]
+        row = m.rows.get(stage)
+        parts: list[RenderableType] = []
+        head = Text()
+        if row:
+            sym, style = status_mark(row)
+            head.append(f"{sym} {stage}", style=f"bold {style}")
+            head.append(f"  {row.status}", style=style)
+            if row.critical:
+                head.append("  ★ critical path", style="#ff8700")
+        parts.append(head)
+        if row and row.status not in ("running", "done"):
+            parts.append(Text(f"why: {row.reason}", style="yellow"))
+        deps = m.spec.deps(stage)
+        parts.append(Text(f"kind {entry.kind} · item {entry.work_item or '-'} · after {', '.join(deps) or '-'}"
+                          f" · {entry.memory_gb:g} GB est · {entry.duration_h:g} h est · approval {row.approval if row else entry.approval}"))
+        params = _table("param", "value")
+        for k, v in sorted(entry.params.items()):
+            params.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)
+        for k, v in sorted(entry.inputs.items()):
+            params.add_row(f"input {k}", v)
+        parts += [Text("Parameters", style="bold underline"), params]
+        st = m.state.stages.get(stage)
+        if st and st.attempts:
+            att = _table("job", "outcome", "started", "elapsed", "peak RSS", "error")
+            for a in st.attempts:
+                end = a.finished_at or (m.now() if a.started_at else None)
+                elapsed = end - a.started_at if end and a.started_at else None
+                att.add_row(a.job_id, a.outcome or ("running" if a.running else "queued"), fmt_clock(a.started_at),
+                            fmt_duration(elapsed), fmt_bytes(a.peak_rss or None), (a.error or "")[:60])
+            parts += [Text("Attempts", style="bold underline"), att]
+            arts = {n: v for a in st.attempts for n, v in a.artifacts.items()}
+            if arts:
+                at = _table("artifact", "sha256", "size", "path")
+                for n, v in sorted(arts.items()):
+                    path = v.get("path") or ""
+                    rel = os.path.relpath(path, m.ws.root) if path.startswith(str(m.ws.root)) else path
+                    at.add_row(n, short_hash(v.get("sha256")), fmt_bytes(v.get("bytes")), rel)
+                parts += [Text("Artifacts", style="bold underline"), at]
+            log = m.ws.job_log(st.latest.job_id)
+            if log.exists():
+                tail = LogTail(log, initial=LOG_LINES)
+                lines = [event_text(tail.line(i)) for i in range(len(tail))]
+                tail.close()
+                parts += [Text(f"Log {st.latest.job_id} (l: open)", style="bold underline"), *lines]
+        return Group(*parts)
