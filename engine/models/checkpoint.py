@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from engine.workspace import atomic_write_json, ensure_dir, fsync_dir, sha256_file
+from engine.workspace import atomic_write_json, content_hash, ensure_dir, fsync_dir, sha256_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -321,3 +321,15 @@ def resolve_dtype(name: str | None, source: torch.dtype) -> torch.dtype:
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype {name!r}: expected one of {', '.join(DTYPE_NAMES)}")
     return DTYPE_NAMES[name]
+
+
+def checkpoint_hash(root: Path | str) -> str:
+    """Content hash of a model dir for the ledger: its publish manifest's digest when it is
+    a published artifact (no rehash of 15 GB), else computed from the files."""
+    root = Path(root)
+    manifest = root.parent / f"{root.name}.manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if Path(m.get("path", "")).resolve() == root.resolve() and "sha256" in m:
+            return str(m["sha256"])
+    return content_hash(root)
