@@ -1,9 +1,10 @@
 """Approvals of gated stages: granted on named evidence, lapsed when it changes.
 
-The evidence of a stage is the identity of what it would consume: the content
-hash of each input artifact (from its manifest) or a size/mtime fingerprint of a
-user path. An approval holds the evidence the approver saw; once any input is
-republished (a new checkpoint hash), the approval no longer applies.
+The evidence of a stage is the identity of what it would consume (the content
+hash of each input artifact, or a size/mtime fingerprint of a user path) and the
+verdicts of its work item's acceptance criteria with the checkpoint hashes they
+were computed on. An approval holds the evidence the approver saw; once any of it
+changes (a new checkpoint hash, a new result), the approval no longer applies.
 """
 
 from __future__ import annotations
@@ -12,27 +13,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from engine.gates import evaluate_gates
+from engine.refs import resolve_ref
 from engine.spec import REF_RE, PipelineSpec
 from engine.workspace import Workspace
-
-
-def resolve_ref(spec: PipelineSpec, ws: Workspace, ref: str, spec_dir: Path | None = None) -> str:
-    """The filesystem path (or package name) an input reference points at."""
-    m = REF_RE.match(ref)
-    if m is None:
-        raise ValueError(f"bad reference {ref!r}")
-    base = spec_dir or ws.root
-    if m.group(1) == "model":
-        entry = spec.models[m.group(2)]
-        if entry.artifact:
-            return resolve_ref(spec, ws, entry.artifact, spec_dir)
-        return str((base / Path(entry.path).expanduser()).resolve())
-    if m.group(1) == "dataset":
-        entry = spec.datasets[m.group(2)]
-        if entry.path:
-            return str((base / Path(entry.path).expanduser()).resolve())
-        return f"package:{entry.package}"
-    return str(ws.artifact_path(m.group(3), m.group(4)))
 
 
 def ref_fingerprint(spec: PipelineSpec, ws: Workspace, ref: str) -> str | None:
@@ -59,11 +43,19 @@ def ref_fingerprint(spec: PipelineSpec, ws: Workspace, ref: str) -> str | None:
 def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str) -> dict[str, Any]:
     """What an approver of ``stage`` is shown and signs: its inputs' hashes."""
     entry = spec.stages[stage]
-    return {"inputs": {name: ref_fingerprint(spec, ws, ref) for name, ref in sorted(entry.inputs.items())}}
+    evidence: dict[str, Any] = {"inputs": {name: ref_fingerprint(spec, ws, ref) for name, ref in sorted(entry.inputs.items())}}
+    acs = spec.work_items[entry.work_item].acceptance if entry.work_item else []
+    if acs:
+        verdicts = evaluate_gates(spec, ws)
+        evidence["gates"] = {ac: {"outcome": verdicts[ac].outcome, "checkpoints": verdicts[ac].checkpoints,
+                                  "records": verdicts[ac].evidence} for ac in acs}
+    return evidence
 
 
 def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> bool:
     """True when an approval exists and the evidence it named is still the evidence now."""
+    if spec.stages[stage].approval != "required":
+        return True
     if approval is None:
         return False
     return approval.get("evidence") == stage_evidence(spec, ws, stage)

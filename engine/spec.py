@@ -72,7 +72,7 @@ class Criterion(_Strict):
     checkpoint: str | None = None
     checkpoints: dict[str, str] = Field(default_factory=dict)
     expr: str
-    threshold: float | None = None
+    protocol: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("expr")
     @classmethod

@@ -20,11 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.approvals import approval_current, resolve_ref, stage_evidence
+from engine.approvals import approval_current, stage_evidence
 from engine.dag import topo_order, why_not_running
 from engine.events import EventWriter
 from engine.memory import GIB, admission_headroom, meminfo
 from engine.procs import ProcIdentity, reap_children, spawn_detached
+from engine.refs import resolve_ref
 from engine.spec import PipelineSpec, load_spec
 from engine.stages.base import JobSpec, load_stage
 from engine.stages.run import params_hash

@@ -80,11 +80,11 @@ def tree_files(path: Path) -> list[Path]:
     return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
 
 
-def file_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {sha256, bytes}} of a file or directory tree."""
+def file_manifest(path: Path, name: str | None = None) -> dict[str, dict[str, Any]]:
+    """{relative path: {sha256, bytes}} of a directory tree, or {name: ...} of one file."""
     path = Path(path)
     if path.is_file():
-        return {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}}
+        return {name or path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}}
     return {
         p.relative_to(path).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in tree_files(path)
@@ -100,7 +100,14 @@ def manifest_digest(files: dict[str, dict[str, Any]]) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """Content hash of a file or directory (a model checkpoint, a dataset)."""
+    """Content hash of a file (its sha256) or a directory (digest of its manifest).
+
+    It does not depend on where the content lies or what the file is called, so a
+    published artifact and the directory it came from hash alike.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
     return manifest_digest(file_manifest(path))
 
 
@@ -177,7 +184,7 @@ class Workspace:
         dest = self.artifact_path(stage, name)
         ensure_dir(dest.parent)
         _fsync_tree(src)
-        files = file_manifest(src)
+        files = file_manifest(src, name)
         staged = dest.parent / f".{name}.incoming"
         if staged.exists():
             shutil.rmtree(staged) if staged.is_dir() else staged.unlink()
@@ -197,7 +204,7 @@ class Workspace:
             "path": str(dest),
             "kind": "dir" if dest.is_dir() else "file",
             "files": files,
-            "sha256": manifest_digest(files),
+            "sha256": files[name]["sha256"] if dest.is_file() else manifest_digest(files),
             "bytes": sum(f["bytes"] for f in files.values()),
             "meta": meta or {},
         }
@@ -218,4 +225,4 @@ class Workspace:
         if m is None:
             return False
         path = Path(m["path"])
-        return path.exists() and file_manifest(path) == m["files"]
+        return path.exists() and file_manifest(path, name) == m["files"]
