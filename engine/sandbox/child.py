@@ -65,11 +65,12 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
     os.dup2(devnull, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 16)
+    for name in os.listdir("/proc/self/fd"):  # only the open ones: closerange over 64k fds costs ms
+        if int(name) > 2 and int(name) not in keep:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
     os.umask(0o077)
     if uid is not None:
         os.chown(os.path.join(workdir, ".output"), uid, uid)
@@ -161,6 +162,8 @@ class _Server:
             return self.handles[int(enc["ref"])]
         if isinstance(enc, dict) and "g" in enc:
             return self.ns[str(enc["g"])]
+        if isinstance(enc, dict) and "bi" in enc:
+            return getattr(builtins, str(enc["bi"]))
         if isinstance(enc, dict) and len(enc) == 1:
             key, val = next(iter(enc.items()))
             if key in "ltsf":

@@ -97,7 +97,7 @@ class _Slot:
         self.start()
 
     def start(self) -> None:
-        uid = self.pool.uid_base + self.index if os.geteuid() == 0 and self.pool.uid_base else None
+        uid = self.pool.uid_base + self.index if os.geteuid() == 0 and self.pool.isolate_uid else None
         if self.pool.net_prefix and os.geteuid() != 0:
             uid = None  # inside a user namespace the template is "root" without real uids to switch to
         cfg = {"base": self.pool.base, "uid": uid, "limits": asdict(self.pool.limits)}
@@ -180,11 +180,13 @@ def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdi
 class SandboxPool:
     """Run many checks through ``workers`` warm templates; use as a context manager."""
 
-    def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, uid_base: int | None = 64000,
+    def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, isolate_uid: bool = True,
                  network: str = "auto") -> None:
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = max(1, workers or 2 * (os.cpu_count() or 1))
         self.limits = limits
-        self.uid_base = uid_base
+        self.isolate_uid = isolate_uid
+        # unnamed uids, random per pool: two pools never share one (a slot's cleanup kills its uid's all)
+        self.uid_base = 1_000_000 + secrets.randbelow(1 << 24) * 64
         self.net_prefix = network_prefix() if network == "auto" else None
         self.network = "namespace" if self.net_prefix else "in-process"
         self.base = tempfile.mkdtemp(prefix="pmat-sandbox-")

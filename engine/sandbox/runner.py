@@ -93,6 +93,9 @@ class Connection:
             return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[type(value)]: [self._out(v) for v in value]}
         if type(value) is dict:
             return {"d": [[self._out(k), self._out(v)] for k, v in value.items()]}
+        name = getattr(value, "__name__", None)
+        if isinstance(name, str) and getattr(builtins, name, None) is value and not isinstance(value, (int, str)):
+            return {"bi": name}  # int, str, len ... passed as arguments
         return wire.encode(value, self._no_ref)
 
     @staticmethod
@@ -125,7 +128,7 @@ class Connection:
     def call(self, target: Remote, args: tuple, kwargs: dict[str, Any]) -> Any:
         reply = self.request({"op": "call", "target": target._enc, "args": [self._out(a) for a in args],
                               "kwargs": {k: self._out(v) for k, v in kwargs.items()}})
-        for arg, after in zip(args, reply.get("args_after") or []):
+        for arg, after in zip(args, reply.get("args_after") or [], strict=False):
             if after is not None and type(arg) in (list, dict, set):
                 new = wire.decode(after, self._ref)
                 if type(new) is type(arg) and new != arg:
@@ -190,8 +193,9 @@ def classify(exc: BaseException | None) -> dict[str, Any]:
 
 
 def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int, child_pid: int,
-                workdir: str) -> None:
-    """Entry of a forked runner: run the tests, write one verdict line, never return."""
+                workdir: str, uid: int | None) -> None:
+    """Entry of a forked runner: run the tests, write one verdict line, then (when the child ran
+    under its own uid) become that uid and kill everything it owns, escaped processes included."""
     start = time.monotonic()
     conn = Connection(socket.socket(fileno=sock_fd), start + float(job["timeout"]))
     outcome: BaseException | None = None
@@ -202,7 +206,7 @@ def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int,
         free = free_names(code) - set(aliases)
         found = conn.request({"op": "resolve", "names": sorted(free | set(aliases.values()))})["values"]
         ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins}
-        ns.update({k: found[k] for k in free if k in found})
+        ns.update({k: found[k] for k in free if k in found})  # builtins shadowed only via aliases
         ns.update({alias: found[target] for alias, target in aliases.items() if target in found})
         exec(compile(code, "<tests>", "exec"), ns)  # noqa: S102 - benchmark tests, trusted
         if conn.fatal is not None:
@@ -223,3 +227,7 @@ def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int,
     verdict.update(nonce=job["nonce"], blocked_op=blocked, wall_s=round(time.monotonic() - start, 6),
                    stdout_tail=_tail(workdir))
     wire.write_line(result_fd, verdict)
+    if uid is not None:
+        os.setgid(uid)
+        os.setuid(uid)
+        os.kill(-1, signal.SIGKILL)
