@@ -1,0 +1,101 @@
+"""`pmat demo [--headless]`: the whole PMAT DAG on tiny models built on the spot.
+
+Headless, it drives a real detached supervisor as a client would: requests every
+stage, approves gated stages on the evidence it is shown (journaled as the demo's
+approval), prints each stage as it moves, and ends with a summary and the gates'
+honest verdicts. Without --headless it opens the console on the same workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from engine.approvals import stage_evidence
+from engine.cli._common import fmt_duration
+from engine.gates import evaluate_gates
+from engine.overview import build_overview
+from engine.spec import load_spec, pipeline_path
+from engine.state import PipelineState
+from engine.supervisor import send_command, start_supervisor_detached, supervisor_identity
+from engine.workspace import Workspace
+
+DEMO_APPROVER = "pmat demo --headless"
+
+
+def prepare(root: Path) -> Workspace:
+    """A demo workspace: created on first use, resumed as it is afterwards."""
+    ws = Workspace(root).init()
+    if not ws.spec_path.exists():
+        ws.spec_path.write_bytes(pipeline_path("demo").read_bytes())
+        ws.spec_path.chmod(0o600)
+    return ws
+
+
+def run_headless(ws: Workspace, timeout_s: float) -> int:
+    spec = load_spec(ws.spec_path)
+    started = None
+    if supervisor_identity(ws) is None:
+        started = start_supervisor_detached(ws)
+    send_command(ws, "run", targets=["all"])
+    state = PipelineState(ws)
+    shown: dict[str, str] = {}
+    approved: set[str] = set()
+    t0 = time.monotonic()
+    try:
+        while True:
+            state.refresh()
+            ov = build_overview(ws, spec, state)
+            for row in ov.rows:
+                line = row.status if row.status in ("running", "done") else f"{row.status}: {row.reason}"
+                if shown.get(row.stage) != line:
+                    shown[row.stage] = line
+                    print(f"[{fmt_duration(time.monotonic() - t0):>6}] {row.stage:<22} {line}", flush=True)
+                if row.reason_kind == "needs_approval" and row.stage not in approved:
+                    send_command(ws, "approve", target=row.stage, evidence=stage_evidence(spec, ws, row.stage),
+                                 note=f"{DEMO_APPROVER}: approved automatically on the evidence shown")
+                    approved.add(row.stage)
+            stuck = any(r.status in ("failed", "crashed", "cancelled") for r in ov.rows)
+            if all(r.status == "done" for r in ov.rows) or (stuck and not any(r.status == "running" for r in ov.rows)):
+                break
+            if time.monotonic() - t0 > timeout_s:
+                print(f"pmat demo: stopped waiting after {fmt_duration(timeout_s)}", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        if started is not None:
+            started.terminate(grace_s=10)
+    return summary(ws, spec, state, time.monotonic() - t0)
+
+
+def summary(ws: Workspace, spec, state: PipelineState, wall_s: float) -> int:
+    ov = build_overview(ws, spec, state)
+    print(f"\n== pmat demo summary ({fmt_duration(wall_s)}, workspace {ws.root}) ==")
+    for r in ov.rows:
+        extra = f"  ({r.error})" if r.error and r.status != "done" else ""
+        print(f"  {r.stage:<22} {r.status:<9} {fmt_duration(r.elapsed_s):>7}{extra}")
+    print("gates:")
+    for name, g in evaluate_gates(spec, ws).items():
+        print(f"  {name:<7} {g.outcome.upper():<8} {g.description}: {g.reason}")
+    ok = all(r.status == "done" for r in ov.rows)
+    print("pipeline: every stage finished" if ok else "pipeline: NOT every stage finished")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    ws = prepare(args.workspace)
+    if args.headless:
+        return run_headless(ws, args.timeout)
+    from pmat_tui.app import run_console
+
+    return run_console(ws, readonly=False)
+
+
+def register(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("demo", help="run the PMAT DAG on tiny models built on the spot")
+    p.add_argument("--headless", action="store_true", help="no console: print progress and a summary")
+    p.add_argument("--workspace", "-w", type=Path, default=Path("demo-workspace"))
+    p.add_argument("--timeout", type=float, default=1800.0, help="headless: give up after this many seconds")
+    p.set_defaults(func=cmd_demo)
