@@ -88,9 +88,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ws = prepare(args.workspace)
     if args.headless:
         return run_headless(ws, args.timeout)
-    from pmat_tui.app import run_console
+    from engine.cli.tui import cmd_tui
 
-    return run_console(ws, readonly=False)
+    send_command(ws, "run", targets=["all"])  # the console starts the supervisor that carries it out
+    return cmd_tui(argparse.Namespace(workspace=ws.root, readonly=False))
 
 
 def register(subs: argparse._SubParsersAction) -> None:
