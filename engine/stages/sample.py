@@ -1,0 +1,259 @@
+"""Stage `sample`: N completions per training prompt, executed in the sandbox, resumable.
+
+Units of ``unit_prompts`` prompts (planned once, by prompt length) are generated one
+after another; each finished unit is appended to ``work/gen.jsonl`` in one write and
+fsynced, so a kill -9 loses at most the unit in flight. A resumed attempt skips exactly
+the (task, sample) pairs found there. Sample j of task t is drawn from its own random
+stream (seed, t, j), so a resumed run writes the same samples as an uninterrupted one.
+Verdicts come from a sandbox thread that runs while the next unit generates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.data import mbpp
+from engine.data.humaneval import Problem
+from engine.gen.base import GenRequest, load_backend
+from engine.gen.engine import splitmix64
+from engine.gen.memory import sampling_bytes
+from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.workspace import atomic_write_json, content_hash, ensure_dir
+
+EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples
+TRAILERS = ("Human:", "Assistant:", "User:", "###")
+
+
+class Params(StageParams):
+    n: int                                  # samples per prompt
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    seed: int
+    data_path: str                          # directory holding mbpp.jsonl
+    splits: tuple[str, ...] = ("train", "validation")
+    allow_eval_split: bool = False          # the explicit, recorded override for test/prompt splits
+    limit: int | None = None                # first K problems by task id (demo pipelines, tests)
+    unit_prompts: int = 32                  # prompts per appended, fsynced unit
+    max_rows: int = 256                     # concurrent sequences in the sampler
+    backend: str = "transformers"
+    dtype: str = "auto"
+    exec_timeout_s: float = 10.0
+    exec_workers: int | None = None
+
+
+INPUTS = {"model": "HF checkpoint dir (tokenizer with chat template)"}
+OUTPUTS = {"samples": "dir: samples.jsonl (one record per task x sample, verdict included), "
+                      "problems.jsonl (the problems used), meta.json"}
+
+
+def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
+    return sampling_bytes(Path(inputs["model"]), min(params.max_rows, params.unit_prompts * params.n),
+                          1024 + params.max_new_tokens, params.dtype)
+
+
+def build_prompt(tokenizer: Any, problem: Problem, asserts: list[str]) -> str:
+    """MBPP with the function name and the asserts; the chat template when the tokenizer has one."""
+    task = (f"{problem.text.strip()}\nWrite a Python function `{problem.entry_point}`. "
+            "Your code should pass these tests:\n\n" + "\n".join(asserts) + "\n")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": task}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f'"""\n{task}"""\n'
+
+
+def clean_completion(text: str) -> str:
+    """Text after ``</think>``, without fence lines, cut at the first chat trailer."""
+    text = text.split("</think>")[-1]
+    out = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(TRAILERS):
+            break
+        if not line.lstrip().startswith("```"):
+            out.append(line)
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def task_seed(seed: int, task_id: str) -> int:
+    """The seed of one task's requests: its samples draw from (this, sample index)."""
+    number = int(task_id.rsplit("/", 1)[-1])
+    return splitmix64(splitmix64(seed) ^ number) & ((1 << 63) - 1)
+
+
+def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records as JSON lines in one write, then fsync."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a torn last line (killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            os.fsync(fh.fileno())
+    return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+
+
+def load_problems(params: Params) -> tuple[list[Problem], dict[str, str], str]:
+    """The problems of the configured splits (eval splits refused unless overridden)."""
+    bad = sorted(set(params.splits) & EVAL_SPLITS)
+    if bad and not params.allow_eval_split:
+        raise StageFailed(f"sample: splits {bad} are evaluation data; set allow_eval_split: true to override")
+    problems: list[Problem] = []
+    split_of: dict[str, str] = {}
+    digest = ""
+    for split in params.splits:
+        got, digest = mbpp.load(Path(params.data_path), split)
+        for p in got:
+            split_of[p.task_id] = split
+        problems += got
+    problems.sort(key=lambda p: int(p.task_id.rsplit("/", 1)[-1]))
+    if params.limit is not None:
+        problems = problems[: params.limit]
+    return problems, split_of, digest
+
+
+class Executor(threading.Thread):
+    """Runs queued samples through the sandbox pool and appends their verdicts (fsynced)."""
+
+    def __init__(self, path: Path, problems: dict[str, Problem], params: Params) -> None:
+        super().__init__(daemon=True)
+        self.path, self.problems, self.params = path, problems, params
+        self.inbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self.done = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from engine.sandbox.pool import Limits, SandboxPool
+
+        try:
+            with SandboxPool(workers=self.params.exec_workers, limits=Limits()) as pool:
+                while (batch := self.inbox.get()) is not None:
+                    jobs = [mbpp.make_job(self.problems[s["task_id"]], s["code"], self.params.exec_timeout_s)
+                            for s in batch]
+                    verdicts = pool.run_many(jobs)
+                    append_lines(self.path, [
+                        {"task_id": s["task_id"], "sample": s["sample"], "status": v.status,
+                         "error_type": v.error_type, "blocked_op": v.blocked_op}
+                        for s, v in zip(batch, verdicts, strict=True)])
+                    self.done += len(batch)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the stage after join
+            self.error = exc
+
+
+def run(ctx: StageContext, params: Params) -> None:
+    problems, split_of, data_hash = load_problems(params)
+    if not problems:
+        raise StageFailed(f"sample: no problems in splits {list(params.splits)} of {params.data_path}")
+    overridden = sorted(set(params.splits) & EVAL_SPLITS)
+    if overridden:
+        ctx.warning(f"sample: evaluation splits {overridden} used by explicit override (allow_eval_split)",
+                    override=overridden)
+    backend = load_backend(ctx.inputs["model"], params.backend, device=ctx.device, dtype=params.dtype)
+    if hasattr(backend, "max_rows"):
+        backend.max_rows = params.max_rows
+    ctx.events.emit("backend", name=backend.name, device=backend.device)
+    by_id = {p.task_id: p for p in problems}
+    prompts = {p.task_id: build_prompt(backend.tokenizer, p, mbpp.tests_of(p)["asserts"]) for p in problems}
+
+    gen_path, verdict_path = ctx.work_dir / "gen.jsonl", ctx.work_dir / "verdicts.jsonl"
+    ensure_dir(ctx.work_dir)
+    done = {(r["task_id"], r["sample"]): r for r in read_lines(gen_path)}
+    judged = {(r["task_id"], r["sample"]): r for r in read_lines(verdict_path)}
+    executor = Executor(verdict_path, by_id, params)
+    executor.start()
+    unjudged = [r for k, r in done.items() if k not in judged]
+    if unjudged:
+        executor.inbox.put(unjudged)
+
+    order = sorted(problems, key=lambda p: (len(backend.encode(prompts[p.task_id])), int(p.task_id.split("/")[-1])))
+    units = [order[i:i + params.unit_prompts] for i in range(0, len(order), params.unit_prompts)]
+    finished_prompts = sum(all((p.task_id, j) in done for j in range(params.n)) for p in problems)
+    ctx.progress(finished_prompts, len(problems), "prompts")
+    t0 = time.monotonic()
+    for unit in units:
+        todo = [p for p in unit if any((p.task_id, j) not in done for j in range(params.n))]
+        if not todo:
+            continue
+        ctx.check_cancelled()
+        reqs = [GenRequest(p.task_id, prompts[p.task_id], params.max_new_tokens, params.temperature, params.top_p,
+                           params.top_k, task_seed(params.seed, p.task_id), params.n) for p in todo]
+        records = []
+        for p, out in zip(todo, backend.generate(reqs), strict=True):
+            for j in range(params.n):
+                if (p.task_id, j) in done:
+                    continue
+                rec = {"task_id": p.task_id, "split": split_of[p.task_id], "sample": j, "prompt": prompts[p.task_id],
+                       "completion": out.texts[j], "code": clean_completion(out.texts[j]),
+                       "tokens": out.token_counts[j], "finish": out.finish_reasons[j]}
+                records.append(rec)
+                done[(p.task_id, j)] = rec
+        append_lines(gen_path, records)
+        executor.inbox.put(records)
+        finished_prompts += len(todo)
+        ctx.progress(finished_prompts, len(problems), "prompts")
+        ctx.metric("tokens_per_s", sum(r["tokens"] for r in records) / max(time.monotonic() - t0, 1e-9))
+        t0 = time.monotonic()
+        if executor.error is not None:
+            break
+    executor.inbox.put(None)
+    executor.join()
+    if executor.error is not None:
+        raise StageFailed(f"sample: sandbox execution failed: {type(executor.error).__name__}: {executor.error}")
+    publish(ctx, params, problems, split_of, done, read_lines(verdict_path), data_hash, backend, overridden)
+
+
+def publish(ctx: StageContext, params: Params, problems: list[Problem], split_of: dict[str, str], done: dict,
+            verdicts: list[dict], data_hash: str, backend: Any, overridden: list[str]) -> None:
+    """Join samples with verdicts, write the artifact directory, publish, report pass rates."""
+    verdict = {(v["task_id"], v["sample"]): v for v in verdicts}
+    out = ensure_dir(ctx.work_dir / "out")
+    rows, passing = [], {}
+    for p in problems:
+        for j in range(params.n):
+            rec = dict(done[(p.task_id, j)])
+            v = verdict.get((p.task_id, j))
+            if v is None:
+                raise StageFailed(f"sample: no verdict for {p.task_id} sample {j}")
+            rec["verdict"] = {k: v[k] for k in ("status", "error_type", "blocked_op")}
+            rows.append(rec)
+            passing[p.task_id] = passing.get(p.task_id, 0) + (v["status"] == "passed")
+    (out / "samples.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    (out / "problems.jsonl").write_text("".join(json.dumps(
+        {"task_id": p.task_id, "split": split_of[p.task_id], "text": p.text, "entry_point": p.entry_point,
+         "test": p.test, "canonical_solution": p.canonical_solution}, sort_keys=True) + "\n" for p in problems))
+    model_hash = content_hash(ctx.inputs["model"])
+    meta = {"params": params.model_dump(mode="json"), "model_hash": model_hash, "dataset_hash": data_hash,
+            "backend": backend.name, "device": backend.device, "eval_split_override": overridden}
+    atomic_write_json(out / "meta.json", meta)
+    ctx.publish("samples", out, eval_split_override=overridden)
+    rate = sum(passing.values()) / max(len(rows), 1)
+    solved = sum(c > 0 for c in passing.values())
+    ctx.metric("sample_pass_rate", rate)
+    ctx.metric("prompts_with_a_pass", solved)
+    ctx.record_result({"benchmark": "mbpp_sampling", "model_hash": model_hash, "model_path": str(ctx.inputs["model"]),
+                       "dataset_hash": data_hash,
+                       "protocol": {k: meta["params"][k] for k in ("n", "temperature", "top_p", "top_k",
+                                                                   "max_new_tokens", "seed", "splits", "limit")},
+                       "metrics": {"sample_pass_rate": rate, "prompts_with_a_pass": float(solved),
+                                   "prompts": float(len(problems))},
+                       "backend": backend.name, "device": backend.device, "eval_split_override": overridden})
