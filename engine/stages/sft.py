@@ -1,0 +1,149 @@
+"""Stage `sft`: supervised fine-tuning of a LoRA adapter with trl's SFTTrainer.
+
+QLoRA (NF4 base through bitsandbytes) when CUDA and bitsandbytes are present, plain LoRA
+otherwise; loss on completion tokens only; per-token log-probs through
+``kernels.logprob`` (no full-vocabulary logits). Every hyperparameter comes from the spec.
+A first logged loss above ln(vocab) + 1 fails the stage: that is a broken pipeline
+(misaligned labels, wrong tokenizer), not a bad run. Checkpoints every ``save_steps``;
+a killed job resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from engine.stages import _train
+from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.workspace import content_hash, sha256_file
+
+
+class Params(StageParams):
+    learning_rate: float = Field(gt=0)
+    epochs: float | None = Field(gt=0)  # exactly one of epochs / max_steps
+    max_steps: int | None = Field(gt=0)
+    lora_rank: int = Field(gt=0)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+    batch_size: int = Field(gt=0)
+    grad_accum: int = Field(gt=0)
+    max_length: int = Field(gt=0)
+    save_steps: int = Field(gt=0)
+    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"]
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    max_grad_norm: float = Field(gt=0)
+    quantization: Literal["auto", "nf4", "none"]
+    # incidental knobs (do not change what is learned)
+    logging_steps: int = Field(default=1, gt=0)
+    logprob_chunk: int = Field(default=1024, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Params:
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ValueError("set exactly one of epochs and max_steps (the other null)")
+        return self
+
+
+INPUTS = {
+    "model": "base HF checkpoint dir",
+    "data": "JSONL of {prompt (as sent, chat template applied), completion}",
+}
+OUTPUTS = {"adapter": "peft LoRA adapter dir (+ tokenizer)"}
+
+
+def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
+    import torch
+
+    qlora = params.quantization == "nf4" or (params.quantization == "auto" and torch.cuda.is_available())
+    return _train.training_memory_estimate(
+        inputs["model"], rank=params.lora_rank, target_modules=params.target_modules,
+        sequences=params.batch_size, seq_len=params.max_length, qlora=qlora,
+        chunk_size=params.logprob_chunk, with_reference=False)
+
+
+def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _train.Telemetry):
+    """The configured SFTTrainer (LoRA attached, chunked log-prob head installed)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    _train.quiet_datasets()
+    rows = _train.read_jsonl(ctx.inputs["data"], ("prompt", "completion"))
+    device = ctx.device
+    qlora = _train.use_qlora(device, params.quantization)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
+    model = _train.load_causal_lm(ctx.inputs["model"], device, qlora)
+    _train.check_adapter_targets(model, params.target_modules)
+    cuda = device.startswith("cuda")
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        learning_rate=params.learning_rate,
+        num_train_epochs=params.epochs or 1.0,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        max_length=params.max_length,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        completion_only_loss=True,
+        packing=False,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=params.keep_checkpoints,
+        seed=ctx.seed,
+        data_seed=ctx.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=params.gradient_checkpointing,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=_train.lora_config(params.lora_rank, params.lora_alpha, params.lora_dropout,
+                                       params.target_modules),
+        callbacks=[telemetry],
+    )
+    _train.install_chunked_head(trainer.model.get_base_model(), params.logprob_chunk)
+    _train.quiet(trainer)
+    return trainer, tokenizer
+
+
+def run(ctx: StageContext, params: Params) -> None:
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(ctx.inputs["model"]).vocab_size
+    fingerprint = _train.input_fingerprint(params.model_dump(), dict(ctx.inputs))
+    out_dir, resume = _train.prepare_output_dir(ctx, fingerprint)
+    telemetry = _train.Telemetry(ctx, _train.sft_loss_check(vocab), _train.resume_step(resume))
+    trainer, tokenizer = build_trainer(ctx, params, out_dir, telemetry)
+    _train.run_trainer(trainer, ctx, resume)
+    if not telemetry.losses:
+        raise StageFailed("training logged no loss (no steps ran?)")
+    adapter = _train.publish_adapter(ctx, trainer, tokenizer)
+    first, last = telemetry.losses[0][1], telemetry.losses[-1][1]
+    ctx.record_result({
+        "benchmark": "sft",
+        "model_hash": content_hash(adapter),
+        "model_path": str(adapter),
+        "dataset_hash": sha256_file(ctx.inputs["data"]),
+        "protocol": {"params": params.model_dump(), "base_model_hash": fingerprint["inputs"]["model"],
+                     "seed": ctx.seed, "device": ctx.device},
+        "metrics": {"first_loss": first, "last_loss": last, "steps": float(trainer.state.global_step),
+                    "ln_vocab": math.log(vocab)},
+        "resumed_from": resume,
+    })
