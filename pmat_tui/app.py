@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
 from engine.memory import MemorySnapshot
@@ -36,6 +37,14 @@ from pmat_tui.screens.memory import MemoryScreen
 MIN_REFRESH_S = 0.2
 POLL_S = 1.0
 ACTIONS = ("run", "approve", "cancel", "retry")
+
+
+class FilesChanged(Message):
+    """Sent by the watcher thread when something under logs/ changed."""
+
+    def __init__(self, watch_failed: bool = False) -> None:
+        super().__init__()
+        self.watch_failed = watch_failed
 
 
 class PmatApp(App):
@@ -85,11 +94,9 @@ class PmatApp(App):
 
     # -- lifecycle ------------------------------------------------------------------
     def on_mount(self) -> None:
-        self.model.refresh(force=True)
-        self._last_refresh = time.monotonic()
-        self._loop = asyncio.get_running_loop()
+        self.do_refresh(force=True)
         try:
-            self._loop.add_signal_handler(signal.SIGHUP, self._hangup)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests): nothing to hang up
         if self._watch_enabled:
@@ -119,13 +126,15 @@ class PmatApp(App):
                                       raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
                 if self._stop.is_set():
                     return
-                self._loop.call_soon_threadsafe(self.request_refresh)
-        except Exception:  # noqa: BLE001 - no inotify (network fs, limits): the polling timer carries on
+                self.post_message(FilesChanged())  # post_message is thread-safe
+        except Exception:  # noqa: BLE001 - no inotify (network fs, limits): poll faster instead
             if not self._stop.is_set():
-                self._loop.call_soon_threadsafe(self._faster_polling)
+                self.post_message(FilesChanged(watch_failed=True))
 
-    def _faster_polling(self) -> None:
-        self.set_interval(MIN_REFRESH_S, self.request_refresh)
+    def on_files_changed(self, message: FilesChanged) -> None:
+        if message.watch_failed:
+            self.set_interval(MIN_REFRESH_S, self.request_refresh)
+        self.request_refresh()
 
     # -- refreshing -----------------------------------------------------------------
     def request_refresh(self) -> None:

@@ -9,12 +9,15 @@ console stays idle while jobs write many events a second.
 
 from __future__ import annotations
 
+import ast
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.approvals import stage_evidence
+from engine.cli._common import fmt_duration
+from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
 from engine.overview import Overview, StageRow, build_overview
 from engine.spec import GIB, PipelineSpec, load_spec
@@ -60,8 +63,8 @@ class GateRow:
     description: str
     work_item: str | None
     status: str  # pass | fail | no data | stale
-    value: Any = None
-    threshold: float | None = None
+    value: str | None = None
+    threshold: str | None = None
     checkpoint: str | None = None
     evidence: dict[str, Any] | None = None
     detail: str = ""
@@ -78,13 +81,18 @@ class Sent:
     at: float
 
 
-def _get(obj: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return None
+_OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def thresholds(expr: str) -> str | None:
+    """The constants a criterion compares against ('>= 0.85'), for the value-vs-threshold column."""
+    out = []
+    for node in ast.walk(ast.parse(expr, mode="eval")):
+        if isinstance(node, ast.Compare):
+            for op, right in zip(node.ops, node.comparators, strict=True):
+                if isinstance(right, ast.Constant) and type(op) in _OPS:
+                    out.append(f"{_OPS[type(op)]} {right.value:g}")
+    return ", ".join(out) or None
 
 
 class ConsoleModel:
@@ -130,7 +138,24 @@ class ConsoleModel:
             self._structure_at = now
             self.overview = build_overview(self.ws, self.spec, self.state, now=self.now())
             self.rows = {r.stage: r for r in self.overview.rows}
+        elif changed:
+            self._update_running_rows()
         return changed or structural, structural
+
+    def _update_running_rows(self) -> None:
+        """Progress, rate, ETA and resources of running stages, without rebuilding the overview."""
+        now = self.now()
+        for a in self.state.running():
+            row = self.rows.get(a.stage)
+            if row is None or row.job_id != a.job_id:
+                continue
+            st = self.state.stage(a.stage)
+            rate, eta = st.rate_eta(now)
+            row.done, row.total, row.unit = a.done, a.total, a.unit
+            row.rate_per_h = rate * 3600 if rate else None
+            row.eta_s = eta
+            row.elapsed_s = now - a.started_at if a.started_at else None
+            row.rss, row.peak_rss, row.gpu = a.rss, a.peak_rss, a.gpu
 
     def answers(self) -> list[tuple[Sent, str, str | None]]:
         """(command, 'done'|'rejected', reason) for commands the journal answered since the last call."""
@@ -183,32 +208,27 @@ class ConsoleModel:
                 "margin": int(s.memory_margin_gb * GIB)}
 
     def gates(self) -> list[GateRow]:
-        """Acceptance criteria with their verdicts (engine.gates when present, else no data)."""
-        results: dict[str, Any] = {}
-        try:
-            from engine.gates import evaluate_gates  # written by the lead; optional until it lands
-        except ImportError:
-            evaluate_gates = None
-        if evaluate_gates is not None:
-            got = evaluate_gates(self.spec, self.ws)
-            items = got.items() if isinstance(got, dict) else ((_get(g, "ac", "criterion", "id", "name"), g) for g in got)
-            results = {str(k): v for k, v in items}
+        """Every acceptance criterion with its verdict from ``engine.gates`` and the records behind it."""
+        verdicts = evaluate_gates(self.spec, self.ws)
+        ledger = {r["id"]: r for r in read_ledger(self.ws)}
         rows = []
         for ac, crit in self.spec.acceptance.items():
+            g = verdicts[ac]
             gated = [s for s, e in self.spec.stages.items() if e.approval == "required" and e.work_item
                      and ac in self.spec.work_items[e.work_item].acceptance]
-            r = results.get(ac)
             checkpoint = crit.checkpoint or ", ".join(f"{k}={v}" for k, v in crit.checkpoints.items())
-            if r is None:
-                rows.append(GateRow(ac, crit.description, crit.work_item, "no data", None, crit.threshold,
-                                    checkpoint, None, crit.expr, gated))
-                continue
-            status = str(_get(r, "status", "verdict") or "no data").replace("_", " ")
-            rows.append(GateRow(
-                ac, crit.description, crit.work_item, status,
-                _get(r, "value"), _get(r, "threshold") if _get(r, "threshold") is not None else crit.threshold,
-                checkpoint, _get(r, "evidence"), str(_get(r, "detail", "reason", "message") or crit.expr), gated,
-            ))
+            value = ", ".join(f"{v:.4g}" for v in g.values.values()) or None
+            records = [ledger[i] for i in g.evidence if i in ledger]
+            evidence = {
+                "checkpoints": {k or "checkpoint": (h[:12] if h else None) for k, h in g.checkpoints.items()},
+                "records": [{"id": r["id"], "benchmark": r.get("benchmark"), "model_hash": str(r.get("model_hash"))[:12],
+                             "metrics": r.get("metrics"), "age": fmt_duration(self.now() - r["ts"]) if r.get("ts") else "-"}
+                            for r in records],
+            }
+            if g.missing:
+                evidence["missing"] = g.missing
+            rows.append(GateRow(ac, crit.description, crit.work_item, g.outcome.replace("_", " "), value,
+                                thresholds(crit.expr), checkpoint, evidence, g.reason or crit.expr, gated))
         return rows
 
     def evidence(self, stage: str) -> dict[str, Any]:

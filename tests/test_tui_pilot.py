@@ -1,0 +1,214 @@
+"""The console against a real supervisor and real stage subprocesses (Textual pilot)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.events import read_events
+from engine.spec import load_spec
+from engine.supervisor import Supervisor
+from engine.workspace import Workspace
+from pmat_tui.app import PmatApp
+from pmat_tui.screens.approve import ApproveScreen
+from pmat_tui.screens.confirm import ConfirmScreen
+from pmat_tui.widgets.dag_tree import DagTree
+from pmat_tui.widgets.job_card import JobCard
+
+COUNT = "import sys,time\nn=int(sys.argv[1])\nfor i in range(n+1):\n    print(f'PMAT_PROGRESS {i} {n} steps', flush=True)\n    time.sleep(float(sys.argv[2]))\n"
+
+
+def _spec() -> dict:
+    def cmd(n: int, pause: float, **kw) -> dict:
+        return {"kind": "command", "params": {"argv": ["{python}", "-c", COUNT, str(n), str(pause)]},
+                "memory_gb": 0.1, "duration_h": 0.01, **kw}
+
+    return {
+        "name": "tui-test",
+        "work_items": {"W-1": {"title": "count", "acceptance": ["AC-1"]}},
+        "stages": {
+            "count": cmd(12, 0.25, work_item="W-1"),
+            "gated": {"kind": "tiny_model", "work_item": "W-1", "after": ["count"], "approval": "required",
+                      "params": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_attention_heads": 2, "num_key_value_heads": 1},
+                      "memory_gb": 0.1, "duration_h": 0.01},
+            "long": cmd(400, 0.2),
+        },
+        "acceptance": {"AC-1": {"description": "the gated model exists", "checkpoint": "gated.model",
+                                "expr": "ties.ok == 1", "work_item": "W-1"}},
+    }
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path / "ws").init()
+    ws.spec_path.write_text(yaml.safe_dump(_spec()))
+    return ws
+
+
+@pytest.fixture
+def supervisor(ws: Workspace) -> Iterator[Supervisor]:
+    """A real supervisor ticking in a background thread of the test process."""
+    sup = Supervisor(ws, load_spec(ws.spec_path))
+    sup.start()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            sup.tick()
+            stop.wait(0.1)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield sup
+    stop.set()
+    t.join(5)
+    for a in sup.state.running():  # leave no stray stage process behind
+        if a.identity:
+            from engine.procs import ProcIdentity
+
+            ProcIdentity.from_dict(a.identity).signal_group(9)
+    sup.release()
+
+
+async def _until(pilot, cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def screen_text(app: PmatApp) -> str:
+    """What the terminal shows now, as plain text."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def _labels(app: PmatApp) -> dict[str, str]:
+    tree = app.screen.query_one(DagTree)
+    return {s: str(n.label) for s, n in tree.stage_nodes.items()}
+
+
+async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Supervisor) -> None:
+    app = PmatApp(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        m = app.model
+        tree = app.screen.query_one(DagTree)
+        assert "ready (not requested" in _labels(app)["count"]
+        tree.select_stage("count")
+        await pilot.pause()
+        assert app.selected_stage == "count"
+        await pilot.press("r")
+        await _until(pilot, lambda: m.rows["count"].status == "running" and (m.rows["count"].done or 0) >= 2,
+                     what="count running with progress")
+        first_done = m.rows["count"].done
+        await pilot.press("2")  # jobs view: the card's numbers come from the job's events
+        await _until(pilot, lambda: m.rows["count"].done > first_done, what="progress advancing")
+        card = app.screen.query_one(JobCard)
+        assert card.job_id == "count.1"
+        text = screen_text(app)
+        assert "/12 steps" in text and "rate" in text and "ETA" in text and "count.1 running" in text
+        await pilot.press("1")
+        tree = app.screen.query_one(DagTree)
+        tree.select_stage("gated")
+        await pilot.pause()
+        assert "waiting on count" in _labels(app)["gated"]
+        await pilot.press("a")
+        await _until(pilot, lambda: isinstance(app.screen, ApproveScreen), what="approve modal")
+        modal = app.screen
+        assert modal.evidence == m.evidence("gated")
+        assert "Approve stage gated" in screen_text(app) and "AC-1" in screen_text(app)
+        await pilot.press("y")
+        await _until(pilot, lambda: "gated" in m.state.approvals, what="approval journaled")
+        grant = m.state.approvals["gated"]
+        assert grant["by"] == (os.environ.get("USER") or str(os.getuid())) and grant["ts"] > 0
+        assert grant["evidence"] == m.evidence("gated")
+        await pilot.press("r")
+        await _until(pilot, lambda: m.rows["gated"].status == "done", timeout=90, what="gated stage done")
+        assert m.rows["count"].status == "done"
+        tree.select_stage("long")
+        await pilot.press("r")
+        await _until(pilot, lambda: m.rows["long"].status == "running" and (m.rows["long"].done or 0) >= 1,
+                     what="long running")
+        await pilot.press("c")
+        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm modal")
+        await pilot.press("y")
+        await _until(pilot, lambda: m.rows["long"].status == "cancelled", what="cancelled")
+        await pilot.pause(0.3)
+        before = _labels(app)
+        statuses = {s: r.status for s, r in m.rows.items()}
+    events = read_events(ws.job_log("long.1"))
+    assert events[-1]["kind"] == "job_finished" and events[-1]["outcome"] == "cancelled"
+
+    again = PmatApp(ws)  # close and reopen: the same state, rebuilt from the logs
+    async with again.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert {s: r.status for s, r in again.model.rows.items()} == statuses
+        assert _labels(again) == before
+        assert again.model.state.approvals["gated"]["by"] == grant["by"]
+
+
+async def test_readonly_changes_nothing(ws: Workspace, supervisor: Supervisor) -> None:
+    app = PmatApp(ws, readonly=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.screen.query_one(DagTree).select_stage("count")
+        await pilot.pause()
+        for key in ("r", "a", "c", "t", "y"):
+            await pilot.press(key)
+        await pilot.pause(0.5)
+        assert isinstance(app.screen.query_one(DagTree), DagTree)  # no modal opened
+        assert list(ws.commands_dir.iterdir()) == []
+        assert not any(ev.get("kind") == "command_received" for ev in read_events(ws.journal_path))
+        assert all(not app.check_action(a, ()) for a in ("run", "approve", "cancel", "retry"))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert not any(t.startswith(("Run:", "Cancel:", "Retry:", "Approve:")) for t in titles)
+        with pytest.raises(PermissionError):
+            app.model.send("run", "count")
+        footer = screen_text(app).splitlines()[-1]
+        assert "Quit" in footer and "Run" not in footer and "Cancel" not in footer and "Approve" not in footer
+    assert app.model.rows["count"].status == "pending"
+
+
+def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
+    """`pmat tui` starts a detached supervisor; a hung-up terminal ends the console only."""
+    import pty
+    import signal
+    import subprocess
+
+    from engine.supervisor import supervisor_identity
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "tui", "-w", str(ws.root)],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"DAG" not in seen and time.monotonic() < deadline:
+            import select
+
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                seen += os.read(master, 65536)
+        assert b"DAG" in seen, seen[-500:]
+        ident = supervisor_identity(ws)
+        assert ident is not None and ident.pid != proc.pid
+        proc.send_signal(signal.SIGHUP)
+        os.close(master)
+        assert proc.wait(timeout=10) == 0
+        assert ident.alive(), "closing the console must not stop the supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ident = supervisor_identity(ws)
+        if ident is not None:
+            ident.signal_group(signal.SIGTERM)
