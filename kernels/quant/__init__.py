@@ -6,5 +6,6 @@ scale searches). Use :func:`quantize` / :func:`dequantize`.
 """
 
 from kernels.quant.formats import BLOCK, QK_K, QType, parse_qtype, row_bytes
+from kernels.quant.vectorized import dequantize, quantize
 
-__all__ = ["BLOCK", "QK_K", "QType", "parse_qtype", "row_bytes"]
+__all__ = ["BLOCK", "QK_K", "QType", "dequantize", "parse_qtype", "quantize", "row_bytes"]
