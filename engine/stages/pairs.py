@@ -1,0 +1,163 @@
+"""Stage `pairs`: DPO preference pairs from executed samples (chosen passes, rejected fails).
+
+For each prompt with 0 < passing < N: chosen x rejected over passing x failing samples,
+duplicates removed after normalising the code, capped per prompt, every chosen program
+re-run in the sandbox (a recorded verdict is not trusted twice). When no sample of a
+train-split problem passes, its reference solution may serve as chosen, flagged. Each
+record carries the prompt exactly as it was sent (chat template applied).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import re
+import tokenize
+from collections import defaultdict
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from engine.data import mbpp
+from engine.data.humaneval import Problem
+from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.workspace import atomic_write_json, ensure_dir
+
+
+class Params(StageParams):
+    max_pairs_per_prompt: int
+    reference_when_none_pass: bool
+    exec_timeout_s: float = 10.0
+    exec_workers: int | None = None
+
+
+INPUTS = {"samples": "the sample stage's samples dir (samples.jsonl, problems.jsonl)"}
+OUTPUTS = {"pairs": "dir: pairs.jsonl (prompt as sent, chosen, rejected, ids, failure category), summary.json"}
+
+
+def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
+    return 1 << 30  # JSON records and a sandbox pool
+
+
+def normalize_code(code: str) -> str:
+    """Code with comments, docstrings and layout normalised (the same program, spelled once)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        words: list[str] = []
+        try:  # tokens without comments, up to where the tokenizer gives up
+            for t in tokenize.generate_tokens(io.StringIO(code).readline):
+                if t.type != tokenize.COMMENT and t.string.strip():
+                    words.append(t.string)
+        except (tokenize.TokenError, SyntaxError):
+            pass
+        return " ".join(words) or re.sub(r"\s+", " ", code).strip()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as exc:
+        raise StageFailed(f"pairs: cannot read {path}: {exc}") from None
+
+
+def interleave(chosen: list[dict], rejected: list[dict]) -> list[tuple[dict, dict]]:
+    """All chosen x rejected, ordered so that a cap spreads over different samples on both sides."""
+    pairs = list(product(range(len(chosen)), range(len(rejected))))
+    pairs.sort(key=lambda ij: (max(ij[0], ij[1]), ij[1], ij[0]))
+    return [(chosen[i], rejected[j]) for i, j in pairs]
+
+
+def reference_text(code: str) -> str:
+    return "```python\n" + code.strip("\n") + "\n```"
+
+
+def run(ctx: StageContext, params: Params) -> None:
+    if params.max_pairs_per_prompt < 1:
+        raise StageFailed(f"pairs: max_pairs_per_prompt must be >= 1, got {params.max_pairs_per_prompt}")
+    src = ctx.inputs["samples"]
+    rows = read_jsonl(src / "samples.jsonl")
+    problems = {p["task_id"]: p for p in read_jsonl(src / "problems.jsonl")}
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["task_id"] not in problems:
+            raise StageFailed(f"pairs: {src}/samples.jsonl names task {r['task_id']} missing from problems.jsonl")
+        by_task[r["task_id"]].append(r)
+    n = max((len(v) for v in by_task.values()), default=0)
+
+    # Candidates per task, deduplicated by normalised code (first sample id wins).
+    plans: dict[str, tuple[list[dict], list[dict]]] = {}
+    histogram = [0] * (n + 1)
+    for task, samples in sorted(by_task.items()):
+        samples.sort(key=lambda r: r["sample"])
+        passing = sum(r["verdict"]["status"] == "passed" for r in samples)
+        histogram[passing] += 1
+        chosen, rejected, seen = [], [], set()
+        for r in samples:
+            key = normalize_code(r["code"])
+            if key in seen:
+                continue
+            seen.add(key)
+            (chosen if r["verdict"]["status"] == "passed" else rejected).append(dict(r, norm=key))
+        if 0 < passing < len(samples):
+            plans[task] = (chosen, rejected)
+        elif passing == 0 and params.reference_when_none_pass and problems[task]["split"] == "train" and rejected:
+            ref = problems[task]["canonical_solution"]
+            plans[task] = ([{"sample": None, "completion": reference_text(ref), "code": ref,
+                             "norm": normalize_code(ref), "reference": True}], rejected)
+
+    # Re-verify every chosen program in the sandbox.
+    from engine.sandbox.pool import SandboxPool
+
+    checks = [(task, c) for task, (chosen, _) in plans.items() for c in chosen]
+    with SandboxPool(workers=params.exec_workers) as pool:
+        verdicts = pool.run_many([mbpp.make_job(Problem(**{k: problems[t][k] for k in (
+            "task_id", "entry_point", "test", "canonical_solution", "text")}, prompt=problems[t]["text"]),
+            c["code"], params.exec_timeout_s) for t, c in checks])
+    failed_reverify = 0
+    for (task, c), v in zip(checks, verdicts, strict=True):
+        c["reverified"] = v.passed
+        if not v.passed:
+            failed_reverify += 1
+            ctx.warning(f"pairs: {task} sample {c['sample']} was recorded passing but fails on re-run ({v.status})")
+
+    out_rows: list[dict[str, Any]] = []
+    prompts_with_pairs = reference_pairs = 0
+    for task, (chosen, rejected) in plans.items():
+        chosen = [c for c in chosen if c["reverified"]]
+        made = 0
+        for c, r in interleave(chosen, rejected):
+            if made == params.max_pairs_per_prompt:
+                break
+            if c["norm"] == r["norm"]:
+                continue
+            out_rows.append({
+                "task_id": task, "split": problems[task]["split"], "prompt": r["prompt"],
+                "chosen": c["completion"], "rejected": r["completion"],
+                "chosen_code": c["code"], "rejected_code": r["code"],
+                "chosen_sample": c["sample"], "rejected_sample": r["sample"],
+                "chosen_is_reference": bool(c.get("reference")),
+                "rejected_category": r["verdict"]["status"], "rejected_error_type": r["verdict"].get("error_type"),
+            })
+            made += 1
+        prompts_with_pairs += made > 0
+        reference_pairs += made if chosen and chosen[0].get("reference") else 0
+
+    out = ensure_dir(ctx.work_dir / "out")
+    (out / "pairs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in out_rows))
+    summary = {"pairs": len(out_rows), "prompts": len(by_task), "prompts_with_pairs": prompts_with_pairs,
+               "reference_pairs": reference_pairs, "chosen_failed_reverify": failed_reverify,
+               "pass_count_histogram": {str(k): v for k, v in enumerate(histogram)}, "samples_per_prompt": n}
+    atomic_write_json(out / "summary.json", summary)
+    for name in ("pairs", "prompts_with_pairs", "reference_pairs", "chosen_failed_reverify"):
+        ctx.metric(name, float(summary[name]))
+    for k, v in enumerate(histogram):
+        ctx.metric("prompts_with_passing", float(v), step=k)
+    ctx.publish("pairs", out, **summary)
