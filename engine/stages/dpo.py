@@ -148,10 +148,11 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
         data_seed=ctx.seed,
         bf16=cuda,
         use_cpu=not cuda,
-        gradient_checkpointing=params.gradient_checkpointing,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # passed only when on: transformers 5.2x deprecates the name
+        **({"gradient_checkpointing": True} if params.gradient_checkpointing else {}),
     )
     trainer = DPOTrainer(
         model=model,

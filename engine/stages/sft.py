@@ -104,10 +104,11 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
         data_seed=ctx.seed,
         bf16=cuda,
         use_cpu=not cuda,
-        gradient_checkpointing=params.gradient_checkpointing,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # passed only when on: transformers 5.2x deprecates the name
+        **({"gradient_checkpointing": True} if params.gradient_checkpointing else {}),
     )
     trainer = SFTTrainer(
         model=model,

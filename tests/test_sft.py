@@ -1,0 +1,191 @@
+"""Stage `sft` on a tiny Qwen2: learning, telemetry, the loss sanity check, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from engine.events import read_events
+from engine.stages import _train, sft
+from engine.stages.base import JobSpec
+from engine.stages.run import params_hash, run_inline
+from engine.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+PROBLEMS = [
+    ("Write a function add(a, b).", "def add(a, b):\n    return a + b\n"),
+    ("Write a function is_even(n).", "def is_even(n):\n    return n % 2 == 0\n"),
+    ("Write a function reverse(s).", "def reverse(s):\n    return s[::-1]\n"),
+    ("Write a function square(x).", "def square(x):\n    return x * x\n"),
+]
+TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def sft_params(**over) -> dict:
+    p = dict(learning_rate=1e-2, epochs=None, max_steps=12, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
+             target_modules=TARGETS, batch_size=2, grad_accum=1, max_length=96, save_steps=4,
+             lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, quantization="auto")
+    p.update(over)
+    return p
+
+
+def chat_prompt(model_dir: Path, text: str) -> str:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sftdata") / "sft.jsonl"
+    path.write_text("".join(json.dumps({"prompt": chat_prompt(tiny_model_dir, p), "completion": c}) + "\n"
+                            for p, c in PROBLEMS))
+    return path
+
+
+def completion_loss(model, tok, rows: list[dict]) -> float:
+    """Mean NLL of completion tokens (+ EOS) given the prompt, full logits."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            p = tok(r["prompt"])["input_ids"]
+            ids = tok(r["prompt"] + r["completion"] + tok.eos_token)["input_ids"]
+            x = torch.tensor([ids])
+            labels = x.clone()
+            labels[0, : len(p)] = -100
+            out = model(input_ids=x, labels=labels)
+            n = int((labels[0, 1:] != -100).sum())
+            total, count = total + out.loss.item() * n, count + n
+    return total / count
+
+
+def test_sft_lowers_the_loss_and_reports(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ws = Workspace(tmp_path / "ws")
+    out = run_inline(ws, "sft", "sft", params=sft_params(), inputs={"model": tiny_model_dir, "data": sft_data},
+                     outputs=["adapter"])
+    events = read_events(ws.job_log("sft.1"))
+    assert out == "ok", [e for e in events if e["kind"] in ("warning", "job_finished")]
+    names = {e["name"] for e in events if e["kind"] == "metric"}
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s"} <= names
+    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [4, 8, 12]
+    assert any(e["kind"] == "progress" and e["done"] == 12 and e["total"] == 12 for e in events)
+    rec = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()][-1]
+    assert rec["benchmark"] == "sft" and rec["metrics"]["steps"] == 12
+    assert rec["metrics"]["first_loss"] < rec["metrics"]["ln_vocab"] + 1
+
+    rows = [json.loads(x) for x in sft_data.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = completion_loss(base, tok, rows)
+    tuned = PeftModel.from_pretrained(base, ws.artifact_path("sft", "adapter"))
+    after = completion_loss(tuned, tok, rows)
+    assert after < before - 0.3, (before, after)
+
+
+def test_broken_label_shift_trips_the_loss_check(
+    tiny_model_dir: Path, sft_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that knows the data (memorised, sharpened) scored against unshifted labels."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [json.loads(x) for x in sft_data.read_text().splitlines()]
+    enc = tok([r["prompt"] + r["completion"] + tok.eos_token for r in rows], padding=True, return_tensors="pt")
+    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(30):
+        model(**enc, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)  # confident, as a pretrained model is
+        good = model(**enc, labels=labels).loss.item()
+    limit = math.log(len(tok)) + 1
+    assert good < limit  # correctly shifted labels pass the check
+    confident = tmp_path / "confident"
+    model.save_pretrained(confident)
+    tok.save_pretrained(confident)
+
+    monkeypatch.setattr(_train, "next_token_targets", lambda hidden, labels: (hidden, labels))  # the bug
+    ws = Workspace(tmp_path / "ws")
+    out = run_inline(ws, "sft", "sft", params=sft_params(max_steps=3, save_steps=10),
+                     inputs={"model": confident, "data": sft_data}, outputs=["adapter"])
+    fin = read_events(ws.job_log("sft.1"))[-1]
+    assert out == "failed" and "StageFailed" in fin["error"] and "first logged loss" in fin["error"], fin
+    assert not ws.ledger_path.exists()
+
+
+def _adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    params = sft_params(max_steps=16, save_steps=2)
+    inputs = {"model": tiny_model_dir, "data": sft_data}
+    ref_ws = Workspace(tmp_path / "ref")
+    assert run_inline(ref_ws, "sft", "sft", params=params, inputs=inputs, outputs=["adapter"]) == "ok"
+
+    ws = Workspace(tmp_path / "ws").init()
+    job = JobSpec(job_id="sft.1", stage="sft", kind="sft", attempt=1, workspace=str(ws.root), params=params,
+                  inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
+                  outputs=["adapter"], device="cpu", seed=0)
+    job.save(ws.job_file(job.job_id))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(e["kind"] == "checkpoint" for e in read_events(ws.job_log("sft.1"))):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    first = read_events(ws.job_log("sft.1"))
+    assert proc.returncode == -signal.SIGKILL and not any(e["kind"] == "job_finished" for e in first)
+    killed_at = max(e["step"] for e in first if e["kind"] == "checkpoint")
+    assert killed_at < 16
+
+    assert run_inline(ws, "sft", "sft", params=params, inputs=inputs, attempt=2, outputs=["adapter"]) == "ok"
+    second = read_events(ws.job_log("sft.2"))
+    assert any("resuming from" in e.get("message", "") for e in second if e["kind"] == "warning")
+    steps = [e["step"] for e in second if e["kind"] == "metric" and e["name"] == "loss"]
+    assert steps[0] == killed_at + 1 and steps[-1] == 16  # continued from the checkpoint, not restarted
+    recs = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()]
+    ref = [json.loads(x) for x in ref_ws.ledger_path.read_text().splitlines()]
+    assert recs[-1]["metrics"]["steps"] == ref[-1]["metrics"]["steps"] == 16
+    assert recs[-1]["metrics"]["first_loss"] == pytest.approx(ref[-1]["metrics"]["first_loss"], abs=1e-5)
+    a, b = _adapter_tensors(ws.artifact_path("sft", "adapter")), _adapter_tensors(ref_ws.artifact_path("sft", "adapter"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_params_have_no_hyperparameter_defaults(tiny_model_dir: Path) -> None:
+    full = sft_params()
+    for key in ("learning_rate", "lora_rank", "target_modules", "save_steps", "max_length", "quantization"):
+        with pytest.raises(ValidationError, match=key):
+            sft.Params(**{k: v for k, v in full.items() if k != key})
+    with pytest.raises(ValidationError, match="exactly one of epochs and max_steps"):
+        sft.Params(**{**full, "epochs": 1.0})
+    p = sft.Params(**full)
+    small = sft.memory_estimate(p, {"model": tiny_model_dir, "data": tiny_model_dir})
+    big = sft.memory_estimate(sft.Params(**{**full, "batch_size": 64, "max_length": 2048}),
+                              {"model": tiny_model_dir, "data": tiny_model_dir})
+    assert (1 << 30) < small < big
