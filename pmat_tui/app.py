@@ -62,7 +62,7 @@ class PmatApp(App):
         Binding("r", "run", "Run"),
         Binding("a", "approve", "Approve"),
         Binding("c", "cancel", "Cancel"),
-        Binding("t", "retry", "Retry"),
+        Binding("t", "retry", "Retry", show=False),
         Binding("l", "open_log", "Log", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),

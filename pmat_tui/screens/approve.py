@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from rich.console import Group
@@ -14,6 +13,23 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from pmat_tui.model import GATE_STYLE, GateRow
+
+
+def evidence_lines(evidence: dict) -> list[Text]:
+    """The evidence dict as lines a person reads: input hashes, then each gate's verdict and records."""
+    out = [Text("inputs:", style="bold")]
+    for name, h in (evidence.get("inputs") or {}).items():
+        out.append(Text(f"  {name}  {h or 'missing'}"))
+    if not evidence.get("inputs"):
+        out.append(Text("  (none)", style="dim"))
+    for ac, g in (evidence.get("gates") or {}).items():
+        hashes = ", ".join(f"{k or 'checkpoint'} {str(v)[:16] if v else 'not built'}" for k, v in (g.get("checkpoints") or {}).items())
+        records = ", ".join(g.get("records") or []) or "no records"
+        sym, style = GATE_STYLE.get(str(g.get("outcome")).replace("_", " "), ("?", ""))
+        line = Text(f"  {sym} {ac} {g.get('outcome')}", style=style)
+        line.append(f"  {hashes}  {records}", style="")
+        out.append(line)
+    return out
 
 
 class ApproveScreen(ModalScreen[bool]):
@@ -30,11 +46,10 @@ class ApproveScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         parts = [Text(f"Approve stage {self.stage}?", style="bold"),
                  Text("The approval names this evidence; if it changes, the approval lapses.", style="dim"),
-                 Text(json.dumps(self.evidence, indent=1, default=str))]
+                 *evidence_lines(self.evidence)]
         for g in self.gates:
             sym, style = GATE_STYLE.get(g.status, ("?", ""))
-            parts.append(Text(f"{sym} {g.ac} {g.status}: value {g.value if g.value is not None else '-'}"
-                              f" vs threshold {g.threshold if g.threshold is not None else '-'}", style=style))
+            parts.append(Text(f"{sym} {g.ac}: {g.detail}", style=style))
         who = os.environ.get("USER") or str(os.getuid())
         parts.append(Text(f"Journaled by the supervisor as approved by {who}, with the time.", style="dim"))
         with Vertical(classes="modal-box"):

@@ -31,7 +31,7 @@ class ViewScreen(Screen):
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
         yield from self.body()
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def body(self) -> ComposeResult:
         yield from ()

@@ -18,12 +18,12 @@ class LogScreen(ViewScreen):
     VIEW = "Log"
 
     BINDINGS = [
-        Binding("f", "toggle_follow", "follow/pause"),
+        Binding("f", "toggle_follow", "follow"),
         Binding("slash", "filter", "filter"),
-        Binding("p", "pretty", "pretty JSON"),
-        Binding("left_square_bracket", "cycle(-1)", "prev job"),
-        Binding("right_square_bracket", "cycle(1)", "next job"),
-        Binding("s", "journal", "journal"),
+        Binding("p", "pretty", "pretty"),
+        Binding("left_square_bracket", "cycle(-1)", "prev job", show=False),
+        Binding("right_square_bracket", "cycle(1)", "next job", show=False),
+        Binding("s", "journal", "journal", show=False),
     ]
 
     def body(self) -> ComposeResult:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from rich.console import Group, RenderableType
 from rich.text import Text
 from textual.widgets import DataTable, Static
@@ -43,10 +41,16 @@ class GateDetail(Static):
             Text(g.description or "-"),
             Text(f"rule: {g.detail}", style="dim"),
         ]
-        if g.evidence:
-            parts.append(Text("evidence: " + json.dumps(g.evidence, default=str, indent=1)))
-        else:
-            parts.append(Text("evidence: no result recorded for this checkpoint yet", style="dim"))
+        ev = g.evidence or {}
+        hashes = ", ".join(f"{k} {v or 'not built yet'}" for k, v in ev.get("checkpoints", {}).items())
+        parts.append(Text(f"checkpoint hash: {hashes or '-'}"))
+        for r in ev.get("records", []):
+            metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (r.get("metrics") or {}).items())
+            parts.append(Text(f"evidence {r['id']}: {r['benchmark']} of model {r['model_hash']} {metrics} ({r['age']} ago)"))
+        if not ev.get("records"):
+            parts.append(Text("evidence: no result recorded for this checkpoint's current hash", style="dim"))
+        if ev.get("missing"):
+            parts.append(Text(f"missing: {', '.join(ev['missing'])}", style="yellow"))
         if g.gated_stages:
             parts.append(Text(f"approving gates stage(s): {', '.join(g.gated_stages)} (a)", style="cyan"))
         self.update(Group(*parts))

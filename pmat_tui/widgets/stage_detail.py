@@ -26,8 +26,6 @@ def _table(*cols: str) -> Table:
 class StageDetail(VerticalScroll):
     """Details of the stage selected in the DAG."""
 
-    can_focus = False
-
     def __init__(self, model: ConsoleModel, **kw) -> None:
         super().__init__(**kw)
         self.model = model
@@ -59,7 +57,8 @@ class StageDetail(VerticalScroll):
             parts.append(Text(f"why: {row.reason}", style="yellow"))
         deps = m.spec.deps(stage)
         parts.append(Text(f"kind {entry.kind} · item {entry.work_item or '-'} · after {', '.join(deps) or '-'}"
-                          f" · {entry.memory_gb:g} GB est · {entry.duration_h:g} h est · approval {row.approval if row else entry.approval}"))
+                          f" · {entry.memory_gb:g} GB est · {entry.duration_h:g} h est"
+                          + (f" · approval {row.approval if row else 'required'}" if entry.approval == "required" else "")))
         params = _table("param", "value")
         for k, v in sorted(entry.params.items()):
             params.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)

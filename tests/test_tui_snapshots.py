@@ -1,0 +1,65 @@
+"""Snapshots of every view at 80x24 and 160x48 from fixed fixture logs and a frozen clock.
+
+Update after a deliberate change with ``pytest tests/test_tui_snapshots.py --snapshot-update``
+and look at the SVGs under tests/__snapshots__/ before committing them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pmat_tui.app import PmatApp
+from pmat_tui.fixture import FIXTURE_NOW, fixture_memory, write_fixture
+
+SIZES = [(80, 24), (160, 48)]
+
+
+@pytest.fixture
+def fixture_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PmatApp:
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("USER", "tester")
+    time.tzset()
+    ws = write_fixture(tmp_path / "fx")
+    app = PmatApp(ws, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
+    app.selected_stage = "sample"
+    return app
+
+
+def _before(*keys: str, log: str | None = None):
+    async def run_before(pilot) -> None:
+        if log:
+            pilot.app.log_target = log
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause()
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    return run_before
+
+
+VIEWS = {
+    "dag": _before(),
+    "jobs": _before("2"),
+    "memory": _before("3"),
+    "gates": _before("4", "down"),
+    "log": _before("5", "p", log="sft.1"),
+}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_view(snap_compare, fixture_app: PmatApp, view: str, size: tuple[int, int]) -> None:
+    assert snap_compare(fixture_app, terminal_size=size, run_before=VIEWS[view])
+
+
+def test_approve_modal(snap_compare, fixture_app: PmatApp) -> None:
+    fixture_app.selected_stage = "release"
+    assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=_before("a"))
+
+
+def test_help(snap_compare, fixture_app: PmatApp) -> None:
+    assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=_before("question_mark"))
