@@ -34,7 +34,7 @@ class Limits:
 
     memory_mb: int = 2048
     cpu_s: int = 20
-    nproc: int = 16
+    nproc: int = 1  # under a pool's own uid: the program's process is the only one (no fork, no threads)
     fsize_mb: int = 16
     nofile: int = 64
 
@@ -138,8 +138,11 @@ class _Slot:
             view = view[os.write(self.proc.stdin.fileno(), view):]
 
     def kill_job(self) -> None:
+        """First the program's group; if the template still has not answered (its trusted test
+        code spinning), the template itself, which ``_pump`` then restarts."""
+        targets = [self.proc.pid] if self.killed else list(self.pids.values())
         self.killed = True
-        for pid in self.pids.values():
+        for pid in targets:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
@@ -240,9 +243,9 @@ class SandboxPool:
                             on_result(idx, finished)
                 now = time.monotonic()
                 for slot in busy.values():
-                    if now >= slot.deadline and not slot.killed:
+                    if now >= slot.deadline:
                         slot.kill_job()
-                        slot.deadline = now + 10.0  # the template reports 'done' once the group is dead
+                        slot.deadline = now + 2.0  # the template reports 'done' once the group is dead
         finally:
             sel.close()
         return [r for r in results if r is not None]
@@ -255,13 +258,15 @@ class SandboxPool:
             slot.proc.stdin.close()
             slot.proc.stdout.close()
             slot.start()
+            if slot.killed:
+                return Verdict("timeout", detail="wall-clock limit reached; tests and program killed")
             return Verdict("error", "HarnessError", "sandbox template died; restarted")
         slot.buf += chunk
         while b"\n" in slot.buf:
             line, slot.buf = slot.buf.split(b"\n", 1)
             msg = json.loads(line)
             if msg.get("type") == "started":
-                slot.pids = {"runner": int(msg["runner"]), "child": int(msg["child"])}
+                slot.pids = {"child": int(msg["child"])}
                 slot.deadline = time.monotonic() + slot.job[1].timeout + GRACE_S
             elif msg.get("type") == "done":
                 return verdict_from(msg, slot.job[2], slot.killed)

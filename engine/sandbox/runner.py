@@ -1,6 +1,6 @@
 """The trusted side: run a benchmark's tests against the program living in the child.
 
-The tests execute here, in a process that never runs a byte of the program. Names the
+The tests execute in the template process, which never runs a byte of the program. Names the
 tests use but do not define are resolved in the child: plain data comes back as
 builtin values, functions and other objects as ``Remote`` handles whose calls cross
 the socket. So the asserts compare values this process built itself, with its own
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import os
 import select
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -35,9 +37,8 @@ class CallTimeout(BaseException):
     """The wall-clock budget ran out while waiting for the child."""
 
 
-def free_names(code: str) -> set[str]:
-    """Names loaded by ``code`` that it neither binds nor gets from builtins."""
-    tree = ast.parse(code)
+def free_names(tree: ast.AST) -> set[str]:
+    """Names loaded by the parsed code that it neither binds nor gets from builtins."""
     loads, binds = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
@@ -192,23 +193,25 @@ def classify(exc: BaseException | None) -> dict[str, Any]:
     return {"status": "error", "error_type": name, "detail": detail}
 
 
-def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int, child_pid: int,
-                workdir: str, uid: int | None) -> None:
-    """Entry of a forked runner: run the tests, write one verdict line, then (when the child ran
-    under its own uid) become that uid and kill everything it owns, escaped processes included."""
+def run_tests(job: dict[str, Any], sock: socket.socket, viol_fd: int, child_pid: int, workdir: str) -> dict:
+    """Run one job's tests against the child behind ``sock``; the verdict line (with the nonce)."""
     start = time.monotonic()
-    conn = Connection(socket.socket(fileno=sock_fd), start + float(job["timeout"]))
+    conn = Connection(sock, start + float(job["timeout"]))
     outcome: BaseException | None = None
     try:
         conn.request({"op": "load", "program": job["program"], "setup": job.get("setup", "")})
-        code = job["runner_code"]
+        tree = ast.parse(job["runner_code"])
         aliases: dict[str, str] = dict(job.get("aliases") or {})
-        free = free_names(code) - set(aliases)
+        free = free_names(tree) - set(aliases)
+        # a module the tests use without importing (MBPP's `math.isclose`) is this process's own
+        # copy, never the program's (which it may have patched)
+        local = {n: importlib.import_module(n) for n in free if n in sys.stdlib_module_names}
+        free -= set(local)
         found = conn.request({"op": "resolve", "names": sorted(free | set(aliases.values()))})["values"]
-        ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins}
+        ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins, **local}
         ns.update({k: found[k] for k in free if k in found})  # builtins shadowed only via aliases
         ns.update({alias: found[target] for alias, target in aliases.items() if target in found})
-        exec(compile(code, "<tests>", "exec"), ns)  # noqa: S102 - benchmark tests, trusted
+        exec(compile(tree, "<tests>", "exec"), ns)  # noqa: S102 - benchmark tests, trusted
         if conn.fatal is not None:
             outcome = conn.fatal
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a verdict
@@ -226,8 +229,4 @@ def runner_main(job: dict[str, Any], sock_fd: int, viol_fd: int, result_fd: int,
         pass
     verdict.update(nonce=job["nonce"], blocked_op=blocked, wall_s=round(time.monotonic() - start, 6),
                    stdout_tail=_tail(workdir))
-    wire.write_line(result_fd, verdict)
-    if uid is not None:
-        os.setgid(uid)
-        os.setuid(uid)
-        os.kill(-1, signal.SIGKILL)
+    return verdict

@@ -9,6 +9,7 @@ It never executes a program itself. Lines on stdout: ``ready``, then per job
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 from engine.sandbox import wire
 from engine.sandbox.child import child_main
-from engine.sandbox.runner import runner_main
+from engine.sandbox.runner import run_tests
 
 # What benchmark programs import, loaded once here so no check pays for it (and so a child
 # under an unprivileged uid need not read them from a home directory it cannot enter).
@@ -41,16 +42,6 @@ class Warm:
     workdir: str
     sock: socket.socket
     viol_r: int
-
-
-def _close_except(keep: set[int]) -> None:
-    for fd in os.listdir("/proc/self/fd"):
-        n = int(fd)
-        if n > 2 and n not in keep:
-            try:
-                os.close(n)
-            except OSError:
-                pass
 
 
 def _rmtree(path: str) -> None:
@@ -89,7 +80,7 @@ def _warm_up() -> None:
         wire.send_msg(theirs, reply)
         wire.recv_msg(ours)
     f = conn._ref(0, "function")
-    free_names("assert f([1]) == [2]\n")
+    free_names(ast.parse("assert f([1]) == [2]\n"))
     exec(compile("assert [1] == [1]\n", "<warm>", "exec"), {"f": f})  # noqa: S102 - our own constant
     try:
         raise ValueError("warm")
@@ -102,11 +93,11 @@ def _warm_up() -> None:
 
 
 class Template:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], out: int) -> None:
         self.base: str = cfg["base"]
         self.uid: int | None = cfg.get("uid")
         self.limits: dict[str, int] = cfg["limits"]
-        self.out = 1
+        self.out = out
 
     def prefork(self) -> Warm:
         workdir = tempfile.mkdtemp(prefix="run-", dir=self.base)
@@ -127,41 +118,20 @@ class Template:
         return Warm(pid, workdir, parent_sock, viol_r)
 
     def run_job(self, job: dict[str, Any], warm: Warm) -> Warm:
-        res_r, res_w = os.pipe()
-        runner = os.fork()
-        if runner == 0:
+        """Run one job's tests here, against the warm child; report; clean up; pre-fork the next."""
+        wire.write_line(self.out, {"type": "started", "child": warm.pid})
+        try:
+            result = run_tests(job, warm.sock, warm.viol_r, warm.pid, warm.workdir)
+        finally:
+            warm.sock.close()
+            os.close(warm.viol_r)
             try:
-                os.setsid()
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                sock_fd = warm.sock.detach()
-                _close_except({sock_fd, warm.viol_r, res_w})
-                runner_main(job, sock_fd, warm.viol_r, res_w, warm.pid, warm.workdir, self.uid)
-            finally:
-                os._exit(0)
-        os.close(res_w)
-        warm.sock.close()
-        os.close(warm.viol_r)
-        wire.write_line(self.out, {"type": "started", "runner": runner, "child": warm.pid})
-        chunks = []
-        while chunk := os.read(res_r, 1 << 16):
-            chunks.append(chunk)
-        os.close(res_r)
-        _, runner_status = os.waitpid(runner, 0)
-        try:
-            os.killpg(warm.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        _, child_status = os.waitpid(warm.pid, 0)
-        _rmtree(warm.workdir)
-        raw = b"".join(chunks).decode(errors="replace").strip()
-        try:
-            result = json.loads(raw) if raw else None
-        except ValueError:
-            result = None
-        wire.write_line(self.out, {"type": "done", "result": result, "child_status": child_status,
-                                   "runner_status": runner_status})
+                os.killpg(warm.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _, child_status = os.waitpid(warm.pid, 0)
+            _rmtree(warm.workdir)
+        wire.write_line(self.out, {"type": "done", "result": result, "child_status": child_status})
         return self.prefork()  # before the next job line is read: a child never sees its own job
 
     def serve(self) -> None:
@@ -187,8 +157,10 @@ def main() -> None:
 
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: go when the pool goes
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/fd|mem for others
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    Template(json.loads(sys.argv[1])).serve()
+    out = os.dup(1)  # protocol lines only; anything the tests print goes to /dev/null
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)
+    Template(json.loads(sys.argv[1]), out).serve()
 
 
 if __name__ == "__main__":

