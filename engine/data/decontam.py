@@ -1,0 +1,271 @@
+"""Decontamination: training data checked against the evaluation sets before any training.
+
+Three signals per training row, against every evaluation problem (HumanEval, MBPP test,
+HumanEval+ / MBPP+ when their files are configured):
+
+* ``ngram``: a shared run of ``ngram`` normalised tokens with the problem's statement
+  or solution (verbatim copies, however embedded);
+* ``docstring``: the row covers most of the problem statement's content words, weighted
+  by rarity across the evaluation sets (catches rewording that keeps the substance);
+* ``name``: the row defines or calls the problem's function name, and also shares a
+  smaller part of its statement (a bare common name such as ``add`` is not enough).
+
+Training stages call :func:`require_clean`, which fails with the offending rows listed
+unless the spec allows them explicitly.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORD = re.compile(r"[a-z0-9_]+")
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CALLED = re.compile(r"(?:\b([A-Za-z_][A-Za-z0-9_]*)\s*\()|`([A-Za-z_][A-Za-z0-9_]*)`")
+STOP = frozenset("""a an the of to in on for and or is are be by as at it its if than that this with from into
+each any all not no do does return returns write function python given list lists number numbers string strings
+which whose should will can may must you your we our use using value values element elements def true false none
+print example examples input output result those these their them they there then when where also such
+only more most same other others one two goal task here have has had was were been being like make made
+contain contains containing multiple properly within into onto after before every some many much very
+note assume suppose following follows below above""".split())
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation problem as the checker sees it."""
+
+    source: str          # humaneval, mbpp_test, humaneval_plus, mbpp_plus
+    task_id: str
+    name: str            # its function name ('' if unknown)
+    statement: str       # the natural-language task (docstring / text), examples removed
+    code: str            # prompt code + reference solution
+
+
+@dataclass
+class Hit:
+    source: str
+    task_id: str
+    reason: str          # ngram | docstring | name
+    score: float
+    detail: str = ""
+
+
+@dataclass
+class Contamination:
+    """Rows that hit, with their hits (row index -> hits)."""
+
+    rows: dict[int, list[Hit]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def describe(self, limit: int = 20) -> str:
+        lines = []
+        for row, hits in list(sorted(self.rows.items()))[:limit]:
+            h = max(hits, key=lambda x: x.score)
+            lines.append(f"row {row}: {h.source} {h.task_id} ({h.reason}, score {h.score:.2f}{', ' + h.detail if h.detail else ''})")
+        more = len(self.rows) - limit
+        return "\n".join(lines + ([f"... and {more} more rows"] if more > 0 else []))
+
+
+class ContaminatedData(ValueError):
+    """Training data overlaps an evaluation set and the spec does not allow it."""
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def stem(word: str) -> str:
+    """Crude suffix stripping so that 'ignored'/'ignore', 'groups'/'group' meet."""
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    """Stemmed words that carry a task's meaning (no stop words, no numbers)."""
+    return {stem(w) for w in words(text) if len(w) > 2 and w not in STOP and not w.isdigit()}
+
+
+def statement_of(prompt: str) -> str:
+    """The docstring of a HumanEval-style prompt (or the prompt itself), doctest lines removed."""
+    text = prompt
+    try:
+        for node in ast.walk(ast.parse(prompt + "\n    pass\n")):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node):
+                text = ast.get_docstring(node) or prompt
+    except SyntaxError:
+        pass
+    keep = []
+    for line in text.splitlines():
+        if line.strip().startswith(">>>"):
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def informative(gram: tuple[str, ...], min_content: int) -> bool:
+    """An n-gram with enough distinct content words to mean something (not a number run, not boilerplate)."""
+    return len({w for w in gram if w not in STOP and not w.isdigit() and len(w) > 1}) >= min_content
+
+
+def specific(name: str) -> bool:
+    """A function name unlikely to be chosen by chance (has_close_elements, not add or check)."""
+    return len(name) >= 10 and ("_" in name.strip("_") or name != name.lower())
+
+
+def row_text(row: Any) -> str:
+    """Every string inside a training row (str, dict, list: prompts, messages, chosen, rejected...)."""
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        return "\n".join(row_text(v) for v in row.values())
+    if isinstance(row, (list, tuple)):
+        return "\n".join(row_text(v) for v in row)
+    return ""
+
+
+class DecontamIndex:
+    """An index of evaluation problems; :meth:`scan` finds training rows that overlap them."""
+
+    def __init__(self, items: list[EvalItem], ngram: int = 10, doc_threshold: float = 0.7,
+                 name_doc_threshold: float = 0.5, min_content: int = 5) -> None:
+        if not items:
+            raise ValueError("decontamination index: no evaluation problems to check against")
+        self.items, self.n = items, ngram
+        self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
+        self.min_content = min_content
+        self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
+        self.names: dict[str, set[int]] = defaultdict(set)
+        self.content: list[Counter[str]] = []
+        df: Counter[str] = Counter()
+        for i, it in enumerate(items):
+            for text in (it.statement, it.code):
+                toks = words(text)
+                for k in range(len(toks) - ngram + 1):
+                    gram = tuple(toks[k:k + ngram])
+                    if informative(gram, min_content):
+                        self.grams[gram].add(i)
+            if it.name:
+                self.names[it.name].add(i)
+            c = Counter(content_words(it.statement))
+            self.content.append(c)
+            df.update(set(c))
+        self.idf = {w: math.log(1 + len(items) / d) for w, d in df.items()}
+        self.by_word: dict[str, set[int]] = defaultdict(set)
+        for i, c in enumerate(self.content):
+            for w in c:
+                self.by_word[w].add(i)
+
+    def doc_score(self, i: int, row_words: set[str]) -> float:
+        """IDF-weighted share of problem i's statement words found in the row."""
+        c = self.content[i]
+        total = sum(self.idf[w] for w in c)
+        return sum(self.idf[w] for w in c if w in row_words) / total if total else 0.0
+
+    def check(self, text: str) -> list[Hit]:
+        toks = words(text)
+        hits: dict[tuple[int, str], Hit] = {}
+        for k in range(len(toks) - self.n + 1):
+            for i in self.grams.get(tuple(toks[k:k + self.n]), ()):
+                hits.setdefault((i, "ngram"), Hit(self.items[i].source, self.items[i].task_id, "ngram", 1.0,
+                                                  " ".join(toks[k:k + self.n])))
+        row_words = content_words(text)
+        candidates = set().union(*(self.by_word.get(w, set()) for w in row_words)) if row_words else set()
+        called = {a or b for a, b in CALLED.findall(text)}  # used as code: f(...) or `f`
+        names = called | {w for w in IDENT.findall(text) if specific(w)}
+        named = set().union(*(self.names.get(nm, set()) for nm in names)) if names else set()
+        for i in candidates | named:
+            it = self.items[i]
+            score = self.doc_score(i, row_words)
+            size = len(self.content[i])  # a short statement must be matched almost whole
+            if size >= self.min_content and score >= (self.doc_threshold if size >= 8 else max(self.doc_threshold, 0.9)):
+                hits[(i, "docstring")] = Hit(it.source, it.task_id, "docstring", score)
+            enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
+            if i in named and (enough or (specific(it.name) and score >= 0.3)):
+                hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
+        return list(hits.values())
+
+    def scan(self, rows: Iterable[Any]) -> Contamination:
+        found = Contamination()
+        for r, row in enumerate(rows):
+            hits = self.check(row_text(row))
+            if hits:
+                found.rows[r] = hits
+        return found
+
+
+def humaneval_items(path: Path | None = None, source: str = "humaneval") -> list[EvalItem]:
+    from engine.data import humaneval
+
+    problems, _ = humaneval.load(path)
+    return [EvalItem(source, p.task_id, p.entry_point, statement_of(p.prompt), p.prompt + p.canonical_solution)
+            for p in problems]
+
+
+def mbpp_test_items(data_dir: Path) -> list[EvalItem]:
+    from engine.data import mbpp
+
+    problems, _ = mbpp.load(Path(data_dir), "test")
+    return [EvalItem("mbpp_test", p.task_id, p.entry_point, p.text, p.canonical_solution) for p in problems]
+
+
+def plus_items(path: Path, source: str) -> list[EvalItem]:
+    """Problems of an evalplus JSONL(.gz) file (HumanEvalPlus / MbppPlus)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} file {path} not found (evalplus release JSONL, e.g. HumanEvalPlus.jsonl.gz)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        rows = [json.loads(x) for x in fh if x.strip()]
+    items = []
+    for i, r in enumerate(rows):
+        missing = [k for k in ("task_id", "prompt", "entry_point") if k not in r]
+        if missing:
+            raise ValueError(f"{path}: line {i + 1} lacks {', '.join(missing)}")
+        items.append(EvalItem(source, r["task_id"], r["entry_point"], statement_of(r["prompt"]),
+                              r["prompt"] + r.get("canonical_solution", "")))
+    return items
+
+
+def eval_index(mbpp_dir: Path | None, humaneval_path: Path | None = None, humaneval_plus: Path | None = None,
+               mbpp_plus: Path | None = None, **kw: Any) -> DecontamIndex:
+    """The index of every evaluation set pmat reports on (plus variants when configured)."""
+    items = humaneval_items(humaneval_path)
+    if mbpp_dir is not None:
+        items += mbpp_test_items(mbpp_dir)
+    if humaneval_plus is not None:
+        items += plus_items(humaneval_plus, "humaneval_plus")
+    if mbpp_plus is not None:
+        items += plus_items(mbpp_plus, "mbpp_plus")
+    return DecontamIndex(items, **kw)
+
+
+def require_clean(rows: list[Any], index: DecontamIndex, *, allow: bool | Iterable[int] = False,
+                  what: str = "training data", warn: Any = None) -> Contamination:
+    """Fail listing the rows that overlap evaluation problems, unless allowed explicitly.
+
+    ``allow`` True lets every hit through; a collection of row indices lets those rows
+    through. Allowed hits are still returned (and passed to ``warn(message)`` if given) so
+    the stage can record them.
+    """
+    found = index.scan(rows)
+    allowed = set(range(len(rows))) if allow is True else set(allow or ())
+    blocked = Contamination({r: h for r, h in found.rows.items() if r not in allowed})
+    if blocked:
+        raise ContaminatedData(f"{what}: {len(blocked.rows)} of {len(rows)} rows overlap evaluation problems "
+                               f"(allow them explicitly in the spec to proceed):\n{blocked.describe()}")
+    if found and warn is not None:
+        warn(f"{what}: {len(found.rows)} rows overlap evaluation problems, allowed by the spec:\n{found.describe()}")
+    return found
