@@ -8,6 +8,7 @@ and a restarted supervisor agree.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class PipelineState:
 
     def _scan_job_logs(self) -> bool:
         changed = False
+        loads = json.loads
         jobs_dir = self.ws.logs_dir / "jobs"
         try:
             entries = list(os.scandir(jobs_dir))
@@ -178,13 +180,21 @@ class PipelineState:
             reader = self._job_readers.get(job_id)
             if reader is None:
                 reader = self._job_readers[job_id] = EventReader(jobs_dir / name)
-            events = reader.poll()
-            if events:
+            a: Attempt | None = None
+            apply = self._apply_job
+            for line in reader.poll_lines():  # streamed: a 1 GB log is never held as one list
+                try:
+                    ev = loads(line) if line else None
+                except ValueError:
+                    ev = None
+                if not isinstance(ev, dict):
+                    reader.bad_lines += bool(line)
+                    continue
+                if a is None:
+                    a = self.attempt(job_id)
+                apply(a, ev)
+            if a is not None:
                 changed = True
-                a = self.attempt(job_id)
-                apply = self._apply_job
-                for ev in events:
-                    apply(a, ev)
                 if a.finished_at is not None:
                     self._finished_logs.add(name)
         return changed
