@@ -97,3 +97,12 @@ def test_plus_variants_are_indexed(tmp_path: Path) -> None:
         plus_items(bad, "mbpp_plus")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         plus_items(tmp_path / "nope.jsonl", "mbpp_plus")
+
+
+def test_every_evaluation_problem_is_caught_verbatim(index: DecontamIndex) -> None:
+    from engine.data import humaneval
+
+    prompts = [p.prompt for p in humaneval.load()[0]]
+    assert len(index.scan(prompts).rows) == len(prompts) == 164
+    statements = [p.text for p in mbpp.load(MBPP, "test")[0]]  # even the shortest MBPP statements
+    assert len(index.scan(statements).rows) == len(statements) == 500

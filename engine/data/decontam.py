@@ -4,7 +4,8 @@ Three signals per training row, against every evaluation problem (HumanEval, MBP
 HumanEval+ / MBPP+ when their files are configured):
 
 * ``ngram``: a shared run of ``ngram`` normalised tokens with the problem's statement
-  or solution (verbatim copies, however embedded);
+  or solution (verbatim copies, however embedded); ``statement``: the whole statement
+  (five words or more) verbatim, for statements too short for an informative n-gram;
 * ``docstring``: the row covers most of the problem statement's content words, weighted
   by rarity across the evaluation sets (catches rewording that keeps the substance);
 * ``name``: the row defines or calls the problem's function name, and also shares a
@@ -54,7 +55,7 @@ class EvalItem:
 class Hit:
     source: str
     task_id: str
-    reason: str          # ngram | docstring | name
+    reason: str          # ngram | statement | docstring | name
     score: float
     detail: str = ""
 
@@ -99,7 +100,7 @@ def content_words(text: str) -> set[str]:
 
 
 def statement_of(prompt: str) -> str:
-    """The docstring of a HumanEval-style prompt (or the prompt itself), doctest lines removed."""
+    """The docstring of a HumanEval-style prompt (or the prompt itself), doctests removed."""
     text = prompt
     try:
         for node in ast.walk(ast.parse(prompt + "\n    pass\n")):
@@ -107,12 +108,16 @@ def statement_of(prompt: str) -> str:
                 text = ast.get_docstring(node) or prompt
     except SyntaxError:
         pass
-    keep = []
+    keep, in_example = [], False
     for line in text.splitlines():
-        if line.strip().startswith(">>>"):
-            continue
-        keep.append(line)
-    return "\n".join(keep)
+        stripped = line.strip()
+        if stripped.startswith(">>>"):
+            in_example = True  # a doctest: skip it and its expected output up to a blank line
+        elif not stripped:
+            in_example = False
+        if not in_example:
+            keep.append(line)
+    return "\n".join(keep).strip()
 
 
 def informative(gram: tuple[str, ...], min_content: int) -> bool:
@@ -148,6 +153,7 @@ class DecontamIndex:
         self.min_content = min_content
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
         self.names: dict[str, set[int]] = defaultdict(set)
+        self.statements = [" ".join(words(it.statement)) for it in items]
         self.content: list[Counter[str]] = []
         df: Counter[str] = Counter()
         for i, it in enumerate(items):
@@ -182,6 +188,7 @@ class DecontamIndex:
                 hits.setdefault((i, "ngram"), Hit(self.items[i].source, self.items[i].task_id, "ngram", 1.0,
                                                   " ".join(toks[k:k + self.n])))
         row_words = content_words(text)
+        flat = " " + " ".join(toks) + " "
         candidates = set().union(*(self.by_word.get(w, set()) for w in row_words)) if row_words else set()
         called = {a or b for a, b in CALLED.findall(text)}  # used as code: f(...) or `f`
         names = called | {w for w in IDENT.findall(text) if specific(w)}
@@ -189,6 +196,9 @@ class DecontamIndex:
         for i in candidates | named:
             it = self.items[i]
             score = self.doc_score(i, row_words)
+            st = self.statements[i]
+            if st.count(" ") >= 4 and f" {st} " in flat:
+                hits[(i, "statement")] = Hit(it.source, it.task_id, "statement", 1.0, "the statement, verbatim")
             size = len(self.content[i])  # a short statement must be matched almost whole
             if size >= self.min_content and score >= (self.doc_threshold if size >= 8 else max(self.doc_threshold, 0.9)):
                 hits[(i, "docstring")] = Hit(it.source, it.task_id, "docstring", score)
