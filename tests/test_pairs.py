@@ -16,6 +16,9 @@ from engine.workspace import Workspace
 
 MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
 N, CAP = 7, 4
+# A prompt that carries HumanEval/0's statement verbatim: must not become training data.
+LEAK = ("<|im_start|>user\nCheck if in given list of numbers, are any two numbers closer to each other than "
+        "given threshold.<|im_end|>\n")
 
 
 def variants(p) -> dict[str, tuple[str, str]]:
@@ -36,8 +39,9 @@ def variants(p) -> dict[str, tuple[str, str]]:
 def write_samples(root: Path) -> dict[str, str]:
     train, _ = mbpp.load(MBPP, "train")
     val, _ = mbpp.load(MBPP, "validation")
-    mixed, none_train, none_val, all_pass = train[1], train[3], val[0], train[5]
+    mixed, none_train, none_val, all_pass, leaked = train[1], train[3], val[0], train[5], train[7]
     plan = {
+        leaked.task_id: ["correct", "wrong", "raises", "syntax", "wrong", "wrong", "raises"],
         mixed.task_id: ["correct", "correct_dup", "correct_other", "wrong", "raises", "syntax", "forged"],
         none_train.task_id: ["wrong", "raises", "syntax", "wrong_dup", "wrong", "wrong", "raises"],
         none_val.task_id: ["wrong", "raises", "syntax", "wrong_dup", "wrong", "wrong", "raises"],
@@ -50,15 +54,17 @@ def write_samples(root: Path) -> dict[str, str]:
         p, split = probs[task]
         problems.append({"task_id": task, "split": split, "text": p.text, "entry_point": p.entry_point,
                          "test": p.test, "canonical_solution": p.canonical_solution})
+        prompt = f"<|im_start|>user\n{task}<|im_end|>\n" if task != leaked.task_id else LEAK
         for j, name in enumerate(names):
             code, status = variants(p)[name]
-            rows.append({"task_id": task, "split": split, "sample": j, "prompt": f"<|im_start|>user\n{task}<|im_end|>\n",
+            rows.append({"task_id": task, "split": split, "sample": j, "prompt": prompt,
                          "completion": f"```python\n{code}\n```", "code": code, "tokens": 10, "finish": "stop",
                          "verdict": {"status": status, "error_type": None, "blocked_op": None}})
     (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in problems))
+    (root / "meta.json").write_text(json.dumps({"params": {"data_path": str(MBPP)}}))
     return {"mixed": mixed.task_id, "none_train": none_train.task_id, "none_val": none_val.task_id,
-            "all_pass": all_pass.task_id}
+            "all_pass": all_pass.task_id, "leaked": leaked.task_id}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[str,
     tmp = tmp_path_factory.mktemp("pairs")
     tasks = write_samples(tmp / "samples")
     ws = Workspace(tmp / "ws")
-    params = {"max_pairs_per_prompt": CAP, "reference_when_none_pass": True, "exec_workers": 2}
+    params = {"max_pairs_per_prompt": CAP, "reference_when_none_pass": True, "drop_contaminated": True,
+              "exec_workers": 2}
     assert run_inline(ws, "pairs", "pairs", params, {"samples": tmp / "samples"}, outputs=["pairs"]) == "ok"
     out = ws.artifact_path("pairs", "pairs")
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
@@ -97,7 +104,9 @@ def test_caps_reference_and_summary(made) -> None:
     assert not any(r["chosen_is_reference"] for r in mixed)
     ref = by[tasks["none_train"]]
     assert len(ref) == 3 and all(r["chosen_is_reference"] and r["chosen_sample"] is None for r in ref)
-    assert by[tasks["none_val"]] == [] and by[tasks["all_pass"]] == []
+    assert by[tasks["none_val"]] == [] and by[tasks["all_pass"]] == [] and by[tasks["leaked"]] == []
+    assert summary["contaminated"] == {tasks["leaked"]: ["humaneval:HumanEval/0:statement"]}
+    assert summary["contaminated_prompts"] == 1 and summary["prompts"] == 4
     assert summary["pairs"] == len(pairs) == CAP + 3
     assert summary["prompts_with_pairs"] == 2 and summary["reference_pairs"] == 3
     assert summary["chosen_failed_reverify"] == 1

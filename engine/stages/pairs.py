@@ -4,7 +4,9 @@ For each prompt with 0 < passing < N: chosen x rejected over passing x failing s
 duplicates removed after normalising the code, capped per prompt, every chosen program
 re-run in the sandbox (a recorded verdict is not trusted twice). When no sample of a
 train-split problem passes, its reference solution may serve as chosen, flagged. Each
-record carries the prompt exactly as it was sent (chat template applied).
+record carries the prompt exactly as it was sent (chat template applied). Prompts that
+overlap an evaluation set (engine/data/decontam.py) are dropped or kept, as the spec says,
+and listed in summary.json either way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from engine.workspace import atomic_write_json, ensure_dir
 class Params(StageParams):
     max_pairs_per_prompt: int
     reference_when_none_pass: bool
+    drop_contaminated: bool                 # drop prompts overlapping evaluation sets (recorded) or keep them
+    humaneval_plus: str | None = None       # evalplus files, checked when configured
+    mbpp_plus: str | None = None
     exec_timeout_s: float = 10.0
     exec_workers: int | None = None
 
@@ -79,6 +84,22 @@ def reference_text(code: str) -> str:
     return "```python\n" + code.strip("\n") + "\n```"
 
 
+def find_contaminated(src: Path, problems: dict, by_task: dict, params: Params) -> dict[str, list[str]]:
+    """task id -> evaluation problems its prompt (as sent) overlaps."""
+    from engine.data.decontam import eval_index
+
+    try:
+        meta = json.loads((src / "meta.json").read_text())
+        mbpp_dir = Path(meta["params"]["data_path"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise StageFailed(f"pairs: {src}/meta.json does not name the MBPP data_path ({exc})") from None
+    index = eval_index(mbpp_dir, humaneval_plus=Path(params.humaneval_plus) if params.humaneval_plus else None,
+                       mbpp_plus=Path(params.mbpp_plus) if params.mbpp_plus else None)
+    tasks = sorted(by_task)
+    found = index.scan([by_task[t][0]["prompt"] for t in tasks])
+    return {tasks[r]: sorted({f"{h.source}:{h.task_id}:{h.reason}" for h in hits}) for r, hits in found.rows.items()}
+
+
 def run(ctx: StageContext, params: Params) -> None:
     if params.max_pairs_per_prompt < 1:
         raise StageFailed(f"pairs: max_pairs_per_prompt must be >= 1, got {params.max_pairs_per_prompt}")
@@ -91,6 +112,13 @@ def run(ctx: StageContext, params: Params) -> None:
             raise StageFailed(f"pairs: {src}/samples.jsonl names task {r['task_id']} missing from problems.jsonl")
         by_task[r["task_id"]].append(r)
     n = max((len(v) for v in by_task.values()), default=0)
+    contaminated = find_contaminated(src, problems, by_task, params)
+    if params.drop_contaminated:
+        for task in contaminated:
+            by_task.pop(task, None)
+    elif contaminated:
+        ctx.warning(f"pairs: {len(contaminated)} prompts overlap evaluation problems and are kept "
+                    "(drop_contaminated: false); training stages will refuse them unless allowed")
 
     # Candidates per task, deduplicated by normalised code (first sample id wins).
     plans: dict[str, tuple[list[dict], list[dict]]] = {}
@@ -153,11 +181,13 @@ def run(ctx: StageContext, params: Params) -> None:
     out = ensure_dir(ctx.work_dir / "out")
     (out / "pairs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in out_rows))
     summary = {"pairs": len(out_rows), "prompts": len(by_task), "prompts_with_pairs": prompts_with_pairs,
+               "contaminated_prompts": len(contaminated), "dropped_contaminated": params.drop_contaminated,
+               "contaminated": contaminated,
                "reference_pairs": reference_pairs, "chosen_failed_reverify": failed_reverify,
                "pass_count_histogram": {str(k): v for k, v in enumerate(histogram)}, "samples_per_prompt": n}
     atomic_write_json(out / "summary.json", summary)
-    for name in ("pairs", "prompts_with_pairs", "reference_pairs", "chosen_failed_reverify"):
+    for name in ("pairs", "prompts_with_pairs", "reference_pairs", "chosen_failed_reverify", "contaminated_prompts"):
         ctx.metric(name, float(summary[name]))
     for k, v in enumerate(histogram):
         ctx.metric("prompts_with_passing", float(v), step=k)
-    ctx.publish("pairs", out, **summary)
+    ctx.publish("pairs", out, **{k: v for k, v in summary.items() if k != "contaminated"})
