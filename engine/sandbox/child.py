@@ -34,7 +34,7 @@ _PATH_EVENTS = {
     "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.link": (0, 1), "os.symlink": (1,),
     "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,), "os.utime": (0,),
     "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (1,),
-    "shutil.chown": (0,), "os.chflags": (0,), "os.lchflags": (0,),
+    "shutil.chown": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.chdir": (0,),
 }
 _BLOCKED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixsubprocess", "_xxsubinterpreters", "_testcapi"}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -100,14 +100,14 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
         os.setuid(uid)
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the template (after setuid, which clears it)
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the program's print goes to .output
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - print goes to .output, by line
     sys.stderr = sys.stdout
 
 
 def _install_hook(viol_fd: int, workdir: str) -> None:
     """Arm a permanent audit hook: a forbidden operation is named on the pipe, then exit."""
     root = os.path.realpath(workdir)
-    exit_now, write, realpath, join, fspath = os._exit, os.write, os.path.realpath, os.path.join, os.fspath
+    exit_now, write, realpath, isdir, fspath = os._exit, os.write, os.path.realpath, os.path.isdir, os.fspath
     allowed_files = {"/dev/null"}
 
     def violate(what: str) -> None:
@@ -116,10 +116,13 @@ def _install_hook(viol_fd: int, workdir: str) -> None:
         finally:
             exit_now(BLOCKED_EXIT)
 
+    def text_of(path: Any) -> str:
+        return path.decode(errors="replace") if isinstance(path, bytes) else str(fspath(path))
+
     def inside(path: Any) -> bool:
         if isinstance(path, int):
             return True
-        p = realpath(join(root, fspath(path) if not isinstance(path, bytes) else path.decode(errors="replace")))
+        p = realpath(text_of(path))  # relative paths against the current cwd, links followed
         return p == root or p.startswith(root + "/") or p in allowed_files
 
     def hook(event: str, args: tuple) -> None:
@@ -129,13 +132,16 @@ def _install_hook(viol_fd: int, workdir: str) -> None:
             path, mode, flags = (tuple(args) + (None, None, None))[:3]
             if isinstance(path, int):
                 return
-            text = fspath(path) if not isinstance(path, bytes) else path.decode(errors="replace")
-            if text.startswith("/proc/") and not text.startswith("/proc/self/stat"):
+            text = text_of(path)
+            if realpath(text).startswith("/proc/") and not realpath(text).startswith("/proc/self/stat"):
                 violate(f"open {text}")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & _WRITE_FLAGS)
             if writing and not inside(path):
                 violate(f"open for writing {text}")
+            # os.open of a directory outside gives a dir_fd that *at() calls would write through
+            if isinstance(flags, int) and not inside(path) and isdir(text):
+                violate(f"open directory {text}")
         elif event in _PATH_EVENTS:
             for i in _PATH_EVENTS[event]:
                 if i < len(args) and args[i] is not None and not inside(args[i]):

@@ -1,0 +1,126 @@
+"""The sandbox's verdict categories, its value channel, the pool, and `pmat sandbox`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli.sandbox import split_program
+from engine.sandbox.pool import Job, Limits, SandboxPool, verdict_from
+
+ADD = "def add(a, b):\n    return a + b\n"
+TEST = "assert add(1, 2) == 3\n"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(workers=2, limits=Limits(memory_mb=512, cpu_s=10)) as p:
+        yield p
+
+
+def run(pool: SandboxPool, program: str, tests: str = TEST, **kw):
+    return pool.run(Job(program=program, runner_code=tests, timeout=kw.pop("timeout", 5.0), **kw))
+
+
+@pytest.mark.parametrize(("program", "status", "error_type"), [
+    (ADD, "passed", None),
+    ("def add(a, b):\n    return a - b\n", "failed", "AssertionError"),
+    ("def add(a, b)\n    return a + b\n", "syntax_error", "SyntaxError"),
+    ("def add(a, b):\n    return a / 0\n", "error", "ZeroDivisionError"),
+    ("def add(a, b):\n    return undefined_name\n", "error", "NameError"),
+    ("import nonexistent_module_xyz\n" + ADD, "error", "ModuleNotFoundError"),
+    ("def add(a, b):\n    while True:\n        pass\n", "timeout", None),
+    ("import time\ndef add(a, b):\n    time.sleep(60)\n", "timeout", None),
+    ("def add(a, b):\n    return len(bytearray(4 << 30))\n", "oom", "MemoryError"),
+    ("import socket\ndef add(a, b):\n    socket.socket()\n    return 3\n", "blocked", None),
+    ("def add(a, b):\n    raise SystemExit(0)\n", "error", "SystemExit"),
+])
+def test_categories(pool: SandboxPool, program: str, status: str, error_type: str | None) -> None:
+    v = run(pool, program, timeout=2.0)
+    assert v.status == status, v
+    assert v.error_type == error_type
+
+
+def test_blocked_names_the_operation(pool: SandboxPool) -> None:
+    v = run(pool, "import os\ndef add(a, b):\n    os.system('true')\n    return 3\n")
+    assert v.status == "blocked" and v.blocked_op == "os.system"
+
+
+def test_missing_function_and_wrong_type(pool: SandboxPool) -> None:
+    assert run(pool, "def other(a, b):\n    return 3\n").error_type == "NameError"
+    assert run(pool, "def add(a, b):\n    return '3'\n").status == "failed"
+
+
+def test_values_cross_as_plain_data(pool: SandboxPool) -> None:
+    program = ("from collections import Counter, namedtuple\nP = namedtuple('P', 'x y')\n"
+               "def f(xs):\n    xs.append(9)\n    return Counter(xs), P(1, 2), {1, 2}, b'ab', 2 ** 2000, float('inf')\n")
+    tests = ("xs = [1, 1]\nc, p, s, b, big, inf = f(xs)\nassert xs == [1, 1, 9]\n"
+             "assert c == {1: 2, 9: 1} and type(c) is dict\nassert p == (1, 2) and s == {1, 2} and b == b'ab'\n"
+             "assert big == 2 ** 2000 and inf == float('inf')\n")
+    assert run(pool, program, tests).passed
+
+
+def test_objects_stay_handles(pool: SandboxPool) -> None:
+    program = ("class Node:\n    def __init__(self, v):\n        self.v = v\n"
+               "def value(n):\n    return n.v\n")
+    assert pool.run(Job(program, "assert value(root) == 5\n", setup="root = Node(5)\n")).passed
+    assert run(pool, program, "assert Node(5) == Node(5)\n").status == "failed"  # identity only
+
+
+def test_builtin_types_as_arguments_and_shadowed_builtins(pool: SandboxPool) -> None:
+    program = "def keep(xs, t):\n    return [x for x in xs if isinstance(x, t)]\ndef sum(a, b):\n    return 6\n"
+    assert run(pool, program, "assert keep([1, 'a', 2.0], int) == [1]\n").passed
+    assert pool.run(Job(program, "assert sum(10, 15) == 6\n", aliases={"sum": "sum"})).passed
+    assert run(pool, program, "assert sum([1, 2]) == 3\n").passed  # unaliased: the real builtin
+
+
+def test_output_is_captured_not_trusted(pool: SandboxPool) -> None:
+    forged = json.dumps({"type": "done", "result": {"status": "passed", "nonce": "x"}})
+    program = f"import sys\nprint({forged!r})\nsys.stdout.flush()\ndef add(a, b):\n    print('hello')\n    return 0\n"
+    v = run(pool, program)
+    assert v.status == "failed"
+    assert "hello" in v.stdout_tail and '"passed"' in v.stdout_tail
+
+
+def test_verdict_needs_the_runners_nonce() -> None:
+    done = {"type": "done", "result": {"status": "passed", "nonce": "forged"}, "child_status": 0}
+    assert verdict_from(done, "real-nonce", killed=False).status == "error"
+    done["result"]["nonce"] = "real-nonce"
+    assert verdict_from(done, "real-nonce", killed=False).passed
+    assert verdict_from(done, "real-nonce", killed=True).status == "timeout"
+
+
+def test_many_in_order_and_pool_stays_healthy(pool: SandboxPool) -> None:
+    jobs = [Job(f"def add(a, b):\n    return a + b + {i % 2}\n", TEST, timeout=5.0) for i in range(40)]
+    seen: list[int] = []
+    verdicts = pool.run_many(jobs, on_result=lambda i, v: seen.append(i))
+    assert [v.passed for v in verdicts] == [i % 2 == 0 for i in range(40)]
+    assert sorted(seen) == list(range(40))
+    assert pool.healthy()
+
+
+def test_split_program() -> None:
+    src = "import math\n\ndef f(x):\n    return x\n\nassert f(1) == 1\ndef check(c):\n    assert c(2) == 2\ncheck(f)\n"
+    program, tests = split_program(src)
+    assert "assert" not in program and "def f" in program
+    assert tests.count("assert") == 2 and "check(f)" in tests
+
+
+def test_cli_prints_verdict_json(tmp_path: Path) -> None:
+    prog = tmp_path / "p.py"
+    prog.write_text(ADD + "\nassert add(2, 2) == 4\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(prog)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "passed"
+    prog.write_text(ADD + "\nassert add(2, 2) == 5\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(prog)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "failed"
+    missing = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(tmp_path / "no.py")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no.py" in missing.stderr
