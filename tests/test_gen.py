@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,15 @@ import torch
 from engine.gen.base import Backend, GenRequest, load_backend
 from engine.gen.engine import sample_key, sample_rows, uniforms
 from engine.gen.hf import HFBackend
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One BLAS thread: a loaded 2-core box makes OpenMP barriers, not math, the cost."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +41,11 @@ def test_interface_and_device(backend: HFBackend) -> None:
         load_backend("x", backend="nope")
     with pytest.raises(ValueError, match="top_p"):
         GenRequest("r", "p", 4, top_p=0.0)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="vllm is not installed"):
+            load_backend(backend.model.name_or_path, backend="vllm")
 
 
 def test_greedy_matches_transformers_generate(backend: HFBackend) -> None:

@@ -79,15 +79,18 @@ class HFBackend:
         self._engine: SlotEngine | None = None
 
     def _engine_for(self, rows: int, max_len: int) -> SlotEngine:
-        """Reuse the engine (its cache and captured graphs) when the shape allows."""
+        """Reuse the engine (its cache and captured graphs) unless it is too small or twice too wide."""
         e = self._engine
-        if e is None or e.rows != rows or e.max_len < max_len:
-            self._engine = None  # free the old cache first
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            e = self._engine = SlotEngine(self.model, rows, max_len, self.stop_ids, cuda_graphs=self.cuda_graphs,
-                                          sync_every=self.sync_every, ignore_eos=self.ignore_eos)
-        return e
+        if e is not None and rows <= e.rows <= 2 * rows and e.max_len >= max_len:
+            return e
+        if e is not None:
+            max_len = max(max_len, e.max_len)  # lengths vary by unit: never shrink, fewer recaptures
+        self._engine = None  # free the old cache first
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        self._engine = SlotEngine(self.model, rows, max_len, self.stop_ids, cuda_graphs=self.cuda_graphs,
+                                  sync_every=self.sync_every, ignore_eos=self.ignore_eos)
+        return self._engine
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt exactly as sent (no special tokens added)."""
