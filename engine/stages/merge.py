@@ -166,9 +166,11 @@ def merge_adapter(
     *,
     out_dtype: str | None,
     max_shard_bytes: int,
+    device: str = "cpu",
     on_tensor: Callable[[int, int], None] | None = None,
 ) -> MergeReport:
-    """Stream ``base_dir`` through the adapter into ``out_dir`` (weights + side files)."""
+    """Stream ``base_dir`` through the adapter into ``out_dir`` (weights + side files);
+    the fp32 arithmetic runs on ``device``, one tensor at a time."""
     t0 = time.perf_counter()
     base = open_checkpoint(base_dir)
     adapter = load_adapter(adapter_dir)
@@ -180,8 +182,8 @@ def merge_adapter(
             src = base.get(name)
             dtype = resolve_dtype(out_dtype, src.dtype) if src.is_floating_point() else src.dtype
             if name in targets:
-                src = adapter.apply_(name, src.float())
-            writer.add(name, src.to(dtype))
+                src = adapter.apply_(name, src.to(device, torch.float32))
+            writer.add(name, src.to("cpu", dtype))
             del src
             if on_tensor:
                 on_tensor(i + 1, len(names))
@@ -222,6 +224,7 @@ def run(ctx: StageContext, params: Params) -> None:
         out,
         out_dtype=params.out_dtype,
         max_shard_bytes=params.max_shard_bytes,
+        device=ctx.device,
         on_tensor=on_tensor,
     )
     ctx.metric("merged_modules", report.merged)
