@@ -29,12 +29,14 @@ PROBLEMS = [
     ("Write a function square(x).", "def square(x):\n    return x * x\n"),
 ]
 TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+MBPP_DIR = REPO / "engine" / "pipelines" / "data" / "mbpp"
 
 
 def sft_params(**over) -> dict:
     p = dict(learning_rate=1e-2, epochs=None, max_steps=12, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
              target_modules=TARGETS, batch_size=2, grad_accum=1, max_length=96, save_steps=4,
-             lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, quantization="auto")
+             lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, quantization="auto",
+             eval_data_dir=str(MBPP_DIR))
     p.update(over)
     return p
 

