@@ -30,7 +30,7 @@ from engine.sandbox.runner import run_tests
 # under an unprivileged uid need not read them from a home directory it cannot enter).
 PRELOAD = (
     "abc array ast base64 binascii bisect calendar cmath collections collections.abc contextlib copy "
-    "csv dataclasses datetime decimal difflib enum fractions functools hashlib heapq io itertools json "
+    "csv dataclasses datetime decimal difflib encodings.idna enum fractions functools hashlib heapq io itertools json "
     "keyword math numbers operator pprint queue random re statistics string struct textwrap time types "
     "typing unicodedata weakref zlib"
 ).split()
