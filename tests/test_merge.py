@@ -18,8 +18,23 @@ from engine.events import read_events
 from engine.models.checkpoint import open_checkpoint
 from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file
+from kernels.lora import lora_delta_ref, lora_scale, merge_lora_
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("fan_in_fan_out", [False, True])
+def test_lora_kernel_fast_equals_reference(fan_in_fan_out: bool) -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 48), torch.randn(32, 8)
+    w = torch.randn(48, 32) if fan_in_fan_out else torch.randn(32, 48)
+    delta = lora_delta_ref(a, b, 0.5, fan_in_fan_out)
+    assert torch.allclose(merge_lora_(w.clone(), a, b, 0.5, fan_in_fan_out) - w, delta, atol=1e-5)
+    assert torch.allclose(delta, ((b @ a) * 0.5).T if fan_in_fan_out else (b @ a) * 0.5, atol=1e-5)
+    assert not torch.allclose(delta, torch.zeros_like(delta))
+    assert lora_scale(16, 4, False) == 4.0 and lora_scale(16, 4, True) == 8.0
+    with pytest.raises(ValueError, match="does not fit"):
+        merge_lora_(torch.zeros(5, 5), a, b, 1.0)
 
 
 def _train_adapter(base: Path, out: Path, steps: int = 4, **lora_kwargs) -> Path:

@@ -71,6 +71,8 @@ class LoraAdapter:
 
     def check_against(self, base: CheckpointReader) -> None:
         """Every target must be a base tensor of the right shape, else StageFailed."""
+        if not self.targets():
+            raise StageFailed(f"{self.path}: the adapter holds no LoRA or saved tensors; nothing would be merged")
         unmatched = sorted(n for n in self.targets() if n not in base)
         if unmatched:
             raise StageFailed(
