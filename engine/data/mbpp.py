@@ -6,9 +6,9 @@ The program runs as MBPP's references need it: the code, then ``test_setup_code`
 
 from __future__ import annotations
 
+import ast
 import builtins
 import json
-import re
 from pathlib import Path
 
 from engine.data.humaneval import Problem
@@ -40,10 +40,12 @@ def verified_file(data_dir: Path, variant: str = "full") -> tuple[Path, str]:
 
 
 def entry_point(asserts: list[str]) -> str:
-    """The function the asserts call (the name MBPP prompts must state)."""
-    match = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set|sorted|math\.isclose|abs|round)?\(?\s*([A-Za-z_]\w*)\s*\(",
-                      asserts[0])
-    return match.group(1) if match else ""
+    """The function the asserts call (the name MBPP prompts must state): the first called name
+    that is not a builtin (``int(lobb_num(5, 3))``), else the first called name (``sum(...)``)."""
+    called = [n.func.id for n in ast.walk(ast.parse(asserts[0].strip()))
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    own = [c for c in called if not hasattr(builtins, c)]
+    return (own or called or [""])[0]
 
 
 def load(data_dir: Path, split: str = "test", variant: str = "full") -> tuple[list[Problem], str]:

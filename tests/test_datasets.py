@@ -1,0 +1,131 @@
+"""Benchmarks through the sandbox (every reference passes, wrong ones fail right), loaders,
+hash checks, splits, prompts and post-processing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.data import evalplus, humaneval, mbpp, postprocess, prompts
+from engine.sandbox.pool import SandboxPool
+
+MBPP_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool() as p:
+        yield p
+
+
+def test_every_reference_passes(pool: SandboxPool) -> None:
+    he, _ = humaneval.load()
+    mb, _ = mbpp.load(MBPP_DIR, "all")
+    assert len(he) == 164 and len(mb) == 974
+    jobs = [humaneval.make_job(p, p.canonical_solution, timeout=30) for p in he]
+    jobs += [mbpp.make_job(p, p.canonical_solution, timeout=30) for p in mb]
+    verdicts = pool.run_many(jobs)
+    failing = {p.task_id: (v.status, v.detail[-200:]) for p, v in zip(he + mb, verdicts, strict=True) if not v.passed}
+    assert failing == {}
+
+
+def test_wrong_solutions_fail_with_their_category(pool: SandboxPool) -> None:
+    he, _ = humaneval.load()
+    mb, _ = mbpp.load(MBPP_DIR, "test")
+    cases = [
+        (humaneval.make_job(he[0], "    return not True\n"), "failed", "AssertionError"),
+        (humaneval.make_job(he[1], "    raise ValueError('no')\n"), "error", "ValueError"),
+        (humaneval.make_job(he[2], "    return (\n"), "syntax_error", "SyntaxError"),
+        (humaneval.make_job(he[3], "    while True:\n        pass\n", timeout=1.0), "timeout", None),
+        (humaneval.make_job(he[4], "    return 'x' * (1 << 40)\n"), "oom", "MemoryError"),
+        (humaneval.make_job(he[5], "    import os\n    os.system('true')\n"), "blocked", None),
+        (mbpp.make_job(mb[0], "def wrong():\n    return 1\n"), "error", "NameError"),
+        (mbpp.make_job(mb[1], mb[2].canonical_solution.replace("\r\n", "\n")), "error", "NameError"),
+    ]
+    verdicts = pool.run_many([c[0] for c in cases])
+    assert [(v.status, v.error_type) for v in verdicts] == [(s, e) for _, s, e in cases]
+
+
+def test_mbpp_splits_and_entry_points() -> None:
+    sizes = {s: len(mbpp.load(MBPP_DIR, s)[0]) for s in ("prompt", "test", "validation", "train")}
+    assert sizes == {"prompt": 10, "test": 500, "validation": 90, "train": 374}
+    san, digest = mbpp.load(MBPP_DIR, "test", "sanitized")
+    assert len(san) == 257 and digest == mbpp.FILES["sanitized"][1]
+    full, _ = mbpp.load(MBPP_DIR, "all")
+    assert all(p.entry_point and p.entry_point in p.canonical_solution for p in full)
+    assert {p.task_id for p in mbpp.load(MBPP_DIR, "test")[0]} == {f"Mbpp/{i}" for i in range(11, 511)}
+
+
+def test_mbpp_missing_or_altered_file_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as missing:
+        mbpp.load(tmp_path)
+    msg = str(missing.value)
+    assert str(tmp_path / "mbpp.jsonl") in msg and mbpp.FILES["full"][1] in msg and "download" in msg
+    shutil.copy(MBPP_DIR / "mbpp.jsonl", tmp_path / "mbpp.jsonl")
+    with open(tmp_path / "mbpp.jsonl", "a") as fh:
+        fh.write("\n")
+    with pytest.raises(ValueError) as altered:
+        mbpp.load(tmp_path)
+    assert mbpp.FILES["full"][1] in str(altered.value) and "\n" not in str(altered.value)
+    with pytest.raises(ValueError, match="split"):
+        mbpp.load(MBPP_DIR, "dev")
+
+
+def test_evalplus_format(pool: SandboxPool, tmp_path: Path) -> None:
+    he, _ = humaneval.load()
+    rec = {"task_id": "HumanEval/0", "prompt": he[0].prompt, "entry_point": he[0].entry_point,
+           "canonical_solution": he[0].canonical_solution, "base_input": [[[1.0, 2.0, 3.0], 0.5]],
+           "plus_input": [[[1.0, 2.8, 3.0], 0.3], [[], 1.0]], "atol": 0}
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    problems, digest = evalplus.load(path, "humaneval_plus")
+    assert len(problems) == 1 and len(digest) == 64
+    good = evalplus.make_job(problems[0], he[0].canonical_solution)
+    # right on the base input, wrong on a plus input: only the extra tests catch it
+    almost = evalplus.make_job(problems[0], "    return len(numbers) == 3 and numbers[1] == 2.0\n")
+    assert [v.status for v in pool.run_many([good, almost])] == ["passed", "failed"]
+    with pytest.raises(ValueError, match="expected"):
+        evalplus.load(path, "humaneval_plus", expected_sha256="0" * 64)
+    with pytest.raises(FileNotFoundError, match="humanevalplus_release"):
+        evalplus.load(tmp_path / "none.jsonl.gz", "humaneval_plus")
+
+
+def test_prompts_chat_and_completion(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    he, _ = humaneval.load()
+    mb, _ = mbpp.load(MBPP_DIR, "test")
+    shots = [p for p in mbpp.load(MBPP_DIR, "prompt")[0] if p.task_id in ("Mbpp/2", "Mbpp/3", "Mbpp/4")]
+    chat = prompts.build("humaneval", he[0], "standard", tok)
+    assert chat.chat and "<|im_start|>assistant" in chat.text and he[0].prompt in chat.text and not chat.body
+    with_tests = prompts.build("mbpp", mb[0], "asserts", tok)
+    assert mb[0].entry_point in with_tests.text and mbpp.tests_of(mb[0])["asserts"][0] in with_tests.text
+    assert mb[0].entry_point not in prompts.build("mbpp", mb[0], "standard", tok).text.split("Python function")[1][:0]
+    few = prompts.build("mbpp", mb[0], "few-shot", tok, shots=shots)
+    assert few.text.count("<|im_start|>user") == 4
+    tok.chat_template = None
+    plain = prompts.build("humaneval", he[0], "few-shot", tok)
+    assert not plain.chat and plain.body and plain.text.endswith(he[0].prompt)
+    assert plain.template_hash != chat.template_hash
+    with pytest.raises(ValueError, match="MBPP"):
+        prompts.build("humaneval", he[0], "asserts", tok)
+
+
+@pytest.mark.parametrize(("raw", "chat", "body", "expected"), [
+    ("<think>plan</think>```python\ndef f():\n    return 1\n```\nThis works.", True, False,
+     "def f():\n    return 1\n"),
+    ("Here you go:\n```python\ndef f():\n    return 1\n```\nHuman: thanks", True, False, "def f():\n    return 1\n"),
+    ("def f():\n    return 1\n```\nExplanation", True, False, "def f():\n    return 1\n"),
+    ("    return 1\n\ndef unrelated():\n    pass\n", False, True, "    return 1\n"),
+    ("    return 1\nUser: more?\n", False, True, "    return 1\n"),
+    ("def f():\n    return 1\n[DONE]\nmore", False, False, "def f():\n    return 1\n"),
+    ("```python\ndef f():\n    return 1", True, False, "def f():\n    return 1\n"),
+])
+def test_postprocess(raw: str, chat: bool, body: bool, expected: str) -> None:
+    assert postprocess.clean(raw, chat=chat, body=body) == expected
