@@ -308,7 +308,7 @@ def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
     raise ValueError(f"no quantizer for {qtype.name}")
 
 
-def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int = 1 << 22) -> Tensor:
+def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int = 1 << 18) -> Tensor:
     """Quantize a 2-D weight ``[rows, n_per_row]`` to ``[rows, row_bytes]`` uint8 (GGML layout).
 
     Works in chunks of whole rows of about ``chunk_weights`` weights to bound temporaries.
@@ -324,11 +324,17 @@ def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int
     rb = row_bytes(qtype, cols)
     out = torch.empty(rows, rb, dtype=torch.uint8, device=x.device)
     step = max(1, chunk_weights // cols)
-    for r in range(0, rows, step):
-        chunk = x[r : r + step].float().contiguous()
-        if not bool(torch.isfinite(chunk).all()):
-            raise ValueError(f"non-finite weights in rows {r}..{r + chunk.shape[0] - 1}")
-        out[r : r + chunk.shape[0]] = quantize_blocks(chunk.reshape(-1), qtype, backend).view(chunk.shape[0], rb)
+    threads = torch.get_num_threads()
+    if x.device.type == "cpu":
+        torch.set_num_threads(1)  # thousands of small row ops: intra-op threads only contend
+    try:
+        for r in range(0, rows, step):
+            chunk = x[r : r + step].float().contiguous()
+            if not bool(torch.isfinite(chunk).all()):
+                raise ValueError(f"non-finite weights in rows {r}..{r + chunk.shape[0] - 1}")
+            out[r : r + chunk.shape[0]] = quantize_blocks(chunk.reshape(-1), qtype, backend).view(chunk.shape[0], rb)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -1,0 +1,135 @@
+"""Stage `quantize`: HF checkpoint -> GGUF that llama.cpp loads (qwen2 arch, tokenizer inside).
+
+Tensors stream one at a time through the pmat quantizers (byte-identical to llama.cpp's
+reference quantizers; Triton on the GPU). The stage also writes the FP16 GGUF of the same
+checkpoint, because the size criterion (AC-009) is the ratio of the two *files*, and
+checks that the GGUF's tokenizer (rebuilt by transformers from the GGUF alone) encodes a
+test text to the source tokenizer's ids. Per-tensor error statistics go to the metrics;
+a ledger record (benchmark "quant") carries the size ratio, bits per weight and errors.
+A dequantized HF checkpoint (for the perplexity stage, AC-023) is published when the job
+asks for output "dequantized".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from engine.models.checkpoint import checkpoint_hash, open_checkpoint
+from engine.models.gguf_export import export_gguf, gguf_to_hf
+from engine.stages.base import StageContext, StageFailed, StageParams
+
+CHECK_TEXT = (
+    "<|im_start|>user\nWrite a function that returns the 3 largest numbers, e.g. [10, 250, 7].<|im_end|>\n"
+    "<|im_start|>assistant\ndef top3(xs):\n    return sorted(xs)[-3:]  # O(n log n) \u00e9t\u00e9 \u4f60\u597d\n<|im_end|>"
+)
+
+
+class Params(StageParams):
+    mix: Literal["q8_0", "q4_k", "q4_k_m"]  # llama.cpp's Q8_0, pure Q4_K, or the Q4_K_M policy
+    backend: Literal["auto", "torch", "triton"] = "auto"  # auto: triton on cuda, torch on cpu
+    check_text: str = CHECK_TEXT
+    dequantized_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+INPUTS = {"model": "HF checkpoint dir (qwen2, safetensors, tokenizer.json)"}
+OUTPUTS = {
+    "gguf": "dir with model-<MIX>.gguf (llama.cpp qwen2, tokenizer and chat template embedded)",
+    "gguf_f16": "dir with model-F16.gguf (the size baseline of AC-009)",
+    "dequantized": "HF checkpoint of the dequantized GGUF weights (published only when requested)",
+}
+
+
+def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
+    reader = open_checkpoint(inputs["model"])
+    biggest = max(math.prod(reader.shape(n)) for n in reader.names())
+    return 6 * 4 * biggest + (2 << 30)  # f32 copy, dequantized copy, error, bytes; + torch
+
+
+def _export(ctx: StageContext, model: Path, mix: str, backend: str, tag: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Export once; a finished file is reused on a later attempt (its stats kept beside it)."""
+    out_dir = ctx.work_dir / f"gguf-{mix}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out, done = out_dir / f"model-{mix.upper()}.gguf", ctx.work_dir / f"gguf-{mix}.stats.json"
+    if out.is_file() and done.is_file():
+        return out_dir, json.loads(done.read_text())
+    total = len(open_checkpoint(model).names())
+    count = [0]
+
+    def on_tensor(rec: dict[str, Any]) -> None:
+        count[0] += 1
+        ctx.progress(count[0], total, f"{tag} tensors")
+        if tag == "quant":
+            ctx.metric("rel_rmse", rec["rel_rmse"], step=count[0], tensor=rec["name"], type=rec["type"])
+            ctx.metric("max_abs_err", rec["max_abs_err"], step=count[0], tensor=rec["name"])
+
+    stats = export_gguf(model, out, mix, backend=backend, device=ctx.device, name=model.name,
+                        on_tensor=on_tensor, check_cancelled=ctx.check_cancelled)
+    done.write_text(json.dumps(stats))
+    ctx.checkpoint(1 if tag == "quant" else 2, out)
+    return out_dir, stats
+
+
+def _tokenizer_check(model: Path, gguf_dir: Path, text: str) -> None:
+    from transformers import AutoTokenizer
+
+    src = AutoTokenizer.from_pretrained(model)
+    gguf_file = next(gguf_dir.glob("*.gguf")).name
+    ours = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    a, b = src.encode(text, add_special_tokens=False), ours.encode(text, add_special_tokens=False)
+    if a != b:
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        raise StageFailed(f"GGUF tokenizer differs from the source at token {first}: {a[first:first + 5]} vs {b[first:first + 5]}")
+
+
+def run(ctx: StageContext, params: Params) -> None:
+    model = Path(ctx.inputs["model"])
+    backend = params.backend if params.backend != "auto" else ("triton" if ctx.device.startswith("cuda") else "torch")
+    qdir, stats = _export(ctx, model, params.mix, backend, "quant")
+    fdir, _ = _export(ctx, model, "f16", backend, "f16")
+    _tokenizer_check(model, qdir, params.check_text)
+    ctx.check_cancelled()
+
+    qfile, ffile = next(qdir.glob("*.gguf")), next(fdir.glob("*.gguf"))
+    q_bytes, f_bytes = qfile.stat().st_size, ffile.stat().st_size
+    numel = sum(s["numel"] for s in stats)
+    sq_err = sum((s["rel_rmse"] ** 2) * s["numel"] for s in stats)  # numel-weighted mean of squared rel. error
+    types = sorted({s["type"] for s in stats})
+    ctx.metric("size_ratio_vs_f16", q_bytes / f_bytes)
+    ctx.metric("bits_per_weight", 8 * q_bytes / numel)
+
+    deq_dir = None
+    if "dequantized" in ctx.job.outputs:
+        deq_dir = ctx.work_dir / "dequantized"
+        gguf_to_hf(qfile, deq_dir, model, dtype=getattr(torch, params.dequantized_dtype))
+    source_hash = checkpoint_hash(model)
+    ctx.publish("gguf", qdir, mix=params.mix)
+    ctx.publish("gguf_f16", fdir)
+    if deq_dir is not None:
+        ctx.publish("dequantized", deq_dir, mix=params.mix, dtype=params.dequantized_dtype)
+    manifest = ctx.workspace.manifest(ctx.stage, "gguf") or {}
+    ctx.record_result({
+        "benchmark": "quant",
+        "model_hash": manifest.get("sha256"),
+        "model_path": manifest.get("path"),
+        "dataset_hash": None,
+        "protocol": {"mix": params.mix, "source_model_hash": source_hash, "backend": backend,
+                     "quantizer": "llama.cpp reference (quantize_row_*_ref), no imatrix",
+                     "baseline": "F16 GGUF of the same checkpoint (1-D tensors F32)"},
+        "metrics": {
+            "size_ratio_vs_f16": q_bytes / f_bytes,
+            "gguf_bytes": float(q_bytes),
+            "f16_gguf_bytes": float(f_bytes),
+            "bits_per_weight": 8 * q_bytes / numel,
+            "rel_rmse_overall": math.sqrt(sq_err / numel),
+            "rel_rmse_max_tensor": max(s["rel_rmse"] for s in stats),
+            "tokenizer_roundtrip": 1.0,
+        },
+        "tensor_types": {t: sum(1 for s in stats if s["type"] == t) for t in types},
+        "per_tensor": {s["name"]: {"type": s["type"], "rel_rmse": s["rel_rmse"]} for s in stats},
+        "device": ctx.device,
+    })
