@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -48,7 +49,7 @@ class FilesChanged(Message):
 
 
 class PmatApp(App):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"
     TITLE = "pmat"
     MODES = {"dag": DagScreen, "jobs": JobsScreen, "memory": MemoryScreen, "gates": GatesScreen, "log": LogScreen}
     DEFAULT_MODE = "dag"

@@ -45,7 +45,7 @@ GATE_STYLE = {
     "no data": ("?", "dim"),
     "stale": ("↻", "yellow"),
 }
-STRUCTURE_EVERY_S = 5.0
+SUPERVISOR_CHECK_S = 5.0
 
 
 def status_mark(row: StageRow) -> tuple[str, str]:
@@ -118,6 +118,7 @@ class ConsoleModel:
         self.sent: list[Sent] = []
         self._signature: tuple = ()
         self._structure_at = 0.0
+        self._supervisor: int | None = None
         self._journal_last: dict[str, Any] | None = None
 
     # -- folding ----------------------------------------------------------------
@@ -130,12 +131,14 @@ class ConsoleModel:
     def refresh(self, force: bool = False) -> tuple[bool, bool]:
         """Fold new events. Returns (anything changed, structure changed)."""
         changed = self.state.refresh()
-        sig = self._sig()
         now = time.monotonic()
-        structural = force or self.overview is None or sig != self._signature or now - self._structure_at > STRUCTURE_EVERY_S
+        if now - self._structure_at > SUPERVISOR_CHECK_S:  # a supervisor that died journals nothing
+            self._structure_at = now
+            self._supervisor = self.supervisor_pid()
+        sig = (*self._sig(), self._supervisor)
+        structural = force or self.overview is None or sig != self._signature
         if structural:
             self._signature = sig
-            self._structure_at = now
             self.overview = build_overview(self.ws, self.spec, self.state, now=self.now())
             self.rows = {r.stage: r for r in self.overview.rows}
         elif changed:

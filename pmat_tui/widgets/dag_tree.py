@@ -38,6 +38,8 @@ class DagTree(Tree[str]):
         self.model = model
         self.stage_nodes: dict[str, TreeNode[str]] = {}
         self.item_nodes: dict[str, TreeNode[str]] = {}
+        self.item_stages: dict[str, list[str]] = {}
+        self._shown: dict[str, Text] = {}  # set_label repaints: only when the label changed
         self.show_root = False
         self.guide_depth = 2
         spec = model.spec
@@ -51,23 +53,29 @@ class DagTree(Tree[str]):
             title = f"{item}  {spec.work_items[item].title}" if item else "(no work item)"
             node = self.root.add(title, data=f"item:{item or ''}", expand=True)
             self.item_nodes[item or ""] = node
+            self.item_stages[item or ""] = stages
             for s in stages:
                 self.stage_nodes[s] = node.add_leaf(s, data=s)
         self.root.expand()
 
-    def update_rows(self) -> None:
+    def _set(self, key: str, node: TreeNode[str], label: Text) -> None:
+        if self._shown.get(key) != label:
+            self._shown[key] = label
+            node.set_label(label)
+
+    def update_rows(self, stages: list[str] | None = None) -> None:
+        """Relabel ``stages`` (all when None) and the work items."""
         rows = self.model.rows
-        for stage, node in self.stage_nodes.items():
+        for stage in self.stage_nodes if stages is None else stages:
             row = rows.get(stage)
-            if row is not None:
-                node.set_label(stage_label(row, self._width))
+            if row is not None and stage in self.stage_nodes:
+                self._set(stage, self.stage_nodes[stage], stage_label(row, self._width))
         for item, node in self.item_nodes.items():
-            stages = [rows[s] for s in self.model.spec.stages if (self.model.spec.stages[s].work_item or "") == item and s in rows]
-            done = sum(r.status == "done" for r in stages)
+            done = sum(rows[s].status == "done" for s in self.item_stages[item] if s in rows)
             title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
             label = Text(title, style="bold")
-            label.append(f"  {done}/{len(stages)} done", style="dim")
-            node.set_label(label)
+            label.append(f"  {done}/{len(self.item_stages[item])} done", style="dim")
+            self._set(f"item:{item}", node, label)
 
     def select_stage(self, stage: str) -> None:
         node = self.stage_nodes.get(stage)

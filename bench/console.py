@@ -1,0 +1,219 @@
+"""The console under load: first frame, idle CPU, event-to-screen latency, RSS with a 1 GB log.
+
+A generated workspace of 200 jobs and 100k events; the console runs headless in a
+child process (real watchfiles, real refresh path, Textual's compositor renders
+every frame; only the terminal write is absent). Baselines run in the same
+invocation: the bare state fold (first frame), the console with no writers (CPU),
+the console on a small log (RSS).
+
+    python bench/console.py [--jobs 200] [--events 100000] [--seconds 15] [--big-mb 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+FIRST_FRAME_S = 1.0
+IDLE_CPU = 0.02
+P95_S = 0.3
+RSS_MB = 200
+
+
+def _status(path: str = "self") -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{path}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+# -- child: the console, headless --------------------------------------------------
+def child(ws_root: str, seconds: float, out: str, log: str | None) -> None:
+    from engine.workspace import Workspace
+    from pmat_tui.app import PmatApp
+
+    class BenchApp(PmatApp):
+        """Stamps, after each repaint that followed a fold, what the DAG rows show."""
+
+        stamps: list[tuple[float, dict[str, float]]] = []
+        first_frame: float | None = None
+
+        def do_refresh(self, force: bool = False) -> None:
+            super().do_refresh(force)
+            self.call_after_refresh(self._stamp)
+
+        def _stamp(self) -> None:
+            now = time.time()
+            if self.first_frame is None:
+                self.first_frame = now
+                self.set_timer(0.05, ready)
+                self.set_timer(seconds, self.exit)
+            self.stamps.append((now, {r.stage: r.done or 0 for r in self.model.rows.values() if r.status == "running"}))
+
+    t0 = time.time()
+    app = BenchApp(Workspace(Path(ws_root)), readonly=True)
+    if log:
+        app.log_target = log
+
+    def ready() -> None:
+        if log:
+            app.switch_mode("log")
+        Path(out + ".ready").write_text(str(app.first_frame or time.time()))
+
+    app.run(headless=True, size=(160, 48))
+    Path(out).write_text(json.dumps({"t0": t0, "first_frame": app.first_frame, "stamps": app.stamps, **_status()}))
+
+
+def spawn(ws: Path, seconds: float, out: Path, log: str | None = None) -> tuple[subprocess.Popen, float]:
+    argv = [sys.executable, __file__, "--child", str(ws), "--seconds", str(seconds), "--out", str(out)]
+    if log:
+        argv += ["--log", log]
+    start = time.time()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ready = Path(str(out) + ".ready")
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"console child failed: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.01)
+    return proc, start
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def writer(path: Path, rate: float, seconds: float, start_done: int, total: int, log: list) -> None:
+    """Append progress events at ``rate`` per second, one write() per line, as a job does."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    done = start_done
+    next_t = time.monotonic()
+    end = next_t + seconds
+    while next_t < end:
+        done += 1
+        ts = time.time()
+        os.write(fd, (json.dumps({"ts": ts, "kind": "progress", "done": done, "total": total, "unit": "items"}) + "\n").encode())
+        log.append((ts, done))
+        next_t += 1 / rate
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    os.close(fd)
+
+
+def big_log(path: Path, mb: int) -> int:
+    """A job log of ``mb`` MiB: progress and metric events (about 200 bytes a line)."""
+    lines = []
+    t = 1_790_000_000.0
+    for i in range(20_000):
+        lines.append(json.dumps({"ts": t + i, "kind": "metric", "name": "loss", "value": 1 / (i + 1), "step": i,
+                                 "detail": "x" * 120}))
+    block = ("\n".join(lines) + "\n").encode()
+    with open(path, "ab") as fh:
+        n = 0
+        while n < mb << 20:
+            fh.write(block)
+            n += len(block)
+    return n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--big-mb", type=int, default=1024)
+    ap.add_argument("--child")
+    ap.add_argument("--out")
+    ap.add_argument("--log")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.seconds, args.out, args.log)
+        return 0
+
+    from engine.state import load_state
+    from pmat_tui.fixture import write_bench, write_fixture
+
+    tmp = Path(tempfile.mkdtemp(prefix="pmat-bench-console-"))
+    ws = write_bench(tmp / "ws", args.jobs, args.events * 5 // 6)
+    n_events = sum(sum(1 for _ in open(p, "rb")) for p in (ws.logs_dir / "jobs").glob("*.jsonl"))
+    t = time.perf_counter()
+    load_state(ws)
+    fold = time.perf_counter() - t
+    print(f"workspace: {args.jobs} jobs, {n_events} job events; bare state fold {fold:.3f} s (baseline)")
+
+    # 1) first frame, 2) idle CPU with and without writers, 3) latency
+    total = args.seconds + 8
+    proc, spawned = spawn(ws.root, total, tmp / "a.json")
+    time.sleep(2.0)
+    c0, w0 = cpu_s(proc.pid), time.monotonic()
+    time.sleep(3.0)
+    idle_base = (cpu_s(proc.pid) - c0) / (time.monotonic() - w0)
+    running = [f"s{k:03d}" for k in range(args.jobs - 3, args.jobs)]
+    logs: dict[str, list] = {s: [] for s in running}
+    per_job = args.events * 5 // 6 // args.jobs
+    threads = [threading.Thread(target=writer, args=(ws.job_log(f"{s}.1"), 10.0, args.seconds, per_job * 4, per_job * 100, logs[s]))
+               for s in running]
+    c0, w0 = cpu_s(proc.pid), time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    busy = (cpu_s(proc.pid) - c0) / (time.monotonic() - w0)
+    proc.wait()
+    res = json.loads((tmp / "a.json").read_text())
+    first_frame = res["first_frame"] - spawned
+    in_process = res["first_frame"] - res["t0"]
+    lat = []
+    stamps = res["stamps"]
+    for s, written in logs.items():
+        j = 0
+        for ts, done in written:
+            while j < len(stamps) and (stamps[j][0] < ts or stamps[j][1].get(s, 0) < done):
+                j += 1
+            if j < len(stamps):
+                lat.append(stamps[j][0] - ts)
+    lat.sort()
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    p95 = lat[int(len(lat) * 0.95)] if lat else float("nan")
+    print(f"first full frame {first_frame:.3f} s from process start ({in_process:.3f} s after imports); "
+          f"ratio to bare fold {in_process / fold:.1f}x")
+    print(f"console CPU: {100 * busy:.2f}% of a core with 3 jobs x 10 events/s; {100 * idle_base:.2f}% with no writers")
+    print(f"event -> screen latency over {len(lat)} of {sum(map(len, logs.values()))} events: p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms")
+
+    # 4) RSS with a 1 GB log open in the log view (baseline: the same view on a small log)
+    small = write_fixture(tmp / "small")
+    proc, _ = spawn(small.root, 3.0, tmp / "small.json", log="sample.1")
+    proc.wait()
+    base = json.loads((tmp / "small.json").read_text())
+    big = write_fixture(tmp / "big")
+    size = big_log(big.job_log("sample.1"), args.big_mb)
+    proc, spawned = spawn(big.root, 3.0, tmp / "big.json", log="sample.1")
+    proc.wait()
+    got = json.loads((tmp / "big.json").read_text())
+    rss_mb, hwm_mb = got["VmRSS"] / 2**20, got["VmHWM"] / 2**20
+    print(f"log of {size / 2**20:.0f} MiB open: RSS {rss_mb:.0f} MB, peak {hwm_mb:.0f} MB "
+          f"(small log: {base['VmRSS'] / 2**20:.0f} MB; ratio {got['VmRSS'] / base['VmRSS']:.2f}x); "
+          f"first frame {got['first_frame'] - spawned:.1f} s (the fold reads the whole log once)")
+
+    def line(name: str, value: float, target: float, fmt: str) -> None:
+        print(f"BENCH {name} {value:{fmt}} {target:{fmt}} {'PASS' if value <= target else 'MISS'}")
+
+    line("console_first_frame_s", first_frame, FIRST_FRAME_S, ".3f")
+    line("console_idle_cpu_frac", busy, IDLE_CPU, ".4f")
+    line("console_latency_p95_s", p95, P95_S, ".3f")
+    line("console_rss_1gb_log_mb", max(rss_mb, hwm_mb), RSS_MB, ".0f")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
