@@ -59,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, help="full untimed runs of each side before timing")
     ap.add_argument("--reps", type=int, default=1, help="timed runs of each side (median)")
     ap.add_argument("--no-graphs", action="store_true", help="pmat side without CUDA graphs")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for both sides (default: torch's)")
     a = ap.parse_args(argv)
 
     import torch
+    import transformers
 
     from engine.gen.engine import Seq, SlotEngine, sample_key
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     gpu = a.device == "cuda"
     shape = a.shape or ("7b" if gpu else "tiny")
     prompts, n = a.prompts or (32 if gpu else 16), a.n or (10 if gpu else 8)
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, vocab, (prompts, plen), generator=g)
     print(f"config device={a.device} shape={shape} dtype={dtype} prompts={prompts} n={n} prompt_len={plen} "
-          f"new_tokens={new} T={a.temperature} top_p={a.top_p} warmup={warmup} reps={a.reps}"
+          f"new_tokens={new} T={a.temperature} top_p={a.top_p} warmup={warmup} reps={a.reps} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__} transformers={transformers.__version__}"
           + (f" gpu={torch.cuda.get_device_name()}" if gpu else ""))
     total_tokens = prompts * n * new
 

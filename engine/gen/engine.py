@@ -164,6 +164,15 @@ class SlotEngine:
 
     def _decode(self, span: int) -> torch.Tensor:
         """One token per row at its pointer; attention over slots [0, span). No host syncs."""
+        if self.device.type != "cuda":
+            return self._decode_layers(span)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # A masked single-query attention: memory-efficient kernel (math as fallback), not cuDNN.
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return self._decode_layers(span)
+
+    def _decode_layers(self, span: int) -> torch.Tensor:
         b, g = self.rows, self.n_heads // self.n_kv
         self.mask[self.arange, self.ptr] = 0.0
         x = self.embed(self.tokens[:, None])
