@@ -1,0 +1,94 @@
+"""Stage `eval` on a tiny model: end to end, and killed with SIGKILL then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.events import read_events
+from engine.results import read_ledger
+from engine.stages.base import JobSpec
+from engine.stages.run import params_hash, run_inline
+from engine.workspace import Workspace, content_hash
+
+MBPP_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+VOLATILE = ("job_id", "wall_s")
+
+
+def _params(**kw) -> dict:
+    base = {"benchmark": "humaneval", "strategy": "standard", "max_new_tokens": 24, "temperature": 0.8,
+            "n": 2, "seed": 7, "limit": 4, "unit_problems": 2, "timeout_s": 5.0, "exec_workers": 2}
+    return {**base, **kw}
+
+
+def test_eval_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    assert run_inline(ws, "eval", "eval", _params(), {"model": tiny_model_dir}, outputs=["results"]) == "ok"
+    (rec,) = read_ledger(ws)
+    assert rec["benchmark"] == "humaneval" and rec["model_hash"] == content_hash(tiny_model_dir)
+    assert rec["device"] == "cpu" and rec["backend"] == "transformers" and len(rec["dataset_hash"]) == 64
+    assert set(rec["metrics"]) == {"pass@1"} and 0.0 <= rec["metrics"]["pass@1"] <= 1.0
+    assert rec["protocol"]["n"] == 2 and rec["protocol"]["strategy"] == "standard"
+    assert list(rec["per_problem"]) == [f"HumanEval/{i}" for i in range(4)]
+    assert sum(rec["categories"].values()) == 8
+    lines = [json.loads(x) for x in ws.artifact_path("eval", "results").read_text().splitlines()]
+    assert len(lines) == 4 and "<|im_start|>assistant" in lines[0]["prompt"]
+    assert {"raw", "clean", "status"} <= set(lines[0]["samples"][0])
+    events = read_events(ws.job_log("eval.1"))
+    progress = [e for e in events if e["kind"] == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 4
+
+    mb = run_inline(ws, "eval_mbpp", "eval", _params(benchmark="mbpp", strategy="asserts", n=1, temperature=0.0,
+                                                        limit=2, data_path=str(MBPP_DIR)), {"model": tiny_model_dir})
+    assert mb == "ok"
+    rec = read_ledger(ws)[-1]
+    assert rec["benchmark"] == "mbpp" and list(rec["per_problem"]) == ["Mbpp/11", "Mbpp/12"]
+    bad = run_inline(ws, "eval_bad", "eval", _params(benchmark="mbpp", data_path=str(tmp_path)),
+                     {"model": tiny_model_dir})
+    assert bad == "failed"
+    finished = [e for e in read_events(ws.job_log("eval_bad.1")) if e["kind"] == "job_finished"][0]
+    assert "mbpp.jsonl" in finished["error"] and "ccf64cea" in finished["error"]
+
+
+def _job(ws: Workspace, attempt: int, params: dict, model: Path) -> Path:
+    ws.init()
+    job = JobSpec(job_id=f"eval.{attempt}", stage="eval", kind="eval", attempt=attempt, workspace=str(ws.root),
+                  params=params, inputs={"model": str(model)}, params_hash=params_hash(params),
+                  outputs=["results"], device="cpu", seed=0)
+    path = ws.job_file(job.job_id)
+    job.save(path)
+    return path
+
+
+def _run(jobfile: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(jobfile)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_killed_and_resumed_gives_the_same_record(tmp_path: Path, tiny_model_dir: Path) -> None:
+    params = _params(limit=10, unit_problems=1, n=1, max_new_tokens=48)
+    whole, broken = Workspace(tmp_path / "whole"), Workspace(tmp_path / "broken")
+    first = _run(_job(broken, 1, params, tiny_model_dir))
+    reference = _run(_job(whole, 1, params, tiny_model_dir))
+    results = broken.root / "work" / "eval" / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if results.exists() and results.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.01)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    kept = results.read_bytes().count(b"\n")
+    assert 2 <= kept < 10, "the kill must land mid-run"
+    assert reference.wait(timeout=180) == 0
+    second = _run(_job(broken, 2, params, tiny_model_dir))
+    assert second.wait(timeout=180) == 0
+    (a,), (b,) = read_ledger(whole), read_ledger(broken)
+    assert {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
+    events = read_events(broken.job_log("eval.2"))
+    assert [e for e in events if e["kind"] == "progress"][0]["done"] == kept
