@@ -93,15 +93,33 @@ def test_sampling_follows_the_distribution() -> None:
     n = logits.shape[0]
     keys = torch.tensor([sample_key(11, i) for i in range(n)])
     steps = torch.zeros(n, dtype=torch.long)
-    ones = torch.ones(n)
-    tok = sample_rows(logits, ones, ones, torch.zeros(n, dtype=torch.long), keys, steps, filtered=False)
-    freq = torch.bincount(tok, minlength=5).float() / n
+    ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.long)
+
+    def draw(temp=ones, top_p=ones, top_k=zeros, filtered=True, candidates=0) -> torch.Tensor:
+        return sample_rows(logits, temp, top_p, top_k, keys, steps, filtered, candidates)[0]
+
+    freq = torch.bincount(draw(filtered=False), minlength=5).float() / n
     assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.03)
-    nucleus = sample_rows(logits, ones, ones * 0.7, torch.zeros(n, dtype=torch.long), keys, steps, filtered=True)
-    assert set(nucleus.tolist()) == {0, 1}  # p(0)=0.64 < 0.7, p(0)+p(1)=0.88 >= 0.7
-    top1 = sample_rows(logits, ones, ones, torch.ones(n, dtype=torch.long), keys, steps, filtered=True)
-    assert set(top1.tolist()) == {0}
-    greedy = sample_rows(logits, ones * 0, ones, torch.zeros(n, dtype=torch.long), keys, steps, filtered=False)
-    assert set(greedy.tolist()) == {0}
+    assert set(draw(top_p=ones * 0.7).tolist()) == {0, 1}  # p(0)=0.64 < 0.7 <= p(0)+p(1)=0.88
+    assert set(draw(top_k=zeros + 1).tolist()) == {0}
+    assert set(draw(temp=ones * 0, filtered=False).tolist()) == {0}
+    # top-p is taken over the top-k survivors, renormalised (transformers' order): 0.73 >= 0.7
+    assert set(draw(top_p=ones * 0.7, top_k=zeros + 2).tolist()) == {0}
     u = uniforms(keys, steps)
     assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.02
+
+
+def test_candidate_path_is_exact_and_falls_back() -> None:
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(64, 1000, generator=g) * 6
+    flat = torch.randn(64, 1000, generator=g) * 0.01
+    keys = torch.tensor([sample_key(3, i) for i in range(64)])
+    steps = torch.full((64,), 5)
+    ones, zeros = torch.ones(64), torch.zeros(64, dtype=torch.long)
+    for top_k in (zeros, zeros + 20):
+        full, _ = sample_rows(peaked, ones * 0.8, ones * 0.9, top_k, keys, steps, True, 0)
+        fast, fell = sample_rows(peaked, ones * 0.8, ones * 0.9, top_k, keys, steps, True, 64)
+        assert not fell and torch.equal(full, fast)
+    full, _ = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 0)
+    fast, fell = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 64)
+    assert fell and torch.equal(full, fast)  # the nucleus is ~900 tokens: sorted in full

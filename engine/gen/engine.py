@@ -59,6 +59,26 @@ def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return _lsr(x, 40).to(torch.float32) * (1.0 / (1 << 24))
 
 
+def _nucleus(vals: torch.Tensor, lse: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Probabilities of descending-sorted candidates after top-k then top-p (others 0).
+
+    ``lse`` is the log-normaliser of the distribution top-p is taken over: the whole
+    vocabulary, or the top-k survivors when top-k cut first (transformers' order).
+    """
+    probs = torch.exp(vals - lse[:, None])
+    rank = torch.arange(vals.shape[-1], device=vals.device)[None]
+    keep = ((top_k[:, None] <= 0) | (rank < top_k[:, None])) & ((probs.cumsum(-1) - probs) < top_p[:, None])
+    return probs * keep
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index drawn from unnormalised ``probs`` by the uniforms ``u`` (never a zero-probability one)."""
+    cdf = probs.cumsum(-1)
+    choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).squeeze(1)
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
+    return torch.minimum(choice, last)
+
+
 def sample_rows(
     logits: torch.Tensor,
     temp: torch.Tensor,
@@ -67,34 +87,42 @@ def sample_rows(
     keys: torch.Tensor,
     steps: torch.Tensor,
     filtered: bool,
-) -> torch.Tensor:
-    """Next token per row: argmax where temp == 0, else temperature/top-k/top-p sampling.
+    candidates: int = 0,
+) -> tuple[torch.Tensor, bool]:
+    """Next token per row: argmax where temp == 0, else temperature, top-k, top-p sampling.
 
-    Semantics follow transformers' warpers (temperature, then top-k, then the smallest
-    prefix of probability >= top_p). ``filtered`` False skips the sort when no row uses
-    top-k or top-p.
+    Semantics follow transformers' warpers: temperature, then top-k, then the smallest
+    descending prefix of probability >= top_p. ``filtered`` False (no row uses top-k or
+    top-p) samples the whole softmax without sorting. ``candidates`` > 0 first tries the
+    best ``candidates`` logits of each row (``topk`` instead of a full sort): exact when
+    every row's nucleus lies inside them, which is checked; otherwise the full sort runs.
+    Returns the tokens and whether it fell back from candidates to the full sort.
     """
     greedy = temp <= 0
     scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
-    idx = None
-    if filtered:
-        scaled, idx = scaled.sort(dim=-1, descending=True)
-        probs = torch.softmax(scaled, dim=-1)
-        rank = torch.arange(probs.shape[-1], device=probs.device)[None]
-        keep = (top_k[:, None] <= 0) | (rank < top_k[:, None])
-        keep &= (probs.cumsum(-1) - probs) < top_p[:, None]
-        probs = probs * keep
-    else:
-        probs = torch.softmax(scaled, dim=-1)
-    cdf = probs.cumsum(-1)
-    target = uniforms(keys, steps) * cdf[:, -1]
-    choice = torch.searchsorted(cdf, target[:, None].contiguous(), right=True).squeeze(1)
-    nz = probs > 0
-    last = probs.shape[-1] - 1 - nz.flip(-1).to(torch.int8).argmax(-1)
-    choice = torch.minimum(choice, last)
-    if idx is not None:
-        choice = idx.gather(1, choice[:, None]).squeeze(1)
-    return torch.where(greedy, logits.argmax(-1), choice)
+    u = uniforms(keys, steps)
+    vocab = scaled.shape[-1]
+    if not filtered:
+        token = _inverse_cdf(torch.softmax(scaled, dim=-1), u)
+        return torch.where(greedy, logits.argmax(-1), token), False
+    k_eff = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    if 0 < candidates < vocab:
+        vals, idx = scaled.topk(candidates, dim=-1)
+        inside = k_eff <= candidates
+        lse = torch.where(inside, torch.logsumexp(torch.where(
+            torch.arange(candidates, device=vals.device)[None] < k_eff[:, None], vals, float("-inf")), -1),
+            torch.logsumexp(scaled, -1))
+        probs = _nucleus(vals, lse, top_p, top_k)
+        # Covered: top-k cut inside the candidates, or the nucleus closed before the last one.
+        covered = inside | ((k_eff == vocab) & (probs[:, -1] == 0))
+        if bool((covered | greedy).all()):
+            token = idx.gather(1, _inverse_cdf(probs, u)[:, None]).squeeze(1)
+            return torch.where(greedy, logits.argmax(-1), token), False
+    vals, idx = scaled.sort(dim=-1, descending=True)
+    masked = torch.where(torch.arange(vocab, device=vals.device)[None] < k_eff[:, None], vals, float("-inf"))
+    probs = _nucleus(vals, torch.logsumexp(masked, -1), top_p, top_k)
+    token = idx.gather(1, _inverse_cdf(probs, u)[:, None]).squeeze(1)
+    return torch.where(greedy, logits.argmax(-1), token), 0 < candidates < vocab
 
 
 @dataclass
@@ -117,7 +145,8 @@ class SlotEngine:
     """Static-cache sampler for ``rows`` concurrent sequences of up to ``max_len`` tokens."""
 
     def __init__(self, model, rows: int, max_len: int, stop_ids: list[int], *, cuda_graphs: bool = False,
-                 sync_every: int = 1, prefill_tokens: int = 16384, ignore_eos: bool = False) -> None:
+                 sync_every: int = 1, prefill_tokens: int = 16384, ignore_eos: bool = False,
+                 candidates: int = 256) -> None:
         cfg = model.config
         inner = model.model
         self.model, self.embed, self.layers = model, inner.embed_tokens, inner.layers
@@ -145,6 +174,8 @@ class SlotEngine:
         self.sync_every = max(1, sync_every)
         self.prefill_tokens = prefill_tokens
         self.ignore_eos = ignore_eos
+        self.candidates = candidates  # top-p from the best N logits when the nucleus fits (checked)
+        self.cooldown = 0  # steps to skip the candidate path after it fell back (flat distributions)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
@@ -307,7 +338,8 @@ class SlotEngine:
                 top_p[d] = torch.tensor([s.top_p for s in s_sel], device=dev)
                 top_k[d] = torch.tensor([s.top_k for s in s_sel], device=dev)
                 max_new[d] = torch.tensor([s.max_new for s in s_sel], device=dev)
-                first = sample_rows(logits, temp[d], top_p[d], top_k[d], keys[d], torch.zeros_like(d), filtered)
+                first, _ = sample_rows(logits, temp[d], top_p[d], top_k[d], keys[d], torch.zeros_like(d), filtered,
+                                       self.candidates)
                 out[d] = 0
                 out[d, 0] = first
                 count[d] = 1
@@ -334,7 +366,9 @@ class SlotEngine:
             reach = max(min(b + steps, c) for b, c in zip(base, cap, strict=True))
             span = min(self.max_len, -(-(reach + 1) // 64) * 64)
             logits = self._step_logits(span)
-            new = sample_rows(logits, temp, top_p, top_k, keys, count, filtered)
+            new, fell_back = sample_rows(logits, temp, top_p, top_k, keys, count, filtered,
+                                         self.candidates if self.cooldown == 0 else 0)
+            self.cooldown = 16 if fell_back else max(0, self.cooldown - 1)
             active = ~finished
             out[self.arange, torch.where(active, count, width - 1)] = new
             count += active
