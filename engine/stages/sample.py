@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.data import mbpp
+from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.engine import splitmix64
@@ -27,7 +27,6 @@ from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, content_hash, ensure_dir
 
 EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples
-TRAILERS = ("Human:", "Assistant:", "User:", "###")
 
 
 class Params(StageParams):
@@ -37,6 +36,7 @@ class Params(StageParams):
     top_k: int
     max_new_tokens: int
     seed: int
+    strategy: str                           # engine.data.prompts strategy: asserts | standard | few-shot
     data_path: str                          # directory holding mbpp.jsonl
     splits: tuple[str, ...] = ("train", "validation")
     allow_eval_split: bool = False          # the explicit, recorded override for test/prompt splits
@@ -57,28 +57,6 @@ OUTPUTS = {"samples": "dir: samples.jsonl (one record per task x sample, verdict
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     return sampling_bytes(Path(inputs["model"]), min(params.max_rows, params.unit_prompts * params.n),
                           1024 + params.max_new_tokens, params.dtype)
-
-
-def build_prompt(tokenizer: Any, problem: Problem, asserts: list[str]) -> str:
-    """MBPP with the function name and the asserts; the chat template when the tokenizer has one."""
-    task = (f"{problem.text.strip()}\nWrite a Python function `{problem.entry_point}`. "
-            "Your code should pass these tests:\n\n" + "\n".join(asserts) + "\n")
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": task}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f'"""\n{task}"""\n'
-
-
-def clean_completion(text: str) -> str:
-    """Text after ``</think>``, without fence lines, cut at the first chat trailer."""
-    text = text.split("</think>")[-1]
-    out = []
-    for line in text.splitlines():
-        if line.lstrip().startswith(TRAILERS):
-            break
-        if not line.lstrip().startswith("```"):
-            out.append(line)
-    return "\n".join(out).strip("\n") + "\n"
 
 
 def task_seed(seed: int, task_id: str) -> int:
@@ -173,7 +151,12 @@ def run(ctx: StageContext, params: Params) -> None:
         backend.max_rows = params.max_rows
     ctx.events.emit("backend", name=backend.name, device=backend.device)
     by_id = {p.task_id: p for p in problems}
-    prompts = {p.task_id: build_prompt(backend.tokenizer, p, mbpp.tests_of(p)["asserts"]) for p in problems}
+    shots = mbpp.load(Path(params.data_path), "prompt")[0][1:4] if params.strategy == "few-shot" else None
+    try:
+        built = {p.task_id: prompts.build("mbpp", p, params.strategy, backend.tokenizer, shots) for p in problems}
+    except ValueError as exc:
+        raise StageFailed(f"sample: strategy {params.strategy!r}: {exc}") from None
+    sent = {t: b.text for t, b in built.items()}
 
     gen_path, verdict_path = ctx.work_dir / "gen.jsonl", ctx.work_dir / "verdicts.jsonl"
     ensure_dir(ctx.work_dir)
@@ -185,7 +168,7 @@ def run(ctx: StageContext, params: Params) -> None:
     if unjudged:
         executor.inbox.put(unjudged)
 
-    order = sorted(problems, key=lambda p: (len(backend.encode(prompts[p.task_id])), int(p.task_id.split("/")[-1])))
+    order = sorted(problems, key=lambda p: (len(backend.encode(sent[p.task_id])), int(p.task_id.split("/")[-1])))
     units = [order[i:i + params.unit_prompts] for i in range(0, len(order), params.unit_prompts)]
     finished_prompts = sum(all((p.task_id, j) in done for j in range(params.n)) for p in problems)
     ctx.progress(finished_prompts, len(problems), "prompts")
@@ -195,15 +178,16 @@ def run(ctx: StageContext, params: Params) -> None:
         if not todo:
             continue
         ctx.check_cancelled()
-        reqs = [GenRequest(p.task_id, prompts[p.task_id], params.max_new_tokens, params.temperature, params.top_p,
+        reqs = [GenRequest(p.task_id, sent[p.task_id], params.max_new_tokens, params.temperature, params.top_p,
                            params.top_k, task_seed(params.seed, p.task_id), params.n) for p in todo]
         records = []
         for p, out in zip(todo, backend.generate(reqs), strict=True):
             for j in range(params.n):
                 if (p.task_id, j) in done:
                     continue
-                rec = {"task_id": p.task_id, "split": split_of[p.task_id], "sample": j, "prompt": prompts[p.task_id],
-                       "completion": out.texts[j], "code": clean_completion(out.texts[j]),
+                pr = built[p.task_id]
+                rec = {"task_id": p.task_id, "split": split_of[p.task_id], "sample": j, "prompt": pr.text,
+                       "completion": out.texts[j], "code": postprocess.clean(out.texts[j], chat=pr.chat, body=pr.body),
                        "tokens": out.token_counts[j], "finish": out.finish_reasons[j]}
                 records.append(rec)
                 done[(p.task_id, j)] = rec
@@ -252,7 +236,7 @@ def publish(ctx: StageContext, params: Params, problems: list[Problem], split_of
     ctx.metric("prompts_with_a_pass", solved)
     ctx.record_result({"benchmark": "mbpp_sampling", "model_hash": model_hash, "model_path": str(ctx.inputs["model"]),
                        "dataset_hash": data_hash,
-                       "protocol": {k: meta["params"][k] for k in ("n", "temperature", "top_p", "top_k",
+                       "protocol": {k: meta["params"][k] for k in ("n", "temperature", "top_p", "top_k", "strategy",
                                                                    "max_new_tokens", "seed", "splits", "limit")},
                        "metrics": {"sample_pass_rate": rate, "prompts_with_a_pass": float(solved),
                                    "prompts": float(len(problems))},
