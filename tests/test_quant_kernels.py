@@ -21,7 +21,7 @@ from kernels.quant.formats import QType
 
 gguf = pytest.importorskip("gguf")
 
-KINDS = ("random", "constant", "zero", "tiny", "outliers", "ints", "bf16", "partzero", "positive")
+KINDS = ("random", "constant", "zero", "tiny", "outliers", "ints", "bf16", "partzero", "positive", "mirror")
 QTYPES = [QType.Q8_0, QType.Q5_0, QType.Q4_K, QType.Q6_K]
 
 
@@ -46,6 +46,8 @@ def make_block(kind: str, seed: int, scale: float, n: int = 256) -> np.ndarray:
         x[200:203] = -0.0
     elif kind == "positive":
         x = np.abs(x) + scale
+    elif kind == "mirror":  # second half = -first half: equal |scale| of opposite sign (tie order)
+        x[n // 2 :] = -x[: n // 2]
     return x.astype(np.float32)
 
 

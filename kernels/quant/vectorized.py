@@ -57,6 +57,15 @@ def seqsum(p: Tensor, from_zero: bool = True) -> Tensor:
     return acc
 
 
+def first_absmax(t: Tensor, dim: int) -> Tensor:
+    """The element of largest magnitude along ``dim``, the first on ties (C's strict ``>`` scan;
+    torch.argmax does not promise the first index on every device)."""
+    a = t.abs()
+    pos = torch.arange(t.shape[dim], device=t.device).view([-1 if d == dim % t.dim() else 1 for d in range(t.dim())])
+    idx = torch.where(a == a.amax(dim, keepdim=True), pos, t.shape[dim]).amin(dim, keepdim=True)
+    return t.gather(dim, idx.clamp_max(t.shape[dim] - 1)).squeeze(dim)
+
+
 def roundf(v: Tensor) -> Tensor:
     """C roundf (halves away from zero), exact for float32."""
     a = v.abs()
@@ -176,10 +185,8 @@ def q6k_search(X: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(scale, l_isc)``; codes are ``clamp(nearest_int(l_isc * x), -32, 31) + 32``
     (``l_isc`` NaN for all-zero sub-blocks, whose codes are 0).
     """
-    ax = X.abs()
-    idx = torch.argmax(ax, 0, keepdim=True)  # first index of the largest |x|, like C's strict >
-    mxv = X.gather(0, idx)[0]
-    zero = ax.amax(0) < EPS
+    mxv = first_absmax(X, 0)
+    zero = X.abs().amax(0) < EPS
     W = X * X
     WX = W * X
 
@@ -210,9 +217,8 @@ def quantize_q6_k(x: Tensor, search: Callable = q6k_search) -> Tensor:
     X = x.reshape(nb * 16, 16).t().contiguous()  # [16, N]
     scale, l_isc = search(X)
     S = scale.view(nb, 16)
-    aS = S.abs()
-    max_scale = S.gather(1, torch.argmax(aS, 1, keepdim=True))[:, 0]
-    zero_block = aS.amax(1) < EPS
+    max_scale = first_absmax(S, 1)
+    zero_block = S.abs().amax(1) < EPS
     iscale = rdiv(-128.0, max_scale)
     d16 = rdiv(1.0, iscale).half()
     sc = nearest_int(iscale[:, None] * S).clamp_max(127)
@@ -257,7 +263,7 @@ def dequantize_q8_0(blocks: Tensor) -> Tensor:
 
 def quantize_q5_0(x: Tensor) -> Tensor:
     X = x.reshape(-1, 32)
-    vmax = X.gather(1, torch.argmax(X.abs(), 1, keepdim=True))
+    vmax = first_absmax(X, 1)[:, None]
     d = divc(vmax, -16.0)
     inv = torch.where(d != 0, rdiv(1.0, d), 0.0)
     q = torch.trunc(X * inv + 16.5).clamp_max(31).to(torch.int64)
@@ -308,10 +314,11 @@ def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
     raise ValueError(f"no quantizer for {qtype.name}")
 
 
-def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int = 1 << 18) -> Tensor:
+def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int | None = None) -> Tensor:
     """Quantize a 2-D weight ``[rows, n_per_row]`` to ``[rows, row_bytes]`` uint8 (GGML layout).
 
-    Works in chunks of whole rows of about ``chunk_weights`` weights to bound temporaries.
+    Works in chunks of whole rows of about ``chunk_weights`` weights to bound temporaries
+    (default 2^18 on CPU, where small chunks stay in cache, 2^24 on a GPU).
     F32/F16 are plain casts. Non-finite weights are rejected (ggml would write garbage).
     """
     if x.dim() != 2:
@@ -323,6 +330,8 @@ def quantize(x: Tensor, qtype: QType, backend: str = "torch", chunk_weights: int
         return x.half().contiguous().view(torch.uint8).view(rows, cols * 2)
     rb = row_bytes(qtype, cols)
     out = torch.empty(rows, rb, dtype=torch.uint8, device=x.device)
+    if chunk_weights is None:
+        chunk_weights = 1 << 18 if x.device.type == "cpu" else 1 << 24
     step = max(1, chunk_weights // cols)
     threads = torch.get_num_threads()
     if x.device.type == "cpu":
