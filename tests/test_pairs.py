@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import mbpp
+from engine.data import humaneval, mbpp
 from engine.events import read_events
 from engine.sandbox.pool import SandboxPool
 from engine.stages.pairs import normalize_code
@@ -16,6 +16,8 @@ from engine.workspace import Workspace
 
 MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
 N, CAP = 7, 4
+_HE1 = {p.task_id: p for p in humaneval.load()[0]}["HumanEval/1"]
+SMUGGLED = _HE1.prompt + _HE1.canonical_solution
 # A prompt that carries HumanEval/0's statement verbatim: must not become training data.
 LEAK = ("<|im_start|>user\nCheck if in given list of numbers, are any two numbers closer to each other than "
         "given threshold.<|im_end|>\n")
@@ -33,14 +35,16 @@ def variants(p) -> dict[str, tuple[str, str]]:
         "syntax": (f"def {fn}(:\n", "syntax_error"),
         "forged": (f"def {fn}(*args):\n    return 'forged'\n", "passed"),  # a verdict that lies
         "wrong_dup": (f"def {fn}(*args):\n    return None  # again\n", "failed"),
+        "smuggled": (SMUGGLED, "failed"),  # an evaluation solution inside a completion
     }
 
 
 def write_samples(root: Path) -> dict[str, str]:
     train, _ = mbpp.load(MBPP, "train")
     val, _ = mbpp.load(MBPP, "validation")
-    mixed, none_train, none_val, all_pass, leaked = train[1], train[3], val[0], train[5], train[7]
+    mixed, none_train, none_val, all_pass, leaked, smuggle = train[1], train[3], val[0], train[5], train[7], train[9]
     plan = {
+        smuggle.task_id: ["correct", "smuggled", "wrong", "correct", "correct", "correct", "correct"],
         leaked.task_id: ["correct", "wrong", "raises", "syntax", "wrong", "wrong", "raises"],
         mixed.task_id: ["correct", "correct_dup", "correct_other", "wrong", "raises", "syntax", "forged"],
         none_train.task_id: ["wrong", "raises", "syntax", "wrong_dup", "wrong", "wrong", "raises"],
@@ -64,7 +68,7 @@ def write_samples(root: Path) -> dict[str, str]:
     (root / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in problems))
     (root / "meta.json").write_text(json.dumps({"params": {"data_path": str(MBPP)}}))
     return {"mixed": mixed.task_id, "none_train": none_train.task_id, "none_val": none_val.task_id,
-            "all_pass": all_pass.task_id, "leaked": leaked.task_id}
+            "all_pass": all_pass.task_id, "leaked": leaked.task_id, "smuggle": smuggle.task_id}
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +110,14 @@ def test_caps_reference_and_summary(made) -> None:
     assert len(ref) == 3 and all(r["chosen_is_reference"] and r["chosen_sample"] is None for r in ref)
     assert by[tasks["none_val"]] == [] and by[tasks["all_pass"]] == [] and by[tasks["leaked"]] == []
     assert summary["contaminated"] == {tasks["leaked"]: ["humaneval:HumanEval/0:statement"]}
-    assert summary["contaminated_prompts"] == 1 and summary["prompts"] == 4
-    assert summary["pairs"] == len(pairs) == CAP + 3
-    assert summary["prompts_with_pairs"] == 2 and summary["reference_pairs"] == 3
+    assert summary["contaminated_prompts"] == 1 and summary["prompts"] == 5
+    smuggled = by[tasks["smuggle"]]  # the pair whose rejected side carries HumanEval/1 is dropped
+    assert len(smuggled) == 1 and "separate_paren_groups" not in smuggled[0]["rejected"]
+    assert summary["contaminated_records"] == 1
+    assert summary["pairs"] == len(pairs) == CAP + 3 + 1
+    assert summary["prompts_with_pairs"] == 3 and summary["reference_pairs"] == 3
     assert summary["chosen_failed_reverify"] == 1
-    assert summary["pass_count_histogram"] == {"0": 2, "1": 0, "2": 0, "3": 0, "4": 1, "5": 0, "6": 0, "7": 1}
+    assert summary["pass_count_histogram"] == {"0": 2, "1": 0, "2": 0, "3": 0, "4": 1, "5": 1, "6": 0, "7": 1}
     events = read_events(ws.job_log("pairs.1"))
     assert any(e["kind"] == "warning" and "fails on re-run" in e["message"] for e in events)
 

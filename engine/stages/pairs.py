@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data import mbpp
+from engine.data.decontam import DecontamIndex
 from engine.data.humaneval import Problem
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, ensure_dir
@@ -84,8 +85,8 @@ def reference_text(code: str) -> str:
     return "```python\n" + code.strip("\n") + "\n```"
 
 
-def find_contaminated(src: Path, problems: dict, by_task: dict, params: Params) -> dict[str, list[str]]:
-    """task id -> evaluation problems its prompt (as sent) overlaps."""
+def decontam_index(src: Path, params: Params) -> DecontamIndex:
+    """HumanEval + the MBPP test split the samples' data_path holds (+ evalplus files when configured)."""
     from engine.data.decontam import eval_index
 
     try:
@@ -93,11 +94,17 @@ def find_contaminated(src: Path, problems: dict, by_task: dict, params: Params) 
         mbpp_dir = Path(meta["params"]["data_path"])
     except (OSError, ValueError, KeyError) as exc:
         raise StageFailed(f"pairs: {src}/meta.json does not name the MBPP data_path ({exc})") from None
-    index = eval_index(mbpp_dir, humaneval_plus=Path(params.humaneval_plus) if params.humaneval_plus else None,
-                       mbpp_plus=Path(params.mbpp_plus) if params.mbpp_plus else None)
-    tasks = sorted(by_task)
-    found = index.scan([by_task[t][0]["prompt"] for t in tasks])
-    return {tasks[r]: sorted({f"{h.source}:{h.task_id}:{h.reason}" for h in hits}) for r, hits in found.rows.items()}
+    return eval_index(mbpp_dir, humaneval_plus=Path(params.humaneval_plus) if params.humaneval_plus else None,
+                      mbpp_plus=Path(params.mbpp_plus) if params.mbpp_plus else None)
+
+
+def overlaps(index: DecontamIndex, keys: list[str], rows: list[Any]) -> dict[str, list[str]]:
+    """key -> 'source:task_id:reason' of every evaluation problem its row overlaps."""
+    found = index.scan(rows)
+    out: dict[str, set[str]] = defaultdict(set)
+    for r, hits in found.rows.items():
+        out[keys[r]] |= {f"{h.source}:{h.task_id}:{h.reason}" for h in hits}
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def run(ctx: StageContext, params: Params) -> None:
@@ -112,7 +119,9 @@ def run(ctx: StageContext, params: Params) -> None:
             raise StageFailed(f"pairs: {src}/samples.jsonl names task {r['task_id']} missing from problems.jsonl")
         by_task[r["task_id"]].append(r)
     n = max((len(v) for v in by_task.values()), default=0)
-    contaminated = find_contaminated(src, problems, by_task, params)
+    index = decontam_index(src, params)
+    tasks = sorted(by_task)
+    contaminated = overlaps(index, tasks, [by_task[t][0]["prompt"] for t in tasks])  # the prompts as sent
     if params.drop_contaminated:
         for task in contaminated:
             by_task.pop(task, None)
@@ -157,7 +166,6 @@ def run(ctx: StageContext, params: Params) -> None:
             ctx.warning(f"pairs: {task} sample {c['sample']} was recorded passing but fails on re-run ({v.status})")
 
     out_rows: list[dict[str, Any]] = []
-    prompts_with_pairs = reference_pairs = 0
     for task, (chosen, rejected) in plans.items():
         chosen = [c for c in chosen if c["reverified"]]
         made = 0
@@ -175,14 +183,20 @@ def run(ctx: StageContext, params: Params) -> None:
                 "rejected_category": r["verdict"]["status"], "rejected_error_type": r["verdict"].get("error_type"),
             })
             made += 1
-        prompts_with_pairs += made > 0
-        reference_pairs += made if chosen and chosen[0].get("reference") else 0
 
+    # Whole records too (completions can carry an evaluation solution): the check training stages run.
+    leaked = overlaps(index, [str(i) for i in range(len(out_rows))], out_rows)
+    if params.drop_contaminated:
+        out_rows = [r for i, r in enumerate(out_rows) if str(i) not in leaked]
+    elif leaked:
+        ctx.warning(f"pairs: {len(leaked)} pair records overlap evaluation problems and are kept")
+    prompts_with_pairs = len({r["task_id"] for r in out_rows})
+    reference_pairs = sum(r["chosen_is_reference"] for r in out_rows)
     out = ensure_dir(ctx.work_dir / "out")
     (out / "pairs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in out_rows))
     summary = {"pairs": len(out_rows), "prompts": len(by_task), "prompts_with_pairs": prompts_with_pairs,
                "contaminated_prompts": len(contaminated), "dropped_contaminated": params.drop_contaminated,
-               "contaminated": contaminated,
+               "contaminated": contaminated, "contaminated_records": len(leaked),
                "reference_pairs": reference_pairs, "chosen_failed_reverify": failed_reverify,
                "pass_count_histogram": {str(k): v for k, v in enumerate(histogram)}, "samples_per_prompt": n}
     atomic_write_json(out / "summary.json", summary)
