@@ -260,6 +260,15 @@ def input_fingerprint(params: dict[str, Any], files: dict[str, Path]) -> dict[st
     return {"params": params, "inputs": {k: (sha256_file(p) if p.is_file() else content_hash(p)) for k, p in files.items()}}
 
 
+def require_examples(ctx: StageContext, trainer, rows: int, max_length: int) -> None:
+    """TRL drops examples whose prompt fills ``max_length``: say so, and fail if none is left."""
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise StageFailed(f"all {rows} records have prompts of >= max_length {max_length} tokens: raise max_length")
+    if kept < rows:
+        ctx.warning(f"{rows - kept} of {rows} records dropped: prompt >= max_length {max_length} tokens")
+
+
 def quiet(trainer) -> None:
     """The job log is the record: no log dicts printed to stdout."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -173,6 +173,7 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
                                        params.target_modules),
         callbacks=[telemetry],
     )
+    _train.require_examples(ctx, trainer, len(rows), params.max_length)
     _train.install_chunked_head(trainer.model.get_base_model(), params.logprob_chunk)
     _train.quiet(trainer)
     return trainer, tokenizer
