@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 for p in range(prompts) for j in range(n)]
         engines[graphs].run(seqs)
         assert all(len(s.tokens) == new for s in seqs)
+        if graphs and engines[graphs].graph_error:
+            raise RuntimeError(f"CUDA graphs fell back to eager: {engines[graphs].graph_error}")
 
     results: dict[str, float] = {}
     with torch.inference_mode():

@@ -17,6 +17,7 @@ the attention over the cache and its bookkeeping are written here.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -177,6 +178,7 @@ class SlotEngine:
         self.candidates = candidates  # top-p from the best N logits when the nucleus fits (checked)
         self.cooldown = 0  # steps to skip the candidate path after it fell back (flat distributions)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graph_error: str | None = None
         self.pool = None
 
     # -- the model math ---------------------------------------------------------
@@ -220,23 +222,34 @@ class SlotEngine:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.head(self.norm(x)[:, 0]).float()
 
+    def _capture(self, span: int) -> None:
+        """Record the decode step for ``span`` as a CUDA graph (warm-up first, on a side stream).
+
+        Warm-up and capture repeat the same step (same tokens, same slots): idempotent.
+        """
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode(span)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = self._decode(span)
+        self.graphs[span] = (graph, out)
+
     def _step_logits(self, span: int) -> torch.Tensor:
+        if self.cuda_graphs and span not in self.graphs:
+            try:
+                self._capture(span)
+            except RuntimeError as exc:  # keep sampling, eagerly, and say why
+                self.cuda_graphs, self.graph_error = False, f"{type(exc).__name__}: {exc}"
+                self.graphs.clear()
+                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {self.graph_error}", stacklevel=2)
         if not self.cuda_graphs:
             return self._decode(span)
-        if span not in self.graphs:
-            # Warm-up and capture repeat the same step (same tokens, same slots): idempotent.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._decode(span)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._decode(span)
-            self.graphs[span] = (graph, out)
         graph, out = self.graphs[span]
         graph.replay()
         return out
