@@ -215,9 +215,13 @@ def metadata(model_dir: Path, mix: str, name: str | None = None) -> list[tuple[s
 # ----------------------------------------------------------------------------- export
 
 
-def _plan_digest(kv: list, tensors: list[TensorPlan]) -> str:
-    blob = json.dumps([[k, int(t), repr(v)[:100000]] for k, t, v in kv] + [[p.name, p.shape, int(p.qtype)] for p in tensors])
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _plan_digest(kv: list, tensors: list[TensorPlan], source_id: str) -> str:
+    """What fixes the file's layout and bytes: source, metadata, tensor table, quantizer version."""
+    h = hashlib.sha256(b"pmat-gguf-1" + source_id.encode())
+    for k, t, v in kv:
+        h.update(json.dumps([k, int(t), repr(v)]).encode())
+    h.update(json.dumps([[p.name, p.shape, int(p.qtype)] for p in tensors]).encode())
+    return h.hexdigest()
 
 
 def _append_line(path: Path, obj: dict[str, Any]) -> None:
@@ -241,15 +245,16 @@ def _resume_point(journal: Path, digest: str) -> list[dict[str, Any]]:
 def export_gguf(model_dir: Path | str, out_path: Path | str, mix: str, *, backend: str = "torch",
                 device: str = "cpu", name: str | None = None,
                 on_tensor: Callable[[dict[str, Any]], None] | None = None,
-                check_cancelled: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                check_cancelled: Callable[[], None] | None = None, source_id: str = "") -> list[dict[str, Any]]:
     """Write the GGUF; returns one stats dict per tensor (name, type, rel_rmse, max_abs_err).
 
-    Resumes from ``<out_path>.progress`` when it describes the same plan.
+    Resumes from ``<out_path>.progress`` when it describes the same plan and ``source_id``
+    (pass the checkpoint's content hash so that a changed source starts over).
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     kv = metadata(model_dir, mix, name)
     tensors = plan(model_dir, mix)
-    digest = _plan_digest(kv, tensors)
+    digest = _plan_digest(kv, tensors, source_id)
     journal = out_path.with_name(out_path.name + ".progress")
     done = _resume_point(journal, digest) if out_path.is_file() else []
     if not done:

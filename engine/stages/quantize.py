@@ -50,13 +50,16 @@ def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     return 6 * 4 * biggest + (2 << 30)  # f32 copy, dequantized copy, error, bytes; + torch
 
 
-def _export(ctx: StageContext, model: Path, mix: str, backend: str, tag: str) -> tuple[Path, list[dict[str, Any]]]:
-    """Export once; a finished file is reused on a later attempt (its stats kept beside it)."""
+def _export(ctx: StageContext, model: Path, source: str, mix: str, backend: str,
+            tag: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Export once; a finished file of the same source is reused on a later attempt."""
     out_dir = ctx.work_dir / f"gguf-{mix}"
     out_dir.mkdir(parents=True, exist_ok=True)
     out, done = out_dir / f"model-{mix.upper()}.gguf", ctx.work_dir / f"gguf-{mix}.stats.json"
     if out.is_file() and done.is_file():
-        return out_dir, json.loads(done.read_text())
+        prev = json.loads(done.read_text())
+        if prev.get("source") == source:
+            return out_dir, prev["stats"]
     total = len(open_checkpoint(model).names())
     count = [0]
 
@@ -68,8 +71,8 @@ def _export(ctx: StageContext, model: Path, mix: str, backend: str, tag: str) ->
             ctx.metric("max_abs_err", rec["max_abs_err"], step=count[0], tensor=rec["name"])
 
     stats = export_gguf(model, out, mix, backend=backend, device=ctx.device, name=model.name,
-                        on_tensor=on_tensor, check_cancelled=ctx.check_cancelled)
-    done.write_text(json.dumps(stats))
+                        on_tensor=on_tensor, check_cancelled=ctx.check_cancelled, source_id=source)
+    done.write_text(json.dumps({"source": source, "stats": stats}))
     ctx.checkpoint(1 if tag == "quant" else 2, out)
     return out_dir, stats
 
@@ -89,8 +92,9 @@ def _tokenizer_check(model: Path, gguf_dir: Path, text: str) -> None:
 def run(ctx: StageContext, params: Params) -> None:
     model = Path(ctx.inputs["model"])
     backend = params.backend if params.backend != "auto" else ("triton" if ctx.device.startswith("cuda") else "torch")
-    qdir, stats = _export(ctx, model, params.mix, backend, "quant")
-    fdir, _ = _export(ctx, model, "f16", backend, "f16")
+    source_hash = checkpoint_hash(model)
+    qdir, stats = _export(ctx, model, source_hash, params.mix, backend, "quant")
+    fdir, _ = _export(ctx, model, source_hash, "f16", backend, "f16")
     _tokenizer_check(model, qdir, params.check_text)
     ctx.check_cancelled()
 
@@ -106,7 +110,6 @@ def run(ctx: StageContext, params: Params) -> None:
     if "dequantized" in ctx.job.outputs:
         deq_dir = ctx.work_dir / "dequantized"
         gguf_to_hf(qfile, deq_dir, model, dtype=getattr(torch, params.dequantized_dtype))
-    source_hash = checkpoint_hash(model)
     ctx.publish("gguf", qdir, mix=params.mix)
     ctx.publish("gguf_f16", fdir)
     if deq_dir is not None:
