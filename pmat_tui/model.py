@@ -13,14 +13,17 @@ import ast
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from engine.approvals import stage_evidence
 from engine.cli._common import fmt_duration
 from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
 from engine.overview import Overview, StageRow, build_overview
-from engine.spec import GIB, PipelineSpec, load_spec
+from engine.spec import GIB, PipelineSpec, load_spec, parse_spec
 from engine.state import Attempt, PipelineState
 from engine.supervisor import send_command, supervisor_identity
 from engine.workspace import Workspace
@@ -46,6 +49,17 @@ GATE_STYLE = {
     "stale": ("↻", "yellow"),
 }
 SUPERVISOR_CHECK_S = 5.0
+
+
+def load_spec_fast(path: Path) -> PipelineSpec:
+    """``load_spec`` with libyaml's parser (10x faster on a 200-stage spec); errors come from ``load_spec``."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            return parse_spec(yaml.load(path.read_text(), Loader=loader), str(path))
+        except (OSError, yaml.YAMLError):
+            pass
+    return load_spec(path)
 
 
 def status_mark(row: StageRow) -> tuple[str, str]:
@@ -108,7 +122,7 @@ class ConsoleModel:
         memory_probe: Callable[[], MemorySnapshot] | None = None,
     ) -> None:
         self.ws = ws
-        self.spec = spec or load_spec(ws.spec_path)
+        self.spec = spec or load_spec_fast(ws.spec_path)
         self.readonly = readonly
         self.now = now or time.time
         self.memory_probe = memory_probe or snapshot
@@ -119,14 +133,15 @@ class ConsoleModel:
         self._signature: tuple = ()
         self._structure_at = 0.0
         self._supervisor: int | None = None
+        self.watched: list[Attempt] = []  # jobs not finished at the last rebuild
         self._journal_last: dict[str, Any] | None = None
 
     # -- folding ----------------------------------------------------------------
     def _sig(self) -> tuple:
+        """Changes when the overview must be rebuilt: a journal event, a new log, a watched job ending."""
         last = self.state.journal[-1] if self.state.journal else None
-        finished = sum(1 for a in self.state.jobs.values() if a.outcome is not None)
-        started = sum(1 for a in self.state.jobs.values() if a.started_at is not None)
-        return (len(self.state.journal), last and last.get("ts"), len(self.state.jobs), finished, started)
+        watched = tuple((a.outcome, a.started_at is not None) for a in self.watched)
+        return (len(self.state.journal), last and last.get("ts"), len(self.state.jobs), watched)
 
     def refresh(self, force: bool = False) -> tuple[bool, bool]:
         """Fold new events. Returns (anything changed, structure changed)."""
@@ -138,7 +153,8 @@ class ConsoleModel:
         sig = (*self._sig(), self._supervisor)
         structural = force or self.overview is None or sig != self._signature
         if structural:
-            self._signature = sig
+            self.watched = [a for a in self.state.jobs.values() if a.outcome is None]
+            self._signature = (*self._sig(), self._supervisor)
             self.overview = build_overview(self.ws, self.spec, self.state, now=self.now())
             self.rows = {r.stage: r for r in self.overview.rows}
         elif changed:
@@ -148,7 +164,9 @@ class ConsoleModel:
     def _update_running_rows(self) -> None:
         """Progress, rate, ETA and resources of running stages, without rebuilding the overview."""
         now = self.now()
-        for a in self.state.running():
+        for a in self.watched:
+            if not a.running:
+                continue
             row = self.rows.get(a.stage)
             if row is None or row.job_id != a.job_id:
                 continue

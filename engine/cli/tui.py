@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli._common import add_workspace_arg, spec_of, workspace_of
+from engine.cli._common import BadInput, add_workspace_arg, workspace_of
 from engine.procs import logind_kills_user_processes
+from engine.spec import SpecError
 from engine.supervisor import start_supervisor_detached, supervisor_identity
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    spec = spec_of(ws)
+    from pmat_tui.model import load_spec_fast  # textual loads only for the console
+
+    try:
+        spec = load_spec_fast(ws.spec_path)
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
     notices = []
     if not args.readonly and supervisor_identity(ws) is None:
         ident = start_supervisor_detached(ws.init())
@@ -24,7 +30,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     warn = logind_kills_user_processes()
     if warn:
         notices.append(warn)
-    from pmat_tui.app import PmatApp  # textual loads only for the console
+    from pmat_tui.app import PmatApp
 
     app = PmatApp(ws, spec, readonly=args.readonly, notice=" ".join(notices) or None)
     app.run()

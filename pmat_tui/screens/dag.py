@@ -31,7 +31,7 @@ class DagScreen(ViewScreen):
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         tree = self.query_one(DagTree)
-        running = [a.stage for a in self.model.state.running()]
+        running = [a.stage for a in self.model.watched if a.running]
         tree.update_rows(None if structural else running)
         detail = self.query_one(StageDetail)
         if structural or (detail.stage and self.model.rows.get(detail.stage) and self.model.rows[detail.stage].status == "running"):

@@ -70,6 +70,8 @@ class DagTree(Tree[str]):
             row = rows.get(stage)
             if row is not None and stage in self.stage_nodes:
                 self._set(stage, self.stage_nodes[stage], stage_label(row, self._width))
+        if stages is not None:
+            return  # work item counts change only with a rebuild
         for item, node in self.item_nodes.items():
             done = sum(rows[s].status == "done" for s in self.item_stages[item] if s in rows)
             title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
