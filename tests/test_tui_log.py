@@ -1,0 +1,129 @@
+"""The log view: a lazy tail by byte offset, follow/pause, filter, pretty JSON, rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import pmat_tui.logtail as logtail
+from pmat_tui.app import PmatApp
+from pmat_tui.fixture import FIXTURE_NOW, fixture_memory, write_fixture
+from pmat_tui.logtail import LogTail
+from pmat_tui.widgets.log_view import LogView
+
+
+def _lines(t: LogTail) -> list[str]:
+    return [t.line(i).decode() for i in range(len(t))]
+
+
+def test_tail_loads_back_appends_and_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logtail, "BLOCK", 7)  # lines straddle blocks
+    p = tmp_path / "a.jsonl"
+    lines = [f"line{i}" * (i % 3 + 1) for i in range(50)]
+    p.write_text("\n".join(lines) + "\npartial")
+    t = LogTail(p, initial=5)
+    assert _lines(t) == lines[-5:]  # the partial last line waits for its newline
+    assert t.load_back(10) == 10 and _lines(t) == lines[-15:]
+    t.load_back(100)
+    assert _lines(t) == lines and t.at_top and t.load_back(5) == 0
+    with open(p, "a") as fh:
+        fh.write("X\nnew1\nnew2\nhalf")
+    assert t.poll() == 3 and _lines(t)[-3:] == ["partialX", "new1", "new2"]
+    p.write_text("a\nb\n")  # truncated
+    assert t.poll() == -1 and _lines(t) == ["a", "b"] and t.resets == 1
+    q = tmp_path / "b.jsonl"
+    q.write_text("c\n")
+    os.replace(q, p)  # rotated: a new inode of the same size class
+    assert t.poll() == -1 and _lines(t) == ["c"] and t.resets == 2
+
+
+def test_big_log_opens_by_its_tail(tmp_path: Path) -> None:
+    p = tmp_path / "big.jsonl"
+    line = json.dumps({"ts": 1.0, "kind": "metric", "name": "loss", "value": 0.5, "pad": "x" * 200}) + "\n"
+    with open(p, "w") as fh:
+        fh.write(line * 250_000)  # ~57 MB
+    t0 = time.perf_counter()
+    t = LogTail(p, initial=200)
+    took = time.perf_counter() - t0
+    assert len(t) == 200 and t.head == p.stat().st_size - 200 * len(line)
+    assert took < 0.05, f"opening a {p.stat().st_size >> 20} MB log took {took:.3f} s"
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> PmatApp:
+    ws = write_fixture(tmp_path / "fx")
+    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory)
+    app.log_target = "sft.1"
+    return app
+
+
+def _append(path: Path, n: int, kind: str = "progress") -> None:
+    with open(path, "a") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"ts": time.time(), "kind": kind, "name": "loss", "value": i, "step": 1000 + i}) + "\n")
+
+
+async def _until(pilot, cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+async def test_follow_pause_filter_pretty_rotate(app: PmatApp) -> None:
+    path = app.model.ws.job_log("sft.1")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        view = app.screen.query_one(LogView)
+        n0 = view.rows
+        assert n0 > 0 and view.follow and view.cursor == n0 - 1
+        _append(path, 3)  # noticed through watchfiles (or the polling fallback)
+        await _until(pilot, lambda: view.rows == n0 + 3)
+        assert view.cursor == n0 + 2  # following: the cursor rides the end
+        await pilot.press("f")
+        assert not view.follow
+        _append(path, 2)
+        await _until(pilot, lambda: view.rows == n0 + 5)
+        assert view.cursor == n0 + 2  # paused: new lines do not move it
+        await pilot.press("up", "up")
+        assert view.cursor == n0
+        await pilot.press("slash")
+        await pilot.press(*"rewards", "enter")
+        assert view.filter_text == "rewards" and 0 < view.rows < n0
+        assert all(b"rewards" in view.tail.line(view._line_of(r)) for r in range(view.rows))
+        await pilot.press("p")
+        pretty = app.screen.query_one("#log-pretty")
+        assert pretty.display
+        text = "\n".join(s.text for s in app.screen._compositor.render_strips())
+        assert '"name": "rewards/margins"' in text
+        path.write_text(json.dumps({"ts": 1.0, "kind": "job_started"}) + "\n")  # truncated under us
+        await _until(pilot, lambda: view.tail.resets == 1)
+        await pilot.press("slash", "ctrl+u", "enter")  # clear the filter
+        assert view.rows == 1 and b"job_started" in view.cursor_raw()
+        assert "file replaced" in "\n".join(s.text for s in app.screen._compositor.render_strips())
+
+
+async def test_home_loads_older_lines(app: PmatApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pmat_tui.widgets.log_view as lv
+
+    monkeypatch.setattr(lv, "LOAD_BACK", 10)
+    path = app.model.ws.job_log("sft.1")
+    total = sum(1 for _ in open(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        view = app.screen.query_one(LogView)
+        view.open(path)
+        view.tail.starts = view.tail.starts[-20:]  # pretend only the last 20 lines were indexed
+        view._reset_view()
+        view.cursor = 0
+        await pilot.press("up")
+        assert view.rows == 30 and view.cursor == 9  # ten older lines; the cursor stays on its line
+        for _ in range(total):
+            await pilot.press("home")
+            if view.tail.at_top:
+                break
+        assert view.rows == total and view.tail.line(0).startswith(b'{"ts"')
