@@ -69,15 +69,19 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: 
     lines = gen.read_bytes().count(b"\n")
     assert 2 * PARAMS["n"] <= lines < len(expected), f"kill landed outside the run ({lines} lines)"
     assert not any(e["kind"] == "job_finished" for e in read_events(ws.job_log("sample.1")))
-    with open(gen, "ab") as fh:  # a torn write of the next unit
-        fh.write(b'{"task_id": "Mbpp/5')
+    # A torn write of the next unit: two of its three lines whole, the third cut short.
+    have = {(r["task_id"], r["sample"]) for r in map(json.loads, gen.read_text().splitlines())}
+    lines_whole = (whole.work_dir("sample") / "gen.jsonl").read_text().splitlines(keepends=True)
+    nxt = [x for x in lines_whole if (json.loads(x)["task_id"], json.loads(x)["sample"]) not in have][:3]
+    with open(gen, "a") as fh:
+        fh.write(nxt[0] + nxt[1] + nxt[2][:25])
 
     assert run_inline(ws, "sample", "sample", PARAMS, {"model": tiny_model_dir}, attempt=2,
                       outputs=["samples"]) == "ok"
     assert samples(ws) == expected
     progress = [e for e in read_events(ws.job_log("sample.2")) if e["kind"] == "progress"]
     assert progress[0]["done"] == lines // PARAMS["n"] and progress[-1]["done"] == PARAMS["limit"]
-    assert gen.read_bytes().count(b"\n") == len(expected)  # nothing generated twice
+    assert gen.read_bytes().count(b"\n") == len(expected) + 2  # only the torn unit generated twice
 
 
 def test_eval_split_refused_unless_overridden(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -79,9 +79,10 @@ class HFBackend:
         self._engine: SlotEngine | None = None
 
     def _engine_for(self, rows: int, max_len: int) -> SlotEngine:
-        """Reuse the engine (its cache and captured graphs) unless it is too small or twice too wide."""
+        """Reuse the engine (cache, captured graphs) for the same row count: the batch shape, and so
+        the numerics of every row, depend only on the request set, never on what ran before."""
         e = self._engine
-        if e is not None and rows <= e.rows <= 2 * rows and e.max_len >= max_len:
+        if e is not None and e.rows == rows and e.max_len >= max_len:
             return e
         if e is not None:
             max_len = max(max_len, e.max_len)  # lengths vary by unit: never shrink, fewer recaptures

@@ -1,9 +1,9 @@
 """Stage `sample`: N completions per training prompt, executed in the sandbox, resumable.
 
-Units of ``unit_prompts`` prompts (planned once, by prompt length) are generated one
-after another; each finished unit is appended to ``work/gen.jsonl`` in one write and
-fsynced, so a kill -9 loses at most the unit in flight. A resumed attempt skips exactly
-the (task, sample) pairs found there. Sample j of task t is drawn from its own random
+Units of ``unit_prompts`` prompts (planned from the whole set, by prompt length) are
+generated one after another; each finished unit is appended to ``work/gen.jsonl`` in one
+write and fsynced, so a kill -9 loses at most the unit in flight. A resumed attempt skips
+exactly the (task, sample) pairs found there (a unit torn mid-write runs again whole). Sample j of task t is drawn from its own random
 stream (seed, t, j), so a resumed run writes the same samples as an uninterrupted one.
 Verdicts come from a sandbox thread that runs while the next unit generates.
 """
@@ -158,24 +158,30 @@ def run(ctx: StageContext, params: Params) -> None:
         raise StageFailed(f"sample: strategy {params.strategy!r}: {exc}") from None
     sent = {t: b.text for t, b in built.items()}
 
+    # Units are planned from the whole problem set, so a resumed run batches exactly as the
+    # first one did: same rows together, same numerics, the same samples.
+    order = sorted(problems, key=lambda p: (len(backend.encode(sent[p.task_id])), int(p.task_id.split("/")[-1])))
+    units = [order[i:i + params.unit_prompts] for i in range(0, len(order), params.unit_prompts)]
     gen_path, verdict_path = ctx.work_dir / "gen.jsonl", ctx.work_dir / "verdicts.jsonl"
     ensure_dir(ctx.work_dir)
     done = {(r["task_id"], r["sample"]): r for r in read_lines(gen_path)}
-    judged = {(r["task_id"], r["sample"]): r for r in read_lines(verdict_path)}
+    for unit in units:  # a unit only partly on disk (a torn write) is generated again, whole
+        keys = [(p.task_id, j) for p in unit for j in range(params.n)]
+        if not all(k in done for k in keys):
+            for k in keys:
+                done.pop(k, None)
+    judged = {(r["task_id"], r["sample"]) for r in read_lines(verdict_path)}
     executor = Executor(verdict_path, by_id, params)
     executor.start()
     unjudged = [r for k, r in done.items() if k not in judged]
     if unjudged:
         executor.inbox.put(unjudged)
 
-    order = sorted(problems, key=lambda p: (len(backend.encode(sent[p.task_id])), int(p.task_id.split("/")[-1])))
-    units = [order[i:i + params.unit_prompts] for i in range(0, len(order), params.unit_prompts)]
     finished_prompts = sum(all((p.task_id, j) in done for j in range(params.n)) for p in problems)
     ctx.progress(finished_prompts, len(problems), "prompts")
     t0 = time.monotonic()
-    for unit in units:
-        todo = [p for p in unit if any((p.task_id, j) not in done for j in range(params.n))]
-        if not todo:
+    for todo in units:
+        if all((p.task_id, j) in done for p in todo for j in range(params.n)):
             continue
         ctx.check_cancelled()
         reqs = [GenRequest(p.task_id, sent[p.task_id], params.max_new_tokens, params.temperature, params.top_p,
@@ -183,8 +189,6 @@ def run(ctx: StageContext, params: Params) -> None:
         records = []
         for p, out in zip(todo, backend.generate(reqs), strict=True):
             for j in range(params.n):
-                if (p.task_id, j) in done:
-                    continue
                 pr = built[p.task_id]
                 rec = {"task_id": p.task_id, "split": split_of[p.task_id], "sample": j, "prompt": pr.text,
                        "completion": out.texts[j], "code": postprocess.clean(out.texts[j], chat=pr.chat, body=pr.body),
