@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.events import read_events
 from engine.results import read_ledger
 from engine.stages.base import JobSpec
@@ -26,9 +28,15 @@ def _params(**kw) -> dict:
     return {**base, **kw}
 
 
+def _error(ws: Workspace, job_id: str) -> str:
+    return str([e.get("error") or e.get("traceback") for e in read_events(ws.job_log(job_id))
+                if e["kind"] in ("job_finished", "warning")])
+
+
 def test_eval_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    assert run_inline(ws, "eval", "eval", _params(), {"model": tiny_model_dir}, outputs=["results"]) == "ok"
+    outcome = run_inline(ws, "eval", "eval", _params(), {"model": tiny_model_dir}, outputs=["results"])
+    assert outcome == "ok", _error(ws, "eval.1")
     (rec,) = read_ledger(ws)
     assert rec["benchmark"] == "humaneval" and rec["model_hash"] == content_hash(tiny_model_dir)
     assert rec["device"] == "cpu" and rec["backend"] == "transformers" and len(rec["dataset_hash"]) == 64
@@ -45,7 +53,7 @@ def test_eval_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
 
     mb = run_inline(ws, "eval_mbpp", "eval", _params(benchmark="mbpp", strategy="asserts", n=1, temperature=0.0,
                                                         limit=2, data_path=str(MBPP_DIR)), {"model": tiny_model_dir})
-    assert mb == "ok"
+    assert mb == "ok", _error(ws, "eval_mbpp.1")
     rec = read_ledger(ws)[-1]
     assert rec["benchmark"] == "mbpp" and list(rec["per_problem"]) == ["Mbpp/11", "Mbpp/12"]
     bad = run_inline(ws, "eval_bad", "eval", _params(benchmark="mbpp", data_path=str(tmp_path)),
@@ -92,3 +100,55 @@ def test_killed_and_resumed_gives_the_same_record(tmp_path: Path, tiny_model_dir
     assert {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
     events = read_events(broken.job_log("eval.2"))
     assert [e for e in events if e["kind"] == "progress"][0]["done"] == kept
+
+
+def test_perplexity_matches_the_reference_method(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.stages.perplexity import windows
+
+    assert windows(10, 4, 4) == [(0, 4, 3), (4, 8, 3), (8, 10, 1)]
+    assert windows(10, 4, 2) == [(0, 4, 3), (2, 6, 2), (4, 8, 2), (6, 10, 2)]
+    text = tmp_path / "text.txt"
+    text.write_text("def add(a, b):\n    return a + b\n\n" * 20)
+    ws = Workspace(tmp_path / "ws")
+    params = {"window": 32, "stride": 16, "dtype": "float32"}
+    outcome = run_inline(ws, "ppl", "perplexity", params, {"model": tiny_model_dir, "text": text})
+    assert outcome == "ok", _error(ws, "ppl.1")
+    (rec,) = read_ledger(ws)
+    assert rec["benchmark"] == "perplexity" and rec["device"] == "cpu" and rec["metrics"]["perplexity"] > 0
+    # transformers' perplexity guide, token by token: labels masked outside each window's new tokens
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = tok(text.read_text(), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for begin, end, scored in windows(ids.shape[1], 32, 16):
+            labels = ids[:, begin:end].clone()
+            labels[:, : end - begin - scored] = -100
+            nll += float(model(ids[:, begin:end], labels=labels).loss) * scored
+            count += scored
+    assert rec["metrics"]["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+    bad = run_inline(ws, "ppl_bad", "perplexity", {"window": 8, "stride": 16}, {"model": tiny_model_dir, "text": text})
+    assert bad == "failed" and "stride" in _error(ws, "ppl_bad.1")
+
+
+def test_parity_cpu_fp32_vs_bf16(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    loose = {"device_a": "cpu", "dtype_a": "float32", "device_b": "auto", "dtype_b": "bfloat16",
+             "min_cosine": 0.99, "max_abs_diff": 1.0}
+    assert run_inline(ws, "parity", "parity", loose, {"model": tiny_model_dir}) == "ok", _error(ws, "parity.1")
+    rec = read_ledger(ws)[-1]
+    assert rec["benchmark"] == "parity" and rec["metrics"]["passed"] == 1.0
+    assert rec["devices"] == {"a": {"device": "cpu", "dtype": "float32"}, "b": {"device": "cpu", "dtype": "bfloat16"}}
+    assert 0 < rec["metrics"]["max_abs_diff"] <= 1.0 and rec["metrics"]["cosine_min"] >= 0.99
+    strict = {**loose, "max_abs_diff": 0.0}
+    assert run_inline(ws, "parity_strict", "parity", strict, {"model": tiny_model_dir}) == "failed"
+    assert read_ledger(ws)[-1]["metrics"]["passed"] == 0.0  # recorded, then failed
+    if not __import__("torch").cuda.is_available():
+        cuda = {**loose, "device_b": "cuda"}
+        assert run_inline(ws, "parity_cuda", "parity", cuda, {"model": tiny_model_dir}) == "failed"
+        assert "cuda" in _error(ws, "parity_cuda.1")
