@@ -131,7 +131,7 @@ def _triton_equal(x: np.ndarray) -> None:
     t = torch.from_numpy(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # masked lanes divide by zero, like C's skipped paths
-        for qt in (QType.Q4_K, QType.Q6_K):
+        for qt in (QType.Q4_K, QType.Q6_K, QType.Q8_0):
             a = V.quantize_blocks(t, qt, "torch")
             b = V.quantize_blocks(t, qt, "triton")
             assert torch.equal(a, b), qt.name

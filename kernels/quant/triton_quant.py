@@ -1,5 +1,5 @@
 """Triton kernels for the two expensive scale searches (Q4_K's make_qkx2_quants and
-Q6_K's make_qx_quants), byte-identical to the reference.
+Q6_K's make_qx_quants) and for Q8_0, byte-identical to the reference.
 
 One program lane owns one sub-block; sub-blocks are the columns of ``X`` ``[n, N]`` so
 element ``i`` of neighbouring sub-blocks is contiguous (coalesced loads). Sums run one
@@ -145,6 +145,33 @@ def _q6k_search_kernel(x_ptr, trial_ptr, scale_ptr, isc_ptr, N, EPS,
     l_isc = tl.where(zero, float("nan"), l_isc)
     tl.store(scale_ptr + n, scale, mask=mask)
     tl.store(isc_ptr + n, l_isc, mask=mask)
+
+
+@triton.jit
+def _q8_0_kernel(x_ptr, d_ptr, q_ptr, NB, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = b < NB
+    offs = b[:, None] * 32 + tl.arange(0, 32)[None, :]
+    x = tl.load(x_ptr + offs, mask=mask[:, None], other=0.0)
+    d = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 127.0)
+    inv = tl.where(d != 0.0, tl.math.div_rn(1.0, d), 0.0)
+    v = x * inv[:, None]
+    a = tl.abs(v)
+    f = tl.floor(a)
+    r = f + tl.floor((a - f) * 2.0)  # roundf: halves away from zero, exactly
+    q = tl.where(v < 0.0, -r, r).to(tl.int8)
+    tl.store(d_ptr + b, d.to(tl.float16), mask=mask)
+    tl.store(q_ptr + offs, q, mask=mask[:, None])
+
+
+def quantize_q8_0(x: Tensor) -> Tensor:
+    """Q8_0 blocks ``[n_blocks, 34]`` from float32 ``x`` (numel a multiple of 32)."""
+    x = x.contiguous()
+    nb = x.numel() // 32
+    d = torch.empty(nb, dtype=torch.float16, device=x.device)
+    q = torch.empty(nb, 32, dtype=torch.int8, device=x.device)
+    _q8_0_kernel[(triton.cdiv(nb, _BLOCK),)](x, d, q, nb, BLOCK=_BLOCK, enable_fp_fusion=False)
+    return torch.cat([d.view(torch.uint8).view(nb, 2), q.view(torch.uint8)], 1)
 
 
 _TABLES: dict[tuple[str, str], Tensor] = {}

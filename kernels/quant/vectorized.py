@@ -295,6 +295,10 @@ _DEQUANT = {
 
 def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
     """Quantize a float32 tensor (numel a multiple of the block) to ``[n_blocks, bytes]``."""
+    if qtype == QType.Q8_0 and backend == "triton":
+        from kernels.quant import triton_quant
+
+        return triton_quant.quantize_q8_0(x)
     if qtype == QType.Q8_0:
         return quantize_q8_0(x)
     if qtype == QType.Q5_0:
