@@ -62,7 +62,7 @@ def bench_cpu(rows: int, cols: int) -> int:
     return 0 if same else 1
 
 
-def build_7b(out: Path) -> Path:
+def build_7b(out: Path, device: str) -> Path:
     """A random bf16 checkpoint with Qwen2.5-Coder-7B's shapes, config and a small tokenizer."""
     from transformers import Qwen2Config
 
@@ -83,13 +83,13 @@ def build_7b(out: Path) -> Path:
                    p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
                    p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (inter, h),
                    p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter)}
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     with ShardedWriter(model, 5 << 30) as writer:
         for name, shape in shapes.items():
             if name.endswith("norm.weight"):
                 t = torch.ones(shape, dtype=torch.bfloat16)
             else:
-                t = (torch.randn(shape, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).cpu()
+                t = (torch.randn(shape, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
             writer.add(name, t)
     cfg.save_pretrained(model)
     tok = train_tokenizer(512)
@@ -97,8 +97,8 @@ def build_7b(out: Path) -> Path:
     return model
 
 
-def spot_check(model: Path) -> bool:
-    """Triton (GPU) == torch (GPU) == reference (CPU) on a few rows of real-shaped tensors."""
+def spot_check(model: Path, device: str, backend: str) -> bool:
+    """``backend`` (Triton on the GPU) == torch == reference (CPU) on rows of real-shaped tensors."""
     from engine.models.checkpoint import open_checkpoint
 
     reader = open_checkpoint(model)
@@ -106,39 +106,38 @@ def spot_check(model: Path) -> bool:
     for name, qt in (("model.layers.0.self_attn.q_proj.weight", QType.Q4_K),
                      ("model.layers.0.mlp.down_proj.weight", QType.Q6_K),
                      ("model.embed_tokens.weight", QType.Q4_K)):
-        w = reader.get(name)[:4].cuda()
-        tri = quantize(w, qt, backend="triton").cpu().numpy()
+        w = reader.get(name)[:4].to(device)
+        tri = quantize(w, qt, backend=backend).cpu().numpy()
         tor = quantize(w, qt, backend="torch").cpu().numpy()
         ref = R.QUANTIZE[qt.name](w.float().cpu().numpy().reshape(-1))
         same = np.array_equal(tri.reshape(-1), ref) and np.array_equal(tor.reshape(-1), ref)
-        print(f"spot check {name} {qt.name}: triton == torch == reference: {same}")
+        print(f"spot check {name} {qt.name}: {backend} == torch == reference: {same}")
         ok &= same
     return ok
 
 
-def bench_gpu(out: Path, f16: bool) -> int:
+def bench_gpu(out: Path, f16: bool, device: str = "cuda", backend: str = "triton") -> int:
     from engine.models.gguf_export import export_gguf
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = build_7b(out)
+    model = build_7b(out, device)
     print(f"built random 7B-shaped checkpoint in {time.perf_counter() - t0:.1f} s: {model}")
-    ok = spot_check(model)
-    torch.cuda.synchronize()
+    ok = spot_check(model, device, backend)
     t0 = time.perf_counter()
-    stats = export_gguf(model, out / "model-Q4_K_M.gguf", "q4_k_m", backend="triton", device="cuda")
-    torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
+    stats = export_gguf(model, out / "model-Q4_K_M.gguf", "q4_k_m", backend=backend, device=device)
+    secs = time.perf_counter() - t0  # export_gguf copies every tensor back to the host: synchronous
     q_bytes = (out / "model-Q4_K_M.gguf").stat().st_size
     numel = sum(s["numel"] for s in stats)
     kinds = {t: sum(1 for s in stats if s["type"] == t) for t in sorted({s["type"] for s in stats})}
-    print(f"device: {torch.cuda.get_device_name()}; {numel / 1e9:.2f} B weights; tensors by type: {kinds}")
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"device: {name}, backend {backend}; {numel / 1e9:.2f} B weights; tensors by type: {kinds}")
     print(f"Q4_K_M GGUF: {q_bytes / 1e9:.2f} GB, {8 * q_bytes / numel:.2f} bits/weight, {secs:.1f} s "
           f"({numel / secs / 1e6:.0f} M weights/s incl. read, error stats, write)")
     print(f"BENCH q4k_m_7b_end_to_end_s {secs:.1f} 600 {'PASS' if secs <= 600 and ok else 'MISS'}")
     if f16:
         t0 = time.perf_counter()
-        export_gguf(model, out / "model-F16.gguf", "f16", device="cuda")
+        export_gguf(model, out / "model-F16.gguf", "f16", device=device)
         f_bytes = (out / "model-F16.gguf").stat().st_size
         ratio = q_bytes / f_bytes
         print(f"F16 GGUF: {f_bytes / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s")
