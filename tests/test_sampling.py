@@ -37,6 +37,26 @@ def samples(ws: Workspace) -> list[dict]:
     return [json.loads(x) for x in (ws.artifact_path("sample", "samples") / "samples.jsonl").read_text().splitlines()]
 
 
+def start(ws: Workspace, model: Path, attempt: int = 1) -> subprocess.Popen:
+    """The stage as a real detached job process."""
+    job = JobSpec(job_id=f"sample.{attempt}", stage="sample", kind="sample", attempt=attempt, workspace=str(ws.root),
+                  params=PARAMS, inputs={"model": str(model)}, params_hash=params_hash(PARAMS), outputs=["samples"],
+                  device="cpu")
+    job.save(ws.job_file(job.job_id))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_units(ws: Workspace, proc: subprocess.Popen, units: int) -> None:
+    gen = ws.work_dir("sample") / "gen.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if gen.exists() and gen.read_bytes().count(b"\n") >= units * PARAMS["n"]:
+            return
+        time.sleep(0.002)
+
+
 def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: Path) -> None:
     whole = Workspace(tmp_path / "whole")
     assert run_inline(whole, "sample", "sample", PARAMS, {"model": tiny_model_dir}, outputs=["samples"]) == "ok"
@@ -48,23 +68,13 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path: Path, tiny_model_dir: 
     assert all(r["prompt"].startswith("<|im_start|>system") for r in expected)  # the prompt as sent
 
     ws = Workspace(tmp_path / "killed").init()
-    job = JobSpec(job_id="sample.1", stage="sample", kind="sample", attempt=1, workspace=str(ws.root), params=PARAMS,
-                  inputs={"model": str(tiny_model_dir)}, params_hash=params_hash(PARAMS), outputs=["samples"],
-                  device="cpu")
-    job.save(ws.job_file(job.job_id))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gen = ws.work_dir("sample") / "gen.jsonl"
-    deadline = time.monotonic() + 120
+    proc = start(ws, tiny_model_dir)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if gen.exists() and gen.read_bytes().count(b"\n") >= 2 * PARAMS["n"]:
-                break
-            time.sleep(0.002)
+        wait_for_units(ws, proc, 2)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
+    gen = ws.work_dir("sample") / "gen.jsonl"
     assert proc.returncode == -signal.SIGKILL
     lines = gen.read_bytes().count(b"\n")
     assert 2 * PARAMS["n"] <= lines < len(expected), f"kill landed outside the run ({lines} lines)"
@@ -100,3 +110,19 @@ def test_eval_split_refused_unless_overridden(tmp_path: Path, tiny_model_dir: Pa
     assert samples(ws)[0]["task_id"] == "Mbpp/11"
     ledger = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()]
     assert ledger[-1]["eval_split_override"] == ["test"] and ledger[-1]["device"] == "cpu"
+
+
+def test_sigterm_cancels_between_units(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ws = Workspace(tmp_path / "ws").init()
+    proc = start(ws, tiny_model_dir)
+    try:
+        wait_for_units(ws, proc, 1)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 3  # engine.stages.run's exit code for a cancelled job
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    end = read_events(ws.job_log("sample.1"))[-1]
+    assert end["kind"] == "job_finished" and end["outcome"] == "cancelled"
+    assert ws.work_dir("sample").joinpath("gen.jsonl").read_bytes().count(b"\n") < PARAMS["limit"] * PARAMS["n"]

@@ -119,13 +119,14 @@ class Executor(threading.Thread):
         self.inbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
         self.done = 0
         self.error: BaseException | None = None
+        self.abort = threading.Event()  # set when the stage stops early: queued batches are dropped
 
     def run(self) -> None:
         from engine.sandbox.pool import Limits, SandboxPool
 
         try:
             with SandboxPool(workers=self.params.exec_workers, limits=Limits()) as pool:
-                while (batch := self.inbox.get()) is not None:
+                while (batch := self.inbox.get()) is not None and not self.abort.is_set():
                     jobs = [mbpp.make_job(self.problems[s["task_id"]], s["code"], self.params.exec_timeout_s)
                             for s in batch]
                     verdicts = pool.run_many(jobs)
@@ -179,12 +180,30 @@ def run(ctx: StageContext, params: Params) -> None:
 
     finished_prompts = sum(all((p.task_id, j) in done for j in range(params.n)) for p in problems)
     ctx.progress(finished_prompts, len(problems), "prompts")
+    try:
+        generate(ctx, params, backend, units, built, split_of, done, executor, finished_prompts, len(problems),
+                 gen_path)
+    except BaseException:
+        executor.abort.set()  # cancelled or crashed: stop the sandbox, keep what is on disk for resume
+        raise
+    finally:
+        executor.inbox.put(None)
+        executor.join()
+    if executor.error is not None:
+        raise StageFailed(f"sample: sandbox execution failed: {type(executor.error).__name__}: {executor.error}")
+    publish(ctx, params, problems, split_of, done, read_lines(verdict_path), data_hash, backend, overridden)
+
+
+def generate(ctx: StageContext, params: Params, backend: Any, units: list[list[Problem]], built: dict,
+             split_of: dict[str, str], done: dict, executor: Executor, finished_prompts: int, total: int,
+             gen_path: Path) -> None:
+    """Generate every unfinished unit; append each whole unit (fsync) and queue it for the sandbox."""
     t0 = time.monotonic()
     for todo in units:
         if all((p.task_id, j) in done for p in todo for j in range(params.n)):
             continue
         ctx.check_cancelled()
-        reqs = [GenRequest(p.task_id, sent[p.task_id], params.max_new_tokens, params.temperature, params.top_p,
+        reqs = [GenRequest(p.task_id, built[p.task_id].text, params.max_new_tokens, params.temperature, params.top_p,
                            params.top_k, task_seed(params.seed, p.task_id), params.n) for p in todo]
         records = []
         for p, out in zip(todo, backend.generate(reqs), strict=True):
@@ -198,16 +217,11 @@ def run(ctx: StageContext, params: Params) -> None:
         append_lines(gen_path, records)
         executor.inbox.put(records)
         finished_prompts += len(todo)
-        ctx.progress(finished_prompts, len(problems), "prompts")
+        ctx.progress(finished_prompts, total, "prompts")
         ctx.metric("tokens_per_s", sum(r["tokens"] for r in records) / max(time.monotonic() - t0, 1e-9))
         t0 = time.monotonic()
         if executor.error is not None:
-            break
-    executor.inbox.put(None)
-    executor.join()
-    if executor.error is not None:
-        raise StageFailed(f"sample: sandbox execution failed: {type(executor.error).__name__}: {executor.error}")
-    publish(ctx, params, problems, split_of, done, read_lines(verdict_path), data_hash, backend, overridden)
+            return
 
 
 def publish(ctx: StageContext, params: Params, problems: list[Problem], split_of: dict[str, str], done: dict,
