@@ -123,3 +123,23 @@ def test_candidate_path_is_exact_and_falls_back() -> None:
     full, _ = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 0)
     fast, fell = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 64)
     assert fell and torch.equal(full, fast)  # the nucleus is ~900 tokens: sorted in full
+
+
+def test_memory_estimate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import json
+
+    from engine.gen.memory import OVERHEAD, kv_bytes_per_token, param_count, sampling_bytes
+    from engine.stages import sample
+
+    cfg = dict(vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert param_count(cfg) == 7_615_616_512  # Qwen2.5-7B
+    assert kv_bytes_per_token(cfg, 2) == 56 * 1024  # REFERENCE.md: 56 KiB/token in bf16
+    got = sampling_bytes(tmp_path, rows=320, max_len=512, dtype="bfloat16")
+    assert got == 2 * 7_615_616_512 + 320 * 512 * 56 * 1024 + 320 * 152_064 * 16 + OVERHEAD
+    with pytest.raises(ValueError, match="nowhere/config.json"):
+        sampling_bytes(tmp_path / "nowhere", 1, 1)
+    params = sample.Params(n=10, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=512, seed=0,
+                           strategy="asserts", data_path="x", max_rows=64)
+    assert sample.memory_estimate(params, {"model": tiny_model_dir}) > OVERHEAD
