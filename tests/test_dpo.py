@@ -13,7 +13,7 @@ from engine.events import read_events
 from engine.stages import _train, dpo
 from engine.stages.run import run_inline
 from engine.workspace import Workspace
-from tests.test_sft import MBPP_DIR, TARGETS, chat_prompt, sft_params
+from tests.test_sft import MBPP_DIR, TARGETS, chat_prompt, one_thread, sft_params  # noqa: F401 - autouse fixture
 
 PAIRS = [
     ("Write a function add(a, b).", "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"),

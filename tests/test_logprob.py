@@ -38,9 +38,8 @@ def _grads(fn, hidden, weight, targets, weight_grad: bool):
     return lp.detach(), h.grad, (w.grad if weight_grad else None)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("weight_grad", [True, False])
-@pytest.mark.parametrize("chunk", [1, 8, 64])
+@pytest.mark.parametrize(("backend", "chunk"), [("torch", 1), ("torch", 8), ("torch", 64), ("triton", 7), ("triton", 64)])
 def test_matches_full_logits_forward_and_backward(backend: str, weight_grad: bool, chunk: int) -> None:
     hidden, weight, targets = _inputs()
     ref = _grads(reference_token_logprobs, hidden, weight, targets, weight_grad)
