@@ -76,7 +76,7 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Index drawn from unnormalised ``probs`` by the uniforms ``u`` (never a zero-probability one)."""
     cdf = probs.cumsum(-1)
     choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).squeeze(1)
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(probs.dtype).argmax(-1)
     return torch.minimum(choice, last)
 
 
