@@ -107,6 +107,8 @@ class _Slot:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         self.buf = b""
+
+    def wait_ready(self) -> None:
         ready = self.read_line(timeout=60)
         if not ready or ready.get("type") != "ready":
             raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
@@ -185,7 +187,8 @@ class SandboxPool:
 
     def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, isolate_uid: bool = True,
                  network: str = "auto") -> None:
-        self.workers = max(1, workers or 2 * (os.cpu_count() or 1))
+        # more slots than cores: a slot waiting out a sleeping or niced spinning program costs no CPU
+        self.workers = max(1, workers or min(32, 4 * (os.cpu_count() or 1)))
         self.limits = limits
         self.isolate_uid = isolate_uid
         # unnamed uids, random per pool: two pools never share one (a slot's cleanup kills its uid's all)
@@ -194,7 +197,9 @@ class SandboxPool:
         self.network = "namespace" if self.net_prefix else "in-process"
         self.base = tempfile.mkdtemp(prefix="pmat-sandbox-")
         os.chmod(self.base, 0o711)
-        self.slots = [_Slot(i, self) for i in range(self.workers)]
+        self.slots = [_Slot(i, self) for i in range(self.workers)]  # all start at once
+        for slot in self.slots:
+            slot.wait_ready()
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -258,6 +263,7 @@ class SandboxPool:
             slot.proc.stdin.close()
             slot.proc.stdout.close()
             slot.start()
+            slot.wait_ready()
             if slot.killed:
                 return Verdict("timeout", detail="wall-clock limit reached; tests and program killed")
             return Verdict("error", "HarnessError", "sandbox template died; restarted")

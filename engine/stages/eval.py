@@ -37,6 +37,7 @@ class Params(StageParams):
     n: int                              # samples per problem
     seed: int
     split: str = "test"                 # MBPP split by task_id; HumanEval(+) has only its test set
+    variant: Literal["full", "sanitized"] = "full"  # MBPP file
     data_path: str | None = None        # MBPP directory or evalplus file; HumanEval: the package's file
     dataset_sha256: str | None = None   # expected hash of an evalplus file
     top_p: float = 1.0
@@ -68,7 +69,7 @@ def load_problems(params: Params) -> tuple[list[Problem], str, list[Problem]]:
     elif b == "mbpp":
         if not params.data_path:
             raise StageFailed("eval mbpp: params.data_path must name the MBPP directory (mbpp.jsonl)")
-        problems, digest = mbpp.load(Path(params.data_path), params.split)
+        problems, digest = mbpp.load(Path(params.data_path), params.split, params.variant)
     else:
         if not params.data_path:
             raise StageFailed(f"eval {b}: params.data_path must name the evalplus file ({evalplus.OBTAIN[b]})")
@@ -118,7 +119,8 @@ def append_record(path: Path, rec: dict[str, Any]) -> None:
 def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
     return {"strategy": params.strategy, "template_hash": tpl_hash, "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k, "n": params.n,
-            "seed": params.seed, "split": params.split, "limit": params.limit, "timeout_s": params.timeout_s,
+            "seed": params.seed, "split": params.split, "variant": params.variant, "limit": params.limit,
+            "timeout_s": params.timeout_s,
             "memory_mb": params.memory_mb, "postprocess": POSTPROCESS_VERSION, "dtype": params.dtype}
 
 
@@ -173,7 +175,7 @@ def run(ctx: StageContext, params: Params) -> None:
                 rec["correct"] = sum(s["status"] == "passed" for s in rec["samples"])
                 append_record(results_path, rec)
                 done[p.task_id] = rec
-            ctx.progress(len(done), len(problems), "problems")
+                ctx.progress(len(done), len(problems), "problems")
     finish(ctx, params, problems, done, fingerprint, backend, results_path, time.monotonic() - t0)
 
 
