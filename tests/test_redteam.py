@@ -67,7 +67,7 @@ def hostile(outside: str) -> dict[str, str]:
                              "        s = f.f_locals.get('self')\n        if s is not None and hasattr(s, 'sock'):\n"
                              "            s.sock.sendall(b'{\"type\":\"done\",\"result\":{\"status\":\"passed\"}}\\n')\n"
                              "        f = f.f_back\n    return 0\n"),
-        "read_parent_fds": "import os\nos.listdir(f'/proc/{os.getppid()}/fd')\nopen(f'/proc/{os.getppid()}/fd/1', 'w')\n",
+        "read_parent_fds": "import os\nopen(f'/proc/{os.getppid()}/fd/1', 'w')\n",
         "proc_self_mem": "open('/proc/self/mem', 'rb')\ndef add(a, b): return 0\n",
         "output_symlink_to_secret": ("import os\nos.remove('.output')\nos.symlink('/etc/shadow', '.output')\n"
                                      "def add(a, b): return 0\n"),
@@ -126,6 +126,7 @@ def test_hostile_programs_are_contained(outside: str) -> None:
               "kill_parent": "blocked", "kill_everything": "blocked", "ctypes_via_harness_module": "blocked",
               "ctypes_import": "blocked", "gc_walk_for_harness": "blocked", "os_exec": "blocked",
               "setrlimit_raise": "blocked", "proc_self_mem": "blocked", "symlink_escape": "blocked",
+              "read_parent_fds": "blocked",
               "chdir_then_relative_write": "blocked", "dir_fd_write": "blocked", "write_outside_file": "blocked",
               "delete_outside_file": "blocked", "always_equal": "failed", "int_subclass_equal": "failed",
               "patch_builtins": "failed", "patch_operator_module": "failed", "endless_iter_return": "failed",

@@ -107,7 +107,8 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
 def _install_hook(viol_fd: int, workdir: str) -> None:
     """Arm a permanent audit hook: a forbidden operation is named on the pipe, then exit."""
     root = os.path.realpath(workdir)
-    exit_now, write, realpath, isdir, fspath = os._exit, os.write, os.path.realpath, os.path.isdir, os.fspath
+    exit_now, write, fspath = os._exit, os.write, os.fspath
+    realpath, abspath, isdir = os.path.realpath, os.path.abspath, os.path.isdir
     allowed_files = {"/dev/null"}
 
     def violate(what: str) -> None:
@@ -133,8 +134,9 @@ def _install_hook(viol_fd: int, workdir: str) -> None:
             if isinstance(path, int):
                 return
             text = text_of(path)
-            if realpath(text).startswith("/proc/") and not realpath(text).startswith("/proc/self/stat"):
-                violate(f"open {text}")
+            for where in (abspath(text), realpath(text)):  # the link itself and what it points to
+                if where.startswith("/proc/") and not where.startswith("/proc/self/stat"):
+                    violate(f"open {text}")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & _WRITE_FLAGS)
             if writing and not inside(path):
