@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,8 @@ import torch
 from engine.events import read_events
 from engine.models.gguf_export import choose_type, export_gguf, gguf_to_hf, plan
 from engine.models.tiny import TinyConfig, build_tiny_model
-from engine.stages.run import run_inline
+from engine.stages.base import JobSpec
+from engine.stages.run import params_hash, run_inline
 from engine.workspace import Workspace
 from kernels.quant import reference as R
 from kernels.quant.formats import QType
@@ -181,3 +187,36 @@ def test_export_resumes_after_a_kill(k_model_dir: Path, tmp_path: Path):
     stats = export_gguf(k_model_dir, part, "q8_0")
     assert not journal.exists() and len(stats) == len(plan(k_model_dir, "q8_0"))
     assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(whole.read_bytes()).digest()
+
+
+def test_stage_kill_9_then_resume_writes_the_same_file(k_model_dir: Path, tmp_path: Path):
+    params, inputs = {"mix": "q4_k_m"}, {"model": k_model_dir}
+    ref_ws = Workspace(tmp_path / "ref")
+    assert run_inline(ref_ws, "quantize", "quantize", params=params, inputs=inputs, outputs=["gguf", "gguf_f16"]) == "ok"
+
+    ws = Workspace(tmp_path / "ws").init()
+    job = JobSpec(job_id="quantize.1", stage="quantize", kind="quantize", attempt=1, workspace=str(ws.root),
+                  params=params, inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
+                  outputs=["gguf", "gguf_f16"], device="cpu", seed=0)
+    job.save(ws.job_file(job.job_id))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))],
+                            cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(e["kind"] == "progress" for e in read_events(ws.job_log("quantize.1"))) >= 8:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    first = read_events(ws.job_log("quantize.1"))
+    assert proc.returncode == -signal.SIGKILL and not any(e["kind"] == "job_finished" for e in first)
+
+    assert run_inline(ws, "quantize", "quantize", params=params, inputs=inputs, attempt=2,
+                      outputs=["gguf", "gguf_f16"]) == "ok"
+    second = read_events(ws.job_log("quantize.2"))
+    assert any(e["kind"] == "warning" and "resuming model-Q4_K_M.gguf" in e["message"] for e in second)
+    assert ws.manifest("quantize", "gguf")["sha256"] == ref_ws.manifest("quantize", "gguf")["sha256"]
+    a = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()][-1]
+    b = [json.loads(x) for x in ref_ws.ledger_path.read_text().splitlines()][-1]
+    assert a["metrics"] == b["metrics"] and a["per_tensor"] == b["per_tensor"]

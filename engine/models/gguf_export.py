@@ -245,11 +245,13 @@ def _resume_point(journal: Path, digest: str) -> list[dict[str, Any]]:
 def export_gguf(model_dir: Path | str, out_path: Path | str, mix: str, *, backend: str = "torch",
                 device: str = "cpu", name: str | None = None,
                 on_tensor: Callable[[dict[str, Any]], None] | None = None,
-                check_cancelled: Callable[[], None] | None = None, source_id: str = "") -> list[dict[str, Any]]:
+                check_cancelled: Callable[[], None] | None = None, source_id: str = "",
+                on_resume: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Write the GGUF; returns one stats dict per tensor (name, type, rel_rmse, max_abs_err).
 
     Resumes from ``<out_path>.progress`` when it describes the same plan and ``source_id``
-    (pass the checkpoint's content hash so that a changed source starts over).
+    (pass the checkpoint's content hash so that a changed source starts over);
+    ``on_resume(done, total)`` is told where it continues.
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     kv = metadata(model_dir, mix, name)
@@ -260,6 +262,8 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, mix: str, *, backen
     if not done:
         journal.unlink(missing_ok=True)
         _append_line(journal, {"digest": digest})
+    elif on_resume:
+        on_resume(len(done), len(tensors))
     writer = GGUFStreamWriter(out_path, kv, [(p.name, p.shape, p.qtype) for p in tensors], start=len(done))
     reader = open_checkpoint(model_dir)
     stats = list(done)

@@ -70,8 +70,13 @@ def _export(ctx: StageContext, model: Path, source: str, mix: str, backend: str,
             ctx.metric("rel_rmse", rec["rel_rmse"], step=count[0], tensor=rec["name"], type=rec["type"])
             ctx.metric("max_abs_err", rec["max_abs_err"], step=count[0], tensor=rec["name"])
 
+    def on_resume(n_done: int, n_total: int) -> None:
+        count[0] = n_done
+        ctx.warning(f"resuming {out.name} at tensor {n_done + 1} of {n_total}")
+
     stats = export_gguf(model, out, mix, backend=backend, device=ctx.device, name=model.name,
-                        on_tensor=on_tensor, check_cancelled=ctx.check_cancelled, source_id=source)
+                        on_tensor=on_tensor, check_cancelled=ctx.check_cancelled, source_id=source,
+                        on_resume=on_resume)
     done.write_text(json.dumps({"source": source, "stats": stats}))
     ctx.checkpoint(1 if tag == "quant" else 2, out)
     return out_dir, stats
