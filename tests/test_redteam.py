@@ -103,12 +103,15 @@ def _snapshot(root: str) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def test_hostile_programs_are_contained(outside: str) -> None:
+@pytest.mark.parametrize("isolate_uid", [True, False], ids=["own-uid", "hook-only"])
+def test_hostile_programs_are_contained(outside: str, isolate_uid: bool) -> None:
+    """``hook-only`` is what a non-root user gets: no uid switch, so no kernel file protection."""
     programs = hostile(outside)
     assert len(programs) >= 20
     before = _snapshot(outside)
     tmp_before = set(os.listdir(tempfile.gettempdir()))
-    with SandboxPool(workers=2, limits=Limits(memory_mb=512, cpu_s=4, fsize_mb=8, nofile=64)) as pool:
+    limits = Limits(memory_mb=512, cpu_s=4, fsize_mb=8, nofile=64)
+    with SandboxPool(workers=4, limits=limits, isolate_uid=isolate_uid) as pool:
         names = list(programs)
         verdicts = pool.run_many([Job(programs[n], TEST, timeout=2.0) for n in names])
         report = {n: (v.status, v.error_type, v.blocked_op) for n, v in zip(names, verdicts, strict=True)}
