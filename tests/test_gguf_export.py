@@ -63,6 +63,15 @@ def test_q4_k_m_policy_for_qwen_7b_shapes():
         choose_type("blk.3.ffn_up.weight", (128, 256), "q3_k", 8, True)
 
 
+def test_tied_embeddings_take_the_output_type(tmp_path: Path):
+    """No output.weight: llama.cpp quantizes token_embd as the output tensor (Q6_K under Q4_K_M)."""
+    cfg = TinyConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2, tie_word_embeddings=True, seed=4)
+    model = build_tiny_model(tmp_path / "tied", cfg)
+    types = {p.name: p.qtype for p in plan(model, "q4_k_m")}
+    assert "output.weight" not in types and types["token_embd.weight"] == QType.Q6_K
+    assert types["blk.0.attn_q.weight"] == QType.Q4_K
+
+
 def _fields(reader) -> dict:
     out = {}
     for name, f in reader.fields.items():
