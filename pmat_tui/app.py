@@ -34,6 +34,7 @@ from pmat_tui.screens.help import HelpScreen
 from pmat_tui.screens.jobs import JobsScreen
 from pmat_tui.screens.log import LogScreen
 from pmat_tui.screens.memory import MemoryScreen
+from pmat_tui.widgets.header_bar import HeaderBar
 
 MIN_REFRESH_S = 0.2
 POLL_S = 1.0
@@ -46,6 +47,10 @@ class FilesChanged(Message):
     def __init__(self, watch_failed: bool = False) -> None:
         super().__init__()
         self.watch_failed = watch_failed
+
+
+class Loaded(Message):
+    """The initial fold of the logs finished."""
 
 
 class PmatApp(App):
@@ -90,16 +95,30 @@ class PmatApp(App):
         self._last_refresh = 0.0
         self._pending = False
         self.refreshes = 0
+        self.loaded = False
         if readonly:
             self.sub_title = "read-only"
 
     # -- lifecycle ------------------------------------------------------------------
     def on_mount(self) -> None:
-        self.do_refresh(force=True)
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests): nothing to hang up
+        for header in self.screen.query(HeaderBar):
+            header.loading(self.model)
+        threading.Thread(target=self._initial_fold, name="pmat-fold", daemon=True).start()
+
+    def _initial_fold(self) -> None:
+        """The first read of every log, off the UI thread: a 1 GB log takes a while, and the
+        console must still answer (q, SIGHUP) without waiting for it (a daemon thread, not a
+        worker that exit would wait for). Nothing else touches the state until Loaded."""
+        self.model.state.refresh()
+        self.post_message(Loaded())
+
+    def on_loaded(self, _: Loaded) -> None:
+        self.loaded = True
+        self.do_refresh(force=True)
         if self._watch_enabled:
             self.set_interval(POLL_S, self.request_refresh)
             self._watch()
@@ -140,6 +159,8 @@ class PmatApp(App):
     # -- refreshing -----------------------------------------------------------------
     def request_refresh(self) -> None:
         """Fold new events now, or as soon as ``MIN_REFRESH_S`` has passed since the last fold."""
+        if not self.loaded:
+            return
         wait = self._last_refresh + MIN_REFRESH_S - time.monotonic()
         if wait <= 0:
             self.do_refresh()

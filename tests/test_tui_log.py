@@ -77,6 +77,7 @@ async def _until(pilot, cond, timeout: float = 10.0) -> None:
 async def test_follow_pause_filter_pretty_rotate(app: PmatApp) -> None:
     path = app.model.ws.job_log("sft.1")
     async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
         await pilot.press("5")
         view = app.screen.query_one(LogView)
         n0 = view.rows
@@ -114,6 +115,7 @@ async def test_home_loads_older_lines(app: PmatApp, monkeypatch: pytest.MonkeyPa
     path = app.model.ws.job_log("sft.1")
     total = sum(1 for _ in open(path))
     async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
         await pilot.press("5")
         view = app.screen.query_one(LogView)
         view.open(path)
@@ -127,3 +129,41 @@ async def test_home_loads_older_lines(app: PmatApp, monkeypatch: pytest.MonkeyPa
             if view.tail.at_top:
                 break
         assert view.rows == total and view.tail.line(0).startswith(b'{"ts"')
+
+
+async def test_palette_opens_a_log_without_the_mouse(app: PmatApp) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Log: sample", "enter")
+        await _until(pilot, lambda: app.current_mode == "log")
+        view = app.screen.query_one(LogView)
+        assert app.log_target == "sample.1" and view.path == app.model.ws.job_log("sample.1")
+        await pilot.press("question_mark")
+        assert "pmat console" in "\n".join(s.text for s in app.screen._compositor.render_strips())
+        await pilot.press("escape", "1")
+        assert app.current_mode == "dag"
+
+
+async def test_quit_during_first_fold_does_not_wait(app: PmatApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge log folds in a daemon thread; the console shows that it reads and quits at once."""
+    import threading
+
+    from engine.state import PipelineState
+
+    release = threading.Event()
+    real = PipelineState.refresh
+
+    def slow(self: PipelineState) -> bool:
+        release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(PipelineState, "refresh", slow)
+    t0 = time.monotonic()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        assert not app.loaded
+        assert "reading 5 job logs" in "\n".join(s.text for s in app.screen._compositor.render_strips())
+        await pilot.press("q")
+    assert time.monotonic() - t0 < 5
+    release.set()

@@ -100,6 +100,7 @@ def _labels(app: PmatApp) -> dict[str, str]:
 async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Supervisor) -> None:
     app = PmatApp(ws)
     async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded, what="first fold")
         m = app.model
         tree = app.screen.query_one(DagTree)
         assert "ready (not requested" in _labels(app)["count"]
@@ -150,6 +151,7 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
 
     again = PmatApp(ws)  # close and reopen: the same state, rebuilt from the logs
     async with again.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: again.loaded, what="first fold")
         await pilot.pause()
         assert {s: r.status for s, r in again.model.rows.items()} == statuses
         assert _labels(again) == before
@@ -159,6 +161,7 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
 async def test_readonly_changes_nothing(ws: Workspace, supervisor: Supervisor) -> None:
     app = PmatApp(ws, readonly=True)
     async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded, what="first fold")
         app.screen.query_one(DagTree).select_stage("count")
         await pilot.pause()
         for key in ("r", "a", "c", "t", "y"):

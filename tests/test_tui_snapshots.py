@@ -30,6 +30,8 @@ def fixture_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PmatApp:
 
 def _before(*keys: str, log: str | None = None):
     async def run_before(pilot) -> None:
+        while not pilot.app.loaded:
+            await pilot.pause(0.01)
         if log:
             pilot.app.log_target = log
         for key in keys:

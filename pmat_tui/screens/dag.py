@@ -20,9 +20,15 @@ class DagScreen(ViewScreen):
             yield StageDetail(self.model, id="stage-detail")
 
     def on_mount(self) -> None:
+        self.query_one(DagTree).focus()
+        self._ensure_selection()
+
+    def _ensure_selection(self) -> None:
+        """Start on the chosen stage, else the first running one, else the first stage."""
         tree = self.query_one(DagTree)
-        tree.focus()
         rows = self.model.rows
+        if not rows and not self.papp.selected_stage:
+            return
         first = next((s for s, r in rows.items() if r.status == "running"), next(iter(tree.stage_nodes), None))
         self.papp.selected_stage = self.papp.selected_stage or first
         if self.papp.selected_stage:
@@ -31,6 +37,8 @@ class DagScreen(ViewScreen):
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         tree = self.query_one(DagTree)
+        if structural and (tree.cursor_node is None or not tree.cursor_node.data or tree.cursor_node.data.startswith("item:")):
+            self._ensure_selection()
         running = [a.stage for a in self.model.watched if a.running]
         tree.update_rows(None if structural else running)
         detail = self.query_one(StageDetail)

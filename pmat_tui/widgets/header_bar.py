@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -26,4 +28,15 @@ class HeaderBar(Static):
             t.append(" READ-ONLY ", style="bold black on yellow")
         if ov:
             t.append(f" · critical path {ov.remaining_hours:.1f}h to go", style="dim")
+        self.update(t)
+
+    def loading(self, model: ConsoleModel) -> None:
+        """Shown while the first fold reads the logs."""
+        try:
+            sizes = [e.stat().st_size for e in os.scandir(model.ws.logs_dir / "jobs") if e.name.endswith(".jsonl")]
+        except FileNotFoundError:
+            sizes = []
+        t = Text()
+        t.append(" pmat ", style="bold reverse")
+        t.append(f" {model.spec.name} · reading {len(sizes)} job logs ({sum(sizes) / 2**20:.0f} MB)…", style="bold")
         self.update(t)

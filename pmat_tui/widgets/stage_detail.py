@@ -55,6 +55,12 @@ class StageDetail(VerticalScroll):
         parts.append(head)
         if row and row.status not in ("running", "done"):
             parts.append(Text(f"why: {row.reason}", style="yellow"))
+        grant = m.state.approvals.get(stage)
+        if entry.approval == "required" and grant:
+            current = row is not None and row.approval == "approved"
+            parts.append(Text(f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}"
+                              + ("" if current else " — lapsed: the evidence changed since"),
+                              style="cyan" if current else "yellow"))
         deps = m.spec.deps(stage)
         parts.append(Text(f"kind {entry.kind} · item {entry.work_item or '-'} · after {', '.join(deps) or '-'}"
                           f" · {entry.memory_gb:g} GB est · {entry.duration_h:g} h est"
