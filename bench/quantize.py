@@ -116,6 +116,26 @@ def spot_check(model: Path, device: str, backend: str) -> bool:
     return ok
 
 
+def kernel_throughput(model: Path, device: str, backend: str) -> None:
+    """Q4_K / Q6_K weights/s of ``backend`` against the torch path on the same device and tensor."""
+    from engine.models.checkpoint import open_checkpoint
+
+    w = open_checkpoint(model).get("model.layers.0.mlp.down_proj.weight").to(device)
+    for qt in (QType.Q4_K, QType.Q6_K):
+        times = {}
+        for b in dict.fromkeys((backend, "torch")):
+            quantize(w[:8], qt, backend=b)  # compile / warm up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            quantize(w, qt, backend=b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[b] = time.perf_counter() - t0
+            print(f"{qt.name} {b:6s} on {device}: {w.numel() / times[b] / 1e6:8.1f} M weights/s ({tuple(w.shape)})")
+        print(f"{qt.name} {backend} vs torch on {device}: {times['torch'] / times[backend]:.1f}x")
+
+
 def bench_gpu(out: Path, f16: bool, device: str = "cuda", backend: str = "triton") -> int:
     from engine.models.gguf_export import export_gguf
 
@@ -124,6 +144,7 @@ def bench_gpu(out: Path, f16: bool, device: str = "cuda", backend: str = "triton
     model = build_7b(out, device)
     print(f"built random 7B-shaped checkpoint in {time.perf_counter() - t0:.1f} s: {model}")
     ok = spot_check(model, device, backend)
+    kernel_throughput(model, device, backend)
     t0 = time.perf_counter()
     stats = export_gguf(model, out / "model-Q4_K_M.gguf", "q4_k_m", backend=backend, device=device)
     secs = time.perf_counter() - t0  # export_gguf copies every tensor back to the host: synchronous
