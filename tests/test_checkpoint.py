@@ -108,3 +108,38 @@ def test_bad_checkpoint_dirs(tmp_path: Path) -> None:
         open_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="no config.json"):
         copy_side_files(tmp_path / "nothing", tmp_path / "o")
+
+
+def test_layout_mode_writes_through_in_any_order(tiny_model_dir: Path, tmp_path: Path) -> None:
+    reader = open_checkpoint(tiny_model_dir)
+    names = reader.names()
+    layout = [(n, reader.dtype(n), reader.shape(n)) for n in names]
+    out = tmp_path / "laid"
+    scratch = torch.empty(0)
+    with ShardedWriter(out, max_shard_bytes=40_000, layout=layout) as w:
+        for name in reversed(names):
+            t = reader.get(name)
+            scratch = t.clone()
+            w.add(name, scratch)
+            scratch.zero_()  # reusing the memory after add must not change what was written
+    buffered = tmp_path / "buffered"
+    _copy_model(tiny_model_dir, buffered, max_shard_bytes=40_000)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(p.name for p in buffered.glob("*.safetensors"))
+    for p in buffered.glob("*.safetensors"):
+        assert (out / p.name).read_bytes() == p.read_bytes()  # same layout, same bytes
+    assert (out / INDEX_FILE).read_text() == (buffered / INDEX_FILE).read_text()
+
+
+def test_layout_mode_errors(tmp_path: Path) -> None:
+    layout = [("a", torch.float32, (4,)), ("b", torch.bfloat16, (2, 2))]
+    with pytest.raises(ValueError, match="not in the layout"):
+        with ShardedWriter(tmp_path / "o1", 1 << 20, layout=layout) as w:
+            w.add("c", torch.zeros(4))
+    with pytest.raises(ValueError, match="layout says"):
+        with ShardedWriter(tmp_path / "o2", 1 << 20, layout=layout) as w:
+            w.add("a", torch.zeros(4, dtype=torch.float16))
+    with pytest.raises(ValueError, match="never written: b"):
+        with ShardedWriter(tmp_path / "o3", 1 << 20, layout=layout) as w:
+            w.add("a", torch.zeros(4))
+    for d in ("o1", "o2", "o3"):
+        assert list((tmp_path / d).iterdir()) == []

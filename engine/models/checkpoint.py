@@ -5,8 +5,10 @@ dropped the tokenizer on the way. Here a reader hands out single tensors from si
 or sharded safetensors checkpoints, a writer flushes shards at a size limit with an index,
 and the side files (config, generation config, tokenizer) are copied and verified by hash.
 
-Tensors are read with ``pread`` where the installed safetensors supports it, so pages of
-already-processed tensors do not stay mapped (and counted in RSS) for the whole run.
+Each ``get`` opens its shard afresh: the tensor is a view of a private mmap of the file
+that lives exactly as long as the tensor, so the pages of processed tensors do not stay
+mapped (and counted in RSS) for the rest of the run, and a tensor that passes through
+unchanged is written straight from the page cache without a copy.
 """
 
 from __future__ import annotations
@@ -64,11 +66,7 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 
 
 def _open(path: Path):
-    """safe_open with the pread backend when this safetensors has it (no lingering mmap)."""
-    try:
-        return safe_open(str(path), framework="pt", device="cpu", backend="pread")
-    except TypeError:
-        return safe_open(str(path), framework="pt", device="cpu")
+    return safe_open(str(path), framework="pt", device="cpu")
 
 
 class CheckpointReader:
@@ -178,17 +176,31 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
+Entry = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n
+
+
 class ShardedWriter:
     """Write tensors into safetensors shards of at most ``max_shard_bytes`` plus an index.
 
-    Tensors are buffered until the next one would overflow the shard, then the shard is
-    written to a temporary name and fsynced. ``close()`` renames the shards to their final
-    ``model-0000i-of-0000n.safetensors`` names (or ``model.safetensors`` when one shard)
-    and writes the index last, so a reader never sees a half-written checkpoint. Peak
-    memory is one shard plus the tensor being added.
+    Two modes. Without a ``layout``, tensors are buffered until the next one would
+    overflow the shard, then the shard is written (peak memory: one shard). With a
+    ``layout`` (every tensor's name, dtype and shape, known up front as in a merge), the
+    shard files and headers are laid out at once and ``add`` writes each tensor straight
+    to its offset (``pwrite``) in any order: nothing is buffered, the caller may reuse the
+    tensor's memory as soon as ``add`` returns, and the kernel writes back while the
+    caller computes. Either way ``close()`` fsyncs, renames the shards to their final
+    ``model-0000i-of-0000n.safetensors`` names (``model.safetensors`` when one) and writes
+    the index last, so a reader never sees a half-written checkpoint.
     """
 
-    def __init__(self, out_dir: Path | str, max_shard_bytes: int) -> None:
+    def __init__(self, out_dir: Path | str, max_shard_bytes: int, layout: list[Entry] | None = None) -> None:
         if max_shard_bytes <= 0:
             raise ValueError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
         self.out_dir = ensure_dir(Path(out_dir))
@@ -199,25 +211,68 @@ class ShardedWriter:
         self._seen: set[str] = set()
         self.total_bytes = 0
         self._closed = False
+        self._fds: list[int] = []
+        self._slots: dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]] = {}
+        if layout is not None:
+            self._lay_out(layout)
+
+    def _lay_out(self, layout: list[Entry]) -> None:
+        groups: list[list[Entry]] = []
+        size = 0
+        for name, dtype, shape in layout:
+            if dtype not in _CODES:
+                raise ValueError(f"{self.out_dir}: tensor {name!r} has unsupported dtype {dtype}")
+            n = _nbytes(dtype, tuple(shape))
+            if not groups or (size and size + n > self.max_shard_bytes) or size >= self.max_shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append((name, dtype, tuple(shape)))
+            size += n
+        for group in groups:
+            entries, offset = [], 0
+            for name, dtype, shape in group:
+                n = _nbytes(dtype, shape)
+                entries.append((name, dtype, shape, offset, offset + n))
+                offset += n
+            header = _header(entries)
+            fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".shard-", suffix=".tmp")
+            self._fds.append(fd)
+            self._shards.append((Path(tmp), [e[0] for e in entries]))
+            os.write(fd, header)
+            os.ftruncate(fd, len(header) + offset)
+            for name, dtype, shape, start, _ in entries:
+                if name in self._slots:
+                    raise ValueError(f"{self.out_dir}: tensor {name!r} twice in the layout")
+                self._slots[name] = (fd, len(header) + start, dtype, shape)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue one tensor (stored as given: cast before adding)."""
+        """Write (layout) or queue (no layout) one tensor, stored as given: cast first."""
         if self._closed:
             raise RuntimeError(f"{self.out_dir}: writer already closed")
         if name in self._seen:
             raise ValueError(f"{self.out_dir}: tensor {name!r} written twice")
         if tensor.dtype not in _CODES:
             raise ValueError(f"{self.out_dir}: tensor {name!r} has unsupported dtype {tensor.dtype}")
-        self._seen.add(name)
         t = tensor.detach().to("cpu").contiguous()
         size = t.numel() * t.element_size()
-        if self._buffer and self._buffered + size > self.max_shard_bytes:
-            self._flush()
-        self._buffer.append((name, t))
-        self._buffered += size
+        if self._slots:
+            if name not in self._slots:
+                raise ValueError(f"{self.out_dir}: tensor {name!r} is not in the layout")
+            fd, offset, dtype, shape = self._slots[name]
+            if (t.dtype, tuple(t.shape)) != (dtype, shape):
+                raise ValueError(f"{self.out_dir}: {name!r} is {t.dtype} {tuple(t.shape)}, layout says {dtype} {shape}")
+            view = _tensor_bytes(t)
+            while view:
+                view = view[os.pwrite(fd, view, offset + size - len(view)) :]
+        else:
+            if self._buffer and self._buffered + size > self.max_shard_bytes:
+                self._flush()
+            self._buffer.append((name, t))
+            self._buffered += size
+            if self._buffered >= self.max_shard_bytes:
+                self._flush()
+        self._seen.add(name)
         self.total_bytes += size
-        if self._buffered >= self.max_shard_bytes:
-            self._flush()
 
     def _flush(self) -> None:
         entries, offset = [], 0
@@ -226,21 +281,27 @@ class ShardedWriter:
             entries.append((name, t.dtype, tuple(t.shape), offset, offset + size))
             offset += size
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".shard-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+        self._fds.append(fd)
+        self._shards.append((Path(tmp), [name for name, _ in self._buffer]))
+        with open(fd, "wb", closefd=False) as fh:
             fh.write(_header(entries))
             for _, t in self._buffer:
                 fh.write(_tensor_bytes(t))
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._shards.append((Path(tmp), [name for name, _ in self._buffer]))
         self._buffer, self._buffered = [], 0
 
     def close(self) -> list[Path]:
-        """Flush, name the shards, write the index; returns the weight files."""
+        """Flush, fsync, name the shards, write the index; returns the weight files."""
         if self._closed:
             raise RuntimeError(f"{self.out_dir}: writer already closed")
+        missing = sorted(set(self._slots) - self._seen)
+        if missing:
+            raise ValueError(f"{self.out_dir}: {len(missing)} tensors of the layout never written: {', '.join(missing[:10])}")
         if self._buffer or not self._shards:
             self._flush()
+        for fd in self._fds:
+            os.fsync(fd)
+            os.close(fd)
+        self._fds = []
         self._closed = True
         n = len(self._shards)
         finals = (
@@ -261,9 +322,11 @@ class ShardedWriter:
 
     def abort(self) -> None:
         """Remove temporary shards after a failure."""
+        for fd in self._fds:
+            os.close(fd)
         for tmp, _ in self._shards:
             tmp.unlink(missing_ok=True)
-        self._buffer, self._shards, self._closed = [], [], True
+        self._fds, self._buffer, self._shards, self._closed = [], [], [], True
 
     def __enter__(self) -> ShardedWriter:
         return self
@@ -272,7 +335,11 @@ class ShardedWriter:
         if exc_type is not None:
             self.abort()
         elif not self._closed:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
 
 
 def copy_side_files(src: Path | str, dst: Path | str) -> dict[str, str]:

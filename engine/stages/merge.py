@@ -152,6 +152,23 @@ def load_adapter(adapter_dir: Path) -> LoraAdapter:
     return out
 
 
+class _Scratch:
+    """A reusable buffer: fresh multi-hundred-MB allocations cost more in page faults than
+    the arithmetic done in them (3-4x a copy into warm memory, measured on CPU)."""
+
+    def __init__(self, dtype: torch.dtype | None, device: str) -> None:
+        self.dtype, self.device = dtype, device
+        self.buf = torch.empty(0, dtype=torch.uint8, device=device)
+
+    def take(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
+        assert dtype is not None
+        need = torch.Size(shape).numel() * dtype.itemsize
+        if self.buf.numel() < need:
+            self.buf = torch.empty(need, dtype=torch.uint8, device=self.device)
+        return self.buf[:need].view(dtype).view(shape)
+
+
 @dataclass
 class MergeReport:
     tensors: int
@@ -179,13 +196,20 @@ def merge_adapter(
     adapter.check_against(base)
     targets = adapter.targets()
     names = list(base.iter_shard_order())
-    with ShardedWriter(out_dir, max_shard_bytes) as writer:
+    out_dtypes = {n: resolve_dtype(out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n)
+                  for n in names}
+    layout = [(n, out_dtypes[n], base.shape(n)) for n in names]
+    work, out = _Scratch(torch.float32, device), _Scratch(None, "cpu")
+    with ShardedWriter(out_dir, max_shard_bytes, layout=layout) as writer:
         for i, name in enumerate(names):
-            src = base.get(name)
-            dtype = resolve_dtype(out_dtype, src.dtype) if src.is_floating_point() else src.dtype
+            src = base.get(name)  # a view of the mapped shard: no copy unless it changes
+            dtype = out_dtypes[name]
             if name in targets:
-                src = adapter.apply_(name, src.to(device, torch.float32))
-            writer.add(name, src.to("cpu", dtype))
+                w = adapter.apply_(name, work.take(src.shape).copy_(src))
+                src = out.take(src.shape, dtype).copy_(w)
+            elif src.dtype != dtype:
+                src = out.take(src.shape, dtype).copy_(src)
+            writer.add(name, src)  # written through: the scratch buffers are free again
             del src
             if on_tensor:
                 on_tensor(i + 1, len(names))
