@@ -113,8 +113,12 @@ def test_prompts_chat_and_completion(tiny_model_dir: Path) -> None:
     plain = prompts.build("humaneval", he[0], "few-shot", tok)
     assert not plain.chat and plain.body and plain.text.endswith(he[0].prompt)
     assert plain.template_hash != chat.template_hash
+    forced = prompts.build("humaneval", he[0], "standard", tok, mode="completion")
+    assert not forced.chat and forced.text == he[0].prompt and forced.template_hash == plain.template_hash
     with pytest.raises(ValueError, match="MBPP"):
         prompts.build("humaneval", he[0], "asserts", tok)
+    with pytest.raises(ValueError, match="no chat template"):
+        prompts.build("humaneval", he[0], "standard", tok, mode="chat")
 
 
 @pytest.mark.parametrize(("raw", "chat", "body", "expected"), [

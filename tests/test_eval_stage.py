@@ -23,7 +23,8 @@ VOLATILE = ("job_id", "wall_s")
 
 
 def _params(**kw) -> dict:
-    base = {"benchmark": "humaneval", "strategy": "standard", "max_new_tokens": 24, "temperature": 0.8,
+    base = {"benchmark": "humaneval", "strategy": "standard", "prompt_mode": "auto", "max_new_tokens": 24,
+            "temperature": 0.8,
             "n": 2, "seed": 7, "limit": 4, "unit_problems": 2, "timeout_s": 5.0, "exec_workers": 2}
     return {**base, **kw}
 
@@ -92,7 +93,7 @@ def test_killed_and_resumed_gives_the_same_record(tmp_path: Path, tiny_model_dir
     first.wait()
     kept = results.read_bytes().count(b"\n")
     assert 2 <= kept < 10, "the kill must land mid-run"
-    assert run_inline(whole, "eval", "eval", params, {"model": tiny_model_dir}, outputs=["results"]) == "ok"
+    assert run_inline(whole, "eval", "eval", params, {"model": tiny_model_dir}, outputs=["results"]) == "ok", _error(whole, "eval.1")
     second = _run(_job(broken, 2, params, tiny_model_dir))
     assert second.wait(timeout=180) == 0
     (a,), (b,) = read_ledger(whole), read_ledger(broken)

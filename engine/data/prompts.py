@@ -75,8 +75,11 @@ def _completion(benchmark: str, problem: Problem, strategy: str, shots: list[Pro
 
 
 def build(benchmark: str, problem: Problem, strategy: str, tokenizer: Any,
-          shots: list[Problem] | None = None) -> Prompt:
-    """The prompt for one problem; ``shots`` are MBPP's few-shot problems (task_ids 2, 3, 4)."""
+          shots: list[Problem] | None = None, mode: str = "auto") -> Prompt:
+    """The prompt for one problem; ``shots`` are MBPP's few-shot problems (task_ids 2, 3, 4).
+    ``mode``: ``auto`` (chat when the tokenizer has a template), ``chat`` or ``completion``."""
+    if mode not in ("auto", "chat", "completion"):
+        raise ValueError(f"unknown prompt mode {mode!r} (expected auto, chat or completion)")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown prompt strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
     he = benchmark.startswith("humaneval")
@@ -85,10 +88,14 @@ def build(benchmark: str, problem: Problem, strategy: str, tokenizer: Any,
     if strategy == "few-shot" and not he and not shots:
         raise ValueError("MBPP few-shot needs the shot problems (task_ids 2, 3, 4 of the prompt split)")
     shots = list(shots or [])
-    chat = isinstance(getattr(tokenizer, "chat_template", None), str)
+    has_template = isinstance(getattr(tokenizer, "chat_template", None), str)
+    if mode == "chat" and not has_template:
+        raise ValueError("prompt mode 'chat' but the tokenizer has no chat template")
+    chat = has_template and mode != "completion"
     if chat:
         text = tokenizer.apply_chat_template(_messages(benchmark, problem, strategy, shots), tokenize=False,
                                              add_generation_prompt=True)
     else:
         text = _completion(benchmark, problem, strategy, shots)
-    return Prompt(text=text, chat=chat, body=he and not chat, template_hash=template_hash(tokenizer))
+    return Prompt(text=text, chat=chat, body=he and not chat,
+                  template_hash=template_hash(tokenizer) if chat else template_hash(None))

@@ -32,6 +32,7 @@ POSTPROCESS_VERSION = 1  # bump when engine/data/postprocess.py changes what it 
 class Params(StageParams):
     benchmark: Literal["humaneval", "mbpp", "humaneval_plus", "mbpp_plus"]
     strategy: str                       # standard | few-shot | asserts (MBPP)
+    prompt_mode: Literal["auto", "chat", "completion"]  # auto: chat when the tokenizer has a template
     max_new_tokens: int
     temperature: float
     n: int                              # samples per problem
@@ -117,7 +118,7 @@ def append_record(path: Path, rec: dict[str, Any]) -> None:
 
 
 def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
-    return {"strategy": params.strategy, "template_hash": tpl_hash, "max_new_tokens": params.max_new_tokens,
+    return {"strategy": params.strategy, "prompt_mode": params.prompt_mode, "template_hash": tpl_hash, "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k, "n": params.n,
             "seed": params.seed, "split": params.split, "variant": params.variant, "limit": params.limit,
             "timeout_s": params.timeout_s,
@@ -131,8 +132,12 @@ def run(ctx: StageContext, params: Params) -> None:
     model_dir = ctx.inputs["model"]
     problems, dataset_hash, shots = load_problems(params)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    built = {p.task_id: prompts.build(params.benchmark, p, params.strategy, tokenizer, shots) for p in problems}
-    tpl_hash = prompts.template_hash(tokenizer)
+    try:
+        built = {p.task_id: prompts.build(params.benchmark, p, params.strategy, tokenizer, shots, params.prompt_mode)
+                 for p in problems}
+    except ValueError as exc:
+        raise StageFailed(f"eval: {exc}") from None
+    tpl_hash = next(iter(built.values())).template_hash if built else prompts.template_hash(tokenizer)
     protocol = _protocol(params, tpl_hash)
     model_hash = content_hash(model_dir)
     fingerprint = {"model_hash": model_hash, "dataset_hash": dataset_hash, "benchmark": params.benchmark,
