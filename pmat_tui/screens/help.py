@@ -23,6 +23,10 @@ KEYS = [
 ]
 
 
+LEGEND = ("▶ running  ✔ done  … queued  ○ not requested  ◆ needs approval  ▲ waiting for memory  "
+          "✘ failed/crashed  ⊘ dependency failed  ■ cancelled  ★ critical path")
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "close")]
 
@@ -41,6 +45,7 @@ class HelpScreen(ModalScreen[None]):
                          classes="modal-text")
             with VerticalScroll(classes="modal-scroll"):
                 yield Static(t)
+                yield Static(LEGEND, classes="modal-text")
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)
