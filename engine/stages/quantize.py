@@ -20,8 +20,9 @@ from typing import Any, Literal
 import torch
 
 from engine.models.checkpoint import checkpoint_hash, open_checkpoint
-from engine.models.gguf_export import export_gguf, gguf_to_hf
+from engine.models.gguf_export import export_gguf, gguf_to_hf, plan
 from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.workspace import atomic_write_json
 
 CHECK_TEXT = (
     "<|im_start|>user\nWrite a function that returns the 3 largest numbers, e.g. [10, 250, 7].<|im_end|>\n"
@@ -60,7 +61,7 @@ def _export(ctx: StageContext, model: Path, source: str, mix: str, backend: str,
         prev = json.loads(done.read_text())
         if prev.get("source") == source:
             return out_dir, prev["stats"]
-    total = len(open_checkpoint(model).names())
+    total = len(plan(model, mix))
     count = [0]
 
     def on_tensor(rec: dict[str, Any]) -> None:
@@ -77,7 +78,7 @@ def _export(ctx: StageContext, model: Path, source: str, mix: str, backend: str,
     stats = export_gguf(model, out, mix, backend=backend, device=ctx.device, name=model.name,
                         on_tensor=on_tensor, check_cancelled=ctx.check_cancelled, source_id=source,
                         on_resume=on_resume)
-    done.write_text(json.dumps({"source": source, "stats": stats}))
+    atomic_write_json(done, {"source": source, "stats": stats})
     ctx.checkpoint(1 if tag == "quant" else 2, out)
     return out_dir, stats
 
