@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -117,8 +118,6 @@ class _Slot:
         end = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         while b"\n" not in self.buf:
-            import select
-
             if not select.select([fd], [], [], max(0.0, end - time.monotonic()))[0]:
                 return None
             chunk = os.read(fd, 1 << 20)
@@ -197,9 +196,14 @@ class SandboxPool:
         self.network = "namespace" if self.net_prefix else "in-process"
         self.base = tempfile.mkdtemp(prefix="pmat-sandbox-")
         os.chmod(self.base, 0o711)
-        self.slots = [_Slot(i, self) for i in range(self.workers)]  # all start at once
-        for slot in self.slots:
-            slot.wait_ready()
+        self.slots: list[_Slot] = []
+        try:
+            self.slots = [_Slot(i, self) for i in range(self.workers)]  # all start at once
+            for slot in self.slots:
+                slot.wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> SandboxPool:
         return self
