@@ -23,6 +23,8 @@ from engine.models.checkpoint import checkpoint_hash, open_checkpoint
 from engine.models.gguf_export import export_gguf, gguf_to_hf, plan
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
+from kernels.quant.formats import QType
+from kernels.quant.vectorized import quantize
 
 CHECK_TEXT = (
     "<|im_start|>user\nWrite a function that returns the 3 largest numbers, e.g. [10, 250, 7].<|im_end|>\n"
@@ -95,9 +97,27 @@ def _tokenizer_check(model: Path, gguf_dir: Path, text: str) -> None:
         raise StageFailed(f"GGUF tokenizer differs from the source at token {first}: {a[first:first + 5]} vs {b[first:first + 5]}")
 
 
+def _backend(ctx: StageContext, params: Params) -> str:
+    """Triton on a GPU when it compiles there and agrees with the torch path on a probe block."""
+    if params.backend != "auto":
+        return params.backend
+    if not ctx.device.startswith("cuda"):
+        return "torch"
+    try:
+        gen = torch.Generator(device=ctx.device).manual_seed(0)
+        x = torch.randn(4, 512, generator=gen, device=ctx.device)
+        for qt in (QType.Q4_K, QType.Q6_K, QType.Q8_0):
+            if not torch.equal(quantize(x, qt, backend="triton"), quantize(x, qt, backend="torch")):
+                raise RuntimeError(f"{qt.name} bytes differ from the torch path")
+        return "triton"
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the (identical-bytes) torch path
+        ctx.warning(f"Triton quantizer not used on {ctx.device} ({exc}); torch path instead (same bytes)")
+        return "torch"
+
+
 def run(ctx: StageContext, params: Params) -> None:
     model = Path(ctx.inputs["model"])
-    backend = params.backend if params.backend != "auto" else ("triton" if ctx.device.startswith("cuda") else "torch")
+    backend = _backend(ctx, params)
     source_hash = checkpoint_hash(model)
     qdir, stats = _export(ctx, model, source_hash, params.mix, backend, "quant")
     fdir, _ = _export(ctx, model, source_hash, "f16", backend, "f16")
