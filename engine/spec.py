@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
+PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)$")
 GIB = 1 << 30
 
 
@@ -152,6 +153,9 @@ def _check_refs(spec: PipelineSpec, where: str) -> None:
             raise SpecError(f"{where}: stages.{name}.work_item: unknown work item {st.work_item!r}")
         for key, ref in st.inputs.items():
             _check_ref(spec, ref, f"{where}: stages.{name}.inputs.{key}")
+        for key, dataset in param_refs(st.params):
+            if dataset not in spec.datasets:
+                raise SpecError(f"{where}: stages.{name}.params.{key}: unknown dataset {dataset!r}")
     for name, entry in spec.models.items():
         if (entry.path is None) == (entry.artifact is None):
             raise SpecError(f"{where}: models.{name}: expected exactly one of 'path' or 'artifact'")
@@ -170,6 +174,17 @@ def _check_refs(spec: PipelineSpec, where: str) -> None:
         refs = {"checkpoint": crit.checkpoint} if crit.checkpoint else {f"checkpoints.{k}": v for k, v in crit.checkpoints.items()}
         for key, ref in refs.items():
             _check_ref(spec, ref, f"{where}: acceptance.{name}.{key}")
+
+
+def param_refs(params: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(key path, dataset name) of every ``dataset:NAME`` value in stage parameters."""
+    if isinstance(params, dict):
+        return [r for k, v in params.items() for r in param_refs(v, f"{prefix}{k}.")]
+    if isinstance(params, list):
+        return [r for i, v in enumerate(params) for r in param_refs(v, f"{prefix}{i}.")]
+    if isinstance(params, str) and (m := PARAM_REF_RE.match(params)):
+        return [(prefix.rstrip("."), m.group(1))]
+    return []
 
 
 def _check_ref(spec: PipelineSpec, ref: str, where: str) -> None:

@@ -25,7 +25,7 @@ from engine.dag import topo_order, why_not_running
 from engine.events import EventWriter
 from engine.memory import GIB, admission_headroom, meminfo
 from engine.procs import ProcIdentity, reap_children, spawn_detached
-from engine.refs import resolve_ref
+from engine.refs import resolve_params, resolve_ref
 from engine.spec import PipelineSpec, load_spec
 from engine.stages.base import JobSpec, load_stage
 from engine.stages.run import params_hash
@@ -165,7 +165,8 @@ class Supervisor:
             module = load_stage(entry.kind)
             inputs = {k: Path(self.resolve(v)) for k, v in entry.inputs.items()}
             if all(p.exists() for p in inputs.values() if not str(p).startswith("package:")):
-                need = max(need, int(module.memory_estimate(module.Params(**entry.params), inputs)))
+                params = resolve_params(self.spec, self.ws, dict(entry.params), self.ws.spec_path.parent)
+                need = max(need, int(module.memory_estimate(module.Params(**params), inputs)))
         except Exception as exc:  # noqa: BLE001 - an estimate that fails falls back to the spec's
             print(f"memory estimate of {stage} failed: {exc}", file=sys.stderr)
         learned = [a.peak_rss for a in self.state.stage(stage).attempts if a.outcome == "ok"]
@@ -205,15 +206,16 @@ class Supervisor:
         attempt = len(self.state.stage(stage).attempts) + 1
         job_id = f"{stage}.{attempt}"
         module = load_stage(entry.kind)
+        params = resolve_params(self.spec, self.ws, dict(entry.params), self.ws.spec_path.parent)
         job = JobSpec(
             job_id=job_id,
             stage=stage,
             kind=entry.kind,
             attempt=attempt,
             workspace=str(self.ws.root),
-            params=dict(entry.params),
+            params=params,
             inputs={k: self.resolve(v) for k, v in entry.inputs.items()},
-            params_hash=params_hash(entry.params),
+            params_hash=params_hash(params),
             outputs=list(getattr(module, "OUTPUTS", {})),
             device=entry.device,
             seed=entry.seed,
