@@ -1,12 +1,12 @@
 """The console under load: first frame, idle CPU, event-to-screen latency, RSS with a 1 GB log.
 
-A generated workspace of 200 jobs and 100k events; the console runs headless in a
-child process (real watchfiles, real refresh path, Textual's compositor renders
-every frame; only the terminal write is absent). Baselines run in the same
+A generated workspace of 200 jobs and 100k events; the console runs in a child
+process, headless (real watchfiles, real refresh path, Textual's compositor renders
+every frame; only the terminal write is absent) or, with --tmux, in a tmux pane. Baselines run in the same
 invocation: the bare state fold (first frame), the console with no writers (CPU),
 the console on a small log (RSS).
 
-    python bench/console.py [--jobs 200] [--events 100000] [--seconds 15] [--big-mb 1024]
+    python bench/console.py [--jobs 200] [--events 100000] [--seconds 15] [--big-mb 1024] [--tmux]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _status(path: str = "self") -> dict[str, int]:
 
 
 # -- child: the console, headless --------------------------------------------------
-def child(ws_root: str, seconds: float, out: str, log: str | None) -> None:
+def child(ws_root: str, seconds: float, out: str, log: str | None, terminal: bool) -> None:
     from engine.workspace import Workspace
     from pmat_tui.app import PmatApp
 
@@ -66,24 +66,44 @@ def child(ws_root: str, seconds: float, out: str, log: str | None) -> None:
     def ready() -> None:
         if log:
             app.switch_mode("log")
-        Path(out + ".ready").write_text(str(app.first_frame or time.time()))
+        Path(out + ".ready").write_text(json.dumps({"pid": os.getpid(), "first_frame": app.first_frame}))
 
-    app.run(headless=True, size=(160, 48))
+    app.run(headless=not terminal, size=None if terminal else (160, 48))
     Path(out).write_text(json.dumps({"t0": t0, "first_frame": app.first_frame, "stamps": app.stamps, **_status()}))
 
 
-def spawn(ws: Path, seconds: float, out: Path, log: str | None = None) -> tuple[subprocess.Popen, float]:
-    argv = [sys.executable, __file__, "--child", str(ws), "--seconds", str(seconds), "--out", str(out)]
-    if log:
-        argv += ["--log", log]
-    start = time.time()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ready = Path(str(out) + ".ready")
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise SystemExit(f"console child failed: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.01)
-    return proc, start
+class Child:
+    """The console in a child process: headless, or in a real terminal (a tmux pane)."""
+
+    def __init__(self, ws: Path, seconds: float, out: Path, log: str | None = None, tmux: bool = False) -> None:
+        argv = [sys.executable, __file__, "--child", str(ws), "--seconds", str(seconds), "--out", str(out)]
+        argv += ["--log", log] if log else []
+        self.out, self.tmux, self.proc = out, tmux, None
+        self.start = time.time()
+        if tmux:
+            cmd = " ".join(argv + ["--terminal"])
+            subprocess.run(["tmux", "new-session", "-d", "-s", f"pmatbench{os.getpid()}", "-x", "160", "-y", "48",
+                            "-c", os.getcwd(), cmd], check=True)
+        else:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ready = Path(str(out) + ".ready")
+        deadline = time.time() + 600
+        while not ready.exists():
+            if (self.proc is not None and self.proc.poll() is not None) or time.time() > deadline:
+                raise SystemExit(f"console child failed: {self.proc.stderr.read().decode()[-2000:] if self.proc else 'tmux'}")
+            time.sleep(0.01)
+        time.sleep(0.05)
+        self.pid = json.loads(ready.read_text())["pid"]
+
+    def wait(self) -> dict:
+        while not self.out.exists():
+            time.sleep(0.05)
+        time.sleep(0.1)
+        if self.proc is not None:
+            self.proc.wait()
+        if self.tmux:
+            subprocess.run(["tmux", "kill-session", "-t", f"pmatbench{os.getpid()}"], capture_output=True)
+        return json.loads(self.out.read_text())
 
 
 def cpu_s(pid: int) -> float:
@@ -132,9 +152,11 @@ def main() -> int:
     ap.add_argument("--child")
     ap.add_argument("--out")
     ap.add_argument("--log")
+    ap.add_argument("--terminal", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tmux", action="store_true", help="run the console in a real terminal (a tmux pane), not headless")
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.seconds, args.out, args.log)
+        child(args.child, args.seconds, args.out, args.log, args.terminal)
         return 0
 
     from engine.state import load_state
@@ -150,25 +172,24 @@ def main() -> int:
 
     # 1) first frame, 2) idle CPU with and without writers, 3) latency
     total = args.seconds + 8
-    proc, spawned = spawn(ws.root, total, tmp / "a.json")
+    con = Child(ws.root, total, tmp / "a.json", tmux=args.tmux)
     time.sleep(2.0)
-    c0, w0 = cpu_s(proc.pid), time.monotonic()
+    c0, w0 = cpu_s(con.pid), time.monotonic()
     time.sleep(3.0)
-    idle_base = (cpu_s(proc.pid) - c0) / (time.monotonic() - w0)
+    idle_base = (cpu_s(con.pid) - c0) / (time.monotonic() - w0)
     running = [f"s{k:03d}" for k in range(args.jobs - 3, args.jobs)]
     logs: dict[str, list] = {s: [] for s in running}
     per_job = args.events * 5 // 6 // args.jobs
     threads = [threading.Thread(target=writer, args=(ws.job_log(f"{s}.1"), 10.0, args.seconds, per_job * 4, per_job * 100, logs[s]))
                for s in running]
-    c0, w0 = cpu_s(proc.pid), time.monotonic()
+    c0, w0 = cpu_s(con.pid), time.monotonic()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    busy = (cpu_s(proc.pid) - c0) / (time.monotonic() - w0)
-    proc.wait()
-    res = json.loads((tmp / "a.json").read_text())
-    first_frame = res["first_frame"] - spawned
+    busy = (cpu_s(con.pid) - c0) / (time.monotonic() - w0)
+    res = con.wait()
+    first_frame = res["first_frame"] - con.start
     in_process = res["first_frame"] - res["t0"]
     lat = []
     stamps = res["stamps"]
@@ -189,18 +210,15 @@ def main() -> int:
 
     # 4) RSS with a 1 GB log open in the log view (baseline: the same view on a small log)
     small = write_fixture(tmp / "small")
-    proc, _ = spawn(small.root, 3.0, tmp / "small.json", log="sample.1")
-    proc.wait()
-    base = json.loads((tmp / "small.json").read_text())
+    base = Child(small.root, 3.0, tmp / "small.json", log="sample.1", tmux=args.tmux).wait()
     big = write_fixture(tmp / "big")
     size = big_log(big.job_log("sample.1"), args.big_mb)
-    proc, spawned = spawn(big.root, 3.0, tmp / "big.json", log="sample.1")
-    proc.wait()
-    got = json.loads((tmp / "big.json").read_text())
+    con = Child(big.root, 3.0, tmp / "big.json", log="sample.1", tmux=args.tmux)
+    got = con.wait()
     rss_mb, hwm_mb = got["VmRSS"] / 2**20, got["VmHWM"] / 2**20
     print(f"log of {size / 2**20:.0f} MiB open: RSS {rss_mb:.0f} MB, peak {hwm_mb:.0f} MB "
           f"(small log: {base['VmRSS'] / 2**20:.0f} MB; ratio {got['VmRSS'] / base['VmRSS']:.2f}x); "
-          f"first frame {got['first_frame'] - spawned:.1f} s (the fold reads the whole log once)")
+          f"first full frame {got['first_frame'] - con.start:.1f} s (the fold reads the whole log once)")
 
     def line(name: str, value: float, target: float, fmt: str) -> None:
         print(f"BENCH {name} {value:{fmt}} {target:{fmt}} {'PASS' if value <= target else 'MISS'}")

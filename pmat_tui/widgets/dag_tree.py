@@ -8,10 +8,19 @@ from textual.widgets.tree import TreeNode
 
 from engine.dag import topo_order, work_item_order
 from engine.overview import StageRow
-from pmat_tui.fmt import fmt_duration
+from pmat_tui.fmt import fmt_duration, fmt_num
 from pmat_tui.model import ConsoleModel, status_mark
 
 CRITICAL = "★"
+
+
+def coarse_eta(s: float | None) -> str:
+    """Minutes at most: a label that changes every second would repaint the tree every second."""
+    if s is None:
+        return "-"
+    if s >= 3600:
+        return fmt_duration(s - s % 60)
+    return f"{int(s // 60)}m" if s >= 60 else "<1m"
 
 
 def stage_label(row: StageRow, width: int = 18) -> Text:
@@ -21,8 +30,11 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
     t.append(CRITICAL if row.critical else " ", style="bold #ff8700")
     t.append(f" {row.stage:<{width}} ", style="bold" if row.status == "running" else "")
     if row.status == "running":
-        pct = f"{100 * (row.done or 0) / row.total:.0f}%" if row.total else "running"
-        t.append(f"{pct} ETA {fmt_duration(row.eta_s)}", style=style)
+        if row.total:
+            t.append(f"{fmt_num(row.done)}/{fmt_num(row.total)} {row.unit} {100 * (row.done or 0) / row.total:.0f}%", style=style)
+        else:
+            t.append(f"{fmt_num(row.done)} {row.unit}", style=style)
+        t.append(f" ETA {coarse_eta(row.eta_s)}", style=style)
     elif row.status == "done":
         t.append("done", style=style)
     else:
