@@ -67,7 +67,7 @@ def teacher(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def distill_params(**over) -> dict:
     p = dict(n=2, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=32, seed=0, keep_per_prompt=2, strategy="asserts",
-             data_path=str(MBPP_DIR), unit_prompts=2, exec_workers=2)
+             data_path=str(MBPP_DIR), unit_prompts=2, exec_workers=2, reference_when_none_pass=False)
     p.update(over)
     return p
 
@@ -106,6 +106,19 @@ def test_distill_keeps_passing_clean_completions_and_trains_the_student(
                      inputs={"model": tiny_model_dir, "data": ws.artifact_path("distill", "data")},
                      outputs=["adapter"])
     assert sft == "ok", read_events(ws.job_log("sft.1"))[-1]
+
+
+def test_unsolved_train_problems_fall_back_to_flagged_references(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    params = distill_params(task_ids=KNOWN, reference_when_none_pass=True)
+    out = run_inline(ws, "distill", "distill", params=params, inputs={"teacher": tiny_teacher_dir}, outputs=["data"])
+    assert out == "ok", read_events(ws.job_log("distill.1"))[-1]
+    rows = [json.loads(x) for x in ws.artifact_path("distill", "data").read_text().splitlines()]
+    by_id = {p.task_id: p for p in mbpp.load(MBPP_DIR, "train")[0]}
+    assert sorted(r["task_id"] for r in rows) == sorted(KNOWN)  # a random teacher solves none of them
+    assert all(r["completion_is_reference"] and r["completion"] == by_id[r["task_id"]].canonical_solution for r in rows)
+    rec = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()][-1]
+    assert rec["metrics"]["reference_rows"] == len(KNOWN)
 
 
 def test_eval_splits_are_refused(teacher: Path, tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ class Params(StageParams):
     max_new_tokens: int = Field(gt=0)
     seed: int
     keep_per_prompt: int = Field(gt=0)      # distinct passing programs kept per problem
+    reference_when_none_pass: bool          # a train problem no teacher sample solves contributes its
+                                            # reference solution, flagged (demo teachers solve nothing)
     strategy: Literal["standard", "few-shot", "asserts"]  # engine.data.prompts, as the sample stage uses
     data_path: str                          # directory holding mbpp.jsonl
     splits: tuple[str, ...] = ("train",)
@@ -135,9 +137,14 @@ def run(ctx: StageContext, params: Params) -> None:
 
     records = [r for r in read_lines(gen_path) if r["task_id"] in by_id]
     kept = select(records, params.keep_per_prompt)
+    if params.reference_when_none_pass:
+        solved = {r["task_id"] for r in kept}
+        kept += [{"task_id": p.task_id, "sample": None, "prompt": built[p.task_id].text, "code": p.canonical_solution,
+                  "raw_completion": None, "reference": True} for p in problems if p.task_id not in solved]
     rows = [{"prompt": r["prompt"], "completion": r["code"], "task_id": r["task_id"], "sample": r["sample"],
              "raw_completion": r["raw_completion"], "teacher_hash": teacher_hash,
              "teacher_path": str(ctx.inputs["teacher"]), "sampling": sampling, "strategy": params.strategy,
+             "completion_is_reference": bool(r.get("reference")),
              "template_hash": next(iter(built.values())).template_hash} for r in kept]
     hits = index.scan([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     if hits:
@@ -154,7 +161,8 @@ def run(ctx: StageContext, params: Params) -> None:
     metrics = {"prompts": float(len(problems)), "samples": float(len(records)),
                "teacher_pass_rate": passed / max(len(records), 1), "rows": float(len(rows)),
                "problems_skipped_contaminated": float(len(leaked.rows)),
-               "rows_dropped_contaminated": float(len(hits.rows))}
+               "rows_dropped_contaminated": float(len(hits.rows)),
+               "reference_rows": float(sum(r["completion_is_reference"] for r in rows))}
     for name, value in metrics.items():
         ctx.metric(name, value)
     ctx.record_result({"benchmark": "distill", "model_hash": teacher_hash, "model_path": str(ctx.inputs["teacher"]),
