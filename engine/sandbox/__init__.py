@@ -1,0 +1,18 @@
+"""Execution of model-written programs, with verdicts the program cannot forge.
+
+Processes, per pool slot:
+
+- the manager (``pool.SandboxPool``, in the caller) dispatches jobs and enforces the
+  wall clock by SIGKILL of process groups;
+- a warm template (``template.py``), started in its own network namespace where the OS
+  allows, pre-imports what programs use, pre-forks one confined child per check
+  *before* it reads that check's job, and then runs the check's tests itself
+  (``runner.py``): it never executes program code;
+- the child (``child.py``): own session and group, temp cwd, rlimits, its own uid when
+  the pool runs as root (RLIMIT_NPROC 1: no fork, no threads), an audit hook that ends
+  it on a forbidden operation. It loads the program and answers calls.
+
+Only plain data crosses the socket (``wire.py``), so asserts compare values the trusted
+side built itself, with its own builtins and modules. A verdict counts only when the
+template's report carries the nonce the manager gave it for that job.
+"""

@@ -93,6 +93,8 @@ def _warm_up() -> None:
 
 
 class Template:
+    """One slot's template: pre-fork a child, run the next job's tests against it, clean up."""
+
     def __init__(self, cfg: dict[str, Any], out: int) -> None:
         self.base: str = cfg["base"]
         self.uid: int | None = cfg.get("uid")
