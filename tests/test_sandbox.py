@@ -124,3 +124,11 @@ def test_cli_prints_verdict_json(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(tmp_path / "no.py")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no.py" in missing.stderr
+
+
+def test_tests_that_spin_on_the_trusted_side_are_timed_out(pool: SandboxPool) -> None:
+    """The program answers at once but the tests loop on its answer: the manager kills the
+    template running them, restarts it, and the next check runs normally."""
+    v = run(pool, "def f():\n    return 1\n", "x = f()\nwhile x:\n    pass\n", timeout=1.0)
+    assert v.status == "timeout"
+    assert pool.healthy() and run(pool, ADD).passed
