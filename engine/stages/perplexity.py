@@ -29,9 +29,12 @@ OUTPUTS: dict[str, str] = {}
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
-    weights = sum(p.stat().st_size for p in Path(inputs["model"]).glob("*.safetensors"))
+    """Weights (doubled when a bf16 checkpoint is read as float32) + three fp32 logit-sized buffers."""
+    model = Path(inputs["model"])
+    weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     factor = 2 if params.dtype in ("float32", "fp32") else 1
-    return weights * factor + params.window * 152_064 * 4 * 3 + (1 << 30)
+    vocab = int(json.loads((model / "config.json").read_text()).get("vocab_size", 152_064))
+    return weights * factor + params.window * vocab * 4 * 3 + (1 << 30)
 
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
