@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Tree
@@ -9,6 +11,8 @@ from textual.widgets import Tree
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.dag_tree import DagTree
 from pmat_tui.widgets.stage_detail import StageDetail
+
+DETAIL_EVERY_S = 2.0  # a running stage's details (attempts, log tail) redraw at most this often
 
 
 class DagScreen(ViewScreen):
@@ -42,7 +46,9 @@ class DagScreen(ViewScreen):
         running = [a.stage for a in self.model.watched if a.running]
         tree.update_rows(None if structural else running)
         detail = self.query_one(StageDetail)
-        if structural or (detail.stage and self.model.rows.get(detail.stage) and self.model.rows[detail.stage].status == "running"):
+        row = self.model.rows.get(detail.stage or "")
+        live = row is not None and row.status == "running" and time.monotonic() - detail.shown_at > DETAIL_EVERY_S
+        if structural or live:
             detail.show(self.papp.selected_stage)
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:

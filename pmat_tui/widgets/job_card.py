@@ -20,6 +20,7 @@ class JobCard(Vertical, can_focus=True):
         super().__init__(id=f"job-{job_id.replace('.', '-').replace('/', '-')}", classes="job-card", **kw)
         self.job_id = job_id
         self.stage = job_id.rpartition(".")[0]
+        self._shown: dict[str, object] = {}
 
     def compose(self) -> ComposeResult:
         yield Label(self.job_id, classes="job-title")
@@ -35,6 +36,17 @@ class JobCard(Vertical, can_focus=True):
                 yield Label("", classes="spark-label")
                 yield Sparkline([], classes=f"{short}-spark")
 
+    def _set(self, selector: str, value: object) -> None:
+        """Update a child only when its value changed: Label.update re-lays the card out."""
+        if self._shown.get(selector) == value:
+            return
+        self._shown[selector] = value
+        widget = self.query_one(selector)
+        if isinstance(widget, Sparkline):
+            widget.data = value  # type: ignore[assignment]
+        else:
+            widget.update(value)  # type: ignore[attr-defined]
+
     def update_job(self, a: Attempt, st: StageState, now: float) -> None:
         status = a.outcome or ("running" if a.running else "queued")
         style = {"running": "bold green", "ok": "green", "failed": "bold red", "cancelled": "magenta", "crashed": "bold red"}.get(status, "")
@@ -44,24 +56,24 @@ class JobCard(Vertical, can_focus=True):
             title.append("  cancelling…", style="magenta")
         if a.warnings:
             title.append(f"  ⚠ {a.warnings[-1][:60]}", style="yellow")
-        self.query_one(".job-title", Label).update(title)
+        self._set(".job-title", title)
         bar = self.query_one(ProgressBar)
         if a.total:
             bar.update(total=a.total, progress=a.done)
         count = f"{fmt_num(a.done)}/{fmt_num(a.total)} {a.unit}" if a.total else f"{fmt_num(a.done)} {a.unit}"
-        self.query_one(".job-count", Label).update(count)
+        self._set(".job-count", count)
         rate, eta = st.rate_eta(now)
         elapsed = ((a.finished_at or now) - a.started_at) if a.started_at else None
         gpu = fmt_bytes(a.gpu) if a.gpu is not None else "-"
         stats = (f"rate {fmt_rate(rate * 3600 if rate else None, a.unit)} · ETA {fmt_duration(eta) if a.running else '-'}"
                  f" · elapsed {fmt_duration(elapsed)} · RSS {fmt_bytes(a.rss or None)} · GPU {gpu}")
-        self.query_one(".job-stats", Label).update(stats)
+        self._set(".job-stats", stats)
         rates = [r * 3600 for r in st.rate_series(48)]
-        self.query_one(".rate-spark", Sparkline).data = rates or [0.0]
+        self._set(".rate-spark", rates or [0.0])
         for name, short in CURVES:
             series = [v for _, v in a.metric_series(name) if isinstance(v, int | float)]
             box = self.query_one(f".curve-{short}", Horizontal)
             box.display = bool(series)
             if series:
-                box.query_one(".spark-label", Label).update(f"{short} {series[0]:.3g}→{series[-1]:.3g} ")
-                box.query_one(f".{short}-spark", Sparkline).data = series[-200:]
+                self._set(f".curve-{short} .spark-label", f"{short} {series[0]:.3g}→{series[-1]:.3g} ")
+                self._set(f".{short}-spark", series[-200:])

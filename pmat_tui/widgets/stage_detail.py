@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -30,6 +31,7 @@ class StageDetail(VerticalScroll):
         super().__init__(**kw)
         self.model = model
         self.stage: str | None = None
+        self.shown_at = 0.0
         self.body = Static(id="stage-detail-body")
 
     def compose(self):
@@ -37,6 +39,7 @@ class StageDetail(VerticalScroll):
 
     def show(self, stage: str | None) -> None:
         self.stage = stage
+        self.shown_at = time.monotonic()
         self.body.update(self.render_stage() if stage in self.model.spec.stages else Text("Select a stage.", style="dim"))
 
     def render_stage(self) -> RenderableType:
