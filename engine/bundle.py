@@ -64,10 +64,21 @@ def model_card(ws: Workspace, spec: PipelineSpec, model_name: str, license_id: s
     return "\n".join(lines) + "\n"
 
 
+def single_gguf(path: Path) -> Path:
+    """The GGUF file itself, or the one GGUF inside an artifact directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.gguf"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{path}: expected exactly one .gguf file, found {len(found)}")
+    return found[0]
+
+
 def write_bundle(out: Path, ws: Workspace, spec: PipelineSpec, *, gguf: Path, model: Path, model_name: str,
                  license_id: str, progress: Callable[..., None] | None = None) -> None:
     out.mkdir(parents=True)
-    shutil.copyfile(gguf, out / "model.gguf")
+    shutil.copyfile(single_gguf(gguf), out / "model.gguf")
     shutil.copytree(model, out / "checkpoint")
     if progress:
         progress(1, 3, "steps")

@@ -47,11 +47,6 @@ class GateResult:
         return self.__dict__.copy()
 
 
-class _Missing(Exception):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
         ast.Eq: operator.eq, ast.NotEq: operator.ne}
@@ -68,7 +63,12 @@ def _dotted(node: ast.AST) -> str:
 
 def evaluate_expr(expr: str, lookup) -> Any:
     """Evaluate a restricted expression: numbers, dotted names, + - * /, comparisons,
-    and/or/not, max/min/abs. ``lookup(dotted_name)`` gives a value or raises _Missing."""
+    and/or/not, max/min/abs. ``lookup(dotted_name)`` gives a value or None (no data).
+
+    Three-valued: an unknown operand makes a comparison unknown (None), but
+    ``False and unknown`` is False and ``True or unknown`` is True, so a gate that
+    already fails on the data present says so.
+    """
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
@@ -78,24 +78,32 @@ def evaluate_expr(expr: str, lookup) -> Any:
         if isinstance(node, ast.Name | ast.Attribute):
             return lookup(_dotted(node))
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
-            return _BIN[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return not ev(node.operand)
+            a, b = ev(node.left), ev(node.right)
+            return None if a is None or b is None else _BIN[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.Not):
+            v = ev(node.operand)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else not v)
         if isinstance(node, ast.BoolOp):
             vals = [ev(v) for v in node.values]
-            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+            decisive = isinstance(node.op, ast.Or)  # the value that settles it: True for or, False for and
+            if any(v is not None and bool(v) is decisive for v in vals):
+                return decisive
+            return None if any(v is None for v in vals) else not decisive
         if isinstance(node, ast.Compare):
-            left = ev(node.left)
+            left, unknown = ev(node.left), False
             for op, right_node in zip(node.ops, node.comparators, strict=True):
                 right = ev(right_node)
-                if type(op) not in _CMP or not _CMP[type(op)](left, right):
+                if type(op) not in _CMP:
+                    raise ValueError(f"unsupported comparison {type(op).__name__}")
+                if left is None or right is None:
+                    unknown = True
+                elif not _CMP[type(op)](left, right):
                     return False
                 left = right
-            return True
+            return None if unknown else True
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
-            return _FUNCS[node.func.id](*[ev(a) for a in node.args])
+            args = [ev(a) for a in node.args]
+            return None if any(a is None for a in args) else _FUNCS[node.func.id](*args)
         raise ValueError(f"unsupported expression element {ast.dump(node)[:40]}")
 
     return ev(ast.parse(expr, mode="eval"))
@@ -155,9 +163,10 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
     paths = {alias: resolve_ref(spec, ws, ref, ws.spec_path.parent) for alias, ref in refs.items()}
     res = GateResult(name, "no_data", crit.expr, crit.description, checkpoints=hashes)
     want = crit.protocol
-    stale: list[str] = []
+    stale: set[str] = set()
+    missing: set[str] = set()
 
-    def lookup(dotted: str) -> float:
+    def lookup(dotted: str) -> float | None:
         parts = dotted.split(".")
         alias = "" if crit.checkpoint else parts.pop(0)
         if alias not in refs or len(parts) != 2:
@@ -169,8 +178,9 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
                 and any(metric_key(k) == metric for k in (r.get("metrics") or {}))]
         if not mine:
             if any(r.get("model_path") == paths[alias] for r in recs):
-                stale.append(dotted)
-            raise _Missing(dotted)
+                stale.add(dotted)
+            missing.add(dotted)
+            return None
         rec = mine[-1]
         value = next(v for k, v in rec["metrics"].items() if metric_key(k) == metric)
         res.values[dotted] = value
@@ -178,38 +188,18 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
         res.newest_record_ts = max(res.newest_record_ts or 0, rec.get("ts") or 0) or None
         return value
 
-    try:
-        ok = evaluate_expr(crit.expr, lookup)
-    except _Missing:
-        missing = []
-        for dotted in _names(crit.expr):  # look every name up, so the verdict lists all that is missing
-            try:
-                lookup(dotted)
-            except _Missing:
-                missing.append(dotted)
-        res.missing = missing
-        res.evidence = sorted(set(res.evidence))
-        res.outcome = "stale" if stale else "no_data"
-        res.reason = f"{'stale' if stale else 'no data'}: {', '.join(missing)}"
-        return res
+    ok = evaluate_expr(crit.expr, lookup)
+    res.missing = sorted(missing)
     res.evidence = sorted(set(res.evidence))
-    res.outcome = "pass" if ok else "fail"
     shown = ", ".join(f"{k} = {v:.4g}" for k, v in res.values.items())
-    res.reason = f"{'holds' if ok else 'fails'}: {crit.expr} with {shown}"
+    gap = f"{'stale' if stale else 'no data'}: {', '.join(res.missing)}"
+    if ok is None:
+        res.outcome = "stale" if stale else "no_data"
+        res.reason = gap + (f" (have {shown})" if shown else "")
+    else:
+        res.outcome = "pass" if ok else "fail"
+        res.reason = f"{'holds' if ok else 'fails'}: {crit.expr} with {shown}" + (f"; {gap}" if missing else "")
     return res
-
-
-def _names(expr: str) -> list[str]:
-    out = []
-    for node in ast.walk(ast.parse(expr, mode="eval")):
-        if isinstance(node, ast.Attribute):
-            try:
-                d = _dotted(node)
-            except ValueError:
-                continue
-            if not any(o.startswith(d + ".") for o in out):
-                out = [o for o in out if not d.startswith(o + ".")] + [d]
-    return out
 
 
 def evaluate_gates(spec: PipelineSpec, ws: Workspace) -> dict[str, GateResult]:

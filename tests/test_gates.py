@@ -55,10 +55,15 @@ def record(ws, bench, model_hash, value, path, **extra):
 
 def test_expression_language():
     vals = {"a.x": 1.0, "b.y": 2.0}
-    assert evaluate_expr("a.x < b.y and max(a.x, b.y) == 2", vals.__getitem__)
-    assert evaluate_expr("b.y - a.x >= 1 or not a.x", vals.__getitem__)
+    assert evaluate_expr("a.x < b.y and max(a.x, b.y) == 2", vals.get)
+    assert evaluate_expr("b.y - a.x >= 1 or not a.x", vals.get)
     with pytest.raises(ValueError):
-        evaluate_expr("__import__('os')", vals.__getitem__)
+        evaluate_expr("__import__('os')", vals.get)
+    # three-valued: a missing name leaves the verdict open unless the rest settles it
+    assert evaluate_expr("a.x < 2 and c.z > 1", vals.get) is None
+    assert evaluate_expr("a.x > 2 and c.z > 1", vals.get) is False
+    assert evaluate_expr("a.x < 2 or c.z > 1", vals.get) is True
+    assert evaluate_expr("max(a.x, c.z) > 0", vals.get) is None
     assert metric_key("pass@1") == "pass_at_1" and metric_key("rewards/margins") == "rewards_margins"
 
 
@@ -77,6 +82,15 @@ def test_teacher_score_never_satisfies_the_gate(tmp_path):
     assert g.evidence == ["ledger:3", "ledger:4"]
     record(ws, "mbpp", m["sha256"], 0.81, path)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "pass"
+
+
+def test_a_gate_failing_on_present_data_fails_despite_missing_data(tmp_path):
+    ws, spec, _ = setup_ws(tmp_path)
+    m = publish_model(ws, tmp_path, "final", b"7B final")
+    record(ws, "humaneval", m["sha256"], 0.5, ws.artifact_path("final", "output"))
+    g = evaluate_gates(spec, ws)["AC-022"]
+    assert g.outcome == "fail" and g.missing == ["mbpp.pass_at_1"]
+    assert "humaneval.pass_at_1 = 0.5" in g.reason and "no data: mbpp.pass_at_1" in g.reason
 
 
 def test_results_of_an_older_checkpoint_are_stale(tmp_path):
