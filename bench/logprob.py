@@ -3,9 +3,10 @@
     python bench/logprob.py                  # CPU, reduced: vocab / 4, hidden / 8, 4 x 256 tokens, fp32
     python bench/logprob.py --device cuda    # full size: vocab 152,064, hidden 3,584, 4 x 1,024 tokens, bf16
 
-Each (variant, head) pair runs in a fresh spawned process so peaks do not mix: peak = GPU
+Each peak is measured in a fresh spawned process so peaks do not mix: peak = GPU
 ``max_memory_allocated`` (CUDA) or the rise of VmHWM (CPU) above the inputs, over one
-forward + backward with a non-uniform upstream gradient (as DPO gives). Two heads: a
+forward + backward with a non-uniform upstream gradient (as DPO gives). Time: one more
+process alternates the two variants, best of ``--reps`` steps each after warm-up. Two heads: a
 trainable lm_head (grad for hidden and weight) and a frozen one (LoRA: grad for hidden).
 Targets: chunked <= 25% of full's peak memory at <= 1.3x its time.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,12 +32,15 @@ def _vm_kib(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
-def _measure(cfg: dict, variant: str, head: str, queue: mp.Queue) -> None:
-    """Child process: build inputs, measure the peak of one step, then time ``reps`` steps."""
+def _child(cfg: dict, head: str, variant: str | None, queue: mp.Queue) -> None:
+    """Child process. ``variant`` given: the peak of one step of it. None: both variants
+    timed alternately (full, chunked, full, ...) so a shared box's load drifts hit both."""
     import torch
 
     from kernels.logprob import reference_token_logprobs, token_logprobs
 
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
     dev, dtype = torch.device(cfg["device"]), getattr(torch, cfg["dtype"])
     g = torch.Generator(device="cpu").manual_seed(0)
     n = cfg["batch"] * cfg["seq"]
@@ -47,56 +50,56 @@ def _measure(cfg: dict, variant: str, head: str, queue: mp.Queue) -> None:
     targets = torch.randint(0, cfg["vocab"], (n,), generator=g).to(dev)
     coef = torch.randn(n, generator=g).to(dev)
 
-    def step() -> None:
-        hidden.grad = weight.grad = None
-        if variant == "full":
-            lp = reference_token_logprobs(hidden, weight, targets)
-        else:
-            lp = token_logprobs(hidden, weight, targets, chunk_size=cfg["chunk"], backend=cfg["backend"])
-        (lp * coef).sum().backward()
-
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    # the gradients' own storage counts: it is part of what one step costs in both variants
-    if dev.type == "cuda":
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        sync()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        step()  # first-call costs (BLAS buffers, thread pools) are not the variant's
+    def step(which: str) -> None:
         hidden.grad = weight.grad = None
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS (Linux >= 4.0)
-        base = _vm_kib("VmRSS")
-        step()
-        peak = (_vm_kib("VmHWM") - base) * 1024
-    for _ in range(cfg["warmup"]):
-        step()
-    sync()
-    times = []
-    for _ in range(cfg["reps"]):
-        t0 = time.perf_counter()
-        step()
+        if which == "full":
+            lp = reference_token_logprobs(hidden, weight, targets)
+        else:
+            lp = token_logprobs(hidden, weight, targets, chunk_size=cfg["chunk"], backend=cfg["backend"])
+        (lp * coef).sum().backward()
         sync()
-        times.append(time.perf_counter() - t0)
-    queue.put({"peak": peak, "time": statistics.median(times)})
+
+    if variant is not None:  # the gradients' own storage counts: both variants pay it
+        if dev.type == "cuda":
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step(variant)
+            queue.put(torch.cuda.max_memory_allocated() - base)
+        else:
+            step(variant)  # first-call costs (BLAS buffers, thread pools) are not the variant's
+            hidden.grad = weight.grad = None
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS (Linux >= 4.0)
+            base = _vm_kib("VmRSS")
+            step(variant)
+            queue.put((_vm_kib("VmHWM") - base) * 1024)
+        return
+    times: dict[str, list[float]] = {"full": [], "chunked": []}
+    for i in range(cfg["warmup"] + cfg["reps"]):
+        for which in ("full", "chunked"):
+            t0 = time.perf_counter()
+            step(which)
+            if i >= cfg["warmup"]:
+                times[which].append(time.perf_counter() - t0)
+    queue.put({k: min(v) for k, v in times.items()})  # best of reps
 
 
-def run_one(cfg: dict, variant: str, head: str) -> dict:
+def in_child(cfg: dict, head: str, variant: str | None):
     # a fixed mmap threshold makes glibc return every large free to the OS, so RSS tracks live tensors
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(cfg, variant, head, queue))
+    proc = ctx.Process(target=_child, args=(cfg, head, variant, queue))
     proc.start()
+    result = queue.get()
     proc.join()
     if proc.exitcode != 0:
-        raise SystemExit(f"bench/logprob: {variant}/{head} child failed with exit code {proc.exitcode}")
-    return queue.get()
+        raise SystemExit(f"bench/logprob: {head}/{variant or 'timing'} child failed with exit code {proc.exitcode}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"])
     ap.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, help="CPU threads (default 1 on CPU: steadier on a shared box)")
     a = ap.parse_args(argv)
     full = a.device == "cuda"
     cfg = {
@@ -125,15 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         "backend": a.backend,
         "warmup": a.warmup,
         "reps": a.reps,
+        "threads": a.threads or (0 if full else 1),
     }
     print("config", " ".join(f"{k}={v}" for k, v in cfg.items()))
     lines = []
     for head in ("trainable", "frozen"):
-        res = {v: run_one(cfg, v, head) for v in ("full", "chunked")}
-        for v, r in res.items():
-            print(f"{head:9s} head {v:7s}: peak {r['peak'] / 2**20:9.1f} MiB  time {r['time'] * 1e3:9.1f} ms")
-        mem = res["chunked"]["peak"] / res["full"]["peak"]
-        tim = res["chunked"]["time"] / res["full"]["time"]
+        peak = {v: in_child(cfg, head, v) for v in ("full", "chunked")}
+        secs = in_child(cfg, head, None)
+        for v in ("full", "chunked"):
+            print(f"{head:9s} head {v:7s}: peak {peak[v] / 2**20:9.1f} MiB  time {secs[v] * 1e3:9.1f} ms")
+        mem = peak["chunked"] / peak["full"]
+        tim = secs["chunked"] / secs["full"]
         print(f"{head:9s} head chunked/full: memory {mem:.3f}  time {tim:.3f}")
         tag = "logprob" if head == "trainable" else "logprob_frozen_head"
         lines.append(f"BENCH {tag}_peak_mem_ratio {mem:.3f} {MEM_TARGET} {'PASS' if mem <= MEM_TARGET else 'MISS'}")
