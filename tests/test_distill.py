@@ -13,6 +13,7 @@ import torch
 
 from engine.data import decontam, mbpp, prompts
 from engine.events import read_events
+from engine.stages.distill import reference_code
 from engine.stages.run import run_inline
 from engine.workspace import Workspace, content_hash
 from tests.test_sft import MBPP_DIR, chat_prompt, one_thread, sft_params  # noqa: F401 - autouse fixture
@@ -116,7 +117,7 @@ def test_unsolved_train_problems_fall_back_to_flagged_references(tiny_teacher_di
     rows = [json.loads(x) for x in ws.artifact_path("distill", "data").read_text().splitlines()]
     by_id = {p.task_id: p for p in mbpp.load(MBPP_DIR, "train")[0]}
     assert sorted(r["task_id"] for r in rows) == sorted(KNOWN)  # a random teacher solves none of them
-    assert all(r["completion_is_reference"] and r["completion"] == by_id[r["task_id"]].canonical_solution for r in rows)
+    assert all(r["completion_is_reference"] and r["completion"] == reference_code(by_id[r["task_id"]]) for r in rows)
     rec = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()][-1]
     assert rec["metrics"]["reference_rows"] == len(KNOWN)
 

@@ -78,6 +78,11 @@ def load_problems(params: Params) -> tuple[list[mbpp.Problem], str]:
     return sorted(problems, key=lambda p: int(p.task_id.rsplit("/", 1)[-1])), digest
 
 
+def reference_code(problem: mbpp.Problem) -> str:
+    """MBPP's reference solution as training text: its CRLF line ends made LF."""
+    return problem.canonical_solution.replace("\r\n", "\n").rstrip() + "\n"
+
+
 def select(records: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
     """Passing records, distinct programs, at most ``keep`` per task, in (task, sample) order."""
     out, seen, count = [], set(), {}
@@ -139,7 +144,7 @@ def run(ctx: StageContext, params: Params) -> None:
     kept = select(records, params.keep_per_prompt)
     if params.reference_when_none_pass:
         solved = {r["task_id"] for r in kept}
-        kept += [{"task_id": p.task_id, "sample": None, "prompt": built[p.task_id].text, "code": p.canonical_solution,
+        kept += [{"task_id": p.task_id, "sample": None, "prompt": built[p.task_id].text, "code": reference_code(p),
                   "raw_completion": None, "reference": True} for p in problems if p.task_id not in solved]
     rows = [{"prompt": r["prompt"], "completion": r["code"], "task_id": r["task_id"], "sample": r["sample"],
              "raw_completion": r["raw_completion"], "teacher_hash": teacher_hash,
