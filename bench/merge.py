@@ -4,8 +4,8 @@ Builds a random Qwen2.5-Coder-7B-shaped bf16 checkpoint (sharded; ``--shape 7b``
 ~15.2 GB, ``--shape small`` ~0.3 GB for a CPU box) and a rank-16 adapter on every linear
 layer, then runs, each in a fresh subprocess that reports its own peak RSS:
 
-  floor   read every shard and write the same bytes to new files (fsync): the I/O floor
-  copy    the same tensors through CheckpointReader -> ShardedWriter with no math
+  floor   read every shard into one reused buffer and write the bytes to new files (fsync)
+  copy    the same tensors through CheckpointReader -> ShardedWriter (write-through), no math
   ours    engine.stages.merge.merge_adapter (streamed, fp32 math on --device)
   peft    AutoModelForCausalLM.from_pretrained + PeftModel + merge_and_unload + save_pretrained
 
@@ -50,16 +50,20 @@ def _child(mode: str, base: Path, adapter: Path, out: Path, device: str, shard_b
     t0 = time.perf_counter()
     if mode == "floor":
         out.mkdir(parents=True)
+        buf = bytearray(64 << 20)  # one warm buffer: the floor pays no page faults of its own
+        view = memoryview(buf)
         for src in sorted(base.glob("*.safetensors")):
-            with open(src, "rb") as fi, open(out / src.name, "wb") as fo:
-                while block := fi.read(64 << 20):
-                    fo.write(block)
-                fo.flush()
+            with open(src, "rb", buffering=0) as fi, open(out / src.name, "wb", buffering=0) as fo:
+                while n := fi.readinto(buf):
+                    chunk = view[:n]
+                    while chunk:  # raw writes may be partial
+                        chunk = chunk[fo.write(chunk) :]
                 os.fsync(fo.fileno())
     elif mode == "copy":
         reader = open_checkpoint(base)
-        with ShardedWriter(out, shard_bytes) as w:
-            for name in reader.iter_shard_order():
+        names = list(reader.iter_shard_order())
+        with ShardedWriter(out, shard_bytes, layout=[(n, reader.dtype(n), reader.shape(n)) for n in names]) as w:
+            for name in names:
                 w.add(name, reader.get(name))
     elif mode == "ours":
         merge_adapter(base, adapter, out, out_dtype=None, max_shard_bytes=shard_bytes, device=device)

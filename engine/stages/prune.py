@@ -38,7 +38,7 @@ class Params(StageParams):
     sparsity: float  # fraction pruned per output row (2:4 means exactly 0.5)
     calibration: Calibration | None = None  # required for wanda, refused for magnitude
     batch_size: int = 8
-    max_shard_bytes: int = 1 << 30
+    max_shard_bytes: int = 4 << 30  # output file size only: shards are written through
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -68,7 +68,7 @@ def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     ckpt = open_checkpoint(inputs["model"])
     largest = max(ckpt.nbytes(n) // ckpt.dtype(n).itemsize for n in ckpt.names()) * 4
     if params.method == "magnitude":
-        return params.max_shard_bytes + 4 * largest + (700 << 20)
+        return 4 * largest + (700 << 20)
     calib = params.calibration
     assert calib is not None
     acts = calib.nsamples * calib.seqlen * int(ckpt.config.get("hidden_size", 0)) * 4 * 3
@@ -179,7 +179,8 @@ def run(ctx: StageContext, params: Params) -> None:
     pruned = _wanda(ctx, params, model_dir) if params.method == "wanda" else {}
     report: dict[str, float] = {}
     zeros = total = 0
-    with ShardedWriter(out, params.max_shard_bytes) as writer:
+    layout = [(n, reader.dtype(n), reader.shape(n)) for n in reader.iter_shard_order()]
+    with ShardedWriter(out, params.max_shard_bytes, layout=layout) as writer:
         for i, name in enumerate(reader.iter_shard_order()):
             ctx.check_cancelled()
             t = reader.get(name)

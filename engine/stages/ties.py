@@ -62,7 +62,7 @@ class Params(StageParams):
     ties: TiesParams | None = None  # required when method is ties
     slerp: SlerpParams | None = None  # required when method is slerp
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None  # None: the base's dtype
-    max_shard_bytes: int = 1 << 30
+    max_shard_bytes: int = 4 << 30  # output file size only: shards are written through
 
     @model_validator(mode="after")
     def _method_block(self) -> Params:
@@ -112,10 +112,11 @@ class Specialist:
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
-    """~10 fp32 copies of the largest tensor (two deltas, trims, stack, masks) + a shard."""
+    """~10 fp32 copies of the largest tensor (base, two deltas, trims, stack, masks); the
+    writer buffers nothing."""
     base = open_checkpoint(inputs["base"])
     largest = max(base.nbytes(n) // base.dtype(n).itemsize for n in base.names()) * 4
-    return params.max_shard_bytes + 10 * largest + (800 << 20)
+    return 10 * largest + (800 << 20)
 
 
 def _float_names(base: CheckpointReader) -> list[str]:
@@ -156,7 +157,12 @@ def run(ctx: StageContext, params: Params) -> None:
     names = list(base.iter_shard_order())
     per_tensor: dict[str, dict[str, float]] = {}
     totals = {"naive": 0, "trimmed": 0, "elected": 0, "numel": 0}
-    with ShardedWriter(out, params.max_shard_bytes) as writer:
+    layout = [
+        (n, resolve_dtype(params.out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n),
+         base.shape(n))
+        for n in names
+    ]
+    with ShardedWriter(out, params.max_shard_bytes, layout=layout) as writer:
         for i, name in enumerate(names):
             ctx.check_cancelled()
             raw = base.get(name)
