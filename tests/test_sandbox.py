@@ -132,3 +132,12 @@ def test_tests_that_spin_on_the_trusted_side_are_timed_out(pool: SandboxPool) ->
     v = run(pool, "def f():\n    return 1\n", "x = f()\nwhile x:\n    pass\n", timeout=1.0)
     assert v.status == "timeout"
     assert pool.healthy() and run(pool, ADD).passed
+
+
+def test_lazy_iterables_iterate_but_do_not_equal_lists(pool: SandboxPool) -> None:
+    program = ("def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+               "def doubled(xs):\n    return map(lambda x: 2 * x, xs)\n"
+               "def keys(d):\n    return d.keys()\n")
+    assert run(pool, program, "assert list(evens(5)) == [0, 2, 4]\nassert sorted(doubled([2, 1])) == [2, 4]\n"
+                              "assert list(doubled(evens(3))) == [0, 4]\nassert keys({1: 2}) == {1}\n").passed
+    assert run(pool, program, "assert doubled([1]) == [2]\n").status == "failed"  # a map is not a list

@@ -90,6 +90,8 @@ class Connection:
     def _out(self, value: Any) -> Any:
         if isinstance(value, Remote):
             return value._enc
+        if isinstance(value, wire.Iterated):  # handed back in: as the list it iterates as
+            return {"l": [self._out(v) for v in value]}
         if type(value) in (list, tuple, set, frozenset):
             return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[type(value)]: [self._out(v) for v in value]}
         if type(value) is dict:

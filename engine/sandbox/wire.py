@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+import types
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
@@ -22,6 +23,36 @@ MAX_MESSAGE = 64 << 20  # bytes; a larger reply is a protocol error, not a hang
 MAX_DEPTH = 200
 MAX_ITEMS = 1_000_000
 _HEADER = struct.Struct("!I")
+
+
+_SETLIKE = (type({}.keys()), type({}.items()))
+_ITERATED = (*_SETLIKE, type({}.values()), range, types.GeneratorType, map, filter, zip, reversed, enumerate)
+
+
+class Iterated:
+    """A lazy iterable (generator, map, range, dict view...) materialized in the child.
+
+    It iterates like the original; it equals only itself, except the set-like dict views
+    (``keys()``, ``items()``), which compare as sets, as they do in Python.
+    """
+
+    __slots__ = ("items", "setlike")
+
+    def __init__(self, items: list[Any], setlike: bool) -> None:
+        self.items, self.setlike = items, setlike
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of the items
+        return iter(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if self.setlike and isinstance(other, (set, frozenset, Iterated)):
+            return set(self) == set(other)
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<iterated {self.items!r}>"
 
 
 class ProtocolError(Exception):
@@ -88,6 +119,8 @@ def encode(value: Any, make_ref: Callable[[Any], int], depth: int = 0, budget: l
         return {"b": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, complex):
         return {"c": [complex.__complex__(value).real, complex.__complex__(value).imag]}
+    if type(value) in _ITERATED or type(value).__module__ == "itertools":
+        return {"it": [rec(v) for v in value], "set": type(value) in _SETLIKE}
     if type(value) is Decimal:
         return {"dec": str(value)}
     if type(value) is Fraction:
@@ -124,6 +157,8 @@ def decode(obj: Any, make_ref: Callable[[int, str], Any], depth: int = 0) -> Any
                 return Decimal(str(obj["dec"]))
             if "frac" in obj:
                 return Fraction(int(obj["frac"][0]), int(obj["frac"][1]))
+            if "it" in obj:
+                return Iterated([rec(v) for v in obj["it"]], bool(obj.get("set")))
             if "ref" in obj:
                 return make_ref(int(obj["ref"]), str(obj.get("type", "?")))
         except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
