@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.events import read_events
 from engine.models.checkpoint import open_checkpoint
+from engine.stages.merge import Params, memory_estimate
 from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file
 from kernels.lora import lora_delta_ref, lora_scale, merge_lora_
@@ -170,6 +171,8 @@ def test_merge_peak_rss_flat_in_layers(tmp_path: Path) -> None:
         res = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(base), str(adapter), str(tmp_path / f"o{layers}")],
                              capture_output=True, text=True, check=True)
         peaks[layers] = int(res.stdout)
+        estimate = memory_estimate(Params(), {"model": base, "adapter": adapter})
+        assert peaks[layers] <= estimate, (peaks, estimate)  # admission never under-reserves
     layer_bytes = sum(2 * math.prod(d) for n, d in tensor_shapes(shape).items() if n.startswith("model.layers.0."))
     # 12 extra layers would add ~12 * layer_bytes (~205 MB) if anything accumulated.
     assert peaks[16] - peaks[4] < 3 * layer_bytes, peaks

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.models.checkpoint import (
@@ -40,7 +41,7 @@ _LORA_KEY = re.compile(r"^(?P<mod>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lo
 
 class Params(StageParams):
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None  # None: the base's dtype
-    max_shard_bytes: int = 1 << 30
+    max_shard_bytes: int = 4 << 30  # output file size only: shards are written through
 
 
 INPUTS = {"model": "base HF checkpoint dir (safetensors)", "adapter": "peft LoRA adapter dir"}
@@ -226,12 +227,22 @@ def merge_adapter(
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
-    """One output shard + four fp32 copies of the largest tensor + the adapter + runtime."""
+    """fp32 + output scratch of the largest adapted tensor, the mapped pages of the largest
+    tensor, the adapter and the runtime; the writer buffers nothing. (7B shape: ~2.4 GB
+    estimated, 1.8 GB measured.)"""
     base = open_checkpoint(inputs["model"])
-    largest = max(base.nbytes(n) // base.dtype(n).itemsize for n in base.names()) * 4
     adapter = Path(inputs["adapter"]) / ADAPTER_WEIGHTS
+    adapted = [0]
+    if adapter.is_file():
+        with safe_open(str(adapter), framework="pt") as fh:
+            for key in fh.keys():
+                m = _LORA_KEY.match(key.removeprefix(PREFIX))
+                name = f"{m['mod']}.weight" if m else ""
+                if name in base:
+                    adapted.append(base.nbytes(name) // base.dtype(name).itemsize)
+    mapped = max(base.nbytes(n) for n in base.names())
     adapter_bytes = adapter.stat().st_size if adapter.is_file() else 0
-    return params.max_shard_bytes + 4 * largest + 2 * adapter_bytes + (700 << 20)
+    return max(adapted) * (4 + 4) + mapped + 2 * adapter_bytes + (700 << 20)
 
 
 def run(ctx: StageContext, params: Params) -> None:
