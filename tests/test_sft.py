@@ -190,6 +190,30 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, s
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_sigterm_saves_a_checkpoint_then_cancels(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    params = sft_params(max_steps=40, save_steps=100)  # no scheduled save before the signal
+    inputs = {"model": tiny_model_dir, "data": sft_data}
+    ws = Workspace(tmp_path / "ws").init()
+    job = JobSpec(job_id="sft.1", stage="sft", kind="sft", attempt=1, workspace=str(ws.root), params=params,
+                  inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
+                  outputs=["adapter"], device="cpu", seed=0)
+    job.save(ws.job_file(job.job_id))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(e["kind"] == "metric" and e["name"] == "loss" for e in read_events(ws.job_log("sft.1"))):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == 3  # engine.stages.run: cancelled
+    events = read_events(ws.job_log("sft.1"))
+    saved = [e for e in events if e["kind"] == "checkpoint"]
+    assert events[-1]["outcome"] == "cancelled" and len(saved) == 1 and 1 <= saved[0]["step"] < 40
+    assert (Path(saved[0]["path"]) / "trainer_state.json").is_file()
+
+
 def test_params_have_no_hyperparameter_defaults(tiny_model_dir: Path) -> None:
     full = sft_params()
     for key in ("learning_rate", "lora_rank", "target_modules", "save_steps", "max_length", "quantization"):
