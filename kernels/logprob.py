@@ -167,7 +167,9 @@ _ROWS = {"torch": (_torch_rows_forward, _torch_rows_grad_), "triton": (_triton_r
 class ChunkedLogProb(torch.autograd.Function):
     """log p(target) per row of ``hidden @ weight.T`` with O(chunk) logits memory (see module doc)."""
 
+    # the backward's recomputed logits must see the forward's autocast state (bf16 training)
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 valid: torch.Tensor, chunk_size: int, backend: str, stats: bool, precompute: bool):
         rows_forward, rows_grad = _ROWS[backend]
@@ -196,6 +198,7 @@ class ChunkedLogProb(torch.autograd.Function):
         return logp, out[2].masked_fill(~valid, 0.0), out[3].masked_fill(~valid, 0.0), top & valid
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad_logp: torch.Tensor, *_: Any):
         hidden, weight, targets, valid, lse, dlp_dh = ctx.saved_tensors
         g = torch.where(valid, grad_logp.float(), 0.0)

@@ -85,3 +85,17 @@ def test_no_grad_path_and_bad_inputs() -> None:
         token_logprobs(hidden[:, :5], weight, targets)
     with pytest.raises(ValueError, match="backend"):
         token_logprobs(hidden, weight, targets, backend="cuda")
+
+
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_bf16_inputs_stay_close_to_full_logits(weight_grad: bool) -> None:
+    """Low-precision slabs go through fp32 for the softmax; bf16 rounding is the only gap."""
+    hidden, weight, targets = _inputs(4)
+    hidden, weight = hidden.bfloat16(), weight.bfloat16()
+    ref = _grads(reference_token_logprobs, hidden, weight, targets, weight_grad)
+    got = _grads(lambda h, w, t: token_logprobs(h, w, t, chunk_size=8, backend="torch"),
+                 hidden, weight, targets, weight_grad)
+    assert got[1].dtype == torch.bfloat16
+    for r, x in zip(ref, got, strict=True):
+        if r is not None:
+            torch.testing.assert_close(x.float(), r.float(), rtol=2e-2, atol=2e-2)
