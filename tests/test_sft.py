@@ -214,6 +214,35 @@ def test_sigterm_saves_a_checkpoint_then_cancels(tiny_model_dir: Path, sft_data:
     assert (Path(saved[0]["path"]) / "trainer_state.json").is_file()
 
 
+def test_chunked_head_matches_full_logits_under_peft(tiny_model_dir: Path) -> None:
+    """The path TRL's trainers call (``fused_lm_head=True``) now runs kernels.logprob on labelled tokens."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as the trainers do
+    peft_model = get_peft_model(model, _train.lora_config(4, 8, 0.0, ["q_proj", "v_proj"]))
+    _train.install_chunked_head(peft_model.get_base_model(), chunk_size=3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :4] = -100  # a prompt
+    out = peft_model(input_ids=ids, labels=labels, fused_lm_head=True)
+    logits = peft_model(input_ids=ids).logits[:, :-1].float()  # the plain forward is untouched
+    ref = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1) * (labels[:, 1:] != -100)
+    torch.testing.assert_close(out.log_probs, ref, rtol=1e-5, atol=1e-5)
+    p = logits.softmax(-1)
+    ent = -(p * logits.log_softmax(-1)).sum(-1) * (labels[:, 1:] != -100)
+    torch.testing.assert_close(out.entropy, ent, rtol=1e-4, atol=1e-4)
+    grads = []
+    for lp in (out.log_probs, ref):
+        peft_model.zero_grad()
+        lp.sum().backward(retain_graph=True)
+        grads.append({n: q.grad.clone() for n, q in peft_model.named_parameters() if q.requires_grad})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
 def test_params_have_no_hyperparameter_defaults(tiny_model_dir: Path) -> None:
     full = sft_params()
     for key in ("learning_rate", "lora_rank", "target_modules", "save_steps", "max_length", "quantization"):
