@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 _BINS = 1 << 16
+_CHUNK = 1 << 24  # elements per step of KthLargest: bounds its int64 temporaries to ~256 MB
 
 
 def trim_ref(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -133,12 +134,13 @@ class KthLargest:
 
     def update(self, x: torch.Tensor) -> None:
         """Feed one tensor of the stream (same order in both passes)."""
-        bits = self._bits(x)
-        if self.pass_no == 1:
-            self.hist += torch.bincount(bits >> 16, minlength=_BINS).cpu()
-        else:
-            sel = bits[(bits >> 16) == self.high] & 0xFFFF
-            self.hist += torch.bincount(sel, minlength=_BINS).cpu()
+        for chunk in x.detach().reshape(-1).split(_CHUNK):
+            bits = self._bits(chunk)
+            if self.pass_no == 1:
+                self.hist += torch.bincount(bits >> 16, minlength=_BINS).cpu()
+            else:
+                sel = bits[(bits >> 16) == self.high] & 0xFFFF
+                self.hist += torch.bincount(sel, minlength=_BINS).cpu()
 
     def _locate(self, want: int) -> tuple[int, int]:
         """Bin holding the want-th largest and the count strictly above that bin."""
@@ -173,13 +175,16 @@ class KthLargest:
         """Mask of the entries of ``x`` among the k largest (call in stream order)."""
         if self.threshold_bits is None:
             raise RuntimeError("KthLargest: keep_mask before both passes")
-        bits = self._bits(x)
-        keep = bits > self.threshold_bits
-        at = bits == self.threshold_bits
-        n_at = int(at.sum())
-        take = min(n_at, self.ties_left)
-        self.ties_left -= take
-        return _fill_ties(keep, at, take).reshape(x.shape)
+        flat = x.detach().reshape(-1)
+        out = torch.empty(flat.shape, dtype=torch.bool, device=flat.device)
+        for start in range(0, flat.numel(), _CHUNK):
+            bits = self._bits(flat[start : start + _CHUNK])
+            keep = bits > self.threshold_bits
+            at = bits == self.threshold_bits
+            take = min(int(at.sum()), self.ties_left)
+            self.ties_left -= take
+            out[start : start + bits.numel()] = _fill_ties(keep, at, take)
+        return out.reshape(x.shape)
 
 
 def global_trim_ref(deltas: Sequence[torch.Tensor], density: float) -> list[torch.Tensor]:

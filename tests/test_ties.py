@@ -64,7 +64,11 @@ def test_elected_sign_rule_and_disjoint_mean_by_hand() -> None:
     assert sign_conflicts([a, b]) == 2
 
 
-def test_global_threshold_matches_concatenated_reference() -> None:
+@pytest.mark.parametrize("chunk", [7, 1 << 24])
+def test_global_threshold_matches_concatenated_reference(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kernels.ties
+
+    monkeypatch.setattr(kernels.ties, "_CHUNK", chunk)  # 7: ties and thresholds straddle chunk edges
     torch.manual_seed(0)
     tensors = [torch.randn(40, 30), torch.randn(7), torch.randn(64, 12).round(decimals=1)]
     total = sum(t.numel() for t in tensors)
