@@ -111,14 +111,14 @@ def test_sampling_follows_the_distribution() -> None:
 
 def test_candidate_path_is_exact_and_falls_back() -> None:
     g = torch.Generator().manual_seed(0)
-    peaked = torch.randn(64, 1000, generator=g) * 6
+    peaked = torch.randn(64, 1000, generator=g) * 3  # top-64 mass 0.90 to 0.9996 at T=0.8
     flat = torch.randn(64, 1000, generator=g) * 0.01
     keys = torch.tensor([sample_key(3, i) for i in range(64)])
     steps = torch.full((64,), 5)
     ones, zeros = torch.ones(64), torch.zeros(64, dtype=torch.long)
     for top_k in (zeros, zeros + 20):
-        full, _ = sample_rows(peaked, ones * 0.8, ones * 0.9, top_k, keys, steps, True, 0)
-        fast, fell = sample_rows(peaked, ones * 0.8, ones * 0.9, top_k, keys, steps, True, 64)
+        full, _ = sample_rows(peaked, ones * 0.8, ones * 0.85, top_k, keys, steps, True, 0)
+        fast, fell = sample_rows(peaked, ones * 0.8, ones * 0.85, top_k, keys, steps, True, 64)
         assert not fell and torch.equal(full, fast)
     full, _ = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 0)
     fast, fell = sample_rows(flat, ones, ones * 0.9, zeros, keys, steps, True, 64)

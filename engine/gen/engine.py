@@ -60,24 +60,21 @@ def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return _lsr(x, 40).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def _nucleus(vals: torch.Tensor, lse: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Probabilities of descending-sorted candidates after top-k then top-p (others 0).
+def _draw(cum: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor, top_p: torch.Tensor,
+          k_eff: torch.Tensor, mass_k: torch.Tensor) -> torch.Tensor:
+    """Token from descending-sorted cumulative probabilities ``cum`` after top-k, then top-p.
 
-    ``lse`` is the log-normaliser of the distribution top-p is taken over: the whole
-    vocabulary, or the top-k survivors when top-k cut first (transformers' order).
+    The kept set is a prefix: the first ``k_eff`` entries cut to the shortest prefix holding
+    ``top_p`` x ``mass_k`` (the top-k mass). The draw is the first entry whose cumulative
+    probability exceeds ``u`` x (kept mass): never a zero-probability entry.
     """
-    probs = torch.exp(vals - lse[:, None])
-    rank = torch.arange(vals.shape[-1], device=vals.device)[None]
-    keep = ((top_k[:, None] <= 0) | (rank < top_k[:, None])) & ((probs.cumsum(-1) - probs) < top_p[:, None])
-    return probs * keep
-
-
-def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index drawn from unnormalised ``probs`` by the uniforms ``u`` (never a zero-probability one)."""
-    cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True).squeeze(1)
-    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(probs.dtype).argmax(-1)
-    return torch.minimum(choice, last)
+    last = cum.shape[-1] - 1
+    keep = torch.searchsorted(cum, (top_p * mass_k)[:, None].contiguous(), right=False) + 1
+    keep = torch.minimum(keep, k_eff[:, None])
+    total = cum.gather(1, (keep - 1).clamp(max=last))
+    choice = torch.minimum(torch.searchsorted(cum, (u[:, None] * total).contiguous(), right=True), keep - 1)
+    choice = choice.clamp(max=last)
+    return (idx.gather(1, choice) if idx is not None else choice).squeeze(1)
 
 
 def sample_rows(
@@ -89,41 +86,42 @@ def sample_rows(
     steps: torch.Tensor,
     filtered: bool,
     candidates: int = 0,
+    greedy_rows: bool = True,
 ) -> tuple[torch.Tensor, bool]:
     """Next token per row: argmax where temp == 0, else temperature, top-k, top-p sampling.
 
     Semantics follow transformers' warpers: temperature, then top-k, then the smallest
-    descending prefix of probability >= top_p. ``filtered`` False (no row uses top-k or
-    top-p) samples the whole softmax without sorting. ``candidates`` > 0 first tries the
-    best ``candidates`` logits of each row (``topk`` instead of a full sort): exact when
-    every row's nucleus lies inside them, which is checked; otherwise the full sort runs.
-    Returns the tokens and whether it fell back from candidates to the full sort.
+    descending prefix holding >= top_p of the top-k mass. ``filtered`` False (no row
+    uses top-k or top-p) samples the whole softmax without sorting. ``candidates`` > 0
+    first tries the best ``candidates`` logits of each row (``topk`` instead of a full
+    sort): exact when every row's kept prefix lies inside them, which is checked; else the
+    full sort runs. ``greedy_rows`` False skips the argmax. Returns the tokens and whether
+    it fell back from candidates to the full sort.
     """
     greedy = temp <= 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
+    scaled = logits / (torch.where(greedy, torch.ones_like(temp), temp) if greedy_rows else temp)[:, None]
     u = uniforms(keys, steps)
     vocab = scaled.shape[-1]
-    if not filtered:
-        token = _inverse_cdf(torch.softmax(scaled, dim=-1), u)
-        return torch.where(greedy, logits.argmax(-1), token), False
     k_eff = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    if 0 < candidates < vocab:
+    token, fell_back = None, False
+    if not filtered:
+        cum = torch.softmax(scaled, dim=-1).cumsum(-1)
+        token = _draw(cum, None, u, torch.ones_like(top_p), torch.full_like(k_eff, vocab), cum[:, -1])
+    elif 0 < candidates < vocab:
         vals, idx = scaled.topk(candidates, dim=-1)
-        inside = k_eff <= candidates
-        lse = torch.where(inside, torch.logsumexp(torch.where(
-            torch.arange(candidates, device=vals.device)[None] < k_eff[:, None], vals, float("-inf")), -1),
-            torch.logsumexp(scaled, -1))
-        probs = _nucleus(vals, lse, top_p, top_k)
-        # Covered: top-k cut inside the candidates, or the nucleus closed before the last one.
-        covered = inside | ((k_eff == vocab) & (probs[:, -1] == 0))
-        if bool((covered | greedy).all()):
-            token = idx.gather(1, _inverse_cdf(probs, u)[:, None]).squeeze(1)
-            return torch.where(greedy, logits.argmax(-1), token), False
-    vals, idx = scaled.sort(dim=-1, descending=True)
-    masked = torch.where(torch.arange(vocab, device=vals.device)[None] < k_eff[:, None], vals, float("-inf"))
-    probs = _nucleus(vals, torch.logsumexp(masked, -1), top_p, top_k)
-    token = idx.gather(1, _inverse_cdf(probs, u)[:, None]).squeeze(1)
-    return torch.where(greedy, logits.argmax(-1), token), 0 < candidates < vocab
+        cum = torch.exp(vals - torch.logsumexp(scaled, -1, keepdim=True)).cumsum(-1)
+        within = k_eff <= candidates
+        mass_k = torch.where(within, cum.gather(1, (k_eff - 1).clamp(max=candidates - 1)[:, None])[:, 0],
+                             torch.ones_like(top_p))
+        inside = within | ((k_eff == vocab) & (cum[:, -1] >= top_p * mass_k))
+        if bool((inside | greedy).all()):
+            token = _draw(cum, idx, u, top_p, torch.where(within, k_eff, candidates), mass_k)
+        fell_back = token is None
+    if token is None:
+        vals, idx = scaled.sort(dim=-1, descending=True)
+        cum = torch.softmax(vals, dim=-1).cumsum(-1)
+        token = _draw(cum, idx, u, top_p, k_eff, cum.gather(1, (k_eff - 1)[:, None])[:, 0])
+    return (torch.where(greedy, logits.argmax(-1), token) if greedy_rows else token), fell_back
 
 
 @dataclass
@@ -298,11 +296,12 @@ class SlotEngine:
         count = torch.zeros(rows, dtype=torch.long, device=dev)
         finished = torch.ones(rows, dtype=torch.bool, device=dev)
         keys = torch.zeros(rows, dtype=torch.long, device=dev)
-        temp = torch.zeros(rows, device=dev)
+        temp = torch.ones(rows, device=dev)  # idle rows sample (and are ignored), never divide by 0
         top_p = torch.ones(rows, device=dev)
         top_k = torch.zeros(rows, dtype=torch.long, device=dev)
         max_new = torch.ones(rows, dtype=torch.long, device=dev)
         filtered = any(s.temperature > 0 and (s.top_k > 0 or s.top_p < 1) for s in seqs)
+        greedy_rows = any(s.temperature <= 0 for s in seqs)
 
         # Groups of samples sharing a prompt, shortest prompts first (less padding per prefill).
         by_req: dict[int, list[int]] = {}
@@ -352,7 +351,7 @@ class SlotEngine:
                 top_k[d] = torch.tensor([s.top_k for s in s_sel], device=dev)
                 max_new[d] = torch.tensor([s.max_new for s in s_sel], device=dev)
                 first, _ = sample_rows(logits, temp[d], top_p[d], top_k[d], keys[d], torch.zeros_like(d), filtered,
-                                       self.candidates)
+                                       self.candidates, greedy_rows)
                 out[d] = 0
                 out[d, 0] = first
                 count[d] = 1
@@ -380,7 +379,7 @@ class SlotEngine:
             span = min(self.max_len, -(-(reach + 1) // 64) * 64)
             logits = self._step_logits(span)
             new, fell_back = sample_rows(logits, temp, top_p, top_k, keys, count, filtered,
-                                         self.candidates if self.cooldown == 0 else 0)
+                                         self.candidates if self.cooldown == 0 else 0, greedy_rows)
             self.cooldown = 16 if fell_back else max(0, self.cooldown - 1)
             active = ~finished
             out[self.arange, torch.where(active, count, width - 1)] = new
