@@ -118,10 +118,11 @@ def append_record(path: Path, rec: dict[str, Any]) -> None:
 
 
 def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
-    return {"strategy": params.strategy, "prompt_mode": params.prompt_mode, "template_hash": tpl_hash, "max_new_tokens": params.max_new_tokens,
-            "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k, "n": params.n,
-            "seed": params.seed, "split": params.split, "variant": params.variant, "limit": params.limit,
-            "timeout_s": params.timeout_s,
+    """Everything that changes the number (the ledger keys a result by it)."""
+    return {"strategy": params.strategy, "prompt_mode": params.prompt_mode, "template_hash": tpl_hash,
+            "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+            "top_k": params.top_k, "n": params.n, "seed": params.seed, "split": params.split,
+            "variant": params.variant, "limit": params.limit, "timeout_s": params.timeout_s,
             "memory_mb": params.memory_mb, "postprocess": POSTPROCESS_VERSION, "dtype": params.dtype}
 
 
@@ -181,11 +182,11 @@ def run(ctx: StageContext, params: Params) -> None:
                 append_record(results_path, rec)
                 done[p.task_id] = rec
                 ctx.progress(len(done), len(problems), "problems")
-    finish(ctx, params, problems, done, fingerprint, backend, results_path, time.monotonic() - t0)
+    finish(ctx, params, problems, done, fingerprint, backend, time.monotonic() - t0)
 
 
 def finish(ctx: StageContext, params: Params, problems: list[Problem], done: dict[str, dict[str, Any]],
-           fingerprint: dict[str, Any], backend: Any, results_path: Path, wall_s: float) -> None:
+           fingerprint: dict[str, Any], backend: Any, wall_s: float) -> None:
     """Compute pass@k over the run's problems, record the result, publish the per-problem file."""
     counts = [(len(done[p.task_id]["samples"]), done[p.task_id]["correct"]) for p in problems]
     metrics = pass_metrics(counts, [k for k in params.ks if k <= params.n] or [1])
