@@ -170,10 +170,11 @@ def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdi
     status = (done or {}).get("child_status")
     if v.error_type == "EarlyExit" and isinstance(status, int) and os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else f"signal {sig}"
         if sig == signal.SIGXCPU:
-            v.status, v.detail = "timeout", f"killed by {signal.Signals(sig).name} (CPU limit)"
+            v.status, v.detail = "timeout", f"killed by {name} (CPU limit)"
         else:
-            v.detail = f"killed by {signal.Signals(sig).name}"
+            v.detail = f"killed by {name}"
     elif v.error_type == "EarlyExit" and isinstance(status, int) and os.WIFEXITED(status):
         v.detail = f"program exited with code {os.WEXITSTATUS(status)} before its tests finished"
     if v.status not in STATUSES:
