@@ -302,6 +302,14 @@ class SlotEngine:
         max_new = torch.ones(rows, dtype=torch.long, device=dev)
         filtered = any(s.temperature > 0 and (s.top_k > 0 or s.top_p < 1) for s in seqs)
         greedy_rows = any(s.temperature <= 0 for s in seqs)
+        all_greedy = all(s.temperature <= 0 for s in seqs)
+
+        def draw(logits: torch.Tensor, d: torch.Tensor | None, steps_of: torch.Tensor, candidates: int):
+            if all_greedy:  # evaluation: no sampling work at all
+                return logits.argmax(-1), False
+            sel = (lambda t: t[d]) if d is not None else (lambda t: t)
+            return sample_rows(logits, sel(temp), sel(top_p), sel(top_k), sel(keys), steps_of, filtered, candidates,
+                               greedy_rows)
 
         # Groups of samples sharing a prompt, shortest prompts first (less padding per prefill).
         by_req: dict[int, list[int]] = {}
@@ -350,8 +358,7 @@ class SlotEngine:
                 top_p[d] = torch.tensor([s.top_p for s in s_sel], device=dev)
                 top_k[d] = torch.tensor([s.top_k for s in s_sel], device=dev)
                 max_new[d] = torch.tensor([s.max_new for s in s_sel], device=dev)
-                first, _ = sample_rows(logits, temp[d], top_p[d], top_k[d], keys[d], torch.zeros_like(d), filtered,
-                                       self.candidates, greedy_rows)
+                first, _ = draw(logits, d, torch.zeros_like(d), self.candidates)
                 out[d] = 0
                 out[d, 0] = first
                 count[d] = 1
@@ -378,8 +385,7 @@ class SlotEngine:
             reach = max(min(b + steps, c) for b, c in zip(base, cap, strict=True))
             span = min(self.max_len, -(-(reach + 1) // 64) * 64)
             logits = self._step_logits(span)
-            new, fell_back = sample_rows(logits, temp, top_p, top_k, keys, count, filtered,
-                                         self.candidates if self.cooldown == 0 else 0, greedy_rows)
+            new, fell_back = draw(logits, None, count, self.candidates if self.cooldown == 0 else 0)
             self.cooldown = 16 if fell_back else max(0, self.cooldown - 1)
             active = ~finished
             out[self.arange, torch.where(active, count, width - 1)] = new
