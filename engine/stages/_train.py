@@ -79,7 +79,7 @@ def use_qlora(device: str, quantization: str) -> bool:
     return ok
 
 
-def load_causal_lm(path: Path, device: str, qlora: bool):
+def load_causal_lm(path: Path, device: str, qlora: bool, gradient_checkpointing: bool):
     """The base in bf16 on CUDA (NF4, double-quantized, when ``qlora``), fp32 on CPU."""
     from transformers import AutoModelForCausalLM
 
@@ -92,7 +92,8 @@ def load_causal_lm(path: Path, device: str, qlora: bool):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": device}
-        return prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained(path, **kwargs))
+        return prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained(path, **kwargs),
+                                               use_gradient_checkpointing=gradient_checkpointing)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
 
 

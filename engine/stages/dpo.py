@@ -133,7 +133,7 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     device = ctx.device
     qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = _train.load_causal_lm(base, device, qlora)
+    model = _train.load_causal_lm(base, device, qlora, params.gradient_checkpointing)
     _train.check_adapter_targets(model, params.target_modules)
     cuda = device.startswith("cuda")
     args = DPOConfig(

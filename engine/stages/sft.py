@@ -84,7 +84,7 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
     device = ctx.device
     qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
-    model = _train.load_causal_lm(ctx.inputs["model"], device, qlora)
+    model = _train.load_causal_lm(ctx.inputs["model"], device, qlora, params.gradient_checkpointing)
     _train.check_adapter_targets(model, params.target_modules)
     cuda = device.startswith("cuda")
     args = SFTConfig(
