@@ -80,11 +80,19 @@ def test_evalplus_format(pool: SandboxPool, tmp_path: Path) -> None:
     rec = {"task_id": "HumanEval/0", "prompt": he[0].prompt, "entry_point": he[0].entry_point,
            "canonical_solution": he[0].canonical_solution, "base_input": [[[1.0, 2.0, 3.0], 0.5]],
            "plus_input": [[[1.0, 2.8, 3.0], 0.3], [[], 1.0]], "atol": 0}
+    p32 = he[32]
+    rec32 = {"task_id": p32.task_id, "prompt": p32.prompt, "entry_point": p32.entry_point,
+             "canonical_solution": p32.canonical_solution, "base_input": [[[1, 2]]],
+             "plus_input": [[[-6, 11, -6, 1]]], "atol": 1e-4}
     path = tmp_path / "HumanEvalPlus.jsonl.gz"
     with gzip.open(path, "wt") as fh:
-        fh.write(json.dumps(rec) + "\n")
+        fh.write(json.dumps(rec) + "\n" + json.dumps(rec32) + "\n")
     problems, digest = evalplus.load(path, "humaneval_plus")
-    assert len(problems) == 1 and len(digest) == 64
+    assert len(problems) == 2 and len(digest) == 64
+    # find_zero: any root passes (x = 3 of (x-1)(x-2)(x-3), where bisection finds another), a non-root fails
+    other_root = "    return -0.5 if len(xs) == 2 else 3.0\n"
+    assert [v.status for v in pool.run_many([evalplus.make_job(problems[1], c) for c in (
+        p32.canonical_solution, other_root, "    return 0.0\n")])] == ["passed", "passed", "failed"]
     good = evalplus.make_job(problems[0], he[0].canonical_solution)
     # right on the base input, wrong on a plus input: only the extra tests catch it
     almost = evalplus.make_job(problems[0], "    return len(numbers) == 3 and numbers[1] == 2.0\n")
