@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from engine.dag import critical_path, learned_durations, topo_order, why_not_running
-from engine.spec import SpecError, load_spec, parse_spec
+from engine.spec import SpecError, load_spec, parse_spec, pipeline_path
 from engine.state import PipelineState
 from engine.workspace import Workspace
 
@@ -128,3 +128,26 @@ def test_why_not_running_reasons(tmp_path):
     assert b.text == "waiting for memory: needs 8.0 GB, 3.0 GB free after reservations"
     st.attempt("c.1").outcome = "failed"
     assert why_not_running(spec, st, "d").text == "dependency c failed"
+
+
+def test_shipped_pipelines_load_and_share_one_dag():
+    pmat, demo = load_spec(pipeline_path("pmat")), load_spec(pipeline_path("demo"))
+    assert set(pmat.work_items) == set(demo.work_items) == {
+        "PMAT-006", "PMAT-007", "PMAT-014", "PMAT-008", "PMAT-010", "PMAT-011", "PMAT-017", "PMAT-037"}
+    assert pmat.work_items["PMAT-010"].depends_on == ["PMAT-007", "PMAT-008"]
+    assert set(pmat.acceptance) == set(demo.acceptance)
+    assert {s.kind for s in pmat.stages.values()} | {"tiny_model"} == {s.kind for s in demo.stages.values()}
+
+
+def test_pmat_critical_path_runs_through_sampling_and_dpo(tmp_path):
+    spec = load_spec(pipeline_path("pmat"))
+    path, hours = critical_path(spec)
+    assert path[:4] == ["sample", "pairs", "dpo", "merge_dpo"] and "ties" in path and "prune" in path
+    assert hours == pytest.approx(sum(spec.stages[s].duration_h for s in path))
+    st = PipelineState(Workspace(tmp_path / "ws").init())
+    assert why_not_running(spec, st, "dpo").text == "waiting on pairs"
+    assert why_not_running(spec, st, "ties").text == "waiting on merge_sft, merge_dpo"
+    for s in topo_order(spec):
+        if s != "submit":
+            st.attempt(f"{s}.1").outcome = "ok"
+    assert why_not_running(spec, st, "submit").kind == "needs_approval"
