@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.events import read_events
 from engine.stages import _train, dpo
@@ -128,3 +129,28 @@ def test_bad_and_contaminated_pairs_are_refused(tiny_model_dir: Path, tmp_path: 
                          outputs=["adapter"])
         fin = read_events(ws.job_log("dpo.1"))[-1]
         assert out == "failed" and why in fin["error"], fin
+
+
+def test_a_retry_resumes_from_the_last_checkpoint_and_keeps_the_whole_loss_history(
+    tiny_model_dir: Path, pairs_dir: Path, tmp_path: Path
+) -> None:
+    """Attempt 2 after a checkpoint at the last step: nothing retrained, same adapter, and the
+    ledger's first loss is still the run's first (ln 2), read back from attempt 1's events."""
+    from safetensors.torch import load_file
+
+    ws = Workspace(tmp_path / "ws")
+    params = dpo_params(max_steps=4, save_steps=2)
+    inputs = {"model": tiny_model_dir, "pairs": pairs_dir}
+    assert run_inline(ws, "dpo", "dpo", params=params, inputs=inputs, outputs=["adapter"]) == "ok"
+    first = load_file(ws.artifact_path("dpo", "adapter") / "adapter_model.safetensors")
+    assert run_inline(ws, "dpo", "dpo", params=params, inputs=inputs, attempt=2, outputs=["adapter"]) == "ok"
+    events = read_events(ws.job_log("dpo.2"))
+    assert any("resuming from" in e.get("message", "") and e["message"].endswith("checkpoint-4")
+               for e in events if e["kind"] == "warning")
+    assert not [e for e in events if e["kind"] == "metric" and e["name"] == "loss"]  # no step retrained
+    again = load_file(ws.artifact_path("dpo", "adapter") / "adapter_model.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    one, two = ledger(ws)[-2:]
+    assert two["resumed_from"].endswith("checkpoint-4")
+    assert two["metrics"]["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert two["metrics"]["last_loss"] == one["metrics"]["last_loss"] and two["metrics"]["steps"] == 4
