@@ -36,7 +36,7 @@ from pmat_tui.screens.log import LogScreen
 from pmat_tui.screens.memory import MemoryScreen
 from pmat_tui.widgets.header_bar import HeaderBar
 
-MIN_REFRESH_S = 0.2
+MIN_REFRESH_S = 0.25
 POLL_S = 1.0
 ACTIONS = ("run", "approve", "cancel", "retry")
 
@@ -142,7 +142,7 @@ class PmatApp(App):
         import watchfiles
 
         try:
-            for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=20, stop_event=self._stop,
+            for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=50, stop_event=self._stop,
                                       raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
                 if self._stop.is_set():
                     return

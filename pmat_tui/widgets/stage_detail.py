@@ -32,17 +32,41 @@ class StageDetail(VerticalScroll):
         self.model = model
         self.stage: str | None = None
         self.shown_at = 0.0
+        self._shown_key: tuple = ()
+        self._shape: tuple = ()
         self.body = Static(id="stage-detail-body")
 
     def compose(self):
         yield self.body
 
-    def show(self, stage: str | None) -> None:
-        self.stage = stage
-        self.shown_at = time.monotonic()
-        self.body.update(self.render_stage() if stage in self.model.spec.stages else Text("Select a stage.", style="dim"))
+    def _key(self, stage: str | None) -> tuple:
+        """What the rendering depends on; running attempts show elapsed in whole minutes."""
+        st = self.model.state.stages.get(stage or "")
+        a = st.latest if st else None
+        row = self.model.rows.get(stage or "")
+        return (stage, row and (row.status, row.reason, row.approval), len(st.attempts) if st else 0,
+                a and (a.outcome, a.last_event_at, int((self.model.now() - (a.started_at or 0)) // 60)),
+                str(self.model.state.approvals.get(stage or "")))
 
-    def render_stage(self) -> RenderableType:
+    def show(self, stage: str | None, force: bool = False) -> None:
+        self.shown_at = time.monotonic()
+        key = self._key(stage)
+        if key == self._shown_key and not force:
+            return
+        self._shown_key = key
+        same_stage = stage == self.stage
+        self.stage = stage
+        if stage not in self.model.spec.stages:
+            self.body.update(Text("Select a stage.", style="dim"))
+            self._shape = ()
+            return
+        group = self.render_stage()
+        # Re-layout (costly: the whole screen) only when the panel may have changed height.
+        shape = (stage, tuple(len(p.rows) if isinstance(p, Table) else len(str(p)) // 60 for p in group.renderables))
+        self.body.update(group, layout=not same_stage or shape != self._shape)
+        self._shape = shape
+
+    def render_stage(self) -> Group:
         m, stage = self.model, self.stage
         assert stage is not None
         entry = m.spec.stages[stage]
@@ -80,6 +104,8 @@ class StageDetail(VerticalScroll):
             for a in st.attempts:
                 end = a.finished_at or (m.now() if a.started_at else None)
                 elapsed = end - a.started_at if end and a.started_at else None
+                if elapsed and a.running:
+                    elapsed -= elapsed % 60  # minutes: the panel need not redraw every second
                 att.add_row(a.job_id, a.outcome or ("running" if a.running else "queued"), fmt_clock(a.started_at),
                             fmt_duration(elapsed), fmt_bytes(a.peak_rss or None), (a.error or "")[:60])
             parts += [Text("Attempts", style="bold underline"), att]
