@@ -96,6 +96,7 @@ class PmatApp(App):
         self._pending = False
         self.refreshes = 0
         self.loaded = False
+        self._last_error: str | None = None
         if readonly:
             self.sub_title = "read-only"
 
@@ -172,7 +173,15 @@ class PmatApp(App):
         self._pending = False
         self._last_refresh = time.monotonic()
         self.refreshes += 1
-        _, structural = self.model.refresh(force=force)
+        try:
+            _, structural = self.model.refresh(force=force)
+        except (OSError, ValueError, KeyError) as exc:  # a file read mid-replace, a bad record: say so, keep going
+            message = f"could not read the workspace: {type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                self._last_error = message
+                self.notify(message, severity="error", timeout=10)
+            return
+        self._last_error = None
         for sent, what, reason in self.model.answers():
             if what == "rejected":
                 self.notify(f"{sent.command} {sent.target} rejected: {reason}", severity="error", timeout=8)

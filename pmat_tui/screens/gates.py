@@ -25,7 +25,11 @@ class GatesScreen(ViewScreen):
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         if structural:
-            self.rows = self.model.gates()
+            try:
+                self.rows = self.model.gates()
+            except OSError as exc:  # e.g. a checkpoint replaced while it was hashed: the next fold retries
+                self.notify(f"gates: could not read {exc.filename}: {exc.strerror}", severity="error")
+                return
             self.query_one(GatesTable).show(self.rows)
             self._show_selected()
 

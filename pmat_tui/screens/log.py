@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -75,6 +74,8 @@ class LogScreen(ViewScreen):
             text = json.dumps(json.loads(event.raw), indent=2, default=str)
         except ValueError:
             text = event.raw.decode(errors="replace")
+        from rich.syntax import Syntax  # pygments loads only when pretty JSON is first shown
+
         pretty.update(Syntax(text, "json", word_wrap=True, theme="ansi_dark"))
 
     def action_toggle_follow(self) -> None:
