@@ -41,7 +41,7 @@ class Params(StageParams):
     splits: tuple[str, ...] = ("train", "validation")
     allow_eval_split: bool = False          # the explicit, recorded override for test/prompt splits
     limit: int | None = None                # first K problems by task id (demo pipelines, tests)
-    unit_prompts: int = 32                  # prompts per appended, fsynced unit
+    unit_prompts: int = 64                  # prompts per appended, fsynced unit (a kill loses at most one)
     max_rows: int = 256                     # concurrent sequences in the sampler
     backend: str = "transformers"
     dtype: str = "auto"
