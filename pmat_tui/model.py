@@ -131,7 +131,7 @@ class ConsoleModel:
         self.rows: dict[str, StageRow] = {}
         self.sent: list[Sent] = []
         self._signature: tuple = ()
-        self._structure_at = 0.0
+        self._supervisor_checked_at = 0.0
         self._supervisor: int | None = None
         self.watched: list[Attempt] = []  # jobs not finished at the last rebuild
         self._journal_last: dict[str, Any] | None = None
@@ -147,8 +147,8 @@ class ConsoleModel:
         """Fold new events. Returns (anything changed, structure changed)."""
         changed = self.state.refresh()
         now = time.monotonic()
-        if now - self._structure_at > SUPERVISOR_CHECK_S:  # a supervisor that died journals nothing
-            self._structure_at = now
+        if now - self._supervisor_checked_at > SUPERVISOR_CHECK_S:  # a supervisor that died journals nothing
+            self._supervisor_checked_at = now
             self._supervisor = self.supervisor_pid()
         sig = (*self._sig(), self._supervisor)
         structural = force or self.overview is None or sig != self._signature
@@ -157,8 +157,8 @@ class ConsoleModel:
             self._signature = (*self._sig(), self._supervisor)
             self.overview = build_overview(self.ws, self.spec, self.state, now=self.now())
             self.rows = {r.stage: r for r in self.overview.rows}
-        elif changed:
-            self._update_running_rows()
+        else:
+            self._update_running_rows()  # also without events: ETAs count down
         return changed or structural, structural
 
     def _update_running_rows(self) -> None:
