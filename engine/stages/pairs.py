@@ -21,6 +21,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from engine.data import mbpp
 from engine.data.decontam import DecontamIndex
 from engine.data.humaneval import Problem
@@ -29,7 +31,7 @@ from engine.workspace import atomic_write_json, ensure_dir
 
 
 class Params(StageParams):
-    max_pairs_per_prompt: int
+    max_pairs_per_prompt: int = Field(ge=1)
     reference_when_none_pass: bool
     drop_contaminated: bool                 # drop prompts overlapping evaluation sets (recorded) or keep them
     humaneval_plus: str | None = None       # evalplus files, checked when configured
@@ -108,8 +110,6 @@ def overlaps(index: DecontamIndex, keys: list[str], rows: list[Any]) -> dict[str
 
 
 def run(ctx: StageContext, params: Params) -> None:
-    if params.max_pairs_per_prompt < 1:
-        raise StageFailed(f"pairs: max_pairs_per_prompt must be >= 1, got {params.max_pairs_per_prompt}")
     src = ctx.inputs["samples"]
     rows = read_jsonl(src / "samples.jsonl")
     problems = {p["task_id"]: p for p in read_jsonl(src / "problems.jsonl")}

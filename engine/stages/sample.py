@@ -3,8 +3,9 @@
 Units of ``unit_prompts`` prompts (planned from the whole set, by prompt length) are
 generated one after another; each finished unit is appended to ``work/gen.jsonl`` in one
 write and fsynced, so a kill -9 loses at most the unit in flight. A resumed attempt skips
-exactly the (task, sample) pairs found there (a unit torn mid-write runs again whole). Sample j of task t is drawn from its own random
-stream (seed, t, j), so a resumed run writes the same samples as an uninterrupted one.
+exactly the (task, sample) pairs found there (a unit torn mid-write runs again whole).
+Sample j of task t is drawn from its own random stream (seed, t, j), and a unit is always
+batched the same way, so a resumed run writes the same samples as an uninterrupted one.
 Verdicts come from a sandbox thread that runs while the next unit generates.
 """
 
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest, load_backend
@@ -30,19 +33,19 @@ EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot exam
 
 
 class Params(StageParams):
-    n: int                                  # samples per prompt
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
+    n: int = Field(ge=1)                    # samples per prompt
+    temperature: float = Field(ge=0)
+    top_p: float = Field(gt=0, le=1)
+    top_k: int = Field(ge=0)                # 0: no top-k
+    max_new_tokens: int = Field(ge=1)
     seed: int
     strategy: str                           # engine.data.prompts strategy: asserts | standard | few-shot
     data_path: str                          # directory holding mbpp.jsonl
     splits: tuple[str, ...] = ("train", "validation")
     allow_eval_split: bool = False          # the explicit, recorded override for test/prompt splits
     limit: int | None = None                # first K problems by task id (demo pipelines, tests)
-    unit_prompts: int = 64                  # prompts per appended, fsynced unit (a kill loses at most one)
-    max_rows: int = 256                     # concurrent sequences in the sampler
+    unit_prompts: int = Field(default=64, ge=1)  # prompts per appended, fsynced unit (a kill loses one)
+    max_rows: int = Field(default=256, ge=1)     # concurrent sequences in the sampler
     backend: str = "transformers"
     dtype: str = "auto"
     exec_timeout_s: float = 10.0
@@ -117,7 +120,6 @@ class Executor(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.problems, self.params = path, problems, params
         self.inbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
-        self.done = 0
         self.error: BaseException | None = None
         self.abort = threading.Event()  # set when the stage stops early: queued batches are dropped
 
@@ -134,7 +136,6 @@ class Executor(threading.Thread):
                         {"task_id": s["task_id"], "sample": s["sample"], "status": v.status,
                          "error_type": v.error_type, "blocked_op": v.blocked_op}
                         for s, v in zip(batch, verdicts, strict=True)])
-                    self.done += len(batch)
         except BaseException as exc:  # noqa: BLE001 - surfaced by the stage after join
             self.error = exc
 
