@@ -143,11 +143,17 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
         await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm modal")
         await pilot.press("y")
         await _until(pilot, lambda: m.rows["long"].status == "cancelled", what="cancelled")
+        await pilot.press("t")  # retry: a second attempt of the cancelled stage
+        await _until(pilot, lambda: m.rows["long"].job_id == "long.2" and m.rows["long"].status == "running",
+                     what="retry running")
+        await pilot.press("c", "y")
+        await _until(pilot, lambda: m.rows["long"].status == "cancelled", what="retry cancelled")
         await pilot.pause(0.3)
         before = _labels(app)
         statuses = {s: r.status for s, r in m.rows.items()}
-    events = read_events(ws.job_log("long.1"))
-    assert events[-1]["kind"] == "job_finished" and events[-1]["outcome"] == "cancelled"
+    for job in ("long.1", "long.2"):
+        events = read_events(ws.job_log(job))
+        assert events[-1]["kind"] == "job_finished" and events[-1]["outcome"] == "cancelled"
 
     again = PmatApp(ws)  # close and reopen: the same state, rebuilt from the logs
     async with again.run_test(size=(80, 24)) as pilot:
@@ -181,7 +187,8 @@ async def test_readonly_changes_nothing(ws: Workspace, supervisor: Supervisor) -
 
 
 def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
-    """`pmat tui` starts a detached supervisor; a hung-up terminal ends the console only."""
+    """`pmat` (no arguments) opens the console and starts a detached supervisor; a hung-up
+    terminal ends the console only."""
     import pty
     import signal
     import subprocess
@@ -189,8 +196,9 @@ def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
     from engine.supervisor import supervisor_identity
 
     master, slave = pty.openpty()
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "tui", "-w", str(ws.root)],
+    env = {k: v for k, v in os.environ.items() if k != "PMAT_WORKSPACE"}
+    env.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main"], cwd=ws.root,  # plain `pmat` opens the console
                             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
     try:
