@@ -66,8 +66,9 @@ class HFBackend:
         dev = resolve_device(device)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev))
-            model.to(dev)
+            # Straight onto the device: no transient CPU copy of the weights (unified memory counts it twice).
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev),
+                                                         device_map=None if dev == "cpu" else dev)
         self.model = model.eval()
         self.device = str(next(self.model.parameters()).device)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
