@@ -7,8 +7,9 @@ as Qwen2.5-Coder, only small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
 
 # Qwen2.5's chat template, reduced to what the pipeline uses (system + user + assistant).
 CHAT_TEMPLATE = (
@@ -49,9 +50,10 @@ def training_corpus() -> list[str]:
     return texts
 
 
-@dataclass(frozen=True)
-class TinyConfig:
+class TinyConfig(BaseModel):
     """Shape of a tiny Qwen2 model; defaults run a forward pass in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     vocab_size: int = 512
     hidden_size: int = 64
@@ -92,11 +94,12 @@ def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     return fast
 
 
-def build_tiny_model(out_dir: Path, cfg: TinyConfig = TinyConfig(), *, tokenizer=None) -> Path:
+def build_tiny_model(out_dir: Path, cfg: TinyConfig | None = None, *, tokenizer=None) -> Path:
     """Save a random tiny Qwen2 model + tokenizer in Hugging Face format (safetensors)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    cfg = cfg or TinyConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = tokenizer or train_tokenizer(cfg.vocab_size)

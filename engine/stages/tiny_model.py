@@ -8,14 +8,8 @@ from engine.models.tiny import TinyConfig, build_tiny_model
 from engine.stages.base import StageContext, StageParams
 
 
-class Params(StageParams):
-    vocab_size: int = 512
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    seed: int = 0
+class Params(TinyConfig, StageParams):
+    """The tiny model's shape and seed (fields of TinyConfig)."""
 
 
 INPUTS: dict[str, str] = {}
@@ -29,7 +23,7 @@ def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
 def run(ctx: StageContext, params: Params) -> None:
     ctx.progress(0, 2, "steps")
     out = ctx.work_dir / "model"
-    build_tiny_model(out, TinyConfig(**params.model_dump()))
+    build_tiny_model(out, params)
     ctx.progress(1, 2, "steps")
     ctx.check_cancelled()
     ctx.publish("model", out)
