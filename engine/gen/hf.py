@@ -7,6 +7,7 @@ weights actually are after loading, never what was asked for.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,9 +67,12 @@ class HFBackend:
         dev = resolve_device(device)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
         if model is None:
-            # Straight onto the device: no transient CPU copy of the weights (unified memory counts it twice).
+            # Straight onto the device when accelerate is there (transformers needs it for device_map):
+            # no transient CPU copy of the weights, which unified memory would count twice.
+            direct = dev != "cpu" and importlib.util.find_spec("accelerate") is not None
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev),
-                                                         device_map=None if dev == "cpu" else dev)
+                                                         device_map=dev if direct else None)
+            model.to(dev)
         self.model = model.eval()
         self.device = str(next(self.model.parameters()).device)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
