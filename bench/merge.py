@@ -5,7 +5,7 @@ Builds a random Qwen2.5-Coder-7B-shaped bf16 checkpoint (sharded; ``--shape 7b``
 layer, then runs, each in a fresh subprocess that reports its own peak RSS:
 
   floor   read every shard into one reused buffer and write the bytes to new files (fsync)
-  copy    the same tensors through CheckpointReader -> ShardedWriter (write-through), no math
+  copy    the same tensors through CheckpointReader -> ShardedWriter.copy_from, no math
   ours    engine.stages.merge.merge_adapter (streamed, fp32 math on --device)
   peft    AutoModelForCausalLM.from_pretrained + PeftModel + merge_and_unload + save_pretrained
 
@@ -64,7 +64,7 @@ def _child(mode: str, base: Path, adapter: Path, out: Path, device: str, shard_b
         names = list(reader.iter_shard_order())
         with ShardedWriter(out, shard_bytes, layout=[(n, reader.dtype(n), reader.shape(n)) for n in names]) as w:
             for name in names:
-                w.add(name, reader.get(name))
+                w.copy_from(reader, name)
     elif mode == "ours":
         merge_adapter(base, adapter, out, out_dtype=None, max_shard_bytes=shard_bytes, device=device)
     elif mode == "peft":

@@ -143,3 +143,22 @@ def test_layout_mode_errors(tmp_path: Path) -> None:
             w.add("a", torch.zeros(4))
     for d in ("o1", "o2", "o3"):
         assert list((tmp_path / d).iterdir()) == []
+
+
+def test_read_into_and_copy_from(tiny_model_dir: Path, tmp_path: Path) -> None:
+    reader = open_checkpoint(tiny_model_dir)
+    names = reader.names()
+    out = tmp_path / "o"
+    with ShardedWriter(out, 40_000, layout=[(n, reader.dtype(n), reader.shape(n)) for n in names]) as w:
+        for i, name in enumerate(names):
+            if i % 2:
+                w.copy_from(reader, name)
+            else:
+                buf = torch.full(reader.shape(name), 7.0, dtype=reader.dtype(name))
+                assert reader.read_into(name, buf) is buf and torch.equal(buf, reader.get(name))
+                w.add(name, buf)
+    copied = open_checkpoint(out)
+    for name in names:
+        assert torch.equal(copied.get(name), reader.get(name))
+    with pytest.raises(ValueError, match="buffer is"):
+        reader.read_into(names[0], torch.empty(3))

@@ -100,6 +100,15 @@ class CheckpointReader:
         absent = sorted(n for n in self._where if n not in self._meta)
         if absent:
             raise ValueError(f"{self.root}: index names tensors absent from their shard: {', '.join(absent[:10])}")
+        self._spans: dict[str, tuple[int, int]] = {}
+        for shard in sorted(set(self._where.values())):
+            with open(shard, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+            for name, entry in header.items():
+                if name != "__metadata__" and self._where.get(name) == shard:
+                    start, end = entry["data_offsets"]
+                    self._spans[name] = (8 + size + start, 8 + size + end)
         self._config: dict[str, Any] | None = None
 
     def names(self) -> list[str]:
@@ -131,6 +140,30 @@ class CheckpointReader:
         """Load one tensor (its own memory, nothing else of the shard stays resident)."""
         with _open(self._where[self._check(name)]) as fh:
             return fh.get_tensor(name)
+
+    def span(self, name: str) -> tuple[Path, int, int]:
+        """(shard file, first byte, end byte) of a tensor's data."""
+        start, end = self._spans[self._check(name)]
+        return self._where[name], start, end
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """Read a tensor's bytes straight into ``out`` (contiguous CPU, same dtype and shape):
+        a warm buffer reused across tensors costs no page faults, unlike a fresh tensor."""
+        if (out.dtype, tuple(out.shape), out.device.type) != (self.dtype(name), self.shape(name), "cpu") or (
+            not out.is_contiguous()
+        ):
+            raise ValueError(f"read_into {name}: buffer is {out.dtype} {tuple(out.shape)} on {out.device}, "
+                             f"tensor is {self.dtype(name)} {self.shape(name)}")
+        path, start, end = self.span(name)
+        view = _tensor_bytes(out)
+        with open(path, "rb", buffering=0) as fh:
+            done = 0
+            while done < end - start:
+                n = os.preadv(fh.fileno(), [view[done:]], start + done)
+                if n <= 0:
+                    raise ValueError(f"{path}: truncated inside tensor {name}")
+                done += n
+        return out
 
     def iter_shard_order(self) -> Iterator[str]:
         """Names grouped by shard, so consecutive reads touch one file."""
@@ -273,6 +306,27 @@ class ShardedWriter:
                 self._flush()
         self._seen.add(name)
         self.total_bytes += size
+
+    def copy_from(self, reader: CheckpointReader, name: str) -> None:
+        """Copy an unchanged tensor file to file into its slot (layout mode): the kernel moves
+        the bytes (copy_file_range), nothing passes through this process's memory."""
+        if not self._slots:
+            raise RuntimeError(f"{self.out_dir}: copy_from needs a layout")
+        if name in self._seen or name not in self._slots:
+            raise ValueError(f"{self.out_dir}: tensor {name!r} written twice or not in the layout")
+        fd, offset, dtype, shape = self._slots[name]
+        if (reader.dtype(name), reader.shape(name)) != (dtype, shape):
+            raise ValueError(f"{self.out_dir}: {name!r} is {reader.dtype(name)} {reader.shape(name)}, layout says {dtype} {shape}")
+        path, start, end = reader.span(name)
+        with open(path, "rb", buffering=0) as fh:
+            done = 0
+            while done < end - start:
+                n = os.copy_file_range(fh.fileno(), fd, end - start - done, start + done, offset + done)
+                if n <= 0:
+                    raise ValueError(f"{path}: truncated inside tensor {name}")
+                done += n
+        self._seen.add(name)
+        self.total_bytes += end - start
 
     def _flush(self) -> None:
         entries, offset = [], 0
