@@ -183,17 +183,18 @@ def run(ctx: StageContext, params: Params) -> None:
     with ShardedWriter(out, params.max_shard_bytes, layout=layout) as writer:
         for i, name in enumerate(reader.iter_shard_order()):
             ctx.check_cancelled()
-            t = reader.get(name)
-            if name in targets:
-                if name in pruned:
-                    t = pruned.pop(name).to("cpu", t.dtype)
-                else:
-                    t = t.clone()
-                    t[prune_mask(wanda_scores(t, None), params.pattern, params.sparsity)] = 0
-                z = int((t == 0).sum())
-                report[name] = z / t.numel()
-                zeros, total = zeros + z, total + t.numel()
-                ctx.metric("sparsity", report[name], step=i, tensor=name)
+            if name not in targets:
+                writer.copy_from(reader, name)  # unchanged: file to file
+                continue
+            if name in pruned:
+                t = pruned.pop(name).to("cpu", reader.dtype(name))
+            else:
+                t = reader.get(name).clone()
+                t[prune_mask(wanda_scores(t, None), params.pattern, params.sparsity)] = 0
+            z = int((t == 0).sum())
+            report[name] = z / t.numel()
+            zeros, total = zeros + z, total + t.numel()
+            ctx.metric("sparsity", report[name], step=i, tensor=name)
             writer.add(name, t)
     missing = sorted(set(targets) - set(report))
     if missing or pruned:
