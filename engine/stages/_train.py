@@ -10,6 +10,7 @@ attempt resumes from the last such event (optimizer, scheduler, RNG, step, data 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -220,8 +221,6 @@ class Telemetry(TrainerCallback):
 
 def sft_loss_check(vocab_size: int):
     """A first loss above ln(vocab) + 1 nats means broken labels or data, not a bad run."""
-    import math
-
     limit = math.log(vocab_size) + 1
 
     def check(loss: float) -> str | None:
