@@ -45,7 +45,7 @@ def hostile(outside: str) -> dict[str, str]:
         "fork_bomb": "import os\nwhile True:\n    os.fork()\n",
         "thread_spawn": "import threading\nthreading.Thread(target=lambda: None).start()\ndef add(a, b): return 3\n",
         "memory_bomb": "x = bytearray(64 << 30)\ndef add(a, b): return 3\n",
-        "memory_creep": "xs = []\nwhile True:\n    xs.append('x' * (1 << 20))\n",
+        "memory_creep": "xs = []\nwhile True:\n    xs.append('x' * (16 << 20))\n",
         "cpu_spin_ignoring_alarms": ("import signal\nfor s in (signal.SIGALRM, signal.SIGXCPU, signal.SIGTERM):\n"
                                      "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n"),
         "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef add(a, b): return 0\n",
