@@ -142,3 +142,16 @@ def test_prompts_chat_and_completion(tiny_model_dir: Path) -> None:
 ])
 def test_postprocess(raw: str, chat: bool, body: bool, expected: str) -> None:
     assert postprocess.clean(raw, chat=chat, body=body) == expected
+
+
+def test_references_survive_the_model_output_path(pool: SandboxPool) -> None:
+    """Each HumanEval reference as a chat reply (prose, fences, trailer) and as a raw completion
+    that runs on past the body: post-processing plus program assembly keep every one passing."""
+    he, _ = humaneval.load()
+    jobs = []
+    for p in he:
+        chat = f"Here it is:\n```python\n{p.prompt}{p.canonical_solution}```\nIt works.\nHuman: thanks"
+        jobs.append(humaneval.make_job(p, postprocess.clean(chat, chat=True, body=False)))
+        raw = p.canonical_solution + "\n\ndef test():\n    assert False\n\ntest()\n"
+        jobs.append(humaneval.make_job(p, postprocess.clean(raw, chat=False, body=True)))
+    assert all(v.passed for v in pool.run_many(jobs))
