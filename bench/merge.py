@@ -148,8 +148,9 @@ def main() -> int:
         print(f"shape {args.shape}: {size / 1e9:.2f} GB bf16 in {len(list(base.glob('*.safetensors')))} shards, "
               f"rank-{args.rank} adapter on {len(list(adapter.iterdir()))} files; built in {time.perf_counter() - t0:.1f}s")
         results: dict[str, dict] = {}
+        modes = ["floor", "copy", "ours", *(() if args.skip_peft else ("peft",))]
         for rep in range(args.repeat):
-            for mode in ("floor", "copy", "ours", *(() if args.skip_peft else ("peft",))):
+            for mode in modes if rep % 2 == 0 else modes[::-1]:  # alternate order: page-cache state varies
                 out = root / f"out-{mode}"
                 shutil.rmtree(out, ignore_errors=True)
                 r = _run(mode, base, adapter, out, args.device, args.shard_bytes)
