@@ -39,6 +39,7 @@ from pmat_tui.widgets.header_bar import HeaderBar
 MIN_REFRESH_S = 0.25
 POLL_S = 1.0
 ACTIONS = ("run", "approve", "cancel", "retry")
+FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
 
 
 class FilesChanged(Message):
@@ -101,13 +102,24 @@ class PmatApp(App):
             self.sub_title = "read-only"
 
     # -- lifecycle ------------------------------------------------------------------
+    def on_load(self) -> None:
+        """Before the first screen is composed: fold small logs right away, so that the
+        widgets are built with their final labels and the first frame is the full one."""
+        self._log_sizes = self.model.log_sizes()
+        if self._log_sizes[1] <= FOLD_INLINE_BYTES:
+            self.model.state.refresh()
+            self.model.refresh(force=True)
+
     def on_mount(self) -> None:
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests): nothing to hang up
+        if self.model.overview is not None:
+            self.on_loaded(Loaded())
+            return
         for header in self.screen.query(HeaderBar):
-            header.loading(self.model)
+            header.loading(self.model.spec.name, *self._log_sizes)
         threading.Thread(target=self._initial_fold, name="pmat-fold", daemon=True).start()
 
     def _initial_fold(self) -> None:
@@ -118,8 +130,10 @@ class PmatApp(App):
         self.post_message(Loaded())
 
     def on_loaded(self, _: Loaded) -> None:
+        if self.loaded:
+            return
         self.loaded = True
-        self.do_refresh(force=True)
+        self.do_refresh(force=self.model.overview is None, redraw=True)
         if self._watch_enabled:
             self.set_interval(POLL_S, self.request_refresh)
             self._watch()
@@ -169,12 +183,14 @@ class PmatApp(App):
             self._pending = True
             self.set_timer(wait, self.do_refresh)
 
-    def do_refresh(self, force: bool = False) -> None:
+    def do_refresh(self, force: bool = False, redraw: bool = False) -> None:
+        """Fold new events and show them; ``redraw`` shows everything even if nothing changed."""
         self._pending = False
         self._last_refresh = time.monotonic()
         self.refreshes += 1
         try:
             _, structural = self.model.refresh(force=force)
+            structural |= redraw
         except (OSError, ValueError, KeyError) as exc:  # a file read mid-replace, a bad record: say so, keep going
             message = f"could not read the workspace: {type(exc).__name__}: {exc}"
             if message != self._last_error:

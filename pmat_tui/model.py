@@ -10,6 +10,7 @@ console stays idle while jobs write many events a second.
 from __future__ import annotations
 
 import ast
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,6 +203,14 @@ class ConsoleModel:
         return out
 
     # -- queries ----------------------------------------------------------------
+    def log_sizes(self) -> tuple[int, int]:
+        """(number of job logs, their bytes): how long the first fold will take."""
+        try:
+            sizes = [e.stat().st_size for e in os.scandir(self.ws.logs_dir / "jobs") if e.name.endswith(".jsonl")]
+        except FileNotFoundError:
+            sizes = []
+        return len(sizes), sum(sizes)
+
     def supervisor_pid(self) -> int | None:
         ident = supervisor_identity(self.ws)
         return ident.pid if ident else None

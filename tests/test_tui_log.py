@@ -159,6 +159,7 @@ async def test_quit_during_first_fold_does_not_wait(app: PmatApp, monkeypatch: p
         return real(self)
 
     monkeypatch.setattr(PipelineState, "refresh", slow)
+    monkeypatch.setattr("pmat_tui.app.FOLD_INLINE_BYTES", 0)  # fold these small logs as if they were huge
     t0 = time.monotonic()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.2)

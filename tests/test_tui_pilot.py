@@ -34,7 +34,7 @@ def _spec() -> dict:
         "name": "tui-test",
         "work_items": {"W-1": {"title": "count", "acceptance": ["AC-1"]}},
         "stages": {
-            "count": cmd(12, 0.25, work_item="W-1"),
+            "count": cmd(24, 0.25, work_item="W-1"),
             "gated": {"kind": "tiny_model", "work_item": "W-1", "after": ["count"], "approval": "required",
                       "params": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64,
                                  "num_attention_heads": 2, "num_key_value_heads": 1},
@@ -113,10 +113,9 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
         first_done = m.rows["count"].done
         await pilot.press("2")  # jobs view: the card's numbers come from the job's events
         await _until(pilot, lambda: m.rows["count"].done > first_done, what="progress advancing")
-        card = app.screen.query_one(JobCard)
-        assert card.job_id == "count.1"
-        text = screen_text(app)
-        assert "/12 steps" in text and "rate" in text and "ETA" in text and "count.1 running" in text
+        await _until(pilot, lambda: all(t in screen_text(app) for t in ("/24 steps", "rate", "ETA", "elapsed")),
+                     what="the job card")
+        assert app.screen.query_one(JobCard).job_id == "count.1"
         await pilot.press("1")
         tree = app.screen.query_one(DagTree)
         tree.select_stage("gated")
@@ -144,8 +143,8 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
         await pilot.press("y")
         await _until(pilot, lambda: m.rows["long"].status == "cancelled", what="cancelled")
         await pilot.press("t")  # retry: a second attempt of the cancelled stage
-        await _until(pilot, lambda: m.rows["long"].job_id == "long.2" and m.rows["long"].status == "running",
-                     what="retry running")
+        await _until(pilot, lambda: m.rows["long"].job_id == "long.2" and m.rows["long"].status == "running"
+                     and m.state.jobs["long.2"].started_at is not None, what="retry running")
         await pilot.press("c", "y")
         await _until(pilot, lambda: m.rows["long"].status == "cancelled", what="retry cancelled")
         await pilot.pause(0.3)

@@ -69,6 +69,8 @@ class DagTree(Tree[str]):
             for s in stages:
                 self.stage_nodes[s] = node.add_leaf(s, data=s)
         self.root.expand()
+        if model.rows:  # already folded: build with the final labels (no relabelling pass)
+            self.update_rows()
 
     def _set(self, key: str, node: TreeNode[str], label: Text) -> None:
         if self._shown.get(key) != label:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from rich.text import Text
 from textual.widgets import Static
 
@@ -30,13 +28,9 @@ class HeaderBar(Static):
             t.append(f" · critical path {ov.remaining_hours:.1f}h to go", style="dim")
         self.update(t)
 
-    def loading(self, model: ConsoleModel) -> None:
+    def loading(self, pipeline: str, logs: int, size: int) -> None:
         """Shown while the first fold reads the logs."""
-        try:
-            sizes = [e.stat().st_size for e in os.scandir(model.ws.logs_dir / "jobs") if e.name.endswith(".jsonl")]
-        except FileNotFoundError:
-            sizes = []
         t = Text()
         t.append(" pmat ", style="bold reverse")
-        t.append(f" {model.spec.name} · reading {len(sizes)} job logs ({sum(sizes) / 2**20:.0f} MB)…", style="bold")
+        t.append(f" {pipeline} · reading {logs} job logs ({size / 2**20:.0f} MB)…", style="bold")
         self.update(t)

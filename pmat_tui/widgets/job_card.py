@@ -48,6 +48,8 @@ class JobCard(Vertical, can_focus=True):
             widget.update(value)  # type: ignore[attr-defined]
 
     def update_job(self, a: Attempt, st: StageState, now: float) -> None:
+        if not self.is_attached:  # replaced by a newer set of cards before this ran
+            return
         status = a.outcome or ("running" if a.running else "queued")
         style = {"running": "bold green", "ok": "green", "failed": "bold red", "cancelled": "magenta", "crashed": "bold red"}.get(status, "")
         title = Text(f"{a.job_id} ", style="bold")
