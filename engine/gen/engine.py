@@ -77,6 +77,16 @@ def _draw(cum: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor, top_p: t
     return (idx.gather(1, choice) if idx is not None else choice).squeeze(1)
 
 
+def _sort_desc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row sorted descending, with indices. On the CPU numpy's argsort is ~2x torch.sort."""
+    if x.device.type != "cpu":
+        return x.sort(dim=-1, descending=True)
+    import numpy as np
+
+    idx = torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
+    return x.gather(1, idx), idx
+
+
 def sample_rows(
     logits: torch.Tensor,
     temp: torch.Tensor,
@@ -118,7 +128,7 @@ def sample_rows(
             token = _draw(cum, idx, u, top_p, torch.where(within, k_eff, candidates), mass_k)
         fell_back = token is None
     if token is None:
-        vals, idx = scaled.sort(dim=-1, descending=True)
+        vals, idx = _sort_desc(scaled)
         cum = torch.softmax(vals, dim=-1).cumsum(-1)
         token = _draw(cum, idx, u, top_p, k_eff, cum.gather(1, (k_eff - 1)[:, None])[:, 0])
     return (torch.where(greedy, logits.argmax(-1), token) if greedy_rows else token), fell_back
