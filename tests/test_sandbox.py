@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli.sandbox import split_program
+from engine.sandbox import landlock
 from engine.sandbox.pool import Job, Limits, SandboxPool, verdict_from
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -141,3 +144,33 @@ def test_lazy_iterables_iterate_but_do_not_equal_lists(pool: SandboxPool) -> Non
     assert run(pool, program, "assert list(evens(5)) == [0, 2, 4]\nassert sorted(doubled([2, 1])) == [2, 4]\n"
                               "assert list(doubled(evens(3))) == [0, 4]\nassert keys({1: 2}) == {1}\n").passed
     assert run(pool, program, "assert doubled([1]) == [2]\n").status == "failed"  # a map is not a list
+
+
+@pytest.mark.skipif(landlock.abi() < 1, reason="kernel without Landlock")
+def test_landlock_layer_alone(tmp_path: Path) -> None:
+    """The kernel layer under the audit hook: a process restricted to ``inside`` can write
+    there and nowhere else, cannot exec, and (ABI >= 6) cannot signal its parent."""
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    inside.mkdir()
+    outside.mkdir()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)
+        results = [landlock.restrict(str(inside)) > 0]
+        for attempt in (lambda: (inside / "a").write_text("x"), lambda: (outside / "a").write_text("x"),
+                        lambda: os.execv("/bin/true", ["true"]), lambda: os.kill(os.getppid(), 0)):
+            try:
+                attempt()
+                results.append(True)
+            except OSError:
+                results.append(False)
+        os.write(w, json.dumps(results).encode())
+        os._exit(0)
+    os.close(w)
+    results = json.loads(os.read(r, 1000))
+    os.waitpid(pid, 0)
+    applied, wrote_inside, wrote_outside, executed, signalled = results
+    assert applied and wrote_inside and not wrote_outside and not executed
+    assert not signalled or landlock.abi() < 6
+    assert list(outside.iterdir()) == []

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     limits = Limits(memory_mb=args.memory_mb, cpu_s=int(args.timeout) + 2)
     with SandboxPool(workers=1, limits=limits) as pool:
         verdict = pool.run(Job(program=program, runner_code=tests, aliases=aliases, timeout=args.timeout))
-        out = {**verdict.to_dict(), "network": pool.network}
+        out = {**verdict.to_dict(), "network": pool.network, "filesystem": pool.filesystem}
     print(json.dumps(out, indent=2))
     return 0 if verdict.passed else 1
 

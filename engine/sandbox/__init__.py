@@ -9,8 +9,10 @@ Processes, per pool slot:
   *before* it reads that check's job, and then runs the check's tests itself
   (``runner.py``): it never executes program code;
 - the child (``child.py``): own session and group, temp cwd, rlimits, its own uid when
-  the pool runs as root (RLIMIT_NPROC 1: no fork, no threads), an audit hook that ends
-  it on a forbidden operation. It loads the program and answers calls.
+  the pool runs as root (RLIMIT_NPROC 1: no fork, no threads), Landlock where the kernel
+  has it (``landlock.py``: writes only beneath its directory, no exec, no signals out),
+  an audit hook that ends it on a forbidden operation. It loads the program and answers
+  calls.
 
 Only plain data crosses the socket (``wire.py``), so asserts compare values the trusted
 side built itself, with its own builtins and modules. A verdict counts only when the

@@ -3,8 +3,8 @@
 Confinement, in order, before any program byte is read: own session and process
 group, every inherited descriptor closed except the call socket and the violation
 pipe, a fresh temporary cwd, rlimits (address space, CPU, processes, file size, open
-files, no core), an unprivileged uid when started as root, no-new-privs and a
-parent-death signal, then an audit hook that ends the process on a forbidden
+files, no core), an unprivileged uid when started as root, no-new-privs, Landlock
+where the kernel has it, a parent-death signal, then an audit hook that ends the process on a forbidden
 operation (named on the violation pipe). The verdict is not decided here: the trusted
 runner (another process) runs the asserts on plain values sent back over the socket.
 """
@@ -21,7 +21,7 @@ import sys
 import traceback
 from typing import Any
 
-from engine.sandbox import wire
+from engine.sandbox import landlock, wire
 
 BLOCKED_EXIT = 86
 _PROC_EVENTS = {
@@ -97,7 +97,8 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing (and Landlock may apply)
+    landlock.restrict(workdir)  # kernel: writes only beneath workdir, no exec, no signals out (if present)
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the template (after setuid, which clears it)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - print goes to .output, by line
     sys.stderr = sys.stdout
@@ -122,8 +123,20 @@ def _install_hook(viol_fd: int, workdir: str) -> None:
     def inside(path: Any) -> bool:
         if isinstance(path, int):
             return True
-        p = realpath(text_of(path))  # relative paths against the current cwd, links followed
+        try:
+            p = realpath(text_of(path))  # relative paths against the current cwd, links followed
+        except (OSError, ValueError):
+            return False  # a path the hook cannot resolve is not known to be inside
         return p == root or p.startswith(root + "/") or p in allowed_files
+
+    def under_proc(text: str) -> bool:
+        if abspath(text).startswith("/proc/"):  # the link as written: no resolution needed
+            return not abspath(text).startswith("/proc/self/stat")
+        try:
+            target = realpath(text)
+        except (OSError, ValueError):
+            return True
+        return target.startswith("/proc/") and not target.startswith("/proc/self/stat")
 
     def hook(event: str, args: tuple) -> None:
         if event in _PROC_EVENTS or event.startswith(("ctypes.", "socket.")):
@@ -133,9 +146,8 @@ def _install_hook(viol_fd: int, workdir: str) -> None:
             if isinstance(path, int):
                 return
             text = text_of(path)
-            for where in (abspath(text), realpath(text)):  # the link itself and what it points to
-                if where.startswith("/proc/") and not where.startswith("/proc/self/stat"):
-                    violate(f"open {text}")
+            if under_proc(text):
+                violate(f"open {text}")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & _WRITE_FLAGS)
             if writing and not inside(path):

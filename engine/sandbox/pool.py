@@ -113,6 +113,7 @@ class _Slot:
         ready = self.read_line(timeout=60)
         if not ready or ready.get("type") != "ready":
             raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
+        self.landlock = int(ready.get("landlock") or 0)
 
     def read_line(self, timeout: float) -> dict[str, Any] | None:
         end = time.monotonic() + timeout
@@ -187,8 +188,9 @@ class SandboxPool:
 
     def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, isolate_uid: bool = True,
                  network: str = "auto") -> None:
-        # more slots than cores: a slot waiting out a sleeping or niced spinning program costs no CPU
-        self.workers = max(1, workers or min(32, 4 * (os.cpu_count() or 1)))
+        # two slots per core: a template and its child take turns. More would hide sleeping programs
+        # better but starve CPU-bound correct ones into wall-clock timeouts (MBPP 123 at 10 s on 8 slots)
+        self.workers = max(1, workers or min(32, 2 * (os.cpu_count() or 1)))
         self.limits = limits
         self.isolate_uid = isolate_uid
         # unnamed uids, random per pool: two pools never share one (a slot's cleanup kills its uid's all)
@@ -217,6 +219,15 @@ class SandboxPool:
             slot.stop()
         self.slots = []
         shutil.rmtree(self.base, ignore_errors=True)
+
+    @property
+    def filesystem(self) -> str:
+        """What keeps programs' writes inside their directory, besides the audit hook."""
+        abi = min(s.landlock for s in self.slots) if self.slots else 0
+        layers = [f"landlock ABI {abi}"] if abi else []
+        if os.geteuid() == 0 and self.isolate_uid:
+            layers.append("own uid")
+        return " + ".join(layers) or "audit hook only"
 
     def healthy(self) -> bool:
         return all(s.proc.poll() is None for s in self.slots) and bool(self.slots)

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from engine.sandbox import wire
+from engine.sandbox import landlock, wire
 from engine.sandbox.child import child_main
 from engine.sandbox.runner import run_tests
 
@@ -139,7 +139,8 @@ class Template:
     def serve(self) -> None:
         _warm_up()
         warm = self.prefork()
-        wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid})
+        wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid,
+                                   "landlock": landlock.abi()})
         buf = b""
         while True:
             chunk = os.read(0, 1 << 20)
