@@ -174,3 +174,9 @@ def test_landlock_layer_alone(tmp_path: Path) -> None:
     assert applied and wrote_inside and not wrote_outside and not executed
     assert not signalled or landlock.abi() < 6
     assert list(outside.iterdir()) == []
+
+
+def test_remote_stop_iteration_cannot_end_a_test_early(pool: SandboxPool) -> None:
+    program = "def ok(x):\n    raise StopIteration\n"
+    v = run(pool, program, "assert all(map(ok, [1, 2, 3]))\n")
+    assert v.status == "error" and v.error_type == "StopIteration"

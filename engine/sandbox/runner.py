@@ -22,7 +22,9 @@ from typing import Any
 
 from engine.sandbox import wire
 
-_NO_MAP = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"}
+# control-flow exceptions never come back as themselves: a remote StopIteration would end an
+# `all(map(candidate, xs))` early, as a pass
+_NO_MAP = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "StopIteration", "StopAsyncIteration"}
 
 
 class RemoteError(Exception):
