@@ -61,10 +61,34 @@ def cut_body(text: str) -> str:
     return text
 
 
-def clean(raw: str, *, chat: bool, body: bool) -> str:
-    """The code to run from a raw completion; ``body`` when the prompt ends inside a function."""
+def drop_demo_code(code: str) -> str:
+    """Without the top-level statements a reply adds to show its code off: bare expressions
+    (``print(f(3))``), its own asserts, and ``if __name__ == "__main__":`` blocks. Code that
+    does not parse is returned as it is (the sandbox reports the syntax error)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+
+    def demo(node: ast.stmt) -> bool:
+        if isinstance(node, ast.Assert) or (isinstance(node, ast.Expr) and not isinstance(node.value, ast.Constant)):
+            return True
+        return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
+
+    lines = code.split("\n")
+    for node in reversed(tree.body):
+        if demo(node):
+            del lines[node.lineno - 1:node.end_lineno]
+    return "\n".join(lines)
+
+
+def clean(raw: str, *, chat: bool, body: bool, sanitize: bool = False) -> str:
+    """The code to run from a raw completion; ``body`` when the prompt ends inside a function;
+    ``sanitize`` also drops the reply's demo code (an opt-in beyond the reference protocol)."""
     text = cut_trailers(strip_think(raw))
     text = extract_fenced(text)
     if body and not chat:
         text = cut_body(text)
+    if sanitize:
+        text = drop_demo_code(text)
     return text.rstrip() + "\n"

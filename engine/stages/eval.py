@@ -41,6 +41,7 @@ class Params(StageParams):
     variant: Literal["full", "sanitized"] = "full"  # MBPP file
     data_path: str | None = None        # MBPP directory or evalplus file; HumanEval: the package's file
     dataset_sha256: str | None = None   # expected hash of an evalplus file
+    sanitize: bool = False              # also drop replies' demo code (prints, own asserts, __main__ blocks)
     top_p: float = 1.0
     top_k: int = 0
     ks: tuple[int, ...] = (1, 10, 100)  # pass@k reported for every k <= n
@@ -123,7 +124,8 @@ def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
             "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "top_k": params.top_k, "n": params.n, "seed": params.seed, "split": params.split,
             "variant": params.variant, "limit": params.limit, "timeout_s": params.timeout_s,
-            "memory_mb": params.memory_mb, "postprocess": POSTPROCESS_VERSION, "dtype": params.dtype}
+            "memory_mb": params.memory_mb, "postprocess": POSTPROCESS_VERSION, "sanitize": params.sanitize,
+            "dtype": params.dtype}
 
 
 def run(ctx: StageContext, params: Params) -> None:
@@ -167,7 +169,7 @@ def run(ctx: StageContext, params: Params) -> None:
             for p, out in zip(unit, outs, strict=True):
                 pr = built[p.task_id]
                 for raw in out.texts:
-                    code = postprocess.clean(raw, chat=pr.chat, body=pr.body)
+                    code = postprocess.clean(raw, chat=pr.chat, body=pr.body, sanitize=params.sanitize)
                     cleaned.append(code)
                     jobs.append(make_job(params.benchmark, p, code, params.timeout_s))
             verdicts = pool.run_many(jobs)
