@@ -94,7 +94,7 @@ def screen_text(app: PmatApp) -> str:
 
 def _labels(app: PmatApp) -> dict[str, str]:
     tree = app.screen.query_one(DagTree)
-    return {s: str(n.label) for s, n in tree.stage_nodes.items()}
+    return {s: tree.labels[s].plain for s in tree.stage_nodes}
 
 
 async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Supervisor) -> None:

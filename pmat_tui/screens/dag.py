@@ -6,7 +6,6 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Container
-from textual.widgets import Tree
 
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.dag_tree import DagTree
@@ -17,6 +16,8 @@ DETAIL_EVERY_S = 2.0  # a running stage's details (attempts, log tail) redraw at
 
 class DagScreen(ViewScreen):
     VIEW = "DAG"
+
+    _placed = False  # the cursor was put on the selected stage once; then it is the user's
 
     def body(self) -> ComposeResult:
         with Container(id="dag-split"):
@@ -37,11 +38,12 @@ class DagScreen(ViewScreen):
         self.papp.selected_stage = self.papp.selected_stage or first
         if self.papp.selected_stage:
             tree.select_stage(self.papp.selected_stage)
+            self._placed = True
 
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         tree = self.query_one(DagTree)
-        if structural and (tree.cursor_node is None or not tree.cursor_node.data or tree.cursor_node.data.startswith("item:")):
+        if structural and not self._placed:
             self._ensure_selection()
         running = [a.stage for a in self.model.watched if a.running]
         tree.update_rows(None if structural else running)
@@ -51,8 +53,7 @@ class DagScreen(ViewScreen):
         if structural or live:
             detail.show(self.papp.selected_stage)
 
-    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        data = event.node.data or ""
-        if data and not data.startswith("item:"):
-            self.papp.selected_stage = data
-            self.query_one(StageDetail).show(data)
+    def on_dag_tree_highlighted(self, event: DagTree.Highlighted) -> None:
+        if event.stage:
+            self.papp.selected_stage = event.stage
+            self.query_one(StageDetail).show(event.stage)

@@ -1,10 +1,20 @@
-"""The DAG as a tree: work items, then their stages, with status, critical path and reason."""
+"""The DAG as an outline: work items, then their stages, with status, critical path and reason.
+
+A line-API widget rather than Textual's Tree: a running job changes one label several
+times a second, and repainting that one line must stay cheap (a Tree line costs about
+ten times more to render). Only lines whose text changed are repainted.
+"""
 
 from __future__ import annotations
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual.widgets import Tree
-from textual.widgets.tree import TreeNode
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from engine.dag import topo_order, work_item_order
 from engine.overview import StageRow
@@ -12,6 +22,8 @@ from pmat_tui.fmt import fmt_duration, fmt_num
 from pmat_tui.model import ConsoleModel, status_mark
 
 CRITICAL = "★"
+CURSOR = Style(bgcolor="#264f78", bold=True)
+GUIDE = Style(color="grey50")
 
 
 def coarse_eta(s: float | None) -> str:
@@ -42,58 +54,142 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
     return t
 
 
-class DagTree(Tree[str]):
-    """Node data: a stage name, or ``item:<id>`` for a work item."""
+class DagTree(ScrollView, can_focus=True):
+    """One line per work item and per stage; the cursor selects a stage."""
+
+    BINDINGS = [
+        Binding("up,k", "move(-1)", "up", show=False),
+        Binding("down,j", "move(1)", "down", show=False),
+        Binding("pageup", "page(-1)", "page up", show=False),
+        Binding("pagedown", "page(1)", "page down", show=False),
+        Binding("home", "move(-100000)", "first", show=False),
+        Binding("end", "move(100000)", "last", show=False),
+    ]
+
+    class Highlighted(Message):
+        """The cursor is on a stage (``stage``) or a work item (``stage`` is None)."""
+
+        def __init__(self, stage: str | None) -> None:
+            super().__init__()
+            self.stage = stage
 
     def __init__(self, model: ConsoleModel, **kw) -> None:
-        super().__init__(model.spec.name, data="", **kw)
+        super().__init__(**kw)
         self.model = model
-        self.stage_nodes: dict[str, TreeNode[str]] = {}
-        self.item_nodes: dict[str, TreeNode[str]] = {}
-        self.item_stages: dict[str, list[str]] = {}
-        self._shown: dict[str, Text] = {}  # set_label repaints: only when the label changed
-        self.show_root = False
-        self.guide_depth = 2
         spec = model.spec
         order = topo_order(spec)
-        width = max((len(s) for s in spec.stages), default=8)
-        self._width = min(width, 22)
+        self._width = min(max((len(s) for s in spec.stages), default=8), 22)
+        self.keys: list[str] = []  # "item:<id>" or a stage name, one per line
+        self.guides: list[str] = []
+        self.item_stages: dict[str, list[str]] = {}
         for item in work_item_order(spec) + [None]:
             stages = [s for s in order if spec.stages[s].work_item == item]
             if not stages:
                 continue
-            title = f"{item}  {spec.work_items[item].title}" if item else "(no work item)"
-            node = self.root.add(title, data=f"item:{item or ''}", expand=True)
-            self.item_nodes[item or ""] = node
+            self.keys.append(f"item:{item or ''}")
+            self.guides.append("▼ ")
             self.item_stages[item or ""] = stages
-            for s in stages:
-                self.stage_nodes[s] = node.add_leaf(s, data=s)
-        self.root.expand()
-        if model.rows:  # already folded: build with the final labels (no relabelling pass)
+            for i, s in enumerate(stages):
+                self.keys.append(s)
+                self.guides.append("└ " if i == len(stages) - 1 else "├ ")
+        self.line_of = {k: i for i, k in enumerate(self.keys)}
+        self.labels: dict[str, Text] = {k: self._item_label(k[5:], None) if k.startswith("item:") else Text(k)
+                                         for k in self.keys}
+        self.cursor = 0
+        self._strips: dict[int, Strip] = {}
+        self.virtual_size = Size(0, len(self.keys))
+        if model.rows:
             self.update_rows()
 
-    def _set(self, key: str, node: TreeNode[str], label: Text) -> None:
-        if self._shown.get(key) != label:
-            self._shown[key] = label
-            node.set_label(label)
+    # -- labels -----------------------------------------------------------------------
+    def _item_label(self, item: str, done: int | None) -> Text:
+        title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
+        label = Text(title, style="bold")
+        if done is not None:
+            label.append(f"  {done}/{len(self.item_stages[item])} done", style="dim")
+        return label
+
+    def _set(self, key: str, label: Text) -> None:
+        if self.labels.get(key) != label:
+            self.labels[key] = label
+            self._repaint(self.line_of[key])
 
     def update_rows(self, stages: list[str] | None = None) -> None:
-        """Relabel ``stages`` (all when None) and the work items."""
+        """Relabel ``stages`` (all when None, and then the work items too)."""
         rows = self.model.rows
-        for stage in self.stage_nodes if stages is None else stages:
+        for stage in self.keys if stages is None else stages:
             row = rows.get(stage)
-            if row is not None and stage in self.stage_nodes:
-                self._set(stage, self.stage_nodes[stage], stage_label(row, self._width))
-        if stages is not None:
-            return  # work item counts change only with a rebuild
-        for item, node in self.item_nodes.items():
-            done = sum(rows[s].status == "done" for s in self.item_stages[item] if s in rows)
-            title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
-            label = Text(title, style="bold")
-            label.append(f"  {done}/{len(self.item_stages[item])} done", style="dim")
-            self._set(f"item:{item}", node, label)
+            if row is not None and stage in self.line_of:
+                self._set(stage, stage_label(row, self._width))
+        if stages is None:
+            for item, members in self.item_stages.items():
+                done = sum(rows[s].status == "done" for s in members if s in rows)
+                self._set(f"item:{item}", self._item_label(item, done))
+
+    # -- cursor -----------------------------------------------------------------------
+    @property
+    def cursor_key(self) -> str | None:
+        return self.keys[self.cursor] if self.keys else None
+
+    @property
+    def stage_nodes(self) -> dict[str, int]:
+        """Stage -> line (the stages shown, in order)."""
+        return {k: i for i, k in enumerate(self.keys) if not k.startswith("item:")}
 
     def select_stage(self, stage: str) -> None:
-        node = self.stage_nodes.get(stage)
-        if node is not None:
-            self.move_cursor(node)
+        if stage in self.line_of:
+            self._move_to(self.line_of[stage])
+
+    def _move_to(self, line: int) -> None:
+        line = max(0, min(len(self.keys) - 1, line))
+        old, self.cursor = self.cursor, line
+        self._repaint(old)
+        self._repaint(line)
+        h = max(1, self.scrollable_content_region.height)
+        y = self.scroll_offset.y
+        if line < y:
+            self.scroll_to(y=line, animate=False, force=True)
+        elif line >= y + h:
+            self.scroll_to(y=line - h + 1, animate=False, force=True)
+        key = self.keys[line] if self.keys else None
+        self.post_message(self.Highlighted(None if key is None or key.startswith("item:") else key))
+
+    def action_move(self, delta: int) -> None:
+        self._move_to(self.cursor + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move_to(self.cursor + direction * max(1, self.scrollable_content_region.height - 1))
+
+    # -- rendering ----------------------------------------------------------------------
+    def _repaint(self, line: int) -> None:
+        self._strips.pop(line, None)
+        y = line - self.scroll_offset.y
+        if 0 <= y < self.size.height:
+            self.refresh(Region(0, y, self.size.width, 1))
+
+    def render_line(self, y: int) -> Strip:
+        line = self.scroll_offset.y + y
+        width = self.scrollable_content_region.width
+        if line >= len(self.keys):
+            return Strip.blank(width, self.rich_style)
+        strip = self._strips.get(line)
+        if strip is None or strip.cell_length != width:
+            text = Text(no_wrap=True)
+            text.append(self.guides[line], style=GUIDE)
+            text.append_text(self.labels[self.keys[line]])
+            segments = [s for s in text.render(self.app.console) if s.text != "\n"]
+            strip = Strip(Segment.apply_style(segments, self.rich_style)).crop_extend(0, width, self.rich_style)
+            if line == self.cursor and self.has_focus:
+                strip = Strip(Segment.apply_style(strip, post_style=CURSOR), width)
+            self._strips[line] = strip
+        return strip
+
+    def on_resize(self) -> None:
+        self._strips.clear()
+        self.virtual_size = Size(self.size.width, len(self.keys))
+
+    def on_focus(self) -> None:
+        self._repaint(self.cursor)
+
+    def on_blur(self) -> None:
+        self._repaint(self.cursor)

@@ -20,7 +20,7 @@ from pmat_tui.logtail import LogTail
 
 CACHE_LINES = 1000
 LOAD_BACK = 1000
-CURSOR = Style(reverse=True)
+CURSOR = Style(bgcolor="#264f78", bold=True)
 
 
 class LogView(ScrollView, can_focus=True):
@@ -158,7 +158,7 @@ class LogView(ScrollView, can_focus=True):
         strip = Strip(segments).crop(self.scroll_offset.x, self.scroll_offset.x + width)
         strip = strip.extend_cell_length(width)
         if row == self.cursor and self.has_focus:
-            strip = Strip(Segment.apply_style(strip, CURSOR), width)
+            strip = Strip(Segment.apply_style(strip, post_style=CURSOR), width)
         return strip
 
     def on_resize(self) -> None:
