@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -14,6 +15,10 @@ FINISHED_SHOWN = 3
 
 class JobsScreen(ViewScreen):
     VIEW = "Jobs"
+    BINDINGS = [
+        Binding("down,j", "focus_next", "next job", show=False),
+        Binding("up,k", "focus_previous", "previous job", show=False),
+    ]
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="jobs-list"):

@@ -19,6 +19,7 @@ class MemoryScreen(ViewScreen):
             yield MemoryPanel(id="memory")
 
     def on_mount(self) -> None:
+        self.query_one("#memory-scroll").focus()  # arrows scroll without a mouse
         self.set_interval(PROBE_EVERY_S, lambda: self.update_view(False))
 
     def update_view(self, structural: bool) -> None:
