@@ -1,11 +1,12 @@
 """Stage `ties`: TIES-merge two specialists onto their base, or SLERP between them.
 
 Each specialist is a full checkpoint or a peft LoRA adapter on the base (its weights are
-base + B@A, computed per tensor). Tensors are streamed: one tensor of each model at a
-time. Trimming is per tensor (as mergekit) or over the whole model (as the TIES paper;
-two extra streamed passes find the exact model-wide threshold). Every tensor reports its
-sign conflicts (naive sum / after trim / after election, AC-007) and its norm drift
-(AC-006); the totals go to the results ledger as benchmark "ties".
+base + B@A, computed per tensor). Tensors are streamed, one tensor of each model at a
+time, with the fp32 arithmetic on the job's device. Trimming is per tensor (as mergekit)
+or over the whole model (as the TIES paper; two extra streamed passes find the exact
+model-wide threshold). Every tensor reports its sign conflicts (naive sum / after trim /
+after election, AC-007) and its norm drift (AC-006); the totals go to the results ledger
+as benchmark "ties".
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Specialist:
 
     def weight(self, name: str, base_fp32: torch.Tensor) -> torch.Tensor:
         if self.reader is not None:
-            return self.reader.get(name).float()
+            return self.reader.get(name).to(base_fp32.device, torch.float32)
         assert self.adapter is not None
         if name in self.adapter.targets():
             return self.adapter.apply_(name, base_fp32.clone())
@@ -133,7 +134,7 @@ def _global_thresholds(
     for pass_no in (1, 2):
         for i, name in enumerate(names):
             ctx.check_cancelled()
-            b = base.get(name).float()
+            b = base.get(name).to(ctx.device, torch.float32)
             for spec, sel in zip(specs, selectors, strict=True):
                 sel.update(spec.weight(name, b) - b)
             if i % 32 == 0:
@@ -170,7 +171,7 @@ def run(ctx: StageContext, params: Params) -> None:
                 writer.add(name, raw)
                 continue
             dtype = resolve_dtype(params.out_dtype, raw.dtype)
-            b = raw.float()
+            b = raw.to(ctx.device, torch.float32)
             del raw
             if tp is not None:
                 deltas = [s.weight(name, b) - b for s in specs]
@@ -203,7 +204,7 @@ def run(ctx: StageContext, params: Params) -> None:
             if tp is not None:
                 ctx.metric("sign_conflicts_naive", row["naive"], step=i, tensor=name)
                 ctx.metric("sign_conflicts_elected", row["elected"], step=i, tensor=name)
-            writer.add(name, merged.to(dtype))
+            writer.add(name, merged.to("cpu", dtype))
             del merged, b
             if i % 16 == 0 or i + 1 == len(names):
                 ctx.progress(i + 1, len(names), "tensors")
