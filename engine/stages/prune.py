@@ -139,7 +139,7 @@ def _wanda(ctx: StageContext, params: Params, model_dir: Path) -> dict[str, torc
     assert calib is not None
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = load_calibration(ctx.inputs["calibration"], tok, calib.nsamples, calib.seqlen, ctx.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", device_map=ctx.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(ctx.device).eval()  # no accelerate needed
     batches = [b.to(ctx.device) for b in ids.split(params.batch_size)]
     pruned: dict[str, torch.Tensor] = {}
     with torch.no_grad():
