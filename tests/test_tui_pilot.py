@@ -131,6 +131,10 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
         grant = m.state.approvals["gated"]
         assert grant["by"] == (os.environ.get("USER") or str(os.getuid())) and grant["ts"] > 0
         assert grant["evidence"] == m.evidence("gated")
+        await pilot.press("4")  # the gates view names who approved the gated stage, and when
+        await _until(pilot, lambda: f"gates stage gated: approved by {grant['by']} at" in screen_text(app),
+                     what="approval in the gates view")
+        await pilot.press("1")
         await pilot.press("r")
         await _until(pilot, lambda: m.rows["gated"].status == "done", timeout=90, what="gated stage done")
         assert m.rows["count"].status == "done"

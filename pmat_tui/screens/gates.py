@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable
 
+from pmat_tui.fmt import fmt_clock
 from pmat_tui.model import GateRow
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.gates_table import GateDetail, GatesTable
@@ -36,7 +37,14 @@ class GatesScreen(ViewScreen):
     def _show_selected(self) -> None:
         table = self.query_one(GatesTable)
         g = self.rows[table.cursor_row] if self.rows and 0 <= table.cursor_row < len(self.rows) else None
-        self.query_one(GateDetail).show(g)
+        approvals = {}
+        for stage in g.gated_stages if g else []:
+            grant = self.model.state.approvals.get(stage)
+            row = self.model.rows.get(stage)
+            if grant:
+                lapsed = "" if row and row.approval == "approved" else ", lapsed: the evidence changed"
+                approvals[stage] = f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{lapsed}"
+        self.query_one(GateDetail).show(g, approvals)
         if g and g.gated_stages:
             self.papp.selected_stage = g.gated_stages[0]
 

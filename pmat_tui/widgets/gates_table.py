@@ -31,7 +31,8 @@ class GatesTable(DataTable):
 class GateDetail(Static):
     """The selected criterion's description, expression and evidence record."""
 
-    def show(self, g: GateRow | None) -> None:
+    def show(self, g: GateRow | None, approvals: dict[str, str] | None = None) -> None:
+        """``approvals``: gated stage -> who approved it and when (or that it is not approved)."""
         if g is None:
             self.update("")
             return
@@ -51,6 +52,7 @@ class GateDetail(Static):
             parts.append(Text("evidence: no result recorded for this checkpoint's current hash", style="dim"))
         if ev.get("missing"):
             parts.append(Text(f"missing: {', '.join(ev['missing'])}", style="yellow"))
-        if g.gated_stages:
-            parts.append(Text(f"approving gates stage(s): {', '.join(g.gated_stages)} (a)", style="cyan"))
+        for stage in g.gated_stages:
+            parts.append(Text(f"gates stage {stage}: {(approvals or {}).get(stage, 'not approved')} (a: review and approve)",
+                              style="cyan"))
         self.update(Group(*parts))
