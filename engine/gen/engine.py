@@ -175,6 +175,9 @@ class SlotEngine:
         self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         self.mask = torch.full((rows, self.max_len), float("-inf"), device=self.device, dtype=self.dtype)
+        # a device-side 0: assigning a Python scalar through an index copies it from the host,
+        # which a CUDA graph capture refuses
+        self.zero = torch.zeros((), device=self.device, dtype=self.dtype)
         self.arange = torch.arange(rows, device=self.device)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.ptr = torch.zeros(rows, dtype=torch.long, device=self.device)
@@ -215,7 +218,7 @@ class SlotEngine:
 
     def _decode_layers(self, span: int) -> torch.Tensor:
         b, g = self.rows, self.n_heads // self.n_kv
-        self.mask[self.arange, self.ptr] = 0.0
+        self.mask[self.arange, self.ptr] = self.zero
         x = self.embed(self.tokens[:, None])
         cos, sin = self.rotary(x, self.ptr[:, None])
         mask = self.mask[:, None, None, :span]
