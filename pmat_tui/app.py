@@ -93,6 +93,7 @@ class PmatApp(App):
         self._watch_enabled = watch
         self._notice = notice
         self._stop = threading.Event()
+        self._change_posted = threading.Event()
         self._last_refresh = 0.0
         self._pending = False
         self.refreshes = 0
@@ -161,12 +162,15 @@ class PmatApp(App):
                                       raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
                 if self._stop.is_set():
                     return
-                self.post_message(FilesChanged())  # post_message is thread-safe
+                if not self._change_posted.is_set():  # one message in flight is enough
+                    self._change_posted.set()
+                    self.post_message(FilesChanged())  # post_message is thread-safe
         except Exception:  # noqa: BLE001 - no inotify (network fs, limits): poll faster instead
             if not self._stop.is_set():
                 self.post_message(FilesChanged(watch_failed=True))
 
     def on_files_changed(self, message: FilesChanged) -> None:
+        self._change_posted.clear()
         if message.watch_failed:
             self.set_interval(MIN_REFRESH_S, self.request_refresh)
         self.request_refresh()
