@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 from engine.models.checkpoint import open_checkpoint
 from engine.models.gguf_writer import GGUFStreamWriter, GValue
+from engine.workspace import append_jsonl
 from kernels.quant.formats import BLOCK, QK_K, QType
 from kernels.quant.vectorized import dequantize, quantize
 
@@ -224,14 +224,6 @@ def _plan_digest(kv: list, tensors: list[TensorPlan], source_id: str) -> str:
     return h.hexdigest()
 
 
-def _append_line(path: Path, obj: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(obj) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _resume_point(journal: Path, digest: str) -> list[dict[str, Any]]:
     if not journal.is_file():
@@ -261,7 +253,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, mix: str, *, backen
     done = _resume_point(journal, digest) if out_path.is_file() else []
     if not done:
         journal.unlink(missing_ok=True)
-        _append_line(journal, {"digest": digest})
+        append_jsonl(journal, [{"digest": digest}])
     elif on_resume:
         on_resume(len(done), len(tensors))
     writer = GGUFStreamWriter(out_path, kv, [(p.name, p.shape, p.qtype) for p in tensors], start=len(done))
@@ -282,7 +274,7 @@ def export_gguf(model_dir: Path | str, out_path: Path | str, mix: str, *, backen
                    "rel_rmse": float(err.norm()) / norm if norm else 0.0, "max_abs_err": float(err.abs().max())}
             writer.write(p.name, memoryview(data.cpu().numpy()).cast("B"))
             writer.sync()
-            _append_line(journal, rec)
+            append_jsonl(journal, [rec])
             stats.append(rec)
             if on_tensor:
                 on_tensor(rec)

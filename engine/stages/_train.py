@@ -329,3 +329,33 @@ def training_memory_estimate(model_dir: Path, *, rank: int, target_modules: list
         act += tokens * h * 8  # the no-grad reference forward keeps one layer's activations at a time
     slab = min(tokens, chunk_size) * vocab * 4 * 2
     return weight_bytes + lora * 16 + act + slab + (1 << 30)
+
+
+def trainer_args(params: Any, out_dir: Path, seed: int, cuda: bool) -> dict[str, Any]:
+    """The transformers TrainingArguments that SFT and DPO share, all from the spec's params."""
+    return dict(
+        output_dir=str(out_dir),
+        learning_rate=params.learning_rate,
+        num_train_epochs=params.epochs or 1.0,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        max_length=params.max_length,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=params.keep_checkpoints,
+        seed=seed,
+        data_seed=seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        # passed only when on: transformers 5.2x deprecates the name
+        **({"gradient_checkpointing": True} if params.gradient_checkpointing else {}),
+    )

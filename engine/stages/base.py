@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.events import EventWriter, read_events
-from engine.workspace import Workspace, atomic_write_json
+from engine.workspace import Workspace, append_jsonl, atomic_write_json, ensure_dir
 
 
 class StageParams(BaseModel):
@@ -137,15 +136,8 @@ class StageContext:
 
     def record_result(self, record: dict[str, Any]) -> None:
         """Append one record to the workspace's results ledger (one write, fsync)."""
-        path = self.workspace.ledger_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        line = (json.dumps({"job_id": self.job_id, "stage": self.stage, **record}, default=str) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        path = ensure_dir(self.workspace.ledger_path.parent) / self.workspace.ledger_path.name
+        append_jsonl(path, [{"job_id": self.job_id, "stage": self.stage, **record}])
 
     # -- resume -----------------------------------------------------------------
     def previous_events(self) -> list[dict[str, Any]]:

@@ -108,34 +108,8 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     model = _train.load_causal_lm(base, device, qlora, params.gradient_checkpointing)
     _train.check_adapter_targets(model, params.target_modules)
     cuda = device.startswith("cuda")
-    args = DPOConfig(
-        output_dir=str(out_dir),
-        beta=params.beta,
-        loss_type=[params.loss_type],
-        learning_rate=params.learning_rate,
-        num_train_epochs=params.epochs or 1.0,
-        max_steps=params.max_steps or -1,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum,
-        max_length=params.max_length,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_steps,
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=params.keep_checkpoints,
-        seed=ctx.seed,
-        data_seed=ctx.seed,
-        bf16=cuda,
-        use_cpu=not cuda,
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        # passed only when on: transformers 5.2x deprecates the name
-        **({"gradient_checkpointing": True} if params.gradient_checkpointing else {}),
-    )
+    args = DPOConfig(**_train.trainer_args(params, out_dir, ctx.seed, cuda), beta=params.beta,
+                     loss_type=[params.loss_type])
     trainer = DPOTrainer(
         model=model,
         args=args,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +23,7 @@ from engine.gen.memory import sampling_bytes
 from engine.results import make_record, pass_metrics
 from engine.sandbox.pool import Job, Limits, SandboxPool
 from engine.stages.base import StageContext, StageFailed, StageParams
-from engine.workspace import atomic_write_json, content_hash, ensure_dir
+from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
 POSTPROCESS_VERSION = 1  # bump when engine/data/postprocess.py changes what it keeps
 
@@ -109,14 +108,6 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def append_record(path: Path, rec: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
     """Everything that changes the number (the ledger keys a result by it)."""
@@ -181,7 +172,7 @@ def run(ctx: StageContext, params: Params) -> None:
                      "blocked_op": v.blocked_op, "detail": v.detail[-500:]}
                     for j, (raw, v) in enumerate(zip(out.texts, vs, strict=True))]}
                 rec["correct"] = sum(s["status"] == "passed" for s in rec["samples"])
-                append_record(results_path, rec)
+                append_jsonl(results_path, [rec])
                 done[p.task_id] = rec
                 ctx.progress(len(done), len(problems), "problems")
     finish(ctx, params, problems, done, fingerprint, backend, time.monotonic() - t0)

@@ -27,7 +27,7 @@ from engine.gen.base import GenRequest, load_backend
 from engine.gen.engine import splitmix64
 from engine.gen.memory import sampling_bytes
 from engine.stages.base import StageContext, StageFailed, StageParams
-from engine.workspace import atomic_write_json, content_hash, ensure_dir
+from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
 EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples
 
@@ -69,16 +69,8 @@ def task_seed(seed: int, task_id: str) -> int:
 
 
 def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as JSON lines in one write, then fsync."""
-    if not records:
-        return
-    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append records as sorted-key JSON lines in one write, then fsync."""
+    append_jsonl(path, records, sort_keys=True)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
