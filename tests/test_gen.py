@@ -143,3 +143,26 @@ def test_memory_estimate(tmp_path: Path, tiny_model_dir: Path) -> None:
     params = sample.Params(n=10, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=512, seed=0,
                            strategy="asserts", data_path="x", max_rows=64)
     assert sample.memory_estimate(params, {"model": tiny_model_dir}) > OVERHEAD
+
+
+def test_16bit_path_equals_a_stable_sort() -> None:
+    """bf16 logits (many ties) sample without a sort: same tokens as a stable descending sort."""
+    from engine.gen.engine import _draw
+
+    g = torch.Generator().manual_seed(1)
+    n, vocab = 256, 3000
+    for scale in (0.02, 1.0, 4.0):  # flat (huge nucleus, many ties) to peaked
+        logits = (torch.randn(n, vocab, generator=g) * scale).to(torch.bfloat16)
+        keys = torch.tensor([sample_key(7, i) for i in range(n)])
+        steps = torch.arange(n)
+        temp = torch.rand(n, generator=g) + 0.3
+        top_p = torch.rand(n, generator=g) * 0.5 + 0.5
+        top_k = torch.randint(0, 50, (n,), generator=g) * (torch.rand(n, generator=g) < 0.5)
+        fast, fell = sample_rows(logits, temp, top_p, top_k, keys, steps, True, 64)
+        vals, idx = (logits.float() / temp[:, None]).sort(dim=-1, descending=True, stable=True)
+        cum = torch.softmax(vals, -1).cumsum(-1)
+        k_eff = torch.where(top_k > 0, top_k, vocab)
+        ref = _draw(cum, idx, uniforms(keys, steps), top_p, k_eff, cum.gather(1, (k_eff - 1)[:, None])[:, 0])
+        assert not fell and int((fast != ref).sum()) <= 1, (scale, int((fast != ref).sum()))
+    greedy, _ = sample_rows(logits, temp * 0, top_p, top_k, keys, steps, False, 0)
+    assert torch.equal(greedy, logits.argmax(-1))
