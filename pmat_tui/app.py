@@ -96,6 +96,9 @@ class PmatApp(App):
         self._change_posted = threading.Event()
         self._last_refresh = 0.0
         self._pending = False
+        self._ticks = 0
+        self._streaming = False  # events keep coming: poll each tick instead of per-change wakeups
+        self._ticks_per_poll = round(POLL_S / MIN_REFRESH_S)
         self.refreshes = 0
         self.loaded = False
         self._last_error: str | None = None
@@ -136,7 +139,7 @@ class PmatApp(App):
         self.loaded = True
         self.do_refresh(force=self.model.overview is None, redraw=True)
         if self._watch_enabled:
-            self.set_interval(POLL_S, self.request_refresh)
+            self.set_interval(MIN_REFRESH_S, self._flush)
             self._watch()
         if self._notice:
             self.notify(self._notice, severity="warning", timeout=10)
@@ -162,7 +165,7 @@ class PmatApp(App):
                                       raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
                 if self._stop.is_set():
                     return
-                if not self._change_posted.is_set():  # one message in flight is enough
+                if not self._streaming and not self._change_posted.is_set():  # one message in flight is enough
                     self._change_posted.set()
                     self.post_message(FilesChanged())  # post_message is thread-safe
         except Exception:  # noqa: BLE001 - no inotify (network fs, limits): poll faster instead
@@ -172,20 +175,26 @@ class PmatApp(App):
     def on_files_changed(self, message: FilesChanged) -> None:
         self._change_posted.clear()
         if message.watch_failed:
-            self.set_interval(MIN_REFRESH_S, self.request_refresh)
+            self._ticks_per_poll = 1  # no inotify: poll at every tick
         self.request_refresh()
 
     # -- refreshing -----------------------------------------------------------------
     def request_refresh(self) -> None:
-        """Fold new events now, or as soon as ``MIN_REFRESH_S`` has passed since the last fold."""
+        """Fold new events now, or at the next tick if the last fold was under ``MIN_REFRESH_S`` ago."""
         if not self.loaded:
             return
-        wait = self._last_refresh + MIN_REFRESH_S - time.monotonic()
-        if wait <= 0:
+        if time.monotonic() - self._last_refresh >= MIN_REFRESH_S:
             self.do_refresh()
-        elif not self._pending:
+        else:
             self._pending = True
-            self.set_timer(wait, self.do_refresh)
+
+    def _flush(self) -> None:
+        """Every ``MIN_REFRESH_S`` (one timer, not one per change): fold what is pending, keep
+        polling while the last fold found events (the watcher then stays quiet: no message per
+        change), and poll once a second anyway (ETAs count down; file systems without inotify)."""
+        self._ticks += 1
+        if self._pending or self._streaming or self._ticks % self._ticks_per_poll == 0:
+            self.do_refresh()
 
     def do_refresh(self, force: bool = False, redraw: bool = False) -> None:
         """Fold new events and show them; ``redraw`` shows everything even if nothing changed."""
@@ -193,7 +202,8 @@ class PmatApp(App):
         self._last_refresh = time.monotonic()
         self.refreshes += 1
         try:
-            _, structural = self.model.refresh(force=force)
+            changed, structural = self.model.refresh(force=force)
+            self._streaming = changed and not structural
             structural |= redraw
         except (OSError, ValueError, KeyError) as exc:  # a file read mid-replace, a bad record: say so, keep going
             message = f"could not read the workspace: {type(exc).__name__}: {exc}"

@@ -62,7 +62,9 @@ class StageDetail(VerticalScroll):
             return
         group = self.render_stage()
         # Re-layout (costly: the whole screen) only when the panel may have changed height.
-        shape = (stage, tuple(len(p.rows) if isinstance(p, Table) else len(str(p)) // 60 for p in group.renderables))
+        shape = (stage, self.size.width, tuple(len(p.rows) if isinstance(p, Table) else
+                                               1 if getattr(p, "no_wrap", False) else len(str(p)) // 40
+                                               for p in group.renderables))
         self.body.update(group, layout=not same_stage or shape != self._shape)
         self._shape = shape
 
@@ -121,6 +123,8 @@ class StageDetail(VerticalScroll):
             if log.exists():
                 tail = LogTail(log, initial=LOG_LINES)
                 lines = [event_text(tail.line(i)) for i in range(len(tail))]
+                for line in lines:  # one row each, whatever their length: the panel keeps its height
+                    line.no_wrap, line.overflow = True, "ellipsis"
                 tail.close()
                 parts += [Text(f"Log {st.latest.job_id} (l: open)", style="bold underline"), *lines]
         return Group(*parts)
