@@ -111,21 +111,23 @@ def main(argv: list[str] | None = None) -> int:
         assert out.shape == (batch.shape[0] * n, plen + new), out.shape
         return out
 
-    engines: dict[bool, SlotEngine] = {}
+    engines: dict[tuple[bool, str, bool], SlotEngine] = {}
 
-    def pmat(graphs: bool) -> None:
-        if graphs not in engines:
+    def pmat(graphs: bool, attention: str = "sdpa", fused: bool = False) -> None:
+        key = (graphs, attention, fused)
+        if key not in engines:
             engines.clear()
             if gpu:
                 torch.cuda.empty_cache()
-            engines[graphs] = SlotEngine(model, prompts * n, plen + new, [], cuda_graphs=graphs,
-                                         sync_every=8 if gpu else 1, ignore_eos=True)
+            engines[key] = SlotEngine(model, prompts * n, plen + new, [], cuda_graphs=graphs,
+                                      sync_every=8 if gpu else 1, ignore_eos=True, attention=attention,
+                                      fused=fused)
         seqs = [Seq(p, j, ids[p].tolist(), new, a.temperature, a.top_p, 0, sample_key(p, j))
                 for p in range(prompts) for j in range(n)]
-        engines[graphs].run(seqs)
+        engines[key].run(seqs)
         assert all(len(s.tokens) == new for s in seqs)
-        if graphs and engines[graphs].graph_error:
-            raise RuntimeError(f"CUDA graphs fell back to eager: {engines[graphs].graph_error}")
+        if graphs and engines[key].graph_error:
+            raise RuntimeError(f"CUDA graphs fell back to eager: {engines[key].graph_error}")
 
     results: dict[str, float] = {}
     with torch.inference_mode():
@@ -134,17 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results["plain per-prompt generate loop"] = timed(lambda: [hf_generate(ids[i:i + 1]) for i in range(prompts)])
             results["plain batched generate"] = timed(lambda: hf_generate(ids))
-        variants = [False] if not gpu or a.no_graphs else [True, False]
-        for graphs in variants:
-            name = "pmat sampler" + (" (CUDA graphs)" if graphs else " (eager)" if gpu else "")
+        variants = [(False, "sdpa", False)]  # (CUDA graphs, decode attention, fused weights + RMSNorm)
+        if gpu and not a.no_graphs:
+            variants = [(True, "sdpa", False), (True, "bmm", False), (True, "sdpa", True), (True, "bmm", True),
+                        (False, "sdpa", False)]
+        for graphs, attention, fused in variants:
+            name = "pmat sampler" + (" (CUDA graphs" if graphs else " (eager" if gpu else "")
+            name += ("".join([", bmm attn" if attention == "bmm" else "", ", fused" if fused else ""]) + ")") if gpu else ""
             try:
-                results[name] = timed(lambda graphs=graphs: pmat(graphs))
+                results[name] = timed(lambda v=(graphs, attention, fused): pmat(*v))
             except Exception as exc:  # noqa: BLE001 - report a failed variant, measure the others
                 print(f"{name}: FAILED {type(exc).__name__}: {exc}")
         if gpu:
             print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     for name, sec in results.items():
-        print(f"{name:34s}: {sec:8.2f} s  {total_tokens / sec:10.0f} tok/s  {prompts / sec * 3600:10.0f} prompts/h")
+        print(f"{name:40s}: {sec:8.2f} s  {total_tokens / sec:10.0f} tok/s  {prompts / sec * 3600:10.0f} prompts/h")
     ours = {k: v for k, v in results.items() if k.startswith("pmat")}
     if not ours:
         print("BENCH sampling_ratio 0 - MISS")

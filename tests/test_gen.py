@@ -166,3 +166,19 @@ def test_16bit_path_equals_a_stable_sort() -> None:
         assert not fell and int((fast != ref).sum()) <= 1, (scale, int((fast != ref).sum()))
     greedy, _ = sample_rows(logits, temp * 0, top_p, top_k, keys, steps, False, 0)
     assert torch.equal(greedy, logits.argmax(-1))
+
+
+def test_bmm_attention_and_fused_weights_match(backend: HFBackend) -> None:
+    """Decode attention as two GEMMs + softmax, and fused q|k|v, gate|up weights: the same samples."""
+    from engine.gen.engine import Seq, SlotEngine
+
+    ids = backend.tokenizer(chat(backend, "Sort a list."), add_special_tokens=False)["input_ids"]
+    runs = []
+    for attention, fuse in (("sdpa", False), ("bmm", False), ("bmm", True)):
+        eng = SlotEngine(backend.model, 3, len(ids) + 20, backend.stop_ids, sync_every=4, attention=attention,
+                         fused=fuse)
+        seqs = [Seq(0, j, ids, 20, 0.0 if j == 0 else 1.0, 0.9, 0, sample_key(5, j)) for j in range(5)]
+        with torch.inference_mode():
+            eng.run(seqs)
+        runs.append([(s.tokens, s.finish) for s in seqs])
+    assert runs[0] == runs[1] == runs[2]

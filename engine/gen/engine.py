@@ -102,6 +102,15 @@ def _bin_table(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, 
     return _BINS[dtype, device]
 
 
+def _cumsum(x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Row-wise inclusive cumsum in two levels: a GPU scan along a few hundred long rows
+    parallelises poorly (~0.3 ms for [320, 65536]); chunks of 256 then chunk offsets do not."""
+    rows, n = x.shape
+    inner = F.pad(x, (0, -n % chunk)).view(rows, -1, chunk).cumsum(-1)
+    offsets = F.pad(inner[:, :, -1].cumsum(-1)[:, :-1], (1, 0))
+    return (inner + offsets[:, :, None]).view(rows, -1)[:, :n]
+
+
 def _sample_16bit(logits: torch.Tensor, temp: torch.Tensor, top_p: torch.Tensor, k_eff: torch.Tensor,
                   u: torch.Tensor) -> torch.Tensor:
     """Top-k/top-p inverse-CDF draw over 16-bit logits without sorting the vocabulary.
@@ -121,7 +130,7 @@ def _sample_16bit(logits: torch.Tensor, temp: torch.Tensor, top_p: torch.Tensor,
     top = logits.amax(-1).float()
     # unnormalised probability of one token of each bin; 0 for empty bins (above the max it would overflow)
     prob = torch.where(cnt > 0, torch.exp((bval[None] - top[:, None]) / temp[:, None]), 0.0)
-    cum, ccnt = (cnt * prob).cumsum(-1), cnt.cumsum(-1)
+    cum, ccnt = _cumsum(cnt * prob), _cumsum(cnt)
     last = order.numel() - 1
 
     def before(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # x summed over the bins before b
@@ -144,7 +153,7 @@ def _sample_16bit(logits: torch.Tensor, temp: torch.Tensor, top_p: torch.Tensor,
     pos = torch.minimum(before(ccnt, c) + within.clamp(min=0).minimum(cnt.gather(1, c)), keep - 1)
     d = torch.searchsorted(ccnt, pos + 1).clamp(max=last)  # bin of the 0-based position ``pos``
     j = (pos - before(ccnt, d)).long()
-    hits = (bits == braw[d]).cumsum(-1, dtype=torch.int32)
+    hits = _cumsum((bits == braw[d]).to(torch.int32))
     return (hits <= j).sum(-1)
 
 
@@ -224,7 +233,7 @@ class SlotEngine:
 
     def __init__(self, model, rows: int, max_len: int, stop_ids: list[int], *, cuda_graphs: bool = False,
                  sync_every: int = 1, prefill_tokens: int = 16384, ignore_eos: bool = False,
-                 candidates: int = 256) -> None:
+                 candidates: int = 256, attention: str = "sdpa", fused: bool = False) -> None:
         cfg = model.config
         inner = model.model
         self.model, self.embed, self.layers = model, inner.embed_tokens, inner.layers
@@ -256,22 +265,57 @@ class SlotEngine:
         self.prefill_tokens = prefill_tokens
         self.ignore_eos = ignore_eos
         self.candidates = candidates  # top-p from the best N logits when the nucleus fits (checked)
+        if attention not in ("sdpa", "bmm"):
+            raise ValueError(f"SlotEngine: attention={attention!r}; expected 'sdpa' or 'bmm'")
+        self.attention = attention  # decode attention: SDPA (masked, efficient kernel) or plain bmm + softmax
+        # opt-in: private concatenated q|k|v and gate|up weights (one wider GEMM each, more memory)
+        # and RMSNorm as one fused kernel instead of the module's six
+        self.fused = [self._fuse(layer) for layer in self.layers] if fused else None
         self.cooldown = 0  # steps to skip the candidate path after it fell back (flat distributions)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_error: str | None = None
         self.pool = None
 
     # -- the model math ---------------------------------------------------------
+    @staticmethod
+    def _fuse(layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        a, m = layer.self_attn, layer.mlp
+        if not all(hasattr(m, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")) or m.gate_proj.bias is not None:
+            raise ValueError(f"{type(m).__name__}: fused=True needs a bias-free gated MLP (gate/up/down_proj)")
+        projs = (a.q_proj, a.k_proj, a.v_proj)
+        bias = torch.cat([p.bias for p in projs]) if all(p.bias is not None for p in projs) else None
+        if bias is None and any(p.bias is not None for p in projs):
+            raise ValueError(f"{type(a).__name__}: fused=True needs q/k/v all with or all without bias")
+        return (torch.cat([p.weight for p in projs]), bias, torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+
+    def _norm(self, norm, x: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm (fp32 normalise, cast back, scale), via F.rms_norm when fused."""
+        if self.fused is None or not hasattr(norm, "variance_epsilon"):
+            return norm(x)
+        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+    def _mlp(self, i: int, layer, x: torch.Tensor) -> torch.Tensor:
+        h = self._norm(layer.post_attention_layernorm, x)
+        if self.fused is None:
+            return layer.mlp(h)
+        gate, up = F.linear(h, self.fused[i][2]).chunk(2, dim=-1)
+        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+
     def _attend_layer(self, i: int, layer, x: torch.Tensor, cos, sin):
         """Projections + rotary of one layer for x [B, T, H] -> (q, k, v) as [B, heads, T, D]."""
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
         a = layer.self_attn
         b, t, _ = x.shape
-        h = layer.input_layernorm(x)
-        q = a.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = a.k_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = a.v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        h = self._norm(layer.input_layernorm, x)
+        if self.fused is None:
+            q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
+        else:
+            kv = self.n_kv * self.head_dim
+            q, k, v = F.linear(h, self.fused[i][0], self.fused[i][1]).split([self.n_heads * self.head_dim, kv, kv], -1)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return a, q, k, v
 
@@ -296,10 +340,14 @@ class SlotEngine:
             self.k[i][self.arange, :, self.ptr] = k[:, :, 0]
             self.v[i][self.arange, :, self.ptr] = v[:, :, 0]
             q = q.reshape(b, self.n_kv, g, self.head_dim)  # query heads grouped by their kv head
-            o = F.scaled_dot_product_attention(q, self.k[i][:, :, :span], self.v[i][:, :, :span],
-                                               attn_mask=mask, scale=a.scaling)
+            kc, vc = self.k[i][:, :, :span], self.v[i][:, :, :span]
+            if self.attention == "bmm":  # two batched GEMMs: one query per row reads the cache once each
+                w = torch.matmul(q, kc.transpose(-1, -2)).float() * a.scaling + mask
+                o = torch.matmul(torch.softmax(w, -1).to(q.dtype), vc)
+            else:
+                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=a.scaling)
             x = x + a.o_proj(o.reshape(b, 1, self.n_heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._mlp(i, layer, x)
         return self.head(self.norm(x)[:, 0])  # 16-bit logits sample without a vocabulary sort
 
     def _capture(self, span: int) -> None:
@@ -356,7 +404,7 @@ class SlotEngine:
             o = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
                                                is_causal=True, scale=a.scaling)
             x = x + a.o_proj(o.transpose(1, 2).reshape(len(prompts), t, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._mlp(i, layer, x)
         last = self.norm(x[torch.arange(len(prompts), device=self.device), lens - 1])
         logits = self.head(last)
         slot = torch.arange(self.max_len, device=self.device)[None]
