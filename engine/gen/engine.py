@@ -308,15 +308,20 @@ class SlotEngine:
         a = layer.self_attn
         b, t, _ = x.shape
         h = self._norm(layer.input_layernorm, x)
+        nh, nk, d = self.n_heads, self.n_kv, self.head_dim
         if self.fused is None:
-            q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
-        else:
-            kv = self.n_kv * self.head_dim
-            q, k, v = F.linear(h, self.fused[i][0], self.fused[i][1]).split([self.n_heads * self.head_dim, kv, kv], -1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q = a.q_proj(h).view(b, t, nh, d).transpose(1, 2)
+            k = a.k_proj(h).view(b, t, nk, d).transpose(1, 2)
+            v = a.v_proj(h).view(b, t, nk, d).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            return a, q, k, v
+        # one GEMM for q|k|v, and the rotary (the same math as apply_rotary_pos_emb) over q|k at once
+        qkv = F.linear(h, self.fused[i][0], self.fused[i][1])
+        qk = qkv[..., : (nh + nk) * d].view(b, t, nh + nk, d)
+        turned = torch.cat((-qk[..., d // 2:], qk[..., : d // 2]), dim=-1)
+        qk = qk * cos.unsqueeze(2) + turned * sin.unsqueeze(2)
+        v = qkv[..., (nh + nk) * d:].view(b, t, nk, d).transpose(1, 2)
+        q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)
         return a, q, k, v
 
     def _decode(self, span: int) -> torch.Tensor:
