@@ -33,10 +33,13 @@ class StageDetail(VerticalScroll):
         self.stage: str | None = None
         self.shown_at = 0.0
         self._shown_key: tuple = ()
+        self._head_key: tuple = ()
         self._shape: tuple = ()
-        self.body = Static(id="stage-detail-body")
+        self.head = Static(id="stage-detail-head")  # what the stage is: redrawn when its status changes
+        self.body = Static(id="stage-detail-body")  # attempts, artifacts, log tail: redrawn as the job runs
 
     def compose(self):
+        yield self.head
         yield self.body
 
     def _key(self, stage: str | None) -> tuple:
@@ -57,18 +60,22 @@ class StageDetail(VerticalScroll):
         same_stage = stage == self.stage
         self.stage = stage
         if stage not in self.model.spec.stages:
-            self.body.update(Text("Select a stage.", style="dim"))
-            self._shape = ()
+            self.head.update(Text("Select a stage.", style="dim"))
+            self.body.update("")
+            self._head_key = self._shape = ()
             return
-        group = self.render_stage()
+        head, body = self.render_stage()
+        if key[:2] + key[4:] != self._head_key:
+            self._head_key = key[:2] + key[4:]
+            self.head.update(head)
         # Re-layout (costly: the whole screen) only when the panel may have changed height.
         shape = (stage, self.size.width, tuple(len(p.rows) if isinstance(p, Table) else
                                                1 if getattr(p, "no_wrap", False) else len(str(p)) // 40
-                                               for p in group.renderables))
-        self.body.update(group, layout=not same_stage or shape != self._shape)
+                                               for p in body.renderables))
+        self.body.update(body, layout=not same_stage or shape != self._shape)
         self._shape = shape
 
-    def render_stage(self) -> Group:
+    def render_stage(self) -> tuple[Group, Group]:
         m, stage = self.model, self.stage
         assert stage is not None
         entry = m.spec.stages[stage]
@@ -100,6 +107,7 @@ class StageDetail(VerticalScroll):
         for k, v in sorted(entry.inputs.items()):
             params.add_row(f"input {k}", v)
         parts += [Text("Parameters", style="bold underline"), params]
+        head, parts = Group(*parts), []
         st = m.state.stages.get(stage)
         if st and st.attempts:
             att = _table("job", "outcome", "started", "elapsed", "peak RSS", "error")
@@ -127,4 +135,4 @@ class StageDetail(VerticalScroll):
                     line.no_wrap, line.overflow = True, "ellipsis"
                 tail.close()
                 parts += [Text(f"Log {st.latest.job_id} (l: open)", style="bold underline"), *lines]
-        return Group(*parts)
+        return head, Group(*parts)
