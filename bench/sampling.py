@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from engine.gen.engine import Seq, SlotEngine, sample_key
+    from engine.gen.engine import Seq, SlotEngine
+    from engine.gen.sampling import sample_key
 
     if a.threads:
         torch.set_num_threads(a.threads)

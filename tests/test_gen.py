@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.gen.base import Backend, GenRequest, load_backend
-from engine.gen.engine import sample_key, sample_rows, uniforms
 from engine.gen.hf import HFBackend
+from engine.gen.sampling import sample_key, sample_rows, uniforms
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_memory_estimate(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_16bit_path_equals_a_stable_sort() -> None:
     """bf16 logits (many ties) sample without a sort: same tokens as a stable descending sort."""
-    from engine.gen.engine import _draw
+    from engine.gen.sampling import _draw
 
     g = torch.Generator().manual_seed(1)
     n, vocab = 256, 3000

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from engine.gen.base import GenOutput, GenRequest
-from engine.gen.engine import Seq, SlotEngine, sample_key
+from engine.gen.engine import Seq, SlotEngine
+from engine.gen.sampling import sample_key
 
 
 def resolve_device(device: str) -> str:

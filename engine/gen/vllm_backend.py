@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.gen.base import GenOutput, GenRequest
-from engine.gen.engine import sample_key
+from engine.gen.sampling import sample_key
 
 
 class VLLMBackend:

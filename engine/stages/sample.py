@@ -24,8 +24,8 @@ from pydantic import Field
 from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest, load_backend
-from engine.gen.engine import splitmix64
 from engine.gen.memory import sampling_bytes
+from engine.gen.sampling import splitmix64
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
