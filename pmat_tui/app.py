@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +50,14 @@ class FilesChanged(Message):
     def __init__(self, watch_failed: bool = False) -> None:
         super().__init__()
         self.watch_failed = watch_failed
+
+
+class SpecProblem(Message):
+    """The full spec check failed (a stage parameter the quick load did not check)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 class Loaded(Message):
@@ -141,11 +151,23 @@ class PmatApp(App):
         if self._watch_enabled:
             self.set_interval(MIN_REFRESH_S, self._flush)
             self._watch()
+            threading.Thread(target=self._check_spec, name="pmat-check", daemon=True).start()
         if self._notice:
             self.notify(self._notice, severity="warning", timeout=10)
         if not self.model.readonly and self.model.overview and self.model.overview.supervisor_pid is None:
             self.notify("No supervisor runs for this workspace: commands wait until one does (pmat supervise).",
                         severity="warning", timeout=10)
+
+    def _check_spec(self) -> None:
+        """The stage-parameter check the first frame skipped, in its own process: it imports
+        every stage module (torch, transformers), which the console itself never needs."""
+        res = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", str(self.model.ws.spec_path)],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            self.post_message(SpecProblem((res.stderr.strip().splitlines() or ["pmat check failed"])[-1]))
+
+    def on_spec_problem(self, message: SpecProblem) -> None:
+        self.notify(message.text, title="pipeline spec", severity="error", timeout=60)
 
     def _hangup(self) -> None:
         """The terminal went away: leave quietly (the jobs never depended on us)."""

@@ -168,3 +168,19 @@ async def test_quit_during_first_fold_does_not_wait(app: PmatApp, monkeypatch: p
         await pilot.press("q")
     assert time.monotonic() - t0 < 5
     release.set()
+
+
+async def test_bad_stage_parameter_is_reported_after_the_first_frame(tmp_path: Path) -> None:
+    """The console opens without importing every stage module; `pmat check` runs behind it."""
+    import yaml
+
+    from engine.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").init()
+    ws.spec_path.write_text(yaml.safe_dump({"name": "bad", "stages": {"s": {
+        "kind": "command", "params": {"argv": ["true"], "bogus": 1}, "memory_gb": 0.1, "duration_h": 0.1}}}))
+    app = PmatApp(ws, readonly=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _until(pilot, lambda: app.loaded)
+        await _until(pilot, lambda: any("stages.s.params.bogus: unknown key" in n.message and n.severity == "error"
+                                        for n in app._notifications), timeout=30)

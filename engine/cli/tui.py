@@ -20,7 +20,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from pmat_tui.model import load_spec_fast  # textual loads only for the console
 
     try:
-        spec = load_spec_fast(ws.spec_path)
+        spec = load_spec_fast(ws.spec_path, check_params=False)  # parameters: checked in the background
     except SpecError as exc:
         raise BadInput(str(exc)) from None
     notices = []

@@ -145,14 +145,19 @@ class DagTree(ScrollView, can_focus=True):
         old, self.cursor = self.cursor, line
         self._repaint(old)
         self._repaint(line)
-        h = max(1, self.scrollable_content_region.height)
-        y = self.scroll_offset.y
-        if line < y:
-            self.scroll_to(y=line, animate=False, force=True)
-        elif line >= y + h:
-            self.scroll_to(y=line - h + 1, animate=False, force=True)
+        self._scroll_to_cursor()
         key = self.keys[line] if self.keys else None
         self.post_message(self.Highlighted(None if key is None or key.startswith("item:") else key))
+
+    def _scroll_to_cursor(self) -> None:
+        h = self.scrollable_content_region.height
+        if h <= 0:
+            return  # not laid out yet: on_resize comes back here
+        y = self.scroll_offset.y
+        if self.cursor < y:
+            self.scroll_to(y=self.cursor, animate=False, force=True)
+        elif self.cursor >= y + h:
+            self.scroll_to(y=self.cursor - h + 1, animate=False, force=True)
 
     def action_move(self, delta: int) -> None:
         self._move_to(self.cursor + delta)
@@ -187,6 +192,7 @@ class DagTree(ScrollView, can_focus=True):
     def on_resize(self) -> None:
         self._strips.clear()
         self.virtual_size = Size(self.size.width, len(self.keys))
+        self._scroll_to_cursor()
 
     def on_focus(self) -> None:
         self._repaint(self.cursor)
