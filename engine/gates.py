@@ -110,10 +110,12 @@ def evaluate_expr(expr: str, lookup) -> Any:
 
 
 class HashCache:
-    """Content hashes of user paths, keyed by a size/mtime fingerprint, kept in the workspace."""
+    """Content hashes of user paths, keyed by a size/mtime fingerprint, kept in the workspace
+    (in memory only when ``persist`` is off: a read-only console writes nothing)."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, persist: bool = True) -> None:
         self.path = ws.root / "state" / "hash-cache.json"
+        self.persist = persist
         try:
             self.data: dict[str, Any] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -127,7 +129,8 @@ class HashCache:
             return hit["hash"]
         h = content_hash(path)
         self.data[str(path)] = {"fp": fp, "hash": h}
-        atomic_write_json(self.path, self.data)
+        if self.persist:
+            atomic_write_json(self.path, self.data)
         return h
 
 
@@ -202,10 +205,10 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
     return res
 
 
-def evaluate_gates(spec: PipelineSpec, ws: Workspace) -> dict[str, GateResult]:
+def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = True) -> dict[str, GateResult]:
     """Verdict of every acceptance criterion of the spec, now."""
     ledger = read_ledger(ws)
-    cache = HashCache(ws)
+    cache = HashCache(ws, persist=persist_cache)
     return {name: evaluate_criterion(spec, ws, name, crit, ledger, cache) for name, crit in spec.acceptance.items()}
 
 

@@ -63,15 +63,7 @@ def load_spec_fast(path: Path, *, check_params: bool = True) -> PipelineSpec:
     loader = getattr(yaml, "CSafeLoader", None)
     if loader is not None:
         try:
-            data = yaml.load(path.read_text(), Loader=loader)
-            if check_params:
-                return parse_spec(data, str(path))
-            import engine.spec as spec_mod
-
-            spec = spec_mod.PipelineSpec(**data)
-            spec_mod._check_refs(spec, str(path))  # noqa: SLF001 - parse_spec minus the stage-module imports
-            spec_mod._check_cycles(spec, str(path))  # noqa: SLF001
-            return spec
+            return parse_spec(yaml.load(path.read_text(), Loader=loader), str(path), check_params=check_params)
         except (OSError, yaml.YAMLError, TypeError, ValueError):
             pass  # load_spec says what is wrong, in its one-line form
     return load_spec(path)
@@ -253,7 +245,7 @@ class ConsoleModel:
 
     def gates(self) -> list[GateRow]:
         """Every acceptance criterion with its verdict from ``engine.gates`` and the records behind it."""
-        verdicts = evaluate_gates(self.spec, self.ws)
+        verdicts = evaluate_gates(self.spec, self.ws, persist_cache=not self.readonly)
         ledger = {r["id"]: r for r in read_ledger(self.ws)}
         rows = []
         for ac, crit in self.spec.acceptance.items():
