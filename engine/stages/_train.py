@@ -359,3 +359,20 @@ def trainer_args(params: Any, out_dir: Path, seed: int, cuda: bool) -> dict[str,
         # passed only when on: transformers 5.2x deprecates the name
         **({"gradient_checkpointing": True} if params.gradient_checkpointing else {}),
     )
+
+
+def make_trainer(trainer_cls: Any, ctx: Any, params: Any, *, model: Any, args: Any, dataset: Any, tokenizer: Any,
+                 telemetry: Any, rows: int) -> Any:
+    """A trl trainer with the spec's LoRA adapter, our chunked log-prob head and the row checks."""
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(params.lora_rank, params.lora_alpha, params.lora_dropout, params.target_modules),
+        callbacks=[telemetry],
+    )
+    require_examples(ctx, trainer, rows, params.max_length)
+    install_chunked_head(trainer.model.get_base_model(), params.logprob_chunk)
+    quiet(trainer)
+    return trainer

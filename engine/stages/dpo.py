@@ -110,18 +110,9 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     cuda = device.startswith("cuda")
     args = DPOConfig(**_train.trainer_args(params, out_dir, ctx.seed, cuda), beta=params.beta,
                      loss_type=[params.loss_type])
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
-        processing_class=tokenizer,
-        peft_config=_train.lora_config(params.lora_rank, params.lora_alpha, params.lora_dropout,
-                                       params.target_modules),
-        callbacks=[telemetry],
-    )
-    _train.require_examples(ctx, trainer, len(rows), params.max_length)
-    _train.install_chunked_head(trainer.model.get_base_model(), params.logprob_chunk)
-    _train.quiet(trainer)
+    trainer = _train.make_trainer(DPOTrainer, ctx, params, model=model, args=args, tokenizer=tokenizer,
+                                  dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
+                                  telemetry=telemetry, rows=len(rows))
     return trainer, tokenizer
 
 

@@ -88,18 +88,9 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
     _train.check_adapter_targets(model, params.target_modules)
     cuda = device.startswith("cuda")
     args = SFTConfig(**_train.trainer_args(params, out_dir, ctx.seed, cuda), completion_only_loss=True, packing=False)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
-        processing_class=tokenizer,
-        peft_config=_train.lora_config(params.lora_rank, params.lora_alpha, params.lora_dropout,
-                                       params.target_modules),
-        callbacks=[telemetry],
-    )
-    _train.require_examples(ctx, trainer, len(rows), params.max_length)
-    _train.install_chunked_head(trainer.model.get_base_model(), params.logprob_chunk)
-    _train.quiet(trainer)
+    trainer = _train.make_trainer(SFTTrainer, ctx, params, model=model, args=args, tokenizer=tokenizer,
+                                  dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
+                                  telemetry=telemetry, rows=len(rows))
     return trainer, tokenizer
 
 

@@ -9,10 +9,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from pmat_tui.model import GATE_STYLE, GateRow
+from pmat_tui.screens.confirm import ConfirmScreen
 
 
 def evidence_lines(evidence: dict) -> list[Text]:
@@ -32,19 +32,19 @@ def evidence_lines(evidence: dict) -> list[Text]:
     return out
 
 
-class ApproveScreen(ModalScreen[bool]):
+class ApproveScreen(ConfirmScreen):
     """Dismisses True to approve; the caller sends the same ``evidence`` it passed in."""
 
     BINDINGS = [Binding("y", "answer(True)", "approve"), Binding("n,escape", "answer(False)", "back")]
 
     def __init__(self, stage: str, evidence: dict, gates: list[GateRow]) -> None:
-        super().__init__()
+        super().__init__(f"Approve stage {stage}?")
         self.stage = stage
         self.evidence = evidence
         self.gates = gates
 
     def compose(self) -> ComposeResult:
-        parts = [Text(f"Approve stage {self.stage}?", style="bold"),
+        parts = [Text(self.question, style="bold"),
                  Text("The approval names this evidence; if it changes, the approval lapses.", style="dim"),
                  *evidence_lines(self.evidence)]
         for g in self.gates:
@@ -58,12 +58,3 @@ class ApproveScreen(ModalScreen[bool]):
             with Horizontal(classes="modal-buttons"):
                 yield Button("Approve (y)", id="yes", variant="success")
                 yield Button("Back (n)", id="no", variant="primary")
-
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
