@@ -214,7 +214,11 @@ def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
             if r:
                 seen += os.read(master, 65536)
         assert b"DAG" in seen, seen[-500:]
-        ident = supervisor_identity(ws)
+        ident = None  # the detached supervisor takes its lock once its own imports are done
+        deadline = time.monotonic() + 30
+        while ident is None and time.monotonic() < deadline:
+            ident = supervisor_identity(ws)
+            time.sleep(0.1)
         assert ident is not None and ident.pid != proc.pid
         proc.send_signal(signal.SIGHUP)
         os.close(master)
