@@ -8,6 +8,8 @@ the 2**16 possible values gives the same order as a stable descending sort).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 MASK64 = (1 << 64) - 1
@@ -188,3 +190,9 @@ def sample_rows(
         cum = torch.softmax(vals, dim=-1).cumsum(-1)
         token = _draw(cum, idx, u, top_p, k_eff, cum.gather(1, (k_eff - 1)[:, None])[:, 0])
     return (torch.where(greedy, logits.argmax(-1), token) if greedy_rows else token), fell_back
+
+
+def task_seed(seed: int, task_id: str) -> int:
+    """The seed of one task's requests, from the run seed and the task id alone (never its batch
+    or position); its samples then draw from (this seed, sample index)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{task_id}".encode()).digest()[:8], "big") >> 1

@@ -23,9 +23,10 @@ from pydantic import Field
 from engine.data import decontam, mbpp, postprocess, prompts
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.memory import sampling_bytes
+from engine.gen.sampling import task_seed
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.stages.pairs import normalize_code
-from engine.stages.sample import EVAL_SPLITS, append_lines, read_lines, task_seed
+from engine.stages.sample import EVAL_SPLITS, append_lines, read_lines
 from engine.workspace import content_hash
 
 

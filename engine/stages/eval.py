@@ -10,7 +10,6 @@ is tied to a fingerprint of model, data and protocol: a changed one starts afres
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from engine.data import evalplus, humaneval, mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.memory import sampling_bytes
+from engine.gen.sampling import task_seed
 from engine.results import make_record, pass_metrics
 from engine.sandbox.pool import Job, Limits, SandboxPool
 from engine.stages.base import StageContext, StageFailed, StageParams
@@ -80,11 +80,6 @@ def load_problems(params: Params) -> tuple[list[Problem], str, list[Problem]]:
         shots = [p for p in mbpp.load(Path(params.data_path), "prompt")[0]
                  if p.task_id in ("Mbpp/2", "Mbpp/3", "Mbpp/4")]
     return (problems[: params.limit] if params.limit else problems), digest, shots
-
-
-def sample_seed(seed: int, task_id: str) -> int:
-    """A request's seed from the run seed and the task alone (not its batch or position)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{task_id}".encode()).digest()[:8], "big") >> 1
 
 
 def make_job(benchmark: str, problem: Problem, code: str, timeout: float) -> Job:
@@ -152,7 +147,7 @@ def run(ctx: StageContext, params: Params) -> None:
             ctx.check_cancelled()
             unit = todo[start:start + params.unit_problems]
             reqs = [GenRequest(p.task_id, built[p.task_id].text, params.max_new_tokens, params.temperature,
-                               params.top_p, params.top_k, sample_seed(params.seed, p.task_id), params.n)
+                               params.top_p, params.top_k, task_seed(params.seed, p.task_id), params.n)
                     for p in unit]
             outs = backend.generate(reqs)
             ctx.check_cancelled()

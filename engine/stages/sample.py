@@ -25,7 +25,7 @@ from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.memory import sampling_bytes
-from engine.gen.sampling import splitmix64
+from engine.gen.sampling import task_seed
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
@@ -60,12 +60,6 @@ OUTPUTS = {"samples": "dir: samples.jsonl (one record per task x sample, verdict
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     return sampling_bytes(Path(inputs["model"]), min(params.max_rows, params.unit_prompts * params.n),
                           1024 + params.max_new_tokens, params.dtype)
-
-
-def task_seed(seed: int, task_id: str) -> int:
-    """The seed of one task's requests: its samples draw from (this, sample index)."""
-    number = int(task_id.rsplit("/", 1)[-1])
-    return splitmix64(splitmix64(seed) ^ number) & ((1 << 63) - 1)
 
 
 def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
