@@ -1,9 +1,9 @@
 """Counter-based randomness and exact top-k/top-p sampling for the slot sampler.
 
 One uniform per (row key, step) makes a sample's text depend only on its seed and
-sample index, never on the batch it lands in. Sampling is by inverse CDF over the
-sorted distribution; 16-bit logits take a sort-free path (a per-row histogram over
-the 2**16 possible values gives the same order as a stable descending sort).
+sample index, never on the batch it lands in. Float32 logits sample by inverse CDF over
+the sorted distribution; 16-bit logits (what the model emits) take ``kernels.nucleus``:
+the same kept set with exact integer weights, no sort, a Triton kernel on CUDA.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 
 import torch
+
+from kernels import nucleus
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -40,13 +42,18 @@ def _lsr(x: torch.Tensor, s: int) -> torch.Tensor:
     return (x >> s) & ((1 << (64 - s)) - 1)
 
 
-def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """One float32 uniform in [0, 1) per row from (key, step): counter-based, batch-free."""
+def uniform_bits(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One 24-bit integer uniform per row from (key, step): counter-based, batch-free."""
     x = keys + steps * _signed(GOLDEN)
     x = (x ^ _lsr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
     x = (x ^ _lsr(x, 27)) * _signed(0x94D049BB133111EB)
     x = x ^ _lsr(x, 31)
-    return _lsr(x, 40).to(torch.float32) * (1.0 / (1 << 24))
+    return _lsr(x, 40)
+
+
+def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``uniform_bits`` as float32 in [0, 1)."""
+    return uniform_bits(keys, steps).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def _draw(cum: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor, top_p: torch.Tensor,
@@ -76,67 +83,6 @@ def _sort_desc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.gather(1, idx), idx
 
 
-_BINS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
-def _bin_table(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every 16-bit pattern of ``dtype`` sorted by value, descending: (bin -> pattern + 2**15,
-    its value as float32 with NaN/+inf as -inf, i.e. probability 0, and the pattern as int16)."""
-    if (dtype, device) not in _BINS:
-        raw = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
-        vals = raw.view(dtype).float()
-        vals = torch.where(vals.isnan() | (vals == float("inf")), float("-inf"), vals)
-        vals, order = vals.sort(descending=True, stable=True)
-        _BINS[dtype, device] = (order.to(device), vals.to(device), raw[order].to(device))
-    return _BINS[dtype, device]
-
-
-def _sample_16bit(logits: torch.Tensor, temp: torch.Tensor, top_p: torch.Tensor, k_eff: torch.Tensor,
-                  u: torch.Tensor) -> torch.Tensor:
-    """Top-k/top-p inverse-CDF draw over 16-bit logits without sorting the vocabulary.
-
-    A 16-bit logit takes one of 2**16 values, so a per-row histogram over the value-sorted
-    patterns is an exact sort (ties by token index, as a stable sort): the kept prefix and the
-    drawn position are found on bin-level cumulative sums, then the token is the j-th index
-    holding the drawn bin's value. Same semantics as ``_draw`` after a stable descending sort;
-    no host syncs, a few passes over the vocabulary instead of a 152k-wide sort.
-    """
-    rows, vocab = logits.shape
-    order, bval, braw = _bin_table(logits.dtype, logits.device)
-    bits = logits.view(torch.int16)
-    ones = torch.ones((), device=logits.device).expand(rows, vocab)
-    hist = torch.zeros(rows, 1 << 16, device=logits.device).scatter_add_(1, bits.long() + (1 << 15), ones)
-    cnt = hist[:, order]  # tokens per bin, value-descending (exact integers in float32)
-    top = logits.amax(-1).float()
-    # unnormalised probability of one token of each bin; 0 for empty bins (above the max it would overflow)
-    prob = torch.where(cnt > 0, torch.exp((bval[None] - top[:, None]) / temp[:, None]), 0.0)
-    cum, ccnt = (cnt * prob).cumsum(-1), cnt.cumsum(-1)
-    last = order.numel() - 1
-
-    def before(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # x summed over the bins before b
-        return torch.where(b > 0, x.gather(1, (b - 1).clamp(min=0)), 0.0)
-
-    def mass_of(pos: torch.Tensor) -> torch.Tensor:  # mass of the first ``pos`` tokens
-        b = torch.searchsorted(ccnt, pos).clamp(max=last)
-        return before(cum, b) + (pos - before(ccnt, b)) * prob.gather(1, b)
-
-    k = k_eff.to(cum.dtype)[:, None]
-    target = top_p[:, None] * mass_of(k)
-    b = torch.searchsorted(cum, target).clamp(max=last)  # first bin reaching top_p of the top-k mass
-    pb = prob.gather(1, b)
-    inside = torch.where(pb > 0, torch.ceil((target - before(cum, b)) / pb) - 1, 0.0)
-    keep = torch.minimum(before(ccnt, b) + inside.clamp(min=0).minimum(cnt.gather(1, b)) + 1, k)
-    x = u[:, None] * mass_of(keep)
-    c = torch.searchsorted(cum, x, right=True).clamp(max=last)  # the bin holding the draw
-    pc = prob.gather(1, c)
-    within = torch.where(pc > 0, torch.floor((x - before(cum, c)) / pc), 0.0)
-    pos = torch.minimum(before(ccnt, c) + within.clamp(min=0).minimum(cnt.gather(1, c)), keep - 1)
-    d = torch.searchsorted(ccnt, pos + 1).clamp(max=last)  # bin of the 0-based position ``pos``
-    j = (pos - before(ccnt, d)).long()
-    hits = (bits == braw[d]).cumsum(-1, dtype=torch.int32)
-    return (hits <= j).sum(-1)
-
-
 def sample_rows(
     logits: torch.Tensor,
     temp: torch.Tensor,
@@ -156,15 +102,13 @@ def sample_rows(
     first tries the best ``candidates`` logits of each row (``topk`` instead of a full
     sort): exact when every row's kept prefix lies inside them, which is checked; else the
     full sort runs. ``greedy_rows`` False skips the argmax. 16-bit logits take the sort-free
-    ``_sample_16bit`` (the same semantics, ties by token index). Returns the tokens and whether
+    ``kernels.nucleus`` (the same kept set, ties by token index). Returns the tokens and whether
     it fell back from candidates to the full sort.
     """
     greedy = temp <= 0
-    if logits.is_floating_point() and logits.element_size() == 2:  # bf16/fp16 straight from the model
-        vocab = logits.shape[-1]
-        k_eff = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-        token = _sample_16bit(logits, torch.where(greedy, torch.ones_like(temp), temp), top_p, k_eff,
-                              uniforms(keys, steps))
+    if logits.dtype in (torch.bfloat16, torch.float16):  # straight from the model: no sort at all
+        c, k, tp = nucleus.prepare(torch.where(greedy, torch.ones_like(temp), temp), top_p, top_k, logits.shape[-1])
+        token = nucleus.sample(logits, c, k, tp, uniform_bits(keys, steps))
         return (torch.where(greedy, logits.argmax(-1), token) if greedy_rows else token), False
     logits = logits.float()
     scaled = logits / (torch.where(greedy, torch.ones_like(temp), temp) if greedy_rows else temp)[:, None]
