@@ -46,6 +46,18 @@ def build_model(shape: str, device: str, dtype):
     return model.eval()
 
 
+def profile(fn, gpu: bool) -> None:
+    """The kernels of one run, by device time: where a step goes."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+    key = "cuda_time_total" if gpu else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1, help="timed runs of each side (median)")
     ap.add_argument("--no-graphs", action="store_true", help="pmat side without CUDA graphs")
     ap.add_argument("--threads", type=int, help="torch CPU threads for both sides (default: torch's)")
+    ap.add_argument("--profile", action="store_true", help="then profile one run of the fastest pmat variant")
     a = ap.parse_args(argv)
 
     import torch
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
             engines[key] = SlotEngine(model, prompts * n, plen + new, [], cuda_graphs=graphs,
                                       sync_every=8 if gpu else 1, ignore_eos=True, attention=attention,
-                                      fused=fused)
+                                      fused=fused, share_weights=fused)
         seqs = [Seq(p, j, ids[p].tolist(), new, a.temperature, a.top_p, 0, sample_key(p, j))
                 for p in range(prompts) for j in range(n)]
         engines[key].run(seqs)
@@ -139,17 +152,25 @@ def main(argv: list[str] | None = None) -> int:
             results["plain batched generate"] = timed(lambda: hf_generate(ids))
         variants = [(False, "sdpa", False)]  # (CUDA graphs, decode attention, fused weights + RMSNorm)
         if gpu and not a.no_graphs:
-            variants = [(True, "sdpa", False), (True, "bmm", False), (True, "sdpa", True), (True, "bmm", True),
-                        (False, "sdpa", False)]
-        for graphs, attention, fused in variants:
+            # unfused first: fused variants share the model's weights in place (as the backend does)
+            variants = [(True, "sdpa", False), (True, "bmm", False), (True, "sdpa", True), (True, "bmm", True)]
+        def variant_name(v: tuple[bool, str, bool]) -> str:
+            graphs, attention, fused = v
             name = "pmat sampler" + (" (CUDA graphs" if graphs else " (eager" if gpu else "")
-            name += ("".join([", bmm attn" if attention == "bmm" else "", ", fused" if fused else ""]) + ")") if gpu else ""
+            return name + (("".join([", bmm attn" if attention == "bmm" else "", ", fused" if fused else ""]) + ")")
+                           if gpu else "")
+
+        for graphs, attention, fused in variants:
+            name = variant_name((graphs, attention, fused))
             try:
                 results[name] = timed(lambda v=(graphs, attention, fused): pmat(*v))
             except Exception as exc:  # noqa: BLE001 - report a failed variant, measure the others
                 print(f"{name}: FAILED {type(exc).__name__}: {exc}")
         if gpu:
             print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        if a.profile:
+            profile(lambda: pmat(*min((v for v in variants if variant_name(v) in results),
+                                      key=lambda v: results[variant_name(v)])), gpu)
     for name, sec in results.items():
         print(f"{name:40s}: {sec:8.2f} s  {total_tokens / sec:10.0f} tok/s  {prompts / sec * 3600:10.0f} prompts/h")
     ours = {k: v for k, v in results.items() if k.startswith("pmat")}

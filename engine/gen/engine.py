@@ -47,7 +47,8 @@ class SlotEngine:
 
     def __init__(self, model, rows: int, max_len: int, stop_ids: list[int], *, cuda_graphs: bool = False,
                  sync_every: int = 1, prefill_tokens: int = 16384, ignore_eos: bool = False,
-                 candidates: int = 256, attention: str = "sdpa", fused: bool = False) -> None:
+                 candidates: int = 256, attention: str = "sdpa", fused: bool = False,
+                 share_weights: bool = False) -> None:
         cfg = model.config
         inner = model.model
         self.model, self.embed, self.layers = model, inner.embed_tokens, inner.layers
@@ -82,9 +83,14 @@ class SlotEngine:
         if attention not in ("sdpa", "bmm"):
             raise ValueError(f"SlotEngine: attention={attention!r}; expected 'sdpa' or 'bmm'")
         self.attention = attention  # decode attention: SDPA (masked, efficient kernel) or plain bmm + softmax
-        # opt-in: private concatenated q|k|v and gate|up weights (one wider GEMM each, more memory)
-        # and RMSNorm as one fused kernel instead of the module's six
-        self.fused = [self._fuse(layer) for layer in self.layers] if fused else None
+        # opt-in: concatenated q|k|v and gate|up weights (one wider GEMM each) and RMSNorm as one
+        # fused kernel instead of the module's six. ``share_weights``: the model's projections become
+        # views of the concatenated weights, so they cost no memory (a model whose tensors then share
+        # storage must not be saved with safetensors: for a model loaded only to generate)
+        if fused and not self.can_fuse(model):
+            raise ValueError(f"{type(model).__name__}: fused=True needs plain nn.Linear projections "
+                             "(q/k/v all with or all without bias) and a bias-free gated MLP")
+        self.fused = [self._fuse(layer, share_weights) for layer in self.layers] if fused else None
         self.cooldown = 0  # steps to skip the candidate path after it fell back (flat distributions)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_error: str | None = None
@@ -92,15 +98,35 @@ class SlotEngine:
 
     # -- the model math ---------------------------------------------------------
     @staticmethod
-    def _fuse(layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def can_fuse(model) -> bool:
+        """Whether every layer has plain Linear projections (not LoRA-wrapped, not quantized), q/k/v
+        all with or all without bias, and a bias-free gated MLP: what ``fused`` concatenates."""
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            names = ("gate_proj", "up_proj", "down_proj", "act_fn")
+            if not all(hasattr(m, n) for n in names) or not hasattr(a, "q_proj"):
+                return False
+            projs = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)
+            if any(type(p) is not torch.nn.Linear for p in projs) or m.gate_proj.bias is not None:
+                return False
+            if len({a.q_proj.bias is None, a.k_proj.bias is None, a.v_proj.bias is None}) > 1:
+                return False
+        return True
+
+    @staticmethod
+    def _fuse(layer, share: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         a, m = layer.self_attn, layer.mlp
-        if not all(hasattr(m, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")) or m.gate_proj.bias is not None:
-            raise ValueError(f"{type(m).__name__}: fused=True needs a bias-free gated MLP (gate/up/down_proj)")
-        projs = (a.q_proj, a.k_proj, a.v_proj)
-        bias = torch.cat([p.bias for p in projs]) if all(p.bias is not None for p in projs) else None
-        if bias is None and any(p.bias is not None for p in projs):
-            raise ValueError(f"{type(a).__name__}: fused=True needs q/k/v all with or all without bias")
-        return (torch.cat([p.weight for p in projs]), bias, torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+        projs, mlp = (a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj)
+        bias = torch.cat([p.bias for p in projs]) if a.q_proj.bias is not None else None
+        qkv, gate_up = torch.cat([p.weight for p in projs]), torch.cat([p.weight for p in mlp])
+        if share:  # each module now reads its rows of the concatenation; its own copy is freed
+            for mods, whole in ((projs, qkv), (mlp, gate_up)):
+                start = 0
+                for mod in mods:
+                    rows = mod.weight.shape[0]
+                    mod.weight.data = whole[start:start + rows]
+                    start += rows
+        return qkv, bias, gate_up
 
     def _norm(self, norm, x: torch.Tensor) -> torch.Tensor:
         """The model's RMSNorm (fp32 normalise, cast back, scale), via F.rms_norm when fused."""

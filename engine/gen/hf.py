@@ -67,7 +67,8 @@ class HFBackend:
 
         dev = resolve_device(device)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
-        if model is None:
+        model_loaded_here = model is None
+        if model_loaded_here:
             # Straight onto the device when accelerate is there (transformers needs it for device_map):
             # no transient CPU copy of the weights, which unified memory would count twice.
             direct = dev != "cpu" and importlib.util.find_spec("accelerate") is not None
@@ -75,6 +76,9 @@ class HFBackend:
                                                          device_map=dev if direct else None)
             model.to(dev)
         self.model = model.eval()
+        # A model loaded here only generates: its q|k|v and gate|up weights are concatenated in
+        # place (one wider GEMM each, no extra memory). A model passed in is left as it is.
+        self.fuse = model_loaded_here and SlotEngine.can_fuse(self.model)
         self.device = str(next(self.model.parameters()).device)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         self.max_rows = max_rows
@@ -96,7 +100,8 @@ class HFBackend:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
         self._engine = SlotEngine(self.model, rows, max_len, self.stop_ids, cuda_graphs=self.cuda_graphs,
-                                  sync_every=self.sync_every, ignore_eos=self.ignore_eos)
+                                  sync_every=self.sync_every, ignore_eos=self.ignore_eos, fused=self.fuse,
+                                  share_weights=self.fuse)
         return self._engine
 
     def encode(self, prompt: str) -> list[int]:
