@@ -8,8 +8,10 @@ through generic logits processors and leaves rows idle once they finish. Here:
 * a static KV cache of ``rows x max_len`` slots; each row writes at its own pointer,
   so a finished row is refilled with the next prompt while the others decode;
 * on CUDA the decode step is captured as a CUDA graph per attention-length bucket;
-* sampling by inverse CDF with one counter-based uniform per (row key, step), so a
-  sample's text depends only on its seed and sample index, not on its batch.
+* q|k|v and gate|up weights concatenated (one wider GEMM each), in place when allowed;
+* exact top-k/top-p sampling with one counter-based uniform per (row key, step), so a
+  sample's text depends only on its seed and sample index, not on its batch; 16-bit
+  logits go to ``kernels.nucleus`` (a Triton kernel on CUDA, no vocabulary sort).
 
 The model's own modules (norms, projections, MLP, rotary embedding) do the math; only
 the attention over the cache and its bookkeeping are written here.
@@ -83,7 +85,7 @@ class SlotEngine:
         if attention not in ("sdpa", "bmm"):
             raise ValueError(f"SlotEngine: attention={attention!r}; expected 'sdpa' or 'bmm'")
         self.attention = attention  # decode attention: SDPA (masked, efficient kernel) or plain bmm + softmax
-        # opt-in: concatenated q|k|v and gate|up weights (one wider GEMM each) and RMSNorm as one
+        # concatenated q|k|v and gate|up weights (one wider GEMM each) and RMSNorm as one
         # fused kernel instead of the module's six. ``share_weights``: the model's projections become
         # views of the concatenated weights, so they cost no memory (a model whose tensors then share
         # storage must not be saved with safetensors: for a model loaded only to generate)
