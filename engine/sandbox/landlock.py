@@ -23,6 +23,7 @@ _NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1, 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_ABI: list[int] = []
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -37,9 +38,11 @@ class _PathBeneath(ctypes.Structure):
 
 
 def abi() -> int:
-    """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
-    version = _libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_VERSION_FLAG))
-    return max(0, int(version))
+    """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled (asked once)."""
+    if not _ABI:
+        version = _libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_VERSION_FLAG))
+        _ABI.append(max(0, int(version)))
+    return _ABI[0]
 
 
 def restrict(workdir: str) -> int:

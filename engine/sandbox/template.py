@@ -1,10 +1,11 @@
 """A warm template process: ``python -m engine.sandbox.template CONFIG_JSON``.
 
 Started once per pool slot (inside a fresh network namespace when the OS allows), it
-pre-imports what benchmark programs use and then forks, per check, a confined child
-(pre-forked while idle, before the job it will serve exists) and a trusted runner.
-It never executes a program itself. Lines on stdout: ``ready``, then per job
-``started`` (pids) and ``done`` (the runner's verdict line and the child's status).
+pre-imports what benchmark programs use, forks its zygote (``zygote.py``), which forks
+a confined child per check (pre-forked while idle, before the job it will serve
+exists), and runs each check's tests itself against that child. It never executes a
+program. Lines on stdout: ``ready``, then per job ``started`` (pids) and ``done`` (the
+runner's verdict line and the child's status).
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ import ast
 import importlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
-from engine.sandbox import landlock, wire
-from engine.sandbox.child import child_main
+from engine.sandbox import landlock, wire, zygote
 from engine.sandbox.runner import run_tests
 
 # What benchmark programs import, loaded once here so no check pays for it (and so a child
@@ -34,26 +31,6 @@ PRELOAD = (
     "keyword math numbers operator pprint queue random re statistics string struct textwrap time types "
     "typing unicodedata weakref zlib"
 ).split()
-
-
-@dataclass
-class Warm:
-    pid: int
-    workdir: str
-    sock: socket.socket
-    viol_r: int
-
-
-def _rmtree(path: str) -> None:
-    def fix(func: Any, p: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
 
 
 def _warm_up() -> None:
@@ -93,7 +70,7 @@ def _warm_up() -> None:
 
 
 class Template:
-    """One slot's template: pre-fork a child, run the next job's tests against it, clean up."""
+    """One slot's template: run each job's tests against the zygote's pre-forked child."""
 
     def __init__(self, cfg: dict[str, Any], out: int) -> None:
         self.base: str = cfg["base"]
@@ -101,44 +78,23 @@ class Template:
         self.limits: dict[str, int] = cfg["limits"]
         self.out = out
 
-    def prefork(self) -> Warm:
-        workdir = tempfile.mkdtemp(prefix="run-", dir=self.base)
-        if self.uid is not None:
-            os.chown(workdir, self.uid, self.uid)
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        viol_r, viol_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                parent_sock.close()
-                os.close(viol_r)
-                child_main(child_sock.detach(), viol_w, workdir, self.limits, self.uid)
-            finally:
-                os._exit(1)
-        child_sock.close()
-        os.close(viol_w)
-        return Warm(pid, workdir, parent_sock, viol_r)
-
-    def run_job(self, job: dict[str, Any], warm: Warm) -> Warm:
-        """Run one job's tests here, against the warm child; report; clean up; pre-fork the next."""
+    def run_job(self, job: dict[str, Any], warm: zygote.Warm) -> zygote.Warm:
+        """Run one job's tests here, against the warm child; report; take the next child."""
         wire.write_line(self.out, {"type": "started", "child": warm.pid})
         try:
             result = run_tests(job, warm.sock, warm.viol_r, warm.pid, warm.workdir)
         finally:
             warm.sock.close()
             os.close(warm.viol_r)
-            try:
-                os.killpg(warm.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            _, child_status = os.waitpid(warm.pid, 0)
-            _rmtree(warm.workdir)
+        child_status = zygote.reap(self.ctl)  # killed, reaped, its directory removed
         wire.write_line(self.out, {"type": "done", "result": result, "child_status": child_status})
-        return self.prefork()  # before the next job line is read: a child never sees its own job
+        return zygote.next_child(self.ctl)
 
     def serve(self) -> None:
         _warm_up()
-        warm = self.prefork()
+        self.zygote_pid, self.ctl = zygote.start(self.base, self.limits, self.uid)
+        self.ctl.send(b"next")
+        warm = zygote.next_child(self.ctl)
         wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid,
                                    "landlock": landlock.abi()})
         buf = b""
@@ -150,9 +106,10 @@ class Template:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 warm = self.run_job(json.loads(line), warm)
-        os.kill(warm.pid, signal.SIGKILL)
-        os.waitpid(warm.pid, 0)
-        _rmtree(warm.workdir)
+        warm.sock.close()
+        os.close(warm.viol_r)
+        self.ctl.close()  # the zygote kills and reaps its child, then exits
+        os.waitpid(self.zygote_pid, 0)
 
 
 def main() -> None:
