@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from engine.workspace import Workspace, sha256_file
 from kernels.lora import lora_delta_ref, lora_scale, merge_lora_
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: the stages' CUDA paths
 
 
 @pytest.mark.parametrize("fan_in_fan_out", [False, True])
@@ -85,7 +88,7 @@ def _peft_merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
 def _merge(ws_root: Path, base: Path, adapter: Path, **params) -> tuple[str, Workspace, list[dict]]:
     ws = Workspace(ws_root)
     outcome = run_inline(ws, "merge", "merge", params=params, inputs={"model": base, "adapter": adapter},
-                         outputs=["model"])
+                         outputs=["model"], device=STAGE_DEVICE)
     return outcome, ws, read_events(ws.job_log("merge.1"))
 
 

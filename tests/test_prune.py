@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from engine.workspace import Workspace, sha256_file
 from kernels.wanda import ActNorm, nm_mask, nm_mask_ref, row_mask, row_mask_ref, wanda_scores
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: the stages' CUDA paths
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.73])
@@ -59,7 +62,7 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _prune(tmp: Path, model: Path, calib: Path, params: dict) -> tuple[str, Workspace, list[dict]]:
     ws = Workspace(tmp / "ws")
     outcome = run_inline(ws, "prune", "prune", params=params, inputs={"model": model, "calibration": calib},
-                         outputs=["model"], seed=7)
+                         outputs=["model"], seed=7, device=STAGE_DEVICE)
     return outcome, ws, read_events(ws.job_log("prune.1"))
 
 

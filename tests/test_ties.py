@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from kernels.ties import (
     trim_mask,
     trim_ref,
 )
+
+STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: the stages' CUDA paths
 
 
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.35, 0.7, 1.0])
@@ -128,7 +131,7 @@ def specialists(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def _ties(tmp: Path, base: Path, a: Path, b: Path, params: dict) -> tuple[Workspace, list[dict]]:
     ws = Workspace(tmp / "ws")
     outcome = run_inline(ws, "ties", "ties", params=params, inputs={"base": base, "model_a": a, "model_b": b},
-                         outputs=["model"])
+                         outputs=["model"], device=STAGE_DEVICE)
     events = read_events(ws.job_log("ties.1"))
     assert outcome == "ok", [e for e in events if e["kind"] in ("warning", "job_finished")]
     return ws, events
