@@ -123,7 +123,7 @@ def reference_sample(logits: torch.Tensor, c: torch.Tensor, k: torch.Tensor, tp:
 # Plain functions, jitted on first use (``_kernel``): the interpreter is chosen when
 # ``triton.jit`` runs. The kernel calls the helpers by these module-level names, which
 # ``_kernel`` binds to their jitted versions.
-_decode_jit = _weight_jit = _key_weight_jit = _above_jit = None
+_decode_jit = _weight_jit = _key_weight_jit = _above_jit = _largest_key_jit = None
 def _decode(bits, IS_BF16: tl.constexpr):
     """(order key, float32 value) of int16 patterns."""
     u = bits.to(tl.int32) & 0xFFFF
@@ -166,6 +166,21 @@ def _above(base, V, t, top, c, BLOCK: tl.constexpr, IS_BF16: tl.constexpr, WEIGH
     return cnt, wt
 
 
+def _largest_key(base, V, bound, top, c, BLOCK: tl.constexpr, IS_BF16: tl.constexpr, BY_WEIGHT: tl.constexpr):
+    """Binary search, one pass per bit: the largest key whose tokens at or above it number (or,
+    BY_WEIGHT, weigh) at least ``bound``; with the count and weight of the tokens above it."""
+    lo = tl.full((), 0, tl.int32)
+    for b in tl.static_range(15, -1, -1):
+        cand = lo | (1 << b)
+        n, w = _above_jit(base, V, cand, top, c, BLOCK, IS_BF16, BY_WEIGHT)
+        if BY_WEIGHT:
+            lo = tl.where(w >= bound, cand, lo)
+        else:
+            lo = tl.where(n >= bound, cand, lo)
+    n, w = _above_jit(base, V, lo + 1, top, c, BLOCK, IS_BF16, True)
+    return lo, n, w
+
+
 def _nucleus_kernel(x_ptr, stride, V, c_ptr, k_ptr, tp_ptr, r_ptr, out_ptr,
                     BLOCK: tl.constexpr, IS_BF16: tl.constexpr):
     row = tl.program_id(0)
@@ -191,13 +206,7 @@ def _nucleus_kernel(x_ptr, stride, V, c_ptr, k_ptr, tp_ptr, r_ptr, out_ptr,
     cnt_k = tl.full((), 0, tl.int64)  # tokens above key_k
     wt_k = tl.full((), 0, tl.int64)
     if k < V:
-        lo = tl.full((), 0, tl.int32)
-        for b in tl.static_range(15, -1, -1):
-            cand = lo | (1 << b)
-            n_above, _ = _above_jit(base, V, cand, top, c, BLOCK, IS_BF16, False)
-            lo = tl.where(n_above >= k, cand, lo)
-        key_k = lo
-        cnt_k, wt_k = _above_jit(base, V, key_k + 1, top, c, BLOCK, IS_BF16, True)
+        key_k, cnt_k, wt_k = _largest_key_jit(base, V, k, top, c, BLOCK, IS_BF16, False)
         mass_k = wt_k + (k - cnt_k) * _key_weight_jit(key_k, top, c, IS_BF16)
     target = (mass_k >> 24) * tp + (((mass_k & 0xFFFFFF) * tp + 0xFFFFFF) >> 24)  # ceil_mul
     # the kept prefix: every key above key_n, and the first ``inside`` tokens of key_n
@@ -210,13 +219,7 @@ def _nucleus_kernel(x_ptr, stride, V, c_ptr, k_ptr, tp_ptr, r_ptr, out_ptr,
         wt_p = tl.full((), 0, tl.int64)
         need = tl.full((), 1, tl.int64)
         if target > 0:
-            lo = tl.full((), 0, tl.int32)
-            for b in tl.static_range(15, -1, -1):
-                cand = lo | (1 << b)
-                _, w_above = _above_jit(base, V, cand, top, c, BLOCK, IS_BF16, True)
-                lo = tl.where(w_above >= target, cand, lo)
-            key_p = lo
-            cnt_p, wt_p = _above_jit(base, V, key_p + 1, top, c, BLOCK, IS_BF16, True)
+            key_p, cnt_p, wt_p = _largest_key_jit(base, V, target, top, c, BLOCK, IS_BF16, True)
             wp = _key_weight_jit(key_p, top, c, IS_BF16)
             need = (target - wt_p + wp - 1) // wp
         if cnt_p + need <= k:
@@ -254,7 +257,7 @@ def _kernel():
         raise RuntimeError("nucleus backend 'triton' requested but triton is not importable")
     if not _JIT:
         for name, fn in (("_decode", _decode), ("_weight", _weight), ("_key_weight", _key_weight),
-                         ("_above", _above), ("_nucleus", _nucleus_kernel)):
+                         ("_above", _above), ("_largest_key", _largest_key), ("_nucleus", _nucleus_kernel)):
             _JIT[name] = globals()[f"{name}_jit"] = triton.jit(fn)
     return _JIT["_nucleus"]
 
