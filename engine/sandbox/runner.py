@@ -9,13 +9,13 @@ builtins and modules; the child can only answer calls, die, or be blocked.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import importlib
 import os
 import select
 import signal
 import socket
+import symtable
 import sys
 import time
 from typing import Any
@@ -39,20 +39,22 @@ class CallTimeout(BaseException):
     """The wall-clock budget ran out while waiting for the child."""
 
 
-def free_names(tree: ast.AST) -> set[str]:
-    """Names loaded by the parsed code that it neither binds nor gets from builtins."""
+def free_names(source: str) -> set[str]:
+    """Names the code loads that none of its scopes binds and builtins do not provide.
+
+    Read from the compiler's symbol tables (no Python AST is built: ~2x faster, and the
+    tests are compiled from source anyway); a name bound in any scope counts as bound.
+    """
     loads, binds = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (loads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            binds.add(node.name)
-        elif isinstance(node, ast.arg):
-            binds.add(node.arg)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            binds.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            binds.add(node.name)
+    tables = [symtable.symtable(source, "<tests>", "exec")]
+    while tables:
+        table = tables.pop()
+        for sym in table.get_symbols():
+            if sym.is_referenced():
+                loads.add(sym.get_name())
+            if sym.is_assigned() or sym.is_parameter() or sym.is_imported():
+                binds.add(sym.get_name())
+        tables.extend(table.get_children())
     return loads - binds - set(dir(builtins))
 
 
@@ -85,6 +87,7 @@ class Connection:
         self.sock = sock
         self.deadline = deadline
         self.fatal: BaseException | None = None
+        self.buf = bytearray()
 
     def _ref(self, handle: int, type_name: str) -> Remote:
         return Remote(self, {"ref": handle}, type_name)
@@ -107,13 +110,22 @@ class Connection:
     def _no_ref(value: Any) -> int:
         raise TypeError(f"cannot pass a {type(value).__name__} into the sandbox")
 
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def send(self, *msgs: dict[str, Any]) -> None:
+        """Write requests in one go; the child answers each, in order."""
         if self.fatal is not None:
             raise self.fatal
         try:
-            wire.send_msg(self.sock, msg)
-            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
-            reply = wire.recv_msg(self.sock)
+            self.sock.sendall(b"".join(wire.pack_msg(m) for m in msgs))
+        except (OSError, wire.ProtocolError) as exc:
+            self.fatal = ChildGone(f"{type(exc).__name__}: {exc}")
+            raise self.fatal from None
+
+    def receive(self) -> dict[str, Any]:
+        """The next reply, decoded; the child's exception re-raised here if it raised one."""
+        if self.fatal is not None:
+            raise self.fatal
+        try:
+            reply = self._read()
             if not isinstance(reply, dict):
                 raise wire.ProtocolError("reply is not an object")
             if reply.get("ok"):
@@ -129,6 +141,29 @@ class Connection:
             self.fatal = ChildGone(f"{type(exc).__name__}: {exc}")
             raise self.fatal from None
         raise remote_exception(reply.get("exc") or {}, reply.get("phase"))
+
+    def _read(self) -> Any:
+        """One framed message, read in as few ``recv`` calls as it arrived in, before the deadline."""
+        buf = self.buf
+        while True:
+            if len(buf) >= wire.HEADER.size:
+                (size,) = wire.HEADER.unpack_from(buf)
+                if size > wire.MAX_MESSAGE:
+                    raise wire.ProtocolError(f"message of {size} bytes exceeds {wire.MAX_MESSAGE}")
+                end = wire.HEADER.size + size
+                if len(buf) >= end:
+                    data = bytes(buf[wire.HEADER.size:end])
+                    del buf[:end]
+                    return wire.loads(data)
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError("peer closed the connection")
+            buf += chunk
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.send(msg)
+        return self.receive()
 
     def call(self, target: Remote, args: tuple, kwargs: dict[str, Any]) -> Any:
         reply = self.request({"op": "call", "target": target._enc, "args": [self._out(a) for a in args],
@@ -199,23 +234,35 @@ def classify(exc: BaseException | None) -> dict[str, Any]:
 
 def run_tests(job: dict[str, Any], sock: socket.socket, viol_fd: int, child_pid: int, workdir: str) -> dict:
     """Run one job's tests against the child behind ``sock``; the verdict line (with the nonce)."""
-    start = time.monotonic()
-    conn = Connection(sock, start + float(job["timeout"]))
+    load = {"op": "load", "program": job["program"], "setup": job.get("setup", "")}
+    aliases: dict[str, str] = dict(job.get("aliases") or {})
+    conn = Connection(sock, float("inf"))
     outcome: BaseException | None = None
+    start = time.monotonic()
     try:
-        conn.request({"op": "load", "program": job["program"], "setup": job.get("setup", "")})
-        tree = ast.parse(job["runner_code"])
-        aliases: dict[str, str] = dict(job.get("aliases") or {})
-        free = free_names(tree) - set(aliases)
+        broken: BaseException | None = None
+        try:  # the tests are read before the program's clock starts
+            free = free_names(job["runner_code"]) - set(aliases)
+            code = compile(job["runner_code"], "<tests>", "exec")
+        except (SyntaxError, ValueError) as exc:
+            free, broken = set(), exc
         # a module the tests use without importing (MBPP's `math.isclose`) is this process's own
         # copy, never the program's (which it may have patched)
         local = {n: importlib.import_module(n) for n in free if n in sys.stdlib_module_names}
         free -= set(local)
-        found = conn.request({"op": "resolve", "names": sorted(free | set(aliases.values()))})["values"]
+        start = time.monotonic()
+        conn.deadline = start + float(job["timeout"])
+        if broken is not None:  # broken tests: the program's own errors still come first
+            conn.request(load)
+            raise broken
+        # one write, one wake-up: the child loads the program, then looks up the names
+        conn.send(load, {"op": "resolve", "names": sorted(free | set(aliases.values()))})
+        conn.receive()
+        found = conn.receive()["values"]
         ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins, **local}
         ns.update({k: found[k] for k in free if k in found})  # builtins shadowed only via aliases
         ns.update({alias: found[target] for alias, target in aliases.items() if target in found})
-        exec(compile(tree, "<tests>", "exec"), ns)  # noqa: S102 - benchmark tests, trusted
+        exec(code, ns)  # noqa: S102 - benchmark tests, trusted
         if conn.fatal is not None:
             outcome = conn.fatal
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a verdict

@@ -10,7 +10,6 @@ runner's verdict line and the child's status).
 
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import os
@@ -57,7 +56,7 @@ def _warm_up() -> None:
         wire.send_msg(theirs, reply)
         wire.recv_msg(ours)
     f = conn._ref(0, "function")
-    free_names(ast.parse("assert f([1]) == [2]\n"))
+    free_names("assert f([1]) == [2]\n")
     exec(compile("assert [1] == [1]\n", "<warm>", "exec"), {"f": f})  # noqa: S102 - our own constant
     try:
         raise ValueError("warm")

@@ -22,7 +22,7 @@ from typing import Any
 MAX_MESSAGE = 64 << 20  # bytes; a larger reply is a protocol error, not a hang
 MAX_DEPTH = 200
 MAX_ITEMS = 1_000_000
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")
 
 
 _SETLIKE = (type({}.keys()), type({}.items()))
@@ -59,11 +59,24 @@ class ProtocolError(Exception):
     """The other side sent something that is not a well-formed message."""
 
 
-def send_msg(sock: socket.socket, obj: Any) -> None:
+def pack_msg(obj: Any) -> bytes:
+    """One framed message: a 4-byte length, then compact JSON."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    sock.sendall(_HEADER.pack(len(data)) + data)
+    return HEADER.pack(len(data)) + data
+
+
+def send_msg(sock: socket.socket, obj: Any) -> None:
+    sock.sendall(pack_msg(obj))
+
+
+def loads(data: bytes) -> Any:
+    """A message body; anything that is not well-formed JSON is a protocol error."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed message: {exc}") from None
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -78,13 +91,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def recv_msg(sock: socket.socket) -> Any:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
     if size > MAX_MESSAGE:
         raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
-    try:
-        return json.loads(_recv_exact(sock, size))
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"malformed message: {exc}") from None
+    return loads(_recv_exact(sock, size))
 
 
 def write_line(fd: int, obj: Any) -> None:
