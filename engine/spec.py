@@ -239,16 +239,31 @@ def _check_stage_params(spec: PipelineSpec, where: str) -> None:
         except ValueError as exc:
             raise SpecError(f"{where}: stages.{name}.kind: {exc}") from None
         try:
-            module.Params(**st.params)
+            params = module.Params(**st.params)
         except ValidationError as exc:
             err = exc.errors()[0]
             raise SpecError(f"{where}: stages.{name}.params.{_key_path(err['loc'])}: {_describe(err)}") from None
-        expected = set(getattr(module, "INPUTS", {}))
-        given = set(st.inputs)
-        if given != expected:
-            missing, extra = sorted(expected - given), sorted(given - expected)
-            what = f"missing {missing}" if missing else f"unexpected {extra}"
-            raise SpecError(f"{where}: stages.{name}.inputs: {what} (stage kind {st.kind!r} takes {sorted(expected)})")
+        try:
+            check_input_names(module, params, set(st.inputs))
+        except ValueError as exc:
+            raise SpecError(f"{where}: stages.{name}.{exc}") from None
+
+
+def check_input_names(module: Any, params: Any, given: set[str]) -> None:
+    """The input names of a stage of kind ``module`` against what it declares; ValueError naming
+    ``inputs`` or ``params`` and what is wrong."""
+    expected = set(getattr(module, "INPUTS", {}))
+    prefix, least, _ = getattr(module, "VARIADIC_INPUTS", ("", 0, ""))
+    variadic = {g for g in given - expected if prefix and g.startswith(prefix)}
+    takes = sorted(expected) + ([f"{prefix}* (at least {least})"] if prefix else [])
+    missing, extra = sorted(expected - given), sorted(given - expected - variadic)
+    if missing or extra:
+        what = f"missing {missing}" if missing else f"unexpected {extra}"
+        raise ValueError(f"inputs: {what} (stage kind {module.__name__.rsplit('.', 1)[-1]!r} takes {takes})")
+    if len(variadic) < least:
+        raise ValueError(f"inputs: needs at least {least} named {prefix}*, got {sorted(variadic)}")
+    if hasattr(module, "check_inputs"):
+        module.check_inputs(params, given)
 
 
 def parse_spec(data: Any, where: str = "<spec>", *, check_params: bool = True) -> PipelineSpec:

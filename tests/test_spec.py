@@ -139,6 +139,31 @@ def test_shipped_pipelines_load_and_share_one_dag():
     assert {s.kind for s in pmat.stages.values()} | {"tiny_model"} == {s.kind for s in demo.stages.values()}
 
 
+@pytest.mark.parametrize(
+    "stage, inputs, ties, expected",
+    [
+        ("ties", {"model_c": "merge_sft.model"}, None,
+         "stages.ties.params.ties.weights: names ['model_a', 'model_b']; the specialist inputs are "
+         "['model_a', 'model_b', 'model_c']"),
+        ("ties", {"model_c": "merge_sft.model"}, {"model_c": 0.5}, None),  # three specialists, all weighed
+        ("slerp", {"model_c": "merge_sft.model"}, None, "stages.slerp.params.slerp: interpolates exactly 2"),
+        ("ties", {"model_b": None}, None, "stages.ties.inputs: needs at least 2 named model_*, got ['model_a']"),
+        ("ties", {"extra": "merge_sft.model"}, None, "stages.ties.inputs: unexpected ['extra']"),
+    ],
+)
+def test_ties_specialists_are_the_model_inputs(tmp_path, stage, inputs, ties, expected):
+    data = yaml.safe_load(pipeline_path("pmat").read_text())
+    st = data["stages"][stage]
+    st["inputs"] = {k: v for k, v in {**st["inputs"], **inputs}.items() if v is not None}
+    if ties:
+        for key in ("weights", "densities"):
+            st["params"]["ties"][key] = {**st["params"]["ties"][key], **ties}
+    if expected is None:
+        assert set(load_spec(write(tmp_path, data)).stages[stage].inputs) == {"base", "model_a", "model_b", "model_c"}
+    else:
+        assert expected in error_of(tmp_path, data)
+
+
 def test_pmat_critical_path_runs_through_sampling_and_dpo(tmp_path):
     spec = load_spec(pipeline_path("pmat"))
     path, hours = critical_path(spec)

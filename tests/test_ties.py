@@ -124,13 +124,14 @@ def specialists(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return {
         "a": _perturbed(tiny_model_dir, root / "a", 0.01, 1),
         "b": _perturbed(tiny_model_dir, root / "b", 0.01, 2),
+        "c": _perturbed(tiny_model_dir, root / "c", 0.02, 3),
         "adapter": root / "adapter",
     }
 
 
-def _ties(tmp: Path, base: Path, a: Path, b: Path, params: dict) -> tuple[Workspace, list[dict]]:
+def _ties(tmp: Path, base: Path, a: Path, b: Path, params: dict, **more: Path) -> tuple[Workspace, list[dict]]:
     ws = Workspace(tmp / "ws")
-    outcome = run_inline(ws, "ties", "ties", params=params, inputs={"base": base, "model_a": a, "model_b": b},
+    outcome = run_inline(ws, "ties", "ties", params=params, inputs={"base": base, "model_a": a, "model_b": b, **more},
                          outputs=["model"], device=STAGE_DEVICE)
     events = read_events(ws.job_log("ties.1"))
     assert outcome == "ok", [e for e in events if e["kind"] in ("warning", "job_finished")]
@@ -158,6 +159,27 @@ def test_ties_stage_per_tensor_equals_reference(specialists: dict[str, Path], ti
     assert any(e["kind"] == "metric" and e["name"] == "norm_drift" for e in events)
     assert (ws.artifact_path("ties", "model") / "tokenizer.json").read_bytes() == (
         tiny_model_dir / "tokenizer.json").read_bytes()
+
+
+def test_ties_stage_three_specialists(specialists: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+    params = {**TIES, "weights": {**TIES["weights"], "model_c": 0.8}, "densities": {**TIES["densities"], "model_c": 0.5}}
+    ws, _ = _ties(tmp_path, tiny_model_dir, specialists["a"], specialists["b"], {"method": "ties", "ties": params},
+                  model_c=specialists["c"])
+    out = open_checkpoint(ws.artifact_path("ties", "model"))
+    base, a, b, c = (open_checkpoint(p) for p in (tiny_model_dir, specialists["a"], specialists["b"], specialists["c"]))
+    for name in base.names():
+        want = ties_ref(base.get(name), [a.get(name), b.get(name), c.get(name)], [1.0, 0.5, 0.8], [0.3, 0.6, 0.5],
+                        1.5, True)
+        assert torch.allclose(out.get(name), want, atol=1e-6), name
+    record = json.loads(ws.ledger_path.read_text().splitlines()[-1])
+    assert set(record["protocol"]["inputs"]) == {"base", "model_a", "model_b", "model_c"}
+    # weights that name other specialists than the inputs: the job fails saying which
+    bad = Workspace(tmp_path / "bad")
+    outcome = run_inline(bad, "ties", "ties", params={"method": "ties", "ties": TIES}, outputs=["model"],
+                         inputs={"base": tiny_model_dir, "model_a": specialists["a"], "model_b": specialists["b"],
+                                 "model_c": specialists["c"]}, device=STAGE_DEVICE)
+    finished = [e for e in read_events(bad.job_log("ties.1")) if e["kind"] == "job_finished"]
+    assert outcome == "failed" and "the specialist inputs are ['model_a', 'model_b', 'model_c']" in str(finished)
 
 
 def test_ties_stage_model_wide_trim_with_an_adapter(specialists: dict[str, Path], tiny_model_dir: Path,
@@ -200,5 +222,5 @@ def test_params_have_no_hyperparameter_defaults() -> None:
         Params(method="slerp")
     with pytest.raises(ValidationError, match="takes no 'slerp' block"):
         Params(method="ties", ties=TIES, slerp={"t": 0.5})
-    with pytest.raises(ValidationError, match="densities needs exactly the keys"):
+    with pytest.raises(ValidationError, match="must name the same specialists"):
         Params(method="ties", ties={**TIES, "densities": {"model_a": 0.5}})

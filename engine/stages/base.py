@@ -8,6 +8,11 @@ A stage is a module ``engine.stages.<kind>`` that defines::
     def memory_estimate(params, inputs) -> int   # bytes, for admission
     def run(ctx: StageContext, params: Params) -> None
 
+and optionally, for a stage that takes a variable number of like inputs (TIES specialists)::
+
+    VARIADIC_INPUTS: tuple[str, int, str]   # (name prefix, at least how many, what each must be)
+    def check_inputs(params, names: set[str]) -> None   # ValueError when params and inputs disagree
+
 ``run`` reads ``ctx.inputs``, keeps resume state in ``ctx.work_dir`` (it persists
 across attempts), reports through ``ctx.progress/metric/checkpoint/warning``,
 publishes outputs with ``ctx.publish`` and calls ``ctx.check_cancelled()`` between

@@ -1,4 +1,8 @@
-"""Stage `ties`: TIES-merge two specialists onto their base, or SLERP between them.
+"""Stage `ties`: TIES-merge two or more specialists onto their base, or SLERP between two.
+
+The specialists are the inputs named ``model_*`` (``model_a``, ``model_dpo``, ...); TIES
+weighs and trims each by its name, SLERP goes from the first name in sorted order (t=0)
+to the second (t=1).
 
 Each specialist is a full checkpoint or a peft LoRA adapter on the base (its weights are
 base + B@A, computed per tensor). Tensors are streamed, one tensor of each model at a
@@ -31,7 +35,12 @@ from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.stages.merge import ADAPTER_CONFIG, LoraAdapter, load_adapter
 from kernels.ties import KthLargest, disjoint_merge, sign_conflicts, slerp, trim_mask
 
-MODELS = ("model_a", "model_b")
+SPECIALIST = "model_"
+
+
+def specialist_names(names) -> list[str]:
+    """The specialists among a stage's input names, in sorted order."""
+    return sorted(n for n in names if n.startswith(SPECIALIST))
 
 
 class TiesParams(StageParams):
@@ -45,9 +54,9 @@ class TiesParams(StageParams):
 
     @model_validator(mode="after")
     def _keys(self) -> TiesParams:
-        for what, d in (("weights", self.weights), ("densities", self.densities)):
-            if set(d) != set(MODELS):
-                raise ValueError(f"{what} needs exactly the keys {list(MODELS)}, got {sorted(d)}")
+        if set(self.weights) != set(self.densities):
+            raise ValueError(f"weights {sorted(self.weights)} and densities {sorted(self.densities)} "
+                             "must name the same specialists")
         for k, v in self.densities.items():
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"densities.{k} must be in (0, 1], got {v}")
@@ -55,7 +64,7 @@ class TiesParams(StageParams):
 
 
 class SlerpParams(StageParams):
-    t: float = Field(ge=0.0, le=1.0)  # 0 -> model_a, 1 -> model_b
+    t: float = Field(ge=0.0, le=1.0)  # 0 -> the first specialist by name, 1 -> the second
 
 
 class Params(StageParams):
@@ -75,11 +84,18 @@ class Params(StageParams):
         return self
 
 
-INPUTS = {
-    "base": "base HF checkpoint dir (supplies the side files; TIES deltas are taken against it)",
-    "model_a": "specialist: HF checkpoint dir or peft LoRA adapter dir on the base",
-    "model_b": "specialist: HF checkpoint dir or peft LoRA adapter dir on the base",
-}
+INPUTS = {"base": "base HF checkpoint dir (supplies the side files; TIES deltas are taken against it)"}
+VARIADIC_INPUTS = (SPECIALIST, 2, "specialist: HF checkpoint dir or peft LoRA adapter dir on the base")
+
+
+def check_inputs(params: Params, names: set[str]) -> None:
+    """TIES weights and densities name exactly the specialist inputs; SLERP takes two."""
+    models = specialist_names(names)
+    if params.ties is not None and sorted(params.ties.weights) != models:
+        raise ValueError(f"params.ties.weights: names {sorted(params.ties.weights)}; the specialist inputs "
+                         f"are {models}")
+    if params.slerp is not None and len(models) != 2:
+        raise ValueError(f"params.slerp: interpolates exactly 2 specialists, the inputs name {models}")
 OUTPUTS = {"model": "merged HF checkpoint dir"}
 
 
@@ -113,11 +129,11 @@ class Specialist:
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
-    """~10 fp32 copies of the largest tensor (base, two deltas, trims, stack, masks); the
-    writer buffers nothing."""
+    """fp32 copies of the largest tensor: base, merged, masks, and per specialist its weight,
+    delta and trim, plus the stack; the writer buffers nothing."""
     base = open_checkpoint(inputs["base"])
     largest = max(base.nbytes(n) // base.dtype(n).itemsize for n in base.names()) * 4
-    return 10 * largest + (800 << 20)
+    return (4 + 3 * len(specialist_names(inputs))) * largest + (800 << 20)
 
 
 def _float_names(base: CheckpointReader) -> list[str]:
@@ -148,11 +164,16 @@ def run(ctx: StageContext, params: Params) -> None:
     out = ctx.work_dir / "model"
     if out.exists():  # one pass (three with model-wide trim): a new attempt starts over
         shutil.rmtree(out)
+    try:
+        check_inputs(params, set(ctx.inputs))
+    except ValueError as exc:
+        raise StageFailed(str(exc)) from None
+    models = specialist_names(ctx.inputs)
     base = open_checkpoint(ctx.inputs["base"])
-    specs = [Specialist(ctx.inputs[m], base) for m in MODELS]
+    specs = [Specialist(ctx.inputs[m], base) for m in models]
     tp, sp = params.ties, params.slerp
-    weights = [tp.weights[m] for m in MODELS] if tp else []
-    densities = [tp.densities[m] for m in MODELS] if tp else []
+    weights = [tp.weights[m] for m in models] if tp else []
+    densities = [tp.densities[m] for m in models] if tp else []
     selectors = _global_thresholds(ctx, base, specs, densities) if tp and tp.trim == "model" else None
 
     names = list(base.iter_shard_order())
@@ -233,7 +254,7 @@ def run(ctx: StageContext, params: Params) -> None:
                 **({"ties": tp.model_dump(by_alias=True)} if tp else {}),
                 **({"slerp": sp.model_dump()} if sp else {}),
                 "out_dtype": params.out_dtype,
-                "inputs": {k: checkpoint_hash(ctx.inputs[k]) for k in ("base", *MODELS)},
+                "inputs": {k: checkpoint_hash(ctx.inputs[k]) for k in ("base", *models)},
             },
             "metrics": metrics,
             "per_tensor": per_tensor,
