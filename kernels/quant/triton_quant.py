@@ -29,6 +29,34 @@ def _nearest_int(v):
 
 
 @triton.jit
+def _q4k_error(x_ptr, N, n, mask, av_x, isc, base, scale, mn, BLOCK: tl.constexpr):
+    """Weighted squared error of a 32-value sub-block quantized as round(isc * (x - base)) in
+    [0, 15] and restored as scale * l + mn (the reference's error loop, same operation order)."""
+    err = tl.zeros([BLOCK], tl.float32)
+    for i in tl.static_range(32):
+        xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
+        li = tl.minimum(tl.maximum(_nearest_int(isc * (xi - base)), 0), 15).to(tl.float32)
+        diff = scale * li + mn - xi
+        err += (av_x + tl.abs(xi)) * (diff * diff)
+    return err
+
+
+@triton.jit
+def _q6k_sums(x_ptr, N, n, mask, isc, BLOCK: tl.constexpr):
+    """sum(w x l) and sum(w l l), w = x^2, of a 16-value sub-block quantized as round(isc * x)
+    in [-32, 31] (the reference's loop, same operation order)."""
+    sumlx = tl.zeros([BLOCK], tl.float32)
+    suml2 = tl.zeros([BLOCK], tl.float32)
+    for i in tl.static_range(16):
+        xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
+        li = tl.minimum(tl.maximum(_nearest_int(isc * xi), -32), 31).to(tl.float32)
+        w = xi * xi
+        sumlx += (w * xi) * li
+        suml2 += (w * li) * li
+    return sumlx, suml2
+
+
+@triton.jit
 def _q4k_search_kernel(x_ptr, trial_ptr, scale_ptr, min_ptr, isc_ptr, base_ptr, N,
                        NTRIAL: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -54,12 +82,7 @@ def _q4k_search_kernel(x_ptr, trial_ptr, scale_ptr, min_ptr, isc_ptr, base_ptr, 
     flat = mx == mn
     iscale = tl.math.div_rn(15.0, mx - mn)
     scale = tl.math.div_rn(1.0, iscale)
-    best = tl.zeros([BLOCK], tl.float32)
-    for i in tl.static_range(32):
-        xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
-        li = tl.minimum(tl.maximum(_nearest_int(iscale * (xi - mn)), 0), 15).to(tl.float32)
-        diff = scale * li + mn - xi
-        best += (av_x + tl.abs(xi)) * (diff * diff)
+    best = _q4k_error(x_ptr, N, n, mask, av_x, iscale, mn, scale, mn, BLOCK)
     l_isc = iscale
     l_base = mn
     cur_min = mn
@@ -81,12 +104,7 @@ def _q4k_search_kernel(x_ptr, trial_ptr, scale_ptr, min_ptr, isc_ptr, base_ptr, 
         pos = t_min > 0.0
         t_min = tl.where(pos, 0.0, t_min)
         t_scale = tl.where(pos, tl.math.div_rn(sum_xl, sum_l2), t_scale)
-        cur = tl.zeros([BLOCK], tl.float32)
-        for i in tl.static_range(32):
-            xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
-            li = tl.minimum(tl.maximum(_nearest_int(isc * (xi - cur_min)), 0), 15).to(tl.float32)
-            diff = t_scale * li + t_min - xi
-            cur += (av_x + tl.abs(xi)) * (diff * diff)
+        cur = _q4k_error(x_ptr, N, n, mask, av_x, isc, cur_min, t_scale, t_min, BLOCK)
         upd = (D > 0.0) & (cur < best) & (flat == 0)
         best = tl.where(upd, cur, best)
         scale = tl.where(upd, t_scale, scale)
@@ -116,26 +134,12 @@ def _q6k_search_kernel(x_ptr, trial_ptr, scale_ptr, isc_ptr, N, EPS,
         mx = tl.where(upd, xi, mx)
     zero = amax < EPS
     l_isc = tl.math.div_rn(-32.0, mx)
-    sumlx = tl.zeros([BLOCK], tl.float32)
-    suml2 = tl.zeros([BLOCK], tl.float32)
-    for i in tl.static_range(16):
-        xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
-        li = tl.minimum(tl.maximum(_nearest_int(l_isc * xi), -32), 31).to(tl.float32)
-        w = xi * xi
-        sumlx += (w * xi) * li
-        suml2 += (w * li) * li
+    sumlx, suml2 = _q6k_sums(x_ptr, N, n, mask, l_isc, BLOCK)
     scale = tl.where(suml2 != 0.0, tl.math.div_rn(sumlx, suml2), 0.0)
     best = scale * sumlx
     for t in range(NTRIAL):
         isc = tl.math.div_rn(tl.load(trial_ptr + t), mx)
-        sumlx = tl.zeros([BLOCK], tl.float32)
-        suml2 = tl.zeros([BLOCK], tl.float32)
-        for i in tl.static_range(16):
-            xi = tl.load(x_ptr + i * N + n, mask=mask, other=0.0)
-            li = tl.minimum(tl.maximum(_nearest_int(isc * xi), -32), 31).to(tl.float32)
-            w = xi * xi
-            sumlx += (w * xi) * li
-            suml2 += (w * li) * li
+        sumlx, suml2 = _q6k_sums(x_ptr, N, n, mask, isc, BLOCK)
         upd = (suml2 > 0.0) & (sumlx * sumlx > best * suml2)
         new_scale = tl.math.div_rn(sumlx, suml2)
         scale = tl.where(upd, new_scale, scale)
