@@ -23,6 +23,9 @@ MAX_MESSAGE = 64 << 20  # bytes; a larger reply is a protocol error, not a hang
 MAX_DEPTH = 200
 MAX_ITEMS = 1_000_000
 HEADER = struct.Struct("!I")
+# built once: json.dumps with any option builds a new encoder on every call
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_LINES = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 _SETLIKE = (type({}.keys()), type({}.items()))
@@ -61,7 +64,7 @@ class ProtocolError(Exception):
 
 def pack_msg(obj: Any) -> bytes:
     """One framed message: a 4-byte length, then compact JSON."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    data = _COMPACT.encode(obj).encode()
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return HEADER.pack(len(data)) + data
@@ -99,7 +102,7 @@ def recv_msg(sock: socket.socket) -> Any:
 
 def write_line(fd: int, obj: Any) -> None:
     """Write one JSON line to a raw fd in full (pipes between template and manager)."""
-    data = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
+    data = (_LINES.encode(obj) + "\n").encode()
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
