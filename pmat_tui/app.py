@@ -9,6 +9,9 @@ watchfiles (inotify) with a slow polling fallback, and folded in at most every
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
+import os
 import signal
 import subprocess
 import sys
@@ -27,19 +30,14 @@ from engine.memory import MemorySnapshot
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
 from pmat_tui.model import ConsoleModel
-from pmat_tui.screens.approve import ApproveScreen
 from pmat_tui.screens.base import ViewScreen
-from pmat_tui.screens.confirm import ConfirmScreen
 from pmat_tui.screens.dag import DagScreen
-from pmat_tui.screens.gates import GatesScreen
-from pmat_tui.screens.help import HelpScreen
-from pmat_tui.screens.jobs import JobsScreen
-from pmat_tui.screens.log import LogScreen
-from pmat_tui.screens.memory import MemoryScreen
 from pmat_tui.widgets.header_bar import HeaderBar
 
 MIN_REFRESH_S = 0.25
 POLL_S = 1.0
+WATCH_PAUSE_FOLDS = 4  # folds in a row that found events before the watcher pauses (the ticks poll)
+CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
 
@@ -64,10 +62,19 @@ class Loaded(Message):
     """The initial fold of the logs finished."""
 
 
+LAZY_VIEWS = {"jobs": "JobsScreen", "memory": "MemoryScreen", "gates": "GatesScreen", "log": "LogScreen"}
+
+
+def _view(mode: str) -> Callable[[], Screen]:
+    """A view other than the DAG, imported when first shown: the first frame (the DAG) does
+    not wait for the other views' modules."""
+    return lambda: getattr(importlib.import_module(f"pmat_tui.screens.{mode}"), LAZY_VIEWS[mode])()
+
+
 class PmatApp(App):
     CSS_PATH = Path(__file__).parent / "app.tcss"
     TITLE = "pmat"
-    MODES = {"dag": DagScreen, "jobs": JobsScreen, "memory": MemoryScreen, "gates": GatesScreen, "log": LogScreen}
+    MODES = {"dag": DagScreen, **{mode: _view(mode) for mode in LAZY_VIEWS}}
     DEFAULT_MODE = "dag"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
@@ -104,6 +111,10 @@ class PmatApp(App):
         self._notice = notice
         self._stop = threading.Event()
         self._change_posted = threading.Event()
+        self._quiet = threading.Event()  # set while the watcher should run (no long stream of events, not stopping)
+        self._quiet.set()
+        self._loud = threading.Event()  # the running watch's stop event: set while streaming or stopping
+        self._streak = 0  # consecutive folds that found events
         self._last_refresh = 0.0
         self._pending = False
         self._ticks = 0
@@ -150,46 +161,61 @@ class PmatApp(App):
         self.do_refresh(force=self.model.overview is None, redraw=True)
         if self._watch_enabled:
             self.set_interval(MIN_REFRESH_S, self._flush)
-            self._watch()
-            threading.Thread(target=self._check_spec, name="pmat-check", daemon=True).start()
+            self.call_after_refresh(self._start_background)  # behind the first frame, not ahead of it
         if self._notice:
             self.notify(self._notice, severity="warning", timeout=10)
         if not self.model.readonly and self.model.overview and self.model.overview.supervisor_pid is None:
             self.notify("No supervisor runs for this workspace: commands wait until one does (pmat supervise).",
                         severity="warning", timeout=10)
 
+    def _start_background(self) -> None:
+        """The file watcher and the full spec check, once the first frame is on screen."""
+        self._watch()
+        threading.Thread(target=self._check_spec, name="pmat-check", daemon=True).start()
+
     def _check_spec(self) -> None:
         """The stage-parameter check the first frame skipped, in its own process: it imports
-        every stage module (torch, transformers), which the console itself never needs."""
-        res = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", str(self.model.ws.spec_path)],
-                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if res.returncode != 0:
-            self.post_message(SpecProblem((res.stderr.strip().splitlines() or ["pmat check failed"])[-1]))
+        every stage module (torch, transformers: seconds of CPU), which the console itself never
+        needs. It runs niced, so that it never takes a core from the console or the jobs."""
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "check", str(self.model.ws.spec_path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, CHECK_NICE)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            self.post_message(SpecProblem((err.strip().splitlines() or ["pmat check failed"])[-1]))
 
     def on_spec_problem(self, message: SpecProblem) -> None:
         self.notify(message.text, title="pipeline spec", severity="error", timeout=60)
 
     def _hangup(self) -> None:
         """The terminal went away: leave quietly (the jobs never depended on us)."""
-        self._stop.set()
+        self._stop_watching()
         self.exit(return_code=0)
 
     def on_unmount(self) -> None:
+        self._stop_watching()
+
+    def _stop_watching(self) -> None:
         self._stop.set()
+        self._loud.set()
+        self._quiet.set()
 
     @work(thread=True, exclusive=True, group="watch")
     def _watch(self) -> None:
-        """Wake the console when a log under the workspace changes (inotify via watchfiles)."""
+        """Wake the console when a log under the workspace changes (inotify via watchfiles).
+
+        While a stream of events lasts the ticks poll anyway, so the watch stops (it would wake
+        for every write and take the GIL every 50 ms) and starts again once a fold finds nothing."""
         import watchfiles
 
         try:
-            for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=50, stop_event=self._stop,
-                                      raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
-                if self._stop.is_set():
-                    return
-                if not self._streaming and not self._change_posted.is_set():  # one message in flight is enough
-                    self._change_posted.set()
-                    self.post_message(FilesChanged())  # post_message is thread-safe
+            while self._quiet.wait() and not self._stop.is_set():
+                for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=50, stop_event=self._loud,
+                                          raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
+                    if not self._loud.is_set() and not self._streaming and not self._change_posted.is_set():
+                        self._change_posted.set()  # one message in flight is enough
+                        self.post_message(FilesChanged())  # post_message is thread-safe
         except Exception:  # noqa: BLE001 - no inotify (network fs, limits): poll faster instead
             if not self._stop.is_set():
                 self.post_message(FilesChanged(watch_failed=True))
@@ -218,6 +244,20 @@ class PmatApp(App):
         if self._pending or self._streaming or self._ticks % self._ticks_per_poll == 0:
             self.do_refresh()
 
+    def _set_streaming(self, streaming: bool) -> None:
+        """Poll at each tick while folds find events; after ``WATCH_PAUSE_FOLDS`` such folds in a
+        row the watcher pauses, and it resumes with the first fold that finds nothing."""
+        self._streaming = streaming
+        self._streak = self._streak + 1 if streaming else 0
+        if self._stop.is_set():
+            return
+        if self._streak == WATCH_PAUSE_FOLDS:
+            self._quiet.clear()
+            self._loud.set()
+        elif not streaming and not self._quiet.is_set():
+            self._loud.clear()
+            self._quiet.set()
+
     def do_refresh(self, force: bool = False, redraw: bool = False) -> None:
         """Fold new events and show them; ``redraw`` shows everything even if nothing changed."""
         self._pending = False
@@ -225,7 +265,7 @@ class PmatApp(App):
         self.refreshes += 1
         try:
             changed, structural = self.model.refresh(force=force)
-            self._streaming = changed and not structural
+            self._set_streaming(changed and not structural)
             structural |= redraw
         except (OSError, ValueError, KeyError) as exc:  # a file read mid-replace, a bad record: say so, keep going
             message = f"could not read the workspace: {type(exc).__name__}: {exc}"
@@ -289,6 +329,7 @@ class PmatApp(App):
         grace = self.model.spec.settings.cancel_grace_s
         what = f"job {job}" if status == "running" and job else f"queued stage {stage}"
         question = f"Cancel {what}?\nSIGTERM now, SIGKILL after {grace:g} s if it has not stopped."
+        from pmat_tui.screens.confirm import ConfirmScreen
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -305,6 +346,7 @@ class PmatApp(App):
             return
         evidence = self.model.evidence(stage)
         gates = [g for g in self.model.gates() if stage in g.gated_stages]
+        from pmat_tui.screens.approve import ApproveScreen
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -322,6 +364,8 @@ class PmatApp(App):
             self.switch_mode("log")
 
     def action_help(self) -> None:
+        from pmat_tui.screens.help import HelpScreen
+
         self.push_screen(HelpScreen(self.model.readonly))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -343,5 +387,7 @@ class PmatApp(App):
     def _log(self, target: str) -> None:
         self.log_target = target
         self.switch_mode("log")
+        from pmat_tui.screens.log import LogScreen  # loaded by the switch
+
         if isinstance(self.screen, LogScreen):
             self.screen.update_view(True)

@@ -184,3 +184,28 @@ async def test_bad_stage_parameter_is_reported_after_the_first_frame(tmp_path: P
         await _until(pilot, lambda: app.loaded)
         await _until(pilot, lambda: any("stages.s.params.bogus: unknown key" in n.message and n.severity == "error"
                                         for n in app._notifications), timeout=30)
+
+
+def test_fold_reads_odd_lines_as_json_loads_does_and_sees_new_logs(tmp_path: Path) -> None:
+    """The console's fold (engine.state): its fast JSON path and its cached listing of job logs."""
+    from engine.state import PipelineState
+    from engine.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").init()
+    jobs = ws.logs_dir / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    good = {"ts": 1.0, "kind": "progress", "done": 3, "total": 9, "unit": "µs"}
+    odd = [b' {"ts": 2.0, "kind": "progress", "done": 4}  ', b"\xef\xbb\xbf" + json.dumps(good).encode(),
+           b'{"a": 1} x', b"[1, 2]", b"\xff{}", b"", b'{"ts": 3.0, "kind": "metric", "name": "loss", "value": NaN}']
+    (jobs / "a.1.jsonl").write_bytes(json.dumps(good).encode() + b"\n" + b"\n".join(odd) + b"\n")
+    st = PipelineState(ws)
+    st.refresh()
+    a = st.jobs["a.1"]
+    assert (a.done, a.total, a.unit) == (3, 9, "µs") and list(a.progress) == [(1.0, 3), (2.0, 4), (1.0, 3)]
+    assert str(a.metrics["loss"][0][1]) == "nan" and st._job_readers["a.1"].bad_lines == 3
+    for n in range(2):  # a log created right after a listing, then one after the listing was trusted
+        (jobs / f"b{n}.1.jsonl").write_text(json.dumps(good) + "\n")
+        st.refresh()
+        assert f"b{n}.1" in st.jobs
+        time.sleep(1.1)
+        st.refresh()

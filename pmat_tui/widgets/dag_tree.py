@@ -183,14 +183,16 @@ class DagTree(ScrollView, can_focus=True):
             text.append(self.guides[line], style=GUIDE)
             text.append_text(self.labels[self.keys[line]])
             segments = [s for s in text.render(self.app.console) if s.text != "\n"]
-            strip = Strip(Segment.apply_style(segments, self.rich_style)).crop_extend(0, width, self.rich_style)
+            style = self.rich_style  # from the CSS of every ancestor: look it up once
+            strip = Strip(Segment.apply_style(segments, style)).crop_extend(0, width, style)
             if line == self.cursor and self.has_focus:
                 strip = Strip(Segment.apply_style(strip, post_style=CURSOR), width)
             self._strips[line] = strip
         return strip
 
     def on_resize(self) -> None:
-        self._strips.clear()
+        # cached strips stay: render_line renders again those of another width (the first frame
+        # comes after several resizes to the same size)
         self.virtual_size = Size(self.size.width, len(self.keys))
         self._scroll_to_cursor()
 
