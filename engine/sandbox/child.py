@@ -261,12 +261,11 @@ class _Server:
                 wire.send_msg(self.sock, {"ok": False, "exc": self.exc_info(exc)})
 
 
-def child_main(sock_fd: int, viol_fd: int, workdir: str, limits: dict[str, int], uid: int | None) -> None:
+def child_main(sock: socket.socket, viol_fd: int, workdir: str, limits: dict[str, int], uid: int | None) -> None:
     """Entry of a forked child; never returns."""
     code = 0
     try:
-        confine([sock_fd, viol_fd], workdir, limits, uid)
-        sock = socket.socket(fileno=sock_fd)
+        confine([sock.fileno(), viol_fd], workdir, limits, uid)
         _install_hook(viol_fd, workdir)
         sys.setrecursionlimit(3000)
         _Server(sock).serve()

@@ -55,7 +55,7 @@ def free_names(source: str) -> set[str]:
             if sym.is_assigned() or sym.is_parameter() or sym.is_imported():
                 binds.add(sym.get_name())
         tables.extend(table.get_children())
-    return loads - binds - set(dir(builtins))
+    return loads - binds - builtins.__dict__.keys()
 
 
 class Remote:

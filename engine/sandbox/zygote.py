@@ -70,7 +70,7 @@ def _fork_child(base: str, n: int, limits: dict[str, int], uid: int | None) -> t
         try:
             parent_sock.close()
             os.close(viol_r)
-            child_main(child_sock.detach(), viol_w, workdir, limits, uid)
+            child_main(child_sock, viol_w, workdir, limits, uid)
         finally:
             os._exit(1)
     child_sock.close()
