@@ -15,6 +15,23 @@ if TYPE_CHECKING:
     from pmat_tui.model import ConsoleModel
 
 
+class KeyFooter(Footer):
+    """Textual's footer, recomposed only when the keys it shows change: focus moves and screen
+    switches announce the same bindings again, and each recompose mounts every key anew (three
+    times before a console's first frame)."""
+
+    _shown: tuple | None = None
+
+    def bindings_changed(self, screen: Screen) -> None:
+        shown = tuple((b.key, b.description, b.action, enabled, tooltip)
+                      for _, b, enabled, tooltip in screen.active_bindings.values() if b.show)
+        if shown == self._shown:
+            return
+        if screen.app.app_focus and self.is_attached and screen is self.screen:  # the footer recomposes
+            self._shown = shown
+        super().bindings_changed(screen)
+
+
 class ViewScreen(Screen):
     """A mode of the console. Subclasses compose ``body()`` and implement ``update_view``."""
 
@@ -31,7 +48,7 @@ class ViewScreen(Screen):
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
         yield from self.body()
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter(compact=True, show_command_palette=False)
 
     def body(self) -> ComposeResult:
         yield from ()
