@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from textual.app import ComposeResult
-from textual.containers import Container
 
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.dag_tree import DagTree
@@ -20,9 +19,8 @@ class DagScreen(ViewScreen):
     _placed = False  # the cursor was put on the selected stage once; then it is the user's
 
     def body(self) -> ComposeResult:
-        with Container(id="dag-split"):
-            yield DagTree(self.model, id="dag-tree")
-            yield StageDetail(self.model, id="stage-detail")
+        yield DagTree(self.model, id="dag-tree")
+        yield StageDetail(self.model, id="stage-detail")
 
     def on_mount(self) -> None:
         self.query_one(DagTree).focus()
