@@ -114,12 +114,18 @@ class StageState:
         Progress of earlier attempts counts (a resumed stage continues its count),
         so the rate is right the moment a console opens, also after a resume.
         """
-        hist = [p for a in self.attempts[-2:] for p in a.progress]
         a = self.latest
-        if a is None or len(hist) < 2 or a.total is None:
+        if a is None or a.total is None:
+            return None, None
+        hist = list(chain.from_iterable(b.progress for b in self.attempts[-2:]))
+        if len(hist) < 2:
             return None, None
         end_ts, end_done = hist[-1]
-        start = next((p for p in hist if p[0] >= end_ts - RATE_WINDOW_S and p[1] <= end_done), hist[0])
+        since, start = end_ts - RATE_WINDOW_S, hist[0]
+        for p in hist:  # a loop, not next(genexpr): a console asks for every running job at every tick
+            if p[0] >= since and p[1] <= end_done:
+                start = p
+                break
         dt, dd = end_ts - start[0], end_done - start[1]
         if dt <= 0 or dd <= 0:
             return None, None
@@ -160,6 +166,7 @@ class PipelineState:
         self._journal_reader = EventReader(workspace.journal_path)
         self._job_readers: dict[str, EventReader] = {}
         self._finished_logs: set[str] = set()
+        self._jobs_dir = workspace.logs_dir / "jobs"
         self._listing: list[str] = []
         self._listed_mtime: int | None = None
 
@@ -209,7 +216,7 @@ class PipelineState:
 
     def _scan_job_logs(self) -> bool:
         changed = False
-        jobs_dir = self.ws.logs_dir / "jobs"
+        jobs_dir = self._jobs_dir
         names = self._job_log_names(jobs_dir)
         for name in names:
             if name in self._finished_logs:

@@ -19,8 +19,10 @@ class DagScreen(ViewScreen):
     _placed = False  # the cursor was put on the selected stage once; then it is the user's
 
     def body(self) -> ComposeResult:
-        yield DagTree(self.model, id="dag-tree")
-        yield StageDetail(self.model, id="stage-detail")
+        self._tree = DagTree(self.model, id="dag-tree")  # kept: update_view runs at every tick
+        self._detail = StageDetail(self.model, id="stage-detail")
+        yield self._tree
+        yield self._detail
 
     def on_mount(self) -> None:
         self.query_one(DagTree).focus()
@@ -40,12 +42,11 @@ class DagScreen(ViewScreen):
 
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
-        tree = self.query_one(DagTree)
         if structural and not self._placed:
             self._ensure_selection()
         running = [a.stage for a in self.model.watched if a.running]
-        tree.update_rows(None if structural else running)
-        detail = self.query_one(StageDetail)
+        self._tree.update_rows(None if structural else running)
+        detail = self._detail
         row = self.model.rows.get(detail.stage or "")
         live = row is not None and row.status == "running" and time.monotonic() - detail.shown_at > DETAIL_EVERY_S
         if structural or live:
