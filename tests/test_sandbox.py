@@ -180,3 +180,30 @@ def test_remote_stop_iteration_cannot_end_a_test_early(pool: SandboxPool) -> Non
     program = "def ok(x):\n    raise StopIteration\n"
     v = run(pool, program, "assert all(map(ok, [1, 2, 3]))\n")
     assert v.status == "error" and v.error_type == "StopIteration"
+
+
+def test_free_names_are_what_no_scope_binds() -> None:
+    from engine.sandbox.runner import free_names
+
+    code = ("import math as m, os.path\nfrom x import y\n"
+            "def check(candidate, *rest, k=default):\n    total = helper(candidate(1))\n"
+            "    try:\n        pass\n    except Error as err:\n        print(err, m, y)\n"
+            "    return [z for z in zs] + sorted(total, key=lambda q: q + outer)\n"
+            "class C(Base):\n    attr = value\ncheck(add)\n")
+    assert free_names(code) == {"default", "helper", "Error", "zs", "outer", "Base", "value", "add"}
+
+
+def test_queue_and_threading_import_from_memory(pool: SandboxPool) -> None:
+    """Not preloaded (threading's at-fork handler would cost every child), still importable
+    by a program running under its own uid."""
+    program = ("import queue, threading\ndef add(a, b):\n    q = queue.PriorityQueue()\n    q.put(b)\n"
+               "    q.put(a)\n    with threading.Lock():\n        return q.get() + q.get()\n")
+    assert run(pool, program).passed
+
+
+def test_children_are_forked_by_the_zygote_not_the_template(pool: SandboxPool) -> None:
+    """The program's parent is the zygote, forked from the template before it read any job,
+    so no earlier check's tests can be in the program's memory."""
+    templates = sorted(s.proc.pid for s in pool.slots)
+    program = "import os\ndef parent():\n    return os.getppid()\n"
+    assert run(pool, program, f"assert parent() > 1 and parent() not in {templates}\n").passed
