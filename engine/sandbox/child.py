@@ -37,7 +37,7 @@ _PATH_EVENTS = {
     "shutil.chown": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.chdir": (0,),
 }
 _BLOCKED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixsubprocess", "_xxsubinterpreters", "_testcapi"}
-_MAX_FD = 1 << 30  # above any RLIMIT_NOFILE
+MAX_FD = 1 << 30  # above any RLIMIT_NOFILE
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -74,7 +74,7 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
     for fd in sorted(keep):  # every other descriptor: os.closerange is one close_range(2) call
         os.closerange(lo, fd)
         lo = fd + 1
-    os.closerange(lo, _MAX_FD)
+    os.closerange(lo, MAX_FD)
     os.umask(0o077)
     if uid is not None:
         os.chown(os.path.join(workdir, ".output"), uid, uid)
@@ -100,7 +100,7 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
         os.setuid(uid)
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing (and Landlock may apply)
     landlock.restrict(workdir)  # kernel: writes only beneath workdir, no exec, no signals out (if present)
-    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the template (after setuid, which clears it)
+    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote (after setuid, which clears it)
     sys.stdout = _PREPARED.get("stdout") or open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = sys.stdout  # print goes to .output, by line
 

@@ -21,10 +21,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from engine.sandbox.child import _prctl, child_main, prepare
+from engine.sandbox.child import MAX_FD, _prctl, child_main, prepare
 
 STATUS = struct.Struct("!i")
-_MAX_FD = 1 << 20
 
 
 @dataclass
@@ -85,7 +84,7 @@ def serve(ctl: socket.socket, base: str, limits: dict[str, int], uid: int | None
         return
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # not the manager's job pipe
-    for lo, hi in ((3, ctl.fileno()), (ctl.fileno() + 1, _MAX_FD)):
+    for lo, hi in ((3, ctl.fileno()), (ctl.fileno() + 1, MAX_FD)):
         os.closerange(lo, hi)  # nor the template's protocol pipe, nor anything else of its
     prepare()
     current: tuple[int, str] | None = None
