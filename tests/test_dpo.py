@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ from engine.events import read_events
 from engine.stages import _train, dpo
 from engine.stages.run import run_inline
 from engine.workspace import Workspace
-from tests.test_sft import MBPP_DIR, TARGETS, chat_prompt, one_thread, sft_params  # noqa: F401 - autouse fixture
+from tests.test_sft import (  # noqa: F401 - one_thread: autouse fixture
+    MBPP_DIR,
+    TARGETS,
+    chat_prompt,
+    expected_base_weights,
+    one_thread,
+    sft_params,
+)
 
 PAIRS = [
     ("Write a function add(a, b).", "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"),
@@ -22,6 +30,8 @@ PAIRS = [
     ("Write a function reverse(s).", "def reverse(s):\n    return s[::-1]\n", "def reverse(s):\n    return s\n"),
     ("Write a function square(x).", "def square(x):\n    return x * x\n", "def square(x):\n    return x + x\n"),
 ]
+
+STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: QLoRA when bitsandbytes is there
 
 
 def dpo_params(**over) -> dict:
@@ -52,13 +62,14 @@ def test_dpo_starts_at_ln2_raises_the_margin_and_lowers_the_loss(
 ) -> None:
     ws = Workspace(tmp_path / "ws")
     out = run_inline(ws, "dpo", "dpo", params=dpo_params(), inputs={"model": tiny_model_dir, "pairs": pairs_dir},
-                     outputs=["adapter"])
+                     outputs=["adapter"], device=STAGE_DEVICE)
     events = read_events(ws.job_log("dpo.1"))
     assert out == "ok", [e for e in events if e["kind"] in ("warning", "job_finished")]
     names = {e["name"] for e in events if e["kind"] == "metric"}
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "rewards/margins", "rewards/accuracies"} <= names
     m = ledger(ws)[-1]
     assert m["benchmark"] == "dpo" and m["model_path"] == str(ws.artifact_path("dpo", "adapter"))
+    assert m["protocol"]["base_weights"] == expected_base_weights()
     mt = m["metrics"]
     assert mt["first_loss"] == pytest.approx(math.log(2), abs=1e-4) and mt["first_margin"] == pytest.approx(0, abs=1e-4)
     assert mt["loss_last_quarter"] < mt["loss_first_quarter"] - 0.05  # AC-020: the DPO loss falls
@@ -72,10 +83,10 @@ def test_dpo_on_an_sft_adapter_merges_it_first(tiny_model_dir: Path, pairs_dir: 
                                 for p, c, _ in PAIRS))
     ws = Workspace(tmp_path / "ws")
     assert run_inline(ws, "sft", "sft", params=sft_params(max_steps=4, save_steps=4),
-                      inputs={"model": tiny_model_dir, "data": sft_data}, outputs=["adapter"]) == "ok"
+                      inputs={"model": tiny_model_dir, "data": sft_data}, outputs=["adapter"], device=STAGE_DEVICE) == "ok"
     adapter = ws.artifact_path("sft", "adapter")
     out = run_inline(ws, "dpo", "dpo", params=dpo_params(max_steps=3, save_steps=3),
-                     inputs={"model": adapter, "pairs": pairs_dir}, outputs=["adapter"])
+                     inputs={"model": adapter, "pairs": pairs_dir}, outputs=["adapter"], device=STAGE_DEVICE)
     assert out == "ok", read_events(ws.job_log("dpo.1"))[-1]
     rec = ledger(ws)[-1]
     assert rec["protocol"]["sft_chained"] is True

@@ -32,6 +32,8 @@ PROBLEMS = [
 TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 MBPP_DIR = REPO / "engine" / "pipelines" / "data" / "mbpp"
 
+STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: QLoRA when bitsandbytes is there
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -40,6 +42,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def expected_base_weights() -> str:
+    """What the trained-on base computes with here: NF4 on CUDA with bitsandbytes (QLoRA)."""
+    import importlib.util
+
+    if not STAGE_DEVICE.startswith("cuda"):
+        return "float32"
+    return "nf4" if importlib.util.find_spec("bitsandbytes") else "bfloat16"
 
 
 def sft_params(**over) -> dict:
@@ -88,7 +99,7 @@ def test_sft_lowers_the_loss_and_reports(tiny_model_dir: Path, sft_data: Path, t
 
     ws = Workspace(tmp_path / "ws")
     out = run_inline(ws, "sft", "sft", params=sft_params(), inputs={"model": tiny_model_dir, "data": sft_data},
-                     outputs=["adapter"])
+                     outputs=["adapter"], device=STAGE_DEVICE)
     events = read_events(ws.job_log("sft.1"))
     assert out == "ok", [e for e in events if e["kind"] in ("warning", "job_finished")]
     names = {e["name"] for e in events if e["kind"] == "metric"}
@@ -97,6 +108,8 @@ def test_sft_lowers_the_loss_and_reports(tiny_model_dir: Path, sft_data: Path, t
     assert any(e["kind"] == "progress" and e["done"] == 12 and e["total"] == 12 for e in events)
     rec = [json.loads(x) for x in ws.ledger_path.read_text().splitlines()][-1]
     assert rec["benchmark"] == "sft" and rec["metrics"]["steps"] == 12
+    assert rec["protocol"]["base_weights"] == expected_base_weights()
+    assert [e["weights"] for e in events if e["kind"] == "base_weights"] == [expected_base_weights()]
     assert rec["metrics"]["first_loss"] < rec["metrics"]["ln_vocab"] + 1
 
     rows = [json.loads(x) for x in sft_data.read_text().splitlines()]

@@ -98,6 +98,23 @@ def load_causal_lm(path: Path, device: str, qlora: bool, gradient_checkpointing:
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
 
 
+def base_weights(model) -> str:
+    """What the frozen base computes with: 'nf4' (bitsandbytes 4-bit) or its dtype's name."""
+    if any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        return "nf4"
+    return str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+
+
+def load_base(ctx: StageContext, path: Path, params: Any):
+    """The base a LoRA trains on, NF4 when ``params.quantization`` and the device allow; the
+    job log says which, since it changes what the adapter learned against."""
+    qlora = use_qlora(ctx.device, params.quantization)
+    model = load_causal_lm(path, ctx.device, qlora, params.gradient_checkpointing)
+    check_adapter_targets(model, params.target_modules)
+    ctx.events.emit("base_weights", weights=base_weights(model), device=ctx.device)
+    return model
+
+
 def lora_config(rank: int, alpha: float, dropout: float, target_modules: list[str]):
     from peft import LoraConfig
 

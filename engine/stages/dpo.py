@@ -102,12 +102,9 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     if same:
         raise StageFailed(f"{path}: record {same[0] + 1} has chosen == rejected")
     _train.require_clean(ctx, rows, path, params.eval_data_dir, params.humaneval_path, params.allow_eval_overlap)
-    device = ctx.device
-    qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = _train.load_causal_lm(base, device, qlora, params.gradient_checkpointing)
-    _train.check_adapter_targets(model, params.target_modules)
-    cuda = device.startswith("cuda")
+    model = _train.load_base(ctx, base, params)
+    cuda = ctx.device.startswith("cuda")
     args = DPOConfig(**_train.trainer_args(params, out_dir, ctx.seed, cuda), beta=params.beta,
                      loss_type=[params.loss_type])
     trainer = _train.make_trainer(DPOTrainer, ctx, params, model=model, args=args, tokenizer=tokenizer,
@@ -147,7 +144,8 @@ def run(ctx: StageContext, params: Params) -> None:
         "model_path": str(adapter),
         "dataset_hash": sha256_file(pairs_file(ctx.inputs["pairs"])),
         "protocol": {"params": params.model_dump(), "base_model_hash": content_hash(base),
-                     "sft_chained": base != Path(ctx.inputs["model"]), "seed": ctx.seed, "device": ctx.device},
+                     "sft_chained": base != Path(ctx.inputs["model"]), "seed": ctx.seed, "device": ctx.device,
+                     "base_weights": _train.base_weights(trainer.model)},
         "metrics": {
             "first_loss": at(0, "loss"),
             "last_loss": at(-1, "loss"),

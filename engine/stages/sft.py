@@ -81,12 +81,9 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
     rows = _train.read_jsonl(ctx.inputs["data"], ("prompt", "completion"))
     _train.require_clean(ctx, rows, ctx.inputs["data"], params.eval_data_dir, params.humaneval_path,
                          params.allow_eval_overlap)
-    device = ctx.device
-    qlora = _train.use_qlora(device, params.quantization)
     tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
-    model = _train.load_causal_lm(ctx.inputs["model"], device, qlora, params.gradient_checkpointing)
-    _train.check_adapter_targets(model, params.target_modules)
-    cuda = device.startswith("cuda")
+    model = _train.load_base(ctx, ctx.inputs["model"], params)
+    cuda = ctx.device.startswith("cuda")
     args = SFTConfig(**_train.trainer_args(params, out_dir, ctx.seed, cuda), completion_only_loss=True, packing=False)
     trainer = _train.make_trainer(SFTTrainer, ctx, params, model=model, args=args, tokenizer=tokenizer,
                                   dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
@@ -113,7 +110,8 @@ def run(ctx: StageContext, params: Params) -> None:
         "model_path": str(adapter),
         "dataset_hash": sha256_file(ctx.inputs["data"]),
         "protocol": {"params": params.model_dump(), "base_model_hash": fingerprint["inputs"]["model"],
-                     "seed": ctx.seed, "device": ctx.device},
+                     "seed": ctx.seed, "device": ctx.device,
+                     "base_weights": _train.base_weights(trainer.model)},
         "metrics": {"first_loss": first, "last_loss": last, "steps": float(trainer.state.global_step),
                     "ln_vocab": math.log(vocab)},
         "resumed_from": resume,
