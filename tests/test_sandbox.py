@@ -207,3 +207,30 @@ def test_children_are_forked_by_the_zygote_not_the_template(pool: SandboxPool) -
     templates = sorted(s.proc.pid for s in pool.slots)
     program = "import os\ndef parent():\n    return os.getppid()\n"
     assert run(pool, program, f"assert parent() > 1 and parent() not in {templates}\n").passed
+
+
+def test_a_killed_owners_work_dir_is_swept_by_the_next_pool(tmp_path: Path) -> None:
+    """kill -9 of a process holding a pool leaves its work dir; the next pool removes it, and
+    never a live owner's."""
+    import signal
+    import tempfile
+
+    from engine.sandbox.pool import sweep_orphans
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "from engine.sandbox.pool import SandboxPool\n"
+         "p = SandboxPool(workers=1)\nprint(p.base, flush=True)\nimport time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    base = Path(owner.stdout.readline().strip())
+    assert base.is_dir() and base.name.startswith(f"pmat-sandbox-{owner.pid}-")
+    live = Path(tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-"))
+    try:
+        assert base.name not in sweep_orphans()  # its owner is alive
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        with SandboxPool(workers=1):
+            pass
+        assert not base.exists() and live.is_dir()
+    finally:
+        owner.kill()
+        live.rmdir()

@@ -184,6 +184,25 @@ def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdi
     return v
 
 
+def sweep_orphans(tmp: str | None = None) -> list[str]:
+    """Remove the work dirs of pools whose process is gone (killed -9, so ``close`` never ran);
+    their pid is in the name. A live process with that pid keeps its dir. Returns what went."""
+    gone = []
+    root = tmp or tempfile.gettempdir()
+    for name in os.listdir(root):
+        parts = name.split("-")
+        if not name.startswith("pmat-sandbox-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            gone.append(name)
+        except PermissionError:  # alive, someone else's
+            pass
+    return gone
+
+
 class SandboxPool:
     """Run many checks through ``workers`` warm templates; use as a context manager."""
 
@@ -198,7 +217,8 @@ class SandboxPool:
         self.uid_base = 1_000_000 + secrets.randbelow(1 << 24) * 64
         self.net_prefix = network_prefix() if network == "auto" else None
         self.network = "namespace" if self.net_prefix else "in-process"
-        self.base = tempfile.mkdtemp(prefix="pmat-sandbox-")
+        sweep_orphans()
+        self.base = tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-")
         os.chmod(self.base, 0o711)
         self.slots: list[_Slot] = []
         try:
