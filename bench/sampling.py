@@ -153,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(False, "sdpa", False)]  # (CUDA graphs, decode attention, fused weights + RMSNorm)
         if gpu and not a.no_graphs:
             # unfused first: fused variants share the model's weights in place (as the backend does)
-            variants = [(True, "sdpa", False), (True, "bmm", False), (True, "sdpa", True), (True, "bmm", True)]
+            variants = [(True, "sdpa", False), (True, "triton", False), (True, "sdpa", True), (True, "triton", True)]
         def variant_name(v: tuple[bool, str, bool]) -> str:
             graphs, attention, fused = v
             name = "pmat sampler" + (" (CUDA graphs" if graphs else " (eager" if gpu else "")
-            return name + (("".join([", bmm attn" if attention == "bmm" else "", ", fused" if fused else ""]) + ")")
-                           if gpu else "")
+            return name + (("".join([f", {attention} attn" if attention != "sdpa" else "", ", fused" if fused else ""])
+                            + ")") if gpu else "")
 
         for graphs, attention, fused in variants:
             name = variant_name((graphs, attention, fused))

@@ -8,7 +8,9 @@
 4. The compiled Triton nucleus sampler draws the same tokens as its torch reference at
    Qwen's vocabulary (bf16 and fp16, flat to peaked, ties, masked tokens, top-k and top-p);
    prints both paths' time for 320 rows.
-5. QLoRA as the sft/dpo stages load it (NF4, double-quantized, bf16 compute through
+5. The compiled decode-attention kernel equals its reference at the 7B shape (bf16, GQA
+   28/4, random row lengths) and prints its time against masked SDPA.
+6. QLoRA as the sft/dpo stages load it (NF4, double-quantized, bf16 compute through
    bitsandbytes): a LoRA on it trains (the loss falls over a few AdamW steps), and the
    `merge` stage puts the adapter onto the bf16 base on CUDA. SKIP without bitsandbytes.
 
@@ -84,6 +86,42 @@ def check_nucleus() -> bool:
     return ok
 
 
+def check_decode_attention() -> bool:
+    import torch.nn.functional as F
+
+    from kernels.decode_attention import decode_attention, reference_decode_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows, heads, kv, d, slots = 320, 28, 4, 128, 512
+    q = torch.randn(rows, heads, d, device="cuda", generator=g).bfloat16()
+    k = torch.randn(rows, kv, slots, d, device="cuda", generator=g).bfloat16()
+    v = torch.randn(rows, kv, slots, d, device="cuda", generator=g).bfloat16()
+    lengths = torch.randint(200, 457, (rows,), device="cuda", generator=g)
+    err = float((decode_attention(q, k, v, lengths, d ** -0.5).float()
+                 - reference_decode_attention(q, k, v, lengths, d ** -0.5).float()).abs().max())
+    span = int(lengths.max() + 63) // 64 * 64
+    mask = torch.where(torch.arange(span, device="cuda")[None] < lengths[:, None], 0.0, float("-inf")).bfloat16()
+    qg = q.view(rows, kv, heads // kv, d)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(qg, k[:, :, :span], v[:, :, :span], attn_mask=mask[:, None, None],
+                                              scale=d ** -0.5)
+
+    for name, fn in (("triton", lambda: decode_attention(q, k, v, lengths, d ** -0.5)), ("sdpa masked", sdpa)):
+        fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"decode attention {name}: {start.elapsed_time(end) / 50 * 1000:.0f} us "
+              f"(320 rows, 28/4 heads, lengths 200-456)")
+    print(f"decode attention triton vs reference: max abs err {err:.2e}")
+    return err < 2e-2
+
+
 def check_qlora() -> bool | None:
     try:
         import bitsandbytes  # noqa: F401
@@ -148,7 +186,8 @@ def check_stages() -> bool:
 
 def main() -> int:
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
-    results = {"logprob": check_logprob(), "nucleus": check_nucleus(), "qlora": check_qlora(),
+    results = {"logprob": check_logprob(), "nucleus": check_nucleus(), "decode_attention": check_decode_attention(),
+               "qlora": check_qlora(),
                "stages": check_stages()}
     for name, ok in results.items():
         print(f"GPUCHECK {name} {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}")

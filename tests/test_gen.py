@@ -147,8 +147,8 @@ def test_memory_estimate(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 
 def test_bmm_attention_and_fused_weights_match(backend: HFBackend) -> None:
-    """Decode attention as two GEMMs + softmax, and fused q|k|v, gate|up weights (a private copy,
-    or shared in place with the model's projections): the same samples."""
+    """Decode attention as two GEMMs + softmax or the Triton kernel, and fused q|k|v, gate|up weights
+    (a private copy, or shared in place with the model's projections): the same samples."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -159,14 +159,15 @@ def test_bmm_attention_and_fused_weights_match(backend: HFBackend) -> None:
     own = copy.deepcopy(backend.model)
     runs = []
     for model, attention, fuse, share in ((own, "sdpa", False, False), (own, "bmm", False, False),
-                                          (own, "bmm", True, False), (own, "sdpa", True, True)):
+                                          (own, "triton", False, False), (own, "bmm", True, False),
+                                          (own, "sdpa", True, True)):
         eng = SlotEngine(model, 3, len(ids) + 20, backend.stop_ids, sync_every=4, attention=attention,
                          fused=fuse, share_weights=share)
         seqs = [Seq(0, j, ids, 20, 0.0 if j == 0 else 1.0, 0.9, 0, sample_key(5, j)) for j in range(5)]
         with torch.inference_mode():
             eng.run(seqs)
         runs.append([(s.tokens, s.finish) for s in seqs])
-    assert runs[0] == runs[1] == runs[2] == runs[3]
+    assert runs[0] == runs[1] == runs[2] == runs[3] == runs[4]
     # shared: the model's own projections are views of the engine's concatenations
     layer, (qkv, _, gate_up) = own.model.layers[1], eng.fused[1]
     assert layer.self_attn.k_proj.weight.data_ptr() == qkv[layer.self_attn.q_proj.weight.shape[0]:].data_ptr()
