@@ -62,14 +62,14 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_ptr, scale, sq_b, s
         s = s0 + tl.arange(0, BLOCK_S)
         valid = s < n
         k = tl.load(k_row + s[:, None] * sk_s + d[None, :], mask=valid[:, None], other=0.0)
-        w = tl.dot(q, tl.trans(k)) * scale
+        w = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # fp32 caches: no TF32
         w = tl.where(valid[None, :], w, float("-inf"))
         m_new = tl.maximum(m, tl.max(w, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(w - m_new[:, None])
         l_sum = l_sum * alpha + tl.sum(p, 1)
         v = tl.load(v_row + s[:, None] * sk_s + d[None, :], mask=valid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m = m_new
     o = acc / l_sum[:, None]
     tl.store(o_ptr + b * so_b + heads[:, None] * so_h + d[None, :], o.to(o_ptr.dtype.element_ty), mask=qmask)
