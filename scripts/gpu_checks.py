@@ -10,7 +10,9 @@
    prints both paths' time for 320 rows.
 5. The compiled decode-attention kernel equals its reference at the 7B shape (bf16, GQA
    28/4, random row lengths) and prints its time against masked SDPA.
-6. QLoRA as the sft/dpo stages load it (NF4, double-quantized, bf16 compute through
+6. The memory probe through NVML: the GPU's total and used memory, and this process's
+   own allocation attributed to its pid (what the console's per-job GPU column reads).
+7. QLoRA as the sft/dpo stages load it (NF4, double-quantized, bf16 compute through
    bitsandbytes): a LoRA on it trains (the loss falls over a few AdamW steps), and the
    `merge` stage puts the adapter onto the bf16 base on CUDA. SKIP without bitsandbytes.
 
@@ -125,6 +127,23 @@ def check_decode_attention() -> bool:
     return err < 2e-2 and err32 < 1e-5
 
 
+def check_memory_probe() -> bool:
+    import os
+
+    from engine.memory import snapshot
+
+    block = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB held by this pid
+    snap = snapshot()
+    del block
+    for g in snap.gpus:
+        mine = g.per_process.get(os.getpid())
+        print(f"memory probe: {g.name} unified={g.unified} total={g.total} used={g.used} "
+              f"this pid={mine} ({len(g.per_process)} processes listed)")
+    gpu = snap.gpus[0] if snap.gpus else None
+    return (gpu is not None and (gpu.unified or (gpu.total or 0) > 0)
+            and (gpu.per_process.get(os.getpid()) or 0) >= 1 << 30)
+
+
 def check_qlora() -> bool | None:
     try:
         import bitsandbytes  # noqa: F401
@@ -190,7 +209,7 @@ def check_stages() -> bool:
 def main() -> int:
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
     results = {"logprob": check_logprob(), "nucleus": check_nucleus(), "decode_attention": check_decode_attention(),
-               "qlora": check_qlora(),
+               "memory_probe": check_memory_probe(), "qlora": check_qlora(),
                "stages": check_stages()}
     for name, ok in results.items():
         print(f"GPUCHECK {name} {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}")
