@@ -120,11 +120,29 @@ def check_decode_attention() -> bool:
         torch.cuda.synchronize()
         print(f"decode attention {name}: {start.elapsed_time(end) / 50 * 1000:.0f} us "
               f"(320 rows, 28/4 heads, lengths 200-456)")
+    # 32 prompts x 10 samples: a 200-slot prefix copied into each sample's row, read from the first
+    plen = torch.full((rows,), 200, device="cuda")
+    src = torch.arange(rows, device="cuda") // 10 * 10
+    k[:, :, :200], v[:, :, :200] = k[src, :, :200], v[src, :, :200]
+    own = decode_attention(q, k, v, lengths, d ** -0.5)
+    same = torch.equal(decode_attention(q, k, v, lengths, d ** -0.5, shared=(src, plen)), own)
+    for name, shared in (("own rows", None), ("shared prefix", (src, plen))):
+        times = []
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(50):
+                decode_attention(q, k, v, lengths, d ** -0.5, shared=shared)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 50 * 1000)
+        print(f"decode attention triton, {name}: {min(times):.0f} us (32 prompts x 10 rows, prefix 200)")
+    print(f"decode attention shared prefix == own rows: {same}")
     q32, k32, v32 = q.float()[:64], k.float()[:64], v.float()[:64]  # fp32: IEEE dots, no TF32
     err32 = float((decode_attention(q32, k32, v32, lengths[:64], d ** -0.5)
                    - reference_decode_attention(q32, k32, v32, lengths[:64], d ** -0.5)).abs().max())
     print(f"decode attention triton vs reference: max abs err {err:.2e} (bf16), {err32:.2e} (fp32)")
-    return err < 2e-2 and err32 < 1e-5
+    return err < 2e-2 and err32 < 1e-5 and same
 
 
 def check_memory_probe() -> bool:

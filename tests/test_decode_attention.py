@@ -42,3 +42,21 @@ def test_bad_shapes_are_refused() -> None:
     q, k, v, lengths = inputs(2, 6, 4, 16, 8, seed=1)
     with pytest.raises(ValueError, match="multiple of kv heads"):
         decode_attention(q, k, v, lengths, 0.25)
+
+
+def test_shared_prefix_reads_the_source_row() -> None:
+    """Rows of one prompt read its prefix from the group's first row; slots past the prefix and
+    rows that share nothing stay their own."""
+    q, k, v, lengths = inputs(6, 6, 2, 16, 40, seed=3)
+    plen = torch.tensor([10, 10, 10, 7, 7, 0])
+    src = torch.tensor([0, 0, 0, 3, 3, 5])
+    for r in range(6):  # what the engine guarantees: equal prefix copies
+        k[r, :, : plen[r]], v[r, :, : plen[r]] = k[src[r], :, : plen[r]], v[src[r], :, : plen[r]]
+    lengths = torch.maximum(lengths, plen + 1)
+    want = reference_decode_attention(q, k, v, lengths, 0.25)
+    # followers' own prefix copies are never read: poison them
+    k2, v2 = k.clone(), v.clone()
+    for r in (1, 2, 4):
+        k2[r, :, : plen[r]], v2[r, :, : plen[r]] = float("nan"), float("nan")
+    got = decode_attention(q, k2, v2, lengths, 0.25, shared=(src, plen))
+    assert torch.allclose(got, want, atol=1e-5)

@@ -178,3 +178,24 @@ def test_bmm_attention_and_fused_weights_match(backend: HFBackend) -> None:
     with pytest.raises(ValueError, match="fused=True needs plain nn.Linear"):
         SlotEngine(lora.base_model.model, 2, 32, backend.stop_ids, fused=True)
     assert backend.fuse  # a backend that loaded its model fuses in place
+
+
+def test_triton_attention_survives_a_refilled_prefix_leader(backend: HFBackend) -> None:
+    """Rows of a prompt read its prefix from the group's first row. When that row finishes first and
+    is refilled with another prompt, its followers go back to their own copy: same tokens as SDPA."""
+    from engine.gen.engine import Seq, SlotEngine
+
+    a = backend.tokenizer(chat(backend, "Sort a list of numbers."), add_special_tokens=False)["input_ids"]
+    b = backend.tokenizer(chat(backend, "Reverse a string, please, in place."), add_special_tokens=False)["input_ids"]
+    runs = []
+    for attention in ("sdpa", "triton"):
+        eng = SlotEngine(backend.model, 2, max(len(a), len(b)) + 24, backend.stop_ids, attention=attention,
+                         ignore_eos=True)
+        seqs = [Seq(0, 0, a, 2, 0.0, 1.0, 0, sample_key(1, 0)), Seq(0, 1, a, 20, 0.0, 1.0, 0, sample_key(1, 1)),
+                Seq(1, 0, b, 20, 0.0, 1.0, 0, sample_key(2, 0))]
+        with torch.inference_mode():
+            eng.run(seqs)
+        runs.append([s.tokens for s in seqs])
+        if attention == "triton":  # row 0 led prompt a, then was refilled with b while row 1 went on
+            assert eng.fills.tolist() == [2, 1] and eng.lead.tolist() == [0, 0]
+    assert runs[0] == runs[1]

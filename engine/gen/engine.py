@@ -79,6 +79,12 @@ class SlotEngine:
         self.arange = torch.arange(rows, device=self.device)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.ptr = torch.zeros(rows, dtype=torch.long, device=self.device)
+        # the N rows of a prompt hold equal copies of its prefix; the Triton attention reads them from
+        # the group's first row while that row still holds them (its fill count unchanged)
+        self.fills = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.lead = torch.arange(rows, device=self.device)
+        self.lead_fills = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.plen = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=self.device)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.sync_every = max(1, sync_every)
@@ -192,12 +198,13 @@ class SlotEngine:
         cos, sin = self.rotary(x, self.ptr[:, None])
         mask = self.mask[:, None, None, :span]
         lengths = self.ptr + 1  # a row's valid slots are [0, ptr]: its prompt, then its tokens
+        shared = torch.where(self.fills[self.lead] == self.lead_fills, self.lead, self.arange), self.plen
         for i, layer in enumerate(self.layers):
             a, q, k, v = self._attend_layer(i, layer, x, cos, sin)
             self.k[i][self.arange, :, self.ptr] = k[:, :, 0]
             self.v[i][self.arange, :, self.ptr] = v[:, :, 0]
             if self.attention == "triton":
-                o = decode_attention(q[:, :, 0], self.k[i], self.v[i], lengths, a.scaling)
+                o = decode_attention(q[:, :, 0], self.k[i], self.v[i], lengths, a.scaling, shared)
             else:
                 q = q.reshape(b, self.n_kv, g, self.head_dim)  # query heads grouped by their kv head
                 kc, vc = self.k[i][:, :, :span], self.v[i][:, :, :span]
@@ -270,6 +277,9 @@ class SlotEngine:
         slot = torch.arange(self.max_len, device=self.device)[None]
         self.mask[dest] = torch.where(slot < lens[src][:, None], 0.0, float("-inf")).to(self.dtype)
         self.ptr[dest] = lens[src]
+        leaders = torch.tensor([rows[grp[0]] for grp in groups], device=self.device)[src]
+        self.fills[dest] += 1
+        self.lead[dest], self.lead_fills[dest], self.plen[dest] = leaders, self.fills[leaders], lens[src]
         return logits[src]
 
     # -- the loop ---------------------------------------------------------------
