@@ -7,7 +7,9 @@ through generic logits processors and leaves rows idle once they finish. Here:
 * one prefill per prompt, its KV copied into the N rows that sample from it;
 * a static KV cache of ``rows x max_len`` slots; each row writes at its own pointer,
   so a finished row is refilled with the next prompt while the others decode;
-* on CUDA the decode step is captured as a CUDA graph per attention-length bucket;
+* on CUDA the decode step is captured as a CUDA graph per attention-length bucket, and its
+  attention is ``kernels.decode_attention``: each row's valid slots only, the prompt's
+  prefix read from the first row of its group while that row still holds it;
 * q|k|v and gate|up weights concatenated (one wider GEMM each), in place when allowed;
 * exact top-k/top-p sampling with one counter-based uniform per (row key, step), so a
   sample's text depends only on its seed and sample index, not on its batch; 16-bit
