@@ -238,6 +238,8 @@ class SlotEngine:
         self.graphs[span] = (graph, out)
 
     def _step_logits(self, span: int) -> torch.Tensor:
+        if self.attention == "triton":  # the kernel reads each row's own length: one graph serves all spans
+            span = self.max_len
         if self.cuda_graphs and span not in self.graphs:
             try:
                 self._capture(span)
