@@ -29,6 +29,22 @@ from pathlib import Path
 import torch
 
 
+def cuda_ms(fn, reps: int, rounds: int = 1) -> float:
+    """Milliseconds per call of ``fn`` on the GPU after one warm-up call: best of ``rounds``."""
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / reps)
+    return best
+
+
 def check_logprob() -> bool:
     from kernels.logprob import reference_token_logprobs, token_logprobs
 
@@ -76,15 +92,8 @@ def check_nucleus() -> bool:
     c, k, tp = nu.prepare(ones * 0.8, ones * 0.95, ones.long() * 0, 152_064)
     r = torch.randint(0, 1 << 24, (320,), device="cuda", generator=g)
     for name, fn in (("reference", nu.reference_sample), ("triton", nu.triton_sample)):
-        fn(logits, c, k, tp, r)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            fn(logits, c, k, tp, r)
-        end.record()
-        torch.cuda.synchronize()
-        print(f"nucleus {name}: {start.elapsed_time(end) / 10:.2f} ms for 320 x 152064 bf16 (T=0.8, top-p 0.95)")
+        ms = cuda_ms(lambda f=fn: f(logits, c, k, tp, r), 10)
+        print(f"nucleus {name}: {ms:.2f} ms for 320 x 152064 bf16 (T=0.8, top-p 0.95)")
     return ok
 
 
@@ -110,16 +119,7 @@ def check_decode_attention() -> bool:
                                               scale=d ** -0.5)
 
     for name, fn in (("triton", lambda: decode_attention(q, k, v, lengths, d ** -0.5)), ("sdpa masked", sdpa)):
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        print(f"decode attention {name}: {start.elapsed_time(end) / 50 * 1000:.0f} us "
-              f"(320 rows, 28/4 heads, lengths 200-456)")
+        print(f"decode attention {name}: {cuda_ms(fn, 50) * 1000:.0f} us (320 rows, 28/4 heads, lengths 200-456)")
     # 32 prompts x 10 samples: a 200-slot prefix copied into each sample's row, read from the first
     plen = torch.full((rows,), 200, device="cuda")
     src = torch.arange(rows, device="cuda") // 10 * 10
@@ -127,16 +127,8 @@ def check_decode_attention() -> bool:
     own = decode_attention(q, k, v, lengths, d ** -0.5)
     same = torch.equal(decode_attention(q, k, v, lengths, d ** -0.5, shared=(src, plen)), own)
     for name, shared in (("own rows", None), ("shared prefix", (src, plen))):
-        times = []
-        for _ in range(3):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(50):
-                decode_attention(q, k, v, lengths, d ** -0.5, shared=shared)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 50 * 1000)
-        print(f"decode attention triton, {name}: {min(times):.0f} us (32 prompts x 10 rows, prefix 200)")
+        us = cuda_ms(lambda sh=shared: decode_attention(q, k, v, lengths, d ** -0.5, shared=sh), 50, rounds=3) * 1000
+        print(f"decode attention triton, {name}: {us:.0f} us (32 prompts x 10 rows, prefix 200)")
     print(f"decode attention shared prefix == own rows: {same}")
     q32, k32, v32 = q.float()[:64], k.float()[:64], v.float()[:64]  # fp32: IEEE dots, no TF32
     err32 = float((decode_attention(q32, k32, v32, lengths[:64], d ** -0.5)
