@@ -199,8 +199,9 @@ class SlotEngine:
         x = self.embed(self.tokens[:, None])
         cos, sin = self.rotary(x, self.ptr[:, None])
         mask = self.mask[:, None, None, :span]
-        lengths = self.ptr + 1  # a row's valid slots are [0, ptr]: its prompt, then its tokens
-        shared = torch.where(self.fills[self.lead] == self.lead_fills, self.lead, self.arange), self.plen
+        if self.attention == "triton":  # a row's valid slots are [0, ptr]: its prompt, then its tokens
+            lengths = self.ptr + 1
+            shared = torch.where(self.fills[self.lead] == self.lead_fills, self.lead, self.arange), self.plen
         for i, layer in enumerate(self.layers):
             a, q, k, v = self._attend_layer(i, layer, x, cos, sin)
             self.k[i][self.arange, :, self.ptr] = k[:, :, 0]
