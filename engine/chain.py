@@ -1,0 +1,170 @@
+"""Hash-chained JSONL: every line carries ``"prev"``, the sha256 of the line before it.
+
+Used by the results ledger and the supervisor journal so that an edited, inserted,
+reordered or deleted line is noticed: ``verify_chain`` reports the first line whose
+``prev`` does not match (or that is not a JSON object) and nothing from there on
+counts, until the user accepts the file as it is now (``accept_break``). The
+acceptance lives next to the file (``<name>.accepted``) and covers exactly the bytes
+accepted: a later edit of that prefix breaks the chain again.
+
+A line's digest is the sha256 of its bytes without the newline. A torn last line (a
+writer killed mid-``write``) is ignored by readers and cut off by the next append.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FILE_MODE = 0o600
+_TAIL_BLOCK = 1 << 16
+
+
+def line_digest(line: bytes) -> str:
+    """The digest the next line's ``prev`` must carry (``line`` without its newline)."""
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+@dataclass
+class ChainReport:
+    """What a chained file says: the records that count and where (if) it broke."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # 1-based line number of each record
+    broken_line: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_line is None
+
+
+def _accept_path(path: Path) -> Path:
+    return path.with_name(path.name + ".accepted")
+
+
+def _last_complete_line(fd: int, size: int) -> tuple[bytes, int]:
+    """(last complete line, offset just past it) of an open file; (b"", 0) when none."""
+    pos, buf = size, b""
+    while True:
+        nl_end = buf.rfind(b"\n")
+        if nl_end >= 0:
+            start = buf.rfind(b"\n", 0, nl_end)
+            if start >= 0 or pos == 0:
+                return buf[start + 1:nl_end], pos + nl_end + 1
+        elif pos == 0:
+            return b"", 0
+        step = min(_TAIL_BLOCK, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+
+
+def append_chained(path: Path, records: list[dict[str, Any]]) -> list[str]:
+    """Append records as chained JSON lines in one write under an flock, then fsync.
+
+    Returns each written line's digest. A torn last line left by a killed writer is
+    cut off first (it never counted), so the new lines chain to the last complete one.
+    """
+    path = Path(path)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        last, end = _last_complete_line(fd, size)
+        if end != size:
+            os.ftruncate(fd, end)
+        prev = line_digest(last) if end else ""
+        data, digests = [], []
+        for rec in records:
+            line = json.dumps({**rec, "prev": prev}, default=str).encode()
+            prev = line_digest(line)
+            digests.append(prev)
+            data.append(line + b"\n")
+        if data:
+            os.write(fd, b"".join(data))
+            os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+    if created:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return digests
+
+
+def _acceptance(path: Path, data: bytes) -> tuple[int, int, str] | None:
+    """(bytes, lines, last digest) accepted by the user, if the file still starts with them."""
+    try:
+        acc = json.loads(_accept_path(path).read_text())
+        n_bytes, n_lines, last = int(acc["bytes"]), int(acc["lines"]), str(acc["last"])
+        digest = str(acc["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(data) < n_bytes or hashlib.sha256(data[:n_bytes]).hexdigest() != digest:
+        return None
+    return n_bytes, n_lines, last
+
+
+def verify_chain(path: Path) -> ChainReport:
+    """Check every line's ``prev``; the records before the first break count."""
+    path = Path(path)
+    report = ChainReport()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return report
+    complete = data[: data.rfind(b"\n") + 1]  # a torn last line never counts
+    accepted = _acceptance(path, complete)
+    skip_lines, prev = (accepted[1], accepted[2]) if accepted else (0, "")
+    for number, raw in enumerate(complete.split(b"\n")[:-1], start=1):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if number <= skip_lines:
+            if isinstance(rec, dict):
+                report.records.append(rec)
+                report.lines.append(number)
+            continue
+        if not isinstance(rec, dict):
+            report.broken_line, report.reason = number, f"{path}:{number}: not a JSON object"
+            return report
+        if rec.get("prev") != prev:
+            what = "has no chain digest" if "prev" not in rec else "does not follow the line before it"
+            report.broken_line, report.reason = number, f"{path}:{number}: {what} (edited, inserted or removed lines)"
+            return report
+        prev = line_digest(raw)
+        report.records.append(rec)
+        report.lines.append(number)
+    return report
+
+
+def accept_break(path: Path) -> ChainReport:
+    """Accept the file as it is now: every complete line counts, appends chain on from the last.
+
+    Recorded in ``<name>.accepted`` (bytes, their sha256, line count, last digest).
+    """
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    complete = data[: data.rfind(b"\n") + 1]
+    lines = complete.split(b"\n")[:-1]
+    acc = {"bytes": len(complete), "sha256": hashlib.sha256(complete).hexdigest(), "lines": len(lines),
+           "last": line_digest(lines[-1]) if lines else "", "accepted_at": time.time()}
+    tmp = _accept_path(path).with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, (json.dumps(acc, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, _accept_path(path))
+    return verify_chain(path)
