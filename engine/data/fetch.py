@@ -1,0 +1,175 @@
+"""Download an official benchmark file, verify it against its pin, record it in the workspace.
+
+A download goes to ``data/<id>/<filename>.part`` and resumes from there (HTTP Range) after a cut
+connection; only a file whose sha256 matches the pin is renamed onto ``data/<id>/<filename>``,
+so a partial or wrong file never replaces a good one. ``data/datasets.json`` records what was
+fetched (path, sha256, URL, who pinned it); specs name datasets by id (``{id: humaneval_plus}``)
+and resolve to that record, and a user may pin a file of their own (``{path, sha256}``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.data.pins import DatasetPin, pin_for
+from engine.workspace import atomic_write_json, ensure_dir, fsync_dir, sha256_file
+
+CHUNK = 1 << 16
+RECORD = Path("data") / "datasets.json"
+
+
+class FetchError(ValueError):
+    """A download or verification that failed; the message is one line naming file, URL and value."""
+
+
+class ConnectionCut(FetchError):
+    """The transfer stopped early; the ``.part`` file keeps what came, the next fetch resumes."""
+
+
+class NotFetched(FetchError):
+    """The workspace has no record of the dataset."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A verified data file: its sha256 and who vouches for it ("pmat": the project's pin,
+    "user": a sha256 the user pinned explicitly in the spec or on the command line)."""
+
+    path: Path
+    sha256: str
+    pinned_by: str
+
+
+def check_file(path: Path, dataset_id: str, pinned_sha256: str | None = None) -> DataFile:
+    """Verify ``path`` as dataset ``dataset_id``: it must match the project's pin, or the
+    sha256 the user pinned explicitly; anything else is refused with one line."""
+    pin = pin_for(dataset_id)
+    path = Path(path)
+    if not path.is_file():
+        raise FetchError(f"{dataset_id}: {path} does not exist (pmat data fetch {dataset_id})")
+    digest = sha256_file(path)
+    if pinned_sha256:
+        if digest != pinned_sha256:
+            raise FetchError(f"{dataset_id}: {path} has sha256 {digest}, the spec pins {pinned_sha256}; refused")
+        return DataFile(path, digest, "pmat" if digest in pin.digests else "user")
+    if digest in pin.digests:
+        return DataFile(path, digest, "pmat")
+    if not pin.digests:
+        raise FetchError(f"{dataset_id}: no sha256 is pinned for {pin.filename} (engine/data/pins.py); "
+                         f"pin {path} explicitly (datasets.NAME.sha256 in the spec) to use it; refused")
+    raise FetchError(f"{dataset_id}: {path} has sha256 {digest}, expected {pin.sha256} "
+                     f"({pin.filename} {pin.version}); refused")
+
+
+def _records(ws_root: Path) -> dict[str, Any]:
+    path = Path(ws_root) / RECORD
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FetchError(f"{path}: unreadable ({exc}); fetch the datasets again") from None
+    if not isinstance(data, dict):
+        raise FetchError(f"{path}: not a JSON object; fetch the datasets again")
+    return data
+
+
+def recorded(ws_root: Path, dataset_id: str) -> DataFile:
+    """The workspace's fetched file of ``dataset_id``, re-verified (what ``{id: ...}`` resolves to)."""
+    rec = _records(ws_root).get(dataset_id)
+    if rec is None:
+        raise NotFetched(f"dataset {dataset_id!r} is not fetched into {ws_root}: "
+                         f"pmat data fetch {dataset_id} --workspace {ws_root}")
+    return check_file(Path(ws_root) / rec["path"], dataset_id, rec["sha256"] if rec["pinned_by"] == "user" else None)
+
+
+def _record(ws_root: Path, pin: DatasetPin, data: DataFile, url: str) -> dict[str, Any]:
+    records = _records(ws_root)
+    records[pin.id] = {
+        "path": str(data.path.relative_to(ws_root)), "sha256": data.sha256, "pinned_by": data.pinned_by,
+        "url": url, "version": pin.version, "pin_source": pin.source if data.pinned_by == "pmat" else "user",
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(Path(ws_root) / RECORD, records)
+    return records[pin.id]
+
+
+def _download(url: str, part: Path, timeout: float) -> None:
+    """Append the rest of ``url`` to ``part`` (HTTP Range from its size); a cut keeps what came."""
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs of the pins
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the part already holds the whole file
+            return
+        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    with resp:
+        mode = "ab" if resp.status == 206 else "wb"  # 200: the server ignored Range, start over
+        expected = resp.headers.get("Content-Length")
+        got = 0
+        with open(part, mode) as fh:
+            try:
+                while chunk := resp.read(CHUNK):
+                    fh.write(chunk)
+                    got += len(chunk)
+            except (http.client.IncompleteRead, OSError) as exc:
+                fh.flush()
+                os.fsync(fh.fileno())
+                size = part.stat().st_size
+                raise ConnectionCut(f"{url}: connection cut after {size} bytes ({type(exc).__name__}); "
+                                 f"run the fetch again to resume") from None
+            fh.flush()
+            os.fsync(fh.fileno())
+        if expected is not None and got < int(expected):
+            raise ConnectionCut(f"{url}: connection cut after {part.stat().st_size} bytes; "
+                                f"run the fetch again to resume")
+
+
+def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str | None = None,
+          timeout: float = 60.0) -> dict[str, Any]:
+    """Fetch ``dataset_id`` into the workspace and record it; the record, or a one-line FetchError.
+
+    ``sha256`` pins the file explicitly (for a dataset the project has no pin for, or another
+    release); it is recorded as pinned by the user.
+    """
+    pin = pin_for(dataset_id)
+    expected = sha256 or pin.sha256
+    if expected is None:
+        raise FetchError(f"{dataset_id}: no sha256 is pinned for {pin.filename} (engine/data/pins.py: "
+                         f"{pin.source}); pass --sha256 to pin it yourself; refused")
+    ws_root = Path(ws_root)
+    dest = ensure_dir(ws_root / "data" / pin.id) / pin.filename
+    part = dest.with_name(dest.name + ".part")
+    urls = (url,) if url else pin.urls
+    who = "pmat" if expected in pin.digests else "user"
+    if dest.exists() and sha256_file(dest) == expected:
+        return _record(ws_root, pin, DataFile(dest, expected, who), urls[0])
+    errors = []
+    for u in urls:
+        try:
+            _download(u, part, timeout)
+        except ConnectionCut:
+            raise
+        except FetchError as exc:
+            errors.append(str(exc))
+            continue
+        digest = sha256_file(part)
+        if digest != expected:
+            part.unlink()  # a wrong file is not resumable: the next run starts from zero
+            raise FetchError(f"{dataset_id}: {u} gave sha256 {digest}, expected {expected} "
+                             f"({'engine/data/pins.py' if who == 'pmat' else '--sha256'}); refused, {dest} unchanged")
+        os.replace(part, dest)
+        fsync_dir(dest.parent)
+        return _record(ws_root, pin, DataFile(dest, digest, who), u)
+    raise FetchError(f"{dataset_id}: no URL gave the file: {'; '.join(errors)}")
