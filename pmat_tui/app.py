@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,6 +41,13 @@ WATCH_PAUSE_FOLDS = 4  # folds in a row that found events before the watcher pau
 CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
+
+
+def console_error_log() -> Path:
+    """Where the console keeps the tracebacks of its views: outside the workspace (a read-only
+    console writes nothing there, and the watcher would wake for each one)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "pmat" / "console-errors.log"
 
 
 class FilesChanged(Message):
@@ -123,6 +131,7 @@ class PmatApp(App):
         self.refreshes = 0
         self.loaded = False
         self._last_error: str | None = None
+        self.view_errors: list[str] = []  # every failure a view reported (tests read it)
         if readonly:
             self.sub_title = "read-only"
 
@@ -281,11 +290,26 @@ class PmatApp(App):
                 self.notify(f"{sent.command} {sent.target}: done", timeout=4)
         screen = self.screen
         if isinstance(screen, ViewScreen):
-            screen.update_view(structural)
+            screen.safe_update(structural)
         elif structural:
             for s in self.screen_stack:
                 if isinstance(s, ViewScreen):
-                    s.update_view(True)
+                    s.safe_update(True)
+
+    def view_failed(self, view: str, exc: BaseException) -> None:
+        """A view's code failed: one line on screen (once per distinct error), the traceback in
+        the console's own error log, and the console goes on with the next refresh."""
+        path = console_error_log()
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {view} view\n")
+                traceback.print_exception(exc, file=fh)
+        message = f"{view} view: {type(exc).__name__}: {str(exc)[:160]} (traceback in {path})"
+        self.view_errors.append(message)
+        if message != self._last_error:
+            self._last_error = message
+            self.notify(message, severity="error", timeout=10)
 
     # -- actions --------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -359,7 +383,7 @@ class PmatApp(App):
         job = self.model.job_of(stage) if stage else None
         self.log_target = job or "supervisor"
         if self.current_mode == "log":
-            self.screen.update_view(True)  # type: ignore[attr-defined]
+            self.screen.safe_update(True)  # type: ignore[attr-defined]
         else:
             self.switch_mode("log")
 
@@ -390,4 +414,4 @@ class PmatApp(App):
         from pmat_tui.screens.log import LogScreen  # loaded by the switch
 
         if isinstance(self.screen, LogScreen):
-            self.screen.update_view(True)
+            self.screen.safe_update(True)

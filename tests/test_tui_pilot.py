@@ -230,3 +230,67 @@ def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
         ident = supervisor_identity(ws)
         if ident is not None:
             ident.signal_group(signal.SIGTERM)
+
+
+def _churn_spec() -> dict:
+    """Six short stages in two chains: jobs start and finish every second or so."""
+    def cmd(after: list[str]) -> dict:
+        return {"kind": "command", "params": {"argv": ["{python}", "-c", COUNT, "3", "0.15"]},
+                "memory_gb": 0.1, "duration_h": 0.001, "after": after}
+
+    return {"name": "churn", "stages": {"a1": cmd([]), "b1": cmd([]), "a2": cmd(["a1"]), "b2": cmd(["b1"]),
+                                         "a3": cmd(["a2"]), "b3": cmd(["b2"])}}
+
+
+async def test_no_view_crashes_while_jobs_start_and_finish(tmp_path: Path) -> None:
+    """Every view stays up while jobs come and go, also when two refreshes land before the
+    widgets of the first have settled (the Jobs view once remounted cards under the same ids)."""
+    ws = Workspace(tmp_path / "churn").init()
+    ws.spec_path.write_text(yaml.safe_dump(_churn_spec()))
+    sup = Supervisor(ws, load_spec(ws.spec_path))
+    sup.start()
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [sup.tick() or stop.wait(0.1) for _ in iter(stop.is_set, True)], daemon=True)
+    loop.start()
+    app = PmatApp(ws)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: app.loaded, what="first fold")
+            app.model.send("run", "all")
+            views = "12345"
+            i = 0
+            while not all(r.status == "done" for r in app.model.rows.values()):
+                await pilot.press(views[i % len(views)])
+                for _ in range(3):
+                    app.do_refresh(force=True)
+                    app.do_refresh()
+                    await pilot.pause(0.05)
+                i += 1
+                assert i < 400, "the stages did not finish"
+            assert app.view_errors == []
+            assert app.is_running
+    finally:
+        stop.set()
+        loop.join(5)
+        sup.release()
+
+
+async def test_a_failing_view_is_a_notice_not_an_exit(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmat_tui.screens.gates import GatesScreen
+
+    def broken(self, structural: bool) -> None:
+        raise RuntimeError("gates fell over")
+
+    monkeypatch.setattr(GatesScreen, "update_view", broken)
+    monkeypatch.setenv("XDG_STATE_HOME", str(ws.root.parent / "state"))
+    app = PmatApp(ws, watch=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded, what="first fold")
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        await pilot.press("1")
+        await pilot.pause(0.2)
+        assert app.is_running and app.view_errors
+        assert app.view_errors[0].startswith("Gates view: RuntimeError: gates fell over")
+        assert "gates fell over" in (ws.root.parent / "state" / "pmat" / "console-errors.log").read_text()
+        assert isinstance(app.screen.query_one(DagTree), DagTree)

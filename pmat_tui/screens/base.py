@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from asyncio import CancelledError
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -52,6 +54,23 @@ class ViewScreen(Screen):
 
     def body(self) -> ComposeResult:
         yield from ()
+
+    async def _dispatch_message(self, message: Message) -> None:
+        """Every handler of the view (keys, its widgets' messages, mount): a failure becomes a
+        one-line notice, and the view keeps answering (Textual would end the app)."""
+        try:
+            await super()._dispatch_message(message)
+        except CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a view does wrong, the console stays up
+            self.papp.view_failed(self.VIEW, exc)
+
+    def safe_update(self, structural: bool) -> None:
+        """``update_view`` from outside the view's own handlers (the app's refresh)."""
+        try:
+            self.update_view(structural)
+        except Exception as exc:  # noqa: BLE001 - see _dispatch_message
+            self.papp.view_failed(self.VIEW, exc)
 
     def on_screen_resume(self) -> None:
         self.update_view(True)

@@ -20,7 +20,7 @@ class MemoryScreen(ViewScreen):
 
     def on_mount(self) -> None:
         self.query_one("#memory-scroll").focus()  # arrows scroll without a mouse
-        self.set_interval(PROBE_EVERY_S, lambda: self.update_view(False))
+        self.set_interval(PROBE_EVERY_S, lambda: self.safe_update(False))
 
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)

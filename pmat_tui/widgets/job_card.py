@@ -17,7 +17,7 @@ class JobCard(Vertical, can_focus=True):
     """A job's live numbers; rate and ETA come from event timestamps, never from the widget."""
 
     def __init__(self, job_id: str, **kw) -> None:
-        super().__init__(id=f"job-{job_id.replace('.', '-').replace('/', '-')}", classes="job-card", **kw)
+        super().__init__(classes="job-card", **kw)  # no DOM id: a job's old card may still be leaving
         self.job_id = job_id
         self.stage = job_id.rpartition(".")[0]
         self._shown: dict[str, object] = {}
