@@ -29,7 +29,7 @@ def verified_file(data_dir: Path, variant: str = "full") -> tuple[Path, str]:
     if variant not in FILES:
         raise ValueError(f"unknown MBPP variant {variant!r} (expected one of {', '.join(FILES)})")
     name, expected = FILES[variant]
-    path = Path(data_dir) / name
+    path = (Path(data_dir).parent if Path(data_dir).is_file() else Path(data_dir)) / name  # dir, or its mbpp.jsonl
     if not path.is_file():
         raise FileNotFoundError(f"MBPP file {path} is missing (expected sha256 {expected}); {OBTAIN}")
     digest = sha256_file(path)
