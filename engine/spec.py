@@ -16,8 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.data.pins import DATASETS
+
 REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
-PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)$")
+PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)(\.sha256)?$")  # .sha256: its pinned hash
 GIB = 1 << 30
 
 
@@ -38,6 +40,7 @@ class ModelEntry(_Strict):
 
 
 class DatasetEntry(_Strict):
+    id: str | None = None  # an engine/data/pins.py id: the file `pmat data fetch ID` recorded
     path: str | None = None
     sha256: str | None = None
     package: str | None = None
@@ -156,6 +159,11 @@ def _check_refs(spec: PipelineSpec, where: str) -> None:
         for key, dataset in param_refs(st.params):
             if dataset not in spec.datasets:
                 raise SpecError(f"{where}: stages.{name}.params.{key}: unknown dataset {dataset!r}")
+    for name, data in spec.datasets.items():
+        if data.id is not None and data.id not in DATASETS:
+            raise SpecError(f"{where}: datasets.{name}.id: unknown dataset id {data.id!r} (known: {', '.join(DATASETS)})")
+        if data.id is not None and (data.path or data.package):
+            raise SpecError(f"{where}: datasets.{name}: 'id' names a fetched file; drop 'path'/'package'")
     for name, entry in spec.models.items():
         if (entry.path is None) == (entry.artifact is None):
             raise SpecError(f"{where}: models.{name}: expected exactly one of 'path' or 'artifact'")

@@ -169,3 +169,23 @@ def test_cli_fetch_and_list(server: _Server, tmp_path: Path) -> None:
     assert "pinned by pmat" in ok.stdout
     listing = pmat("list").stdout
     assert "humaneval " in listing and "fetched" in listing and "mbpp_plus" in listing
+
+
+def test_spec_names_datasets_by_id_and_user_pins_reach_the_stage(server: _Server, tmp_path: Path) -> None:
+    from engine.refs import resolve_params
+    from engine.spec import SpecError, load_spec, parse_spec
+    from engine.workspace import Workspace
+
+    shipped = load_spec(Path(__file__).parent.parent / "engine" / "pipelines" / "pmat.yaml")
+    assert {n: d.id for n, d in shipped.datasets.items() if d.id} == {i: i for i in pins.DATASETS}
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("{}\n")
+    spec = parse_spec({"name": "t", "datasets": {"he": {"id": "humaneval"}, "own": {"path": str(mine), "sha256": "ab" * 32}},
+                       "stages": {}})
+    ws = Workspace(tmp_path / "ws")
+    params = {"a": "dataset:he", "b": "dataset:he.sha256", "c": "dataset:own", "d": "dataset:own.sha256"}
+    fetch(ws.root, "humaneval", _url(server, "/HumanEval.jsonl.gz"))
+    got = resolve_params(spec, ws, params)
+    assert got == {"a": str(recorded(ws.root, "humaneval").path), "b": None, "c": str(mine), "d": "ab" * 32}
+    with pytest.raises(SpecError, match="datasets.x.id: unknown dataset id 'nope'"):
+        parse_spec({"name": "t", "datasets": {"x": {"id": "nope"}}, "stages": {}})

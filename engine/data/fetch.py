@@ -82,13 +82,27 @@ def _records(ws_root: Path) -> dict[str, Any]:
     return data
 
 
-def recorded(ws_root: Path, dataset_id: str) -> DataFile:
-    """The workspace's fetched file of ``dataset_id``, re-verified (what ``{id: ...}`` resolves to)."""
+def dest_path(ws_root: Path, dataset_id: str) -> Path:
+    """Where ``pmat data fetch`` puts ``dataset_id`` (what a spec's ``{id: ...}`` resolves to:
+    a stage reading it verifies the bytes, so a missing or altered file fails that stage)."""
+    return Path(ws_root) / "data" / dataset_id / pin_for(dataset_id).filename
+
+
+def user_pin(ws_root: Path, dataset_id: str) -> str | None:
+    """The sha256 the user pinned when fetching ``dataset_id`` (``--sha256``), else None."""
+    rec = _records(ws_root).get(dataset_id) or {}
+    return rec.get("sha256") if rec.get("pinned_by") == "user" else None
+
+
+def recorded(ws_root: Path, dataset_id: str, pinned_sha256: str | None = None) -> DataFile:
+    """The workspace's fetched file of ``dataset_id``, re-verified (what ``{id: ...}`` resolves to);
+    ``pinned_sha256``: the hash the spec pins for it."""
     rec = _records(ws_root).get(dataset_id)
     if rec is None:
         raise NotFetched(f"dataset {dataset_id!r} is not fetched into {ws_root}: "
                          f"pmat data fetch {dataset_id} --workspace {ws_root}")
-    return check_file(Path(ws_root) / rec["path"], dataset_id, rec["sha256"] if rec["pinned_by"] == "user" else None)
+    user_pin = pinned_sha256 or (rec["sha256"] if rec["pinned_by"] == "user" else None)
+    return check_file(Path(ws_root) / rec["path"], dataset_id, user_pin)
 
 
 def _record(ws_root: Path, pin: DatasetPin, data: DataFile, url: str) -> dict[str, Any]:
@@ -149,7 +163,8 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
         raise FetchError(f"{dataset_id}: no sha256 is pinned for {pin.filename} (engine/data/pins.py: "
                          f"{pin.source}); pass --sha256 to pin it yourself; refused")
     ws_root = Path(ws_root)
-    dest = ensure_dir(ws_root / "data" / pin.id) / pin.filename
+    dest = dest_path(ws_root, pin.id)
+    ensure_dir(dest.parent)
     part = dest.with_name(dest.name + ".part")
     urls = (url,) if url else pin.urls
     who = "pmat" if expected in pin.digests else "user"
