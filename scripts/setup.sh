@@ -12,4 +12,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q torch==2.13.0
 fi
 .venv/bin/python -m pip install -q -e ".[dev]"
+# llama.cpp evaluates the submitted GGUF: a prebuilt wheel when the wheel cache has one,
+# else the GPU box builds the sdist itself (pip install -e ".[llama]", CMAKE_ARGS="-DGGML_CUDA=on")
+LLAMA_WHEEL=$(ls ../shared/wheels/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$LLAMA_WHEEL" ]; then
+  .venv/bin/python -m pip install -q "$LLAMA_WHEEL"
+  echo "llama-cpp-python installed from $LLAMA_WHEEL"
+else
+  echo "llama-cpp-python skipped: no prebuilt wheel in ../shared/wheels (build it: pip install -e '.[llama]')"
+fi
 echo "pmat installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
