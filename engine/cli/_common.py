@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from engine.spec import PipelineSpec, SpecError, load_spec
-from engine.workspace import Workspace
+from engine.workspace import UnsafeWorkspace, Workspace
 
 
 class BadInput(Exception):
@@ -24,6 +24,10 @@ def workspace_of(args: argparse.Namespace, *, must_exist: bool = True) -> Worksp
     ws = Workspace(root)
     if must_exist and not ws.spec_path.exists():
         raise BadInput(f"{ws.spec_path}: no pipeline spec here (pmat init DIR, or --workspace DIR)")
+    try:
+        ws.check_safe()
+    except UnsafeWorkspace as exc:
+        raise BadInput(str(exc)) from None
     return ws
 
 
