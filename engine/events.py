@@ -41,8 +41,74 @@ JOURNAL_KINDS = (
     "approval_granted",
     "approval_revoked",
     "command_received",
+    "command_applied",
     "command_rejected",
+    "supervisor_error",
+    "supervisor_stopped",
 )
+
+# The schema of each event kind: required fields and their types. A field named in
+# FIELD_TYPES is checked wherever it appears. A line that fails is counted and skipped by
+# the fold (with its file and line), so a hand-edited or damaged log never crashes a reader.
+_NUM = (int, float)
+_STR_OR_NONE = (str, type(None))
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "ts": _NUM, "stage": (str,), "job_id": (str,), "id": (str,), "target": (str,), "name": (str,),
+    "reason": _STR_OR_NONE, "message": _STR_OR_NONE, "error": _STR_OR_NONE, "outcome": (str,),
+    "identity": (dict, type(None)), "params": (dict,), "reservation": (int,), "attempt": (int,),
+    "done": _NUM, "total": (*_NUM, type(None)), "unit": (str,), "value": (*_NUM, type(None)),
+    "step": (int, type(None)), "rss": (int,), "peak_rss": (int, type(None)), "gpu": (int, type(None)),
+    "pid": (int,), "start_ticks": (int,), "boot_id": (str,), "evidence": (dict, type(None)),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "supervisor_started": ("pid", "start_ticks", "boot_id"),
+    "queued": ("stage",), "waiting": ("stage",), "admitted": ("stage", "job_id"),
+    "launched": ("stage", "job_id", "identity"), "reattached": ("job_id",),
+    "crashed": ("job_id",), "cancelled": ("job_id",), "cancel_requested": ("stage",), "unrequested": ("stage",),
+    "approval_granted": ("target",), "approval_revoked": ("target",),
+    "command_received": ("id",), "command_applied": ("id",), "command_rejected": ("id",),
+    "supervisor_error": ("message",), "supervisor_stopped": ("reason",),
+    "job_started": (), "progress": ("done",), "metric": ("name",), "checkpoint": (),
+    "artifact": ("name",), "resource": (), "warning": (), "job_finished": ("outcome",),
+}
+_OUTCOMES = ("ok", "failed", "cancelled")
+_IDENTITY = ("pid", "start_ticks", "boot_id")
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def invalid(ev: Any) -> str | None:
+    """Why an event breaks its kind's schema, or None when it is valid. Unknown kinds are
+    valid (a newer writer's events are skipped by the fold, not refused)."""
+    if not isinstance(ev, dict):
+        return "not a JSON object"
+    kind = ev.get("kind")
+    if not isinstance(kind, str):
+        return "no 'kind'"
+    if not _is(ev.get("ts"), _NUM):
+        return f"{kind}: 'ts' missing or not a number"
+    for key in REQUIRED.get(kind, ()):
+        if key not in ev:
+            return f"{kind}: required field {key!r} is missing"
+    for key, value in ev.items():
+        types = FIELD_TYPES.get(key)
+        if types is not None and not _is(value, types):
+            return f"{kind}: field {key!r} has type {type(value).__name__}"
+    if "job_id" in ev and not job_id_ok(ev["job_id"]):
+        return f"{kind}: job_id {ev['job_id']!r} is not STAGE.ATTEMPT"
+    if kind == "launched" and ev["identity"] is not None and not all(_is(ev["identity"].get(k), FIELD_TYPES[k]) for k in _IDENTITY):
+        return "launched: identity needs pid, start_ticks and boot_id"
+    if kind == "job_finished" and ev["outcome"] not in _OUTCOMES:
+        return f"job_finished: outcome {ev['outcome']!r} is not one of {', '.join(_OUTCOMES)}"
+    return None
+
+
+def job_id_ok(job_id: str) -> bool:
+    """``STAGE.ATTEMPT``: what a job id and a job log's name must look like."""
+    stage, dot, n = job_id.rpartition(".")
+    return bool(stage and dot and n.isdigit())
 
 FILE_MODE = 0o600
 
@@ -61,11 +127,15 @@ class EventWriter:
         self._fsync = fsync
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write one event as one line with one ``write()`` call and return it."""
+        """Write one event as one line with one ``write()`` call and return it. An I/O error
+        (disk full, read-only) is raised naming the log, not as a bare errno."""
         record = {"ts": time.time(), "kind": kind, **fields}
-        os.write(self._fd, _dumps(record))
-        if self._fsync or kind in ("job_started", "job_finished", "artifact", "checkpoint"):
-            os.fsync(self._fd)
+        try:
+            os.write(self._fd, _dumps(record))
+            if self._fsync or kind in ("job_started", "job_finished", "artifact", "checkpoint"):
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         return record
 
     def close(self) -> None:
@@ -93,13 +163,14 @@ class EventReader:
     path: Path
     offset: int = 0
     inode: int | None = None
+    line: int = 0  # 1-based number of the last line returned (for "FILE:LINE" reports)
     resets: int = 0
     bad_lines: int = 0
     _chunk: int = field(default=1 << 20, repr=False)
 
     def _check_rotation(self, st: os.stat_result) -> None:
         if (self.inode is not None and st.st_ino != self.inode) or st.st_size < self.offset:
-            self.offset = 0
+            self.offset = self.line = 0
             self.resets += 1
         self.inode = st.st_ino
 
@@ -127,7 +198,9 @@ class EventReader:
                 carry = block[end + 1 :]
                 complete = block[:end]
                 self.offset += end + 1  # block starts at the old offset
-                yield from complete.split(b"\n")
+                for raw in complete.split(b"\n"):
+                    self.line += 1
+                    yield raw
             # carry (a partial line) is left for the next poll
 
     def poll(self) -> list[dict[str, Any]]:

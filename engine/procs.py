@@ -94,7 +94,8 @@ class ProcIdentity:
 def spawn_detached(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> ProcIdentity:
     """Start ``argv`` in its own session and process group, stdout/stderr to ``log_path``.
 
-    The child survives the parent's exit, a closed terminal and SIGHUP.
+    The child survives the parent's exit, a closed terminal and SIGHUP. Its umask is 077:
+    whatever it writes (trainer checkpoints, logs, outputs) is owner-only.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -108,6 +109,7 @@ def spawn_detached(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str,
             stderr=fd,
             start_new_session=True,
             close_fds=True,
+            umask=0o077,
         )
     finally:
         os.close(fd)

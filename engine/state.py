@@ -17,12 +17,14 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from engine.events import EventReader
+from engine.chain import line_digest, verify_chain
+from engine.events import EventReader, invalid, job_id_ok
 from engine.workspace import Workspace
 
 PROGRESS_HISTORY = 512
 METRIC_HISTORY = 4096
 RATE_WINDOW_S = 900.0
+DAMAGE_HISTORY = 100
 _scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its per-call wrappers
 
 
@@ -162,7 +164,12 @@ class PipelineState:
         self.approvals: dict[str, dict[str, Any]] = {}
         self.supervisor: dict[str, Any] | None = None
         self.journal: deque = deque(maxlen=2000)
-        self.processed_commands: set[str] = set()
+        self.processed_commands: set[str] = set()  # applied or rejected: never run again
+        self.received_commands: set[str] = set()
+        self.bad_events = 0  # lines of any log that broke their schema and were skipped
+        self.damage: deque[str] = deque(maxlen=DAMAGE_HISTORY)  # "FILE:LINE: why" of the latest
+        self.chain_break: str | None = None  # the journal's first broken line; approvals after it do not count
+        self._journal_prev: str | None = None
         self._journal_reader = EventReader(workspace.journal_path)
         self._job_readers: dict[str, EventReader] = {}
         self._finished_logs: set[str] = set()
@@ -195,11 +202,37 @@ class PipelineState:
     def refresh(self) -> bool:
         """Fold in everything appended since the last call; True if anything changed."""
         changed = False
-        for ev in self._journal_reader.poll():
-            self._apply_journal(ev)
-            changed = True
+        reader = self._journal_reader
+        resets = reader.resets
+        for line in reader.poll_lines():
+            if reader.resets != resets:  # the journal was replaced or truncated: fold it again
+                resets, self._journal_prev = reader.resets, None
+            ev = _parse(line)
+            self._check_chain(line, ev)
+            why = invalid(ev) if line else None
+            if why:
+                self._damaged(self.ws.journal_path, reader.line, why)
+            elif ev is not None:
+                self._apply_journal(ev)
+                changed = True
         changed |= self._scan_job_logs()
         return changed
+
+    def _damaged(self, path: Path, line: int, why: str) -> None:
+        self.bad_events += 1
+        self.damage.append(f"{path}:{line}: {why}")
+
+    def _check_chain(self, line: bytes, ev: Any) -> None:
+        """Follow the journal's hash chain (engine/chain.py); at the first line that does not
+        follow, ask ``verify_chain`` (which honours a break the user accepted) once."""
+        if not line or self.chain_break:
+            return
+        prev = ev.get("prev") if isinstance(ev, dict) else None
+        if self._journal_prev is not None and prev != self._journal_prev or self._journal_prev is None and prev not in ("", None):
+            report = verify_chain(self.ws.journal_path)
+            if not report.ok and report.broken_line is not None and report.broken_line <= self._journal_reader.line:
+                self.chain_break = report.reason
+        self._journal_prev = line_digest(line)
 
     def _job_log_names(self, jobs_dir: Path) -> list[str]:
         """Names of the job logs. The directory is listed again only when its mtime changed (a log
@@ -227,16 +260,21 @@ class PipelineState:
                 reader = self._job_readers[job_id] = EventReader(jobs_dir / name)
             a: Attempt | None = None
             apply = self._apply_job
+            if not job_id_ok(job_id):
+                continue
             for line in reader.poll_lines():  # streamed: a 1 GB log is never held as one list
                 ev = _parse(line)
-                if not isinstance(ev, dict):
+                why = invalid(ev) if line else None
+                if why or not isinstance(ev, dict):
                     reader.bad_lines += bool(line)
+                    if why:
+                        self._damaged(reader.path, reader.line, why)
                     continue
                 if a is None:
                     a = self.attempt(job_id)
-                if ev.get("kind") == "progress":  # most events: inlined (the fold of 100k events is a console's first frame)
-                    a.last_event_at = ts = ev.get("ts", 0.0)
-                    a.done = done = ev.get("done", 0)
+                if ev["kind"] == "progress":  # most events: inlined (the fold of 100k events is a console's first frame)
+                    a.last_event_at = ts = ev["ts"]
+                    a.done = done = ev["done"]
                     a.total = ev.get("total")
                     a.unit = ev.get("unit", a.unit)
                     a.progress.append((ts, done))
@@ -311,14 +349,16 @@ class PipelineState:
                 a.error = ev.get("reason")
                 a.finished_at = ev["ts"]
         elif kind == "approval_granted":
-            self.approvals[ev["target"]] = ev
+            if self.chain_break is None:
+                self.approvals[ev["target"]] = ev
         elif kind == "approval_revoked":
             self.approvals.pop(ev["target"], None)
         elif kind == "cancel_requested":
             self.stage(ev["stage"]).cancel_requested = True
-        elif kind in ("command_received", "command_rejected"):
-            if ev.get("id"):
-                self.processed_commands.add(ev["id"])
+        elif kind == "command_received":
+            self.received_commands.add(ev["id"])
+        elif kind in ("command_applied", "command_rejected"):
+            self.processed_commands.add(ev["id"])
         elif kind == "unrequested":
             self.stage(ev["stage"]).requested = False
 

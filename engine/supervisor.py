@@ -4,7 +4,13 @@ It owns nothing the logs do not hold. On start it folds the journal and job
 logs, re-attaches to jobs that are still alive (by pid + start ticks + boot id),
 reports the ones that died without ``job_finished`` as crashed and resumes them
 when their stage allows. Commands (run, approve, cancel, retry) arrive as files
-in the owner-only ``commands/`` inbox and are journaled as they are executed.
+in the owner-only ``commands/`` inbox. A command's effects and its ``command_applied``
+(or ``command_rejected``) are one journal append, and its file is removed only after it:
+a kill at any instant leaves either nothing (the command runs after a restart) or all.
+
+The journal is hash-chained (engine/chain.py). An I/O error in a round is printed and
+journaled with its path and the supervisor goes on; a stage that failed because its
+disk was full is resumed by itself once space is back.
 """
 
 from __future__ import annotations
@@ -12,25 +18,36 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
+import re
 import signal
+import stat
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine.approvals import approval_current, stage_evidence
+from engine.chain import append_chained
 from engine.dag import topo_order, why_not_running
-from engine.events import EventWriter
 from engine.memory import GIB, admission_headroom, meminfo
 from engine.procs import ProcIdentity, reap_children, spawn_detached
 from engine.refs import resolve_params, resolve_ref
-from engine.spec import PipelineSpec, load_spec
+from engine.spec import PipelineSpec, StageEntry, load_spec
 from engine.stages.base import JobSpec, load_stage
 from engine.stages.run import params_hash
-from engine.state import PipelineState
+from engine.state import Attempt, PipelineState, StageState
 from engine.workspace import Workspace, atomic_write_json
+
+# How a lack of space shows in a job's error: errno 28 from Python, Rust (safetensors) or C++ (torch).
+DISK_FULL_RE = re.compile(r"\[Errno 28\]|No space left on device|os error 28|file write failed")
+_NAMED_PATH_RE = re.compile(r"\[Errno 28\][^:]*: '([^']+)'")
+MIN_SPACE_BACK = 256 << 20  # "space is back": this much more free than when the failure was seen (or 5% of the disk)
+DISK_FULL_BELOW = 16 << 20  # a crash while less than this is free is taken for a disk-full failure
 
 
 class SupervisorRunning(RuntimeError):
@@ -41,7 +58,7 @@ class SupervisorRunning(RuntimeError):
 def send_command(ws: Workspace, command: str, **args: Any) -> str:
     """Drop a command into the workspace inbox; returns its id."""
     cid = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    record = {"id": cid, "command": command, "args": args, "by": os.environ.get("USER") or str(os.getuid()), "ts": time.time()}
+    record = {"id": cid, "command": command, "args": args, "ts": time.time()}  # the sender is the file's owner
     atomic_write_json(ws.commands_dir / f"{cid}.json", record)
     return cid
 
@@ -55,10 +72,65 @@ def supervisor_identity(ws: Workspace) -> ProcIdentity | None:
     return ident if ident.alive() else None
 
 
+def restart_hint(ws: Workspace) -> str:
+    return f"restart it with `pmat supervise --detach -w {ws.root}`"
+
+
+def supervisor_down(ws: Workspace) -> str | None:
+    """None while the workspace's supervisor runs; else one line saying since when it is
+    gone, why (its last journaled reason or the last line it printed) and how to restart it.
+    For ``pmat demo`` and the console, which must notice a dead supervisor at once."""
+    if supervisor_identity(ws) is not None:
+        return None
+    reason = _last_stop_reason(ws)
+    return f"supervisor of {ws.root} is not running{f' ({reason})' if reason else ''}; {restart_hint(ws)}"
+
+
+def _last_stop_reason(ws: Workspace) -> str | None:
+    try:
+        with open(ws.logs_dir / "supervisor.out", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            tail = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        tail = []
+    return tail[-1][:300] if tail else None
+
+
+def resumable(entry: StageEntry | None, st: StageState) -> bool:
+    """The stage resumes after a crash: it allows it, has attempts left and was not cancelled."""
+    return entry is not None and entry.resume and len(st.attempts) < entry.max_attempts and not st.cancel_requested
+
+
+def will_resume(entry: StageEntry | None, st: StageState) -> bool:
+    """True when the supervisor resumes this stage's crashed latest attempt by itself."""
+    a = st.latest
+    return a is not None and a.outcome == "crashed" and resumable(entry, st)
+
+
+def disk_full(a: Attempt | None) -> bool:
+    """The attempt failed or crashed for lack of space (its error says so)."""
+    return a is not None and a.outcome in ("failed", "crashed") and bool(DISK_FULL_RE.search(a.error or ""))
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def start_supervisor_detached(ws: Workspace) -> ProcIdentity:
     """Start ``pmat supervise`` for a workspace in its own session."""
     argv = [sys.executable, "-m", "engine.cli.main", "supervise", "--workspace", str(ws.root)]
     return spawn_detached(argv, log_path=ws.logs_dir / "supervisor.out", cwd=ws.root)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 # -- the daemon --------------------------------------------------------------------
@@ -67,7 +139,9 @@ class Supervisor:
         self.ws = ws.init()
         self.spec = spec or load_spec(ws.spec_path)
         self.state = PipelineState(ws)
-        self.journal: EventWriter | None = None
+        self._batch: list[dict[str, Any]] | None = None
+        self._reported: set[str] = set()  # errors printed and journaled once each
+        self._disk_wait: dict[str, int] = {}  # stage -> free bytes when its disk-full failure was seen
         self._lock_fd: int | None = None
         self._kill_deadlines: dict[str, float] = {}
         self._order = topo_order(self.spec)
@@ -86,18 +160,37 @@ class Supervisor:
         os.write(fd, json.dumps(ProcIdentity.of(os.getpid()).as_dict()).encode())
         os.fsync(fd)
         self._lock_fd = fd
-        self.journal = EventWriter(self.ws.journal_path, fsync=True)
 
     def release(self) -> None:
-        if self.journal:
-            self.journal.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def emit(self, kind: str, **fields: Any) -> None:
-        assert self.journal is not None
-        self.journal.emit(kind, **fields)
+        """Journal one event (hash-chained, fsynced), or add it to the open ``atomic`` batch."""
+        record = {"ts": time.time(), "kind": kind, **fields}
+        if self._batch is not None:
+            self._batch.append(record)
+            return
+        self._append([record])
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        path = self.ws.journal_path
+        try:
+            append_chained(path, records)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Events emitted inside reach the journal as one append, or (on an error) not at all."""
+        self._batch = []
+        try:
+            yield
+            batch = self._batch
+        finally:
+            self._batch = None
+        self._append(batch)
 
     def start(self) -> None:
         """Take the lock, rebuild state from the logs, reconcile jobs."""
@@ -110,18 +203,55 @@ class Supervisor:
                 self.emit("reattached", job_id=a.job_id, stage=a.stage)
             else:
                 self._crashed(a.job_id, "process gone while no supervisor watched (no job_finished in its log)")
+        for stage, entry in self.spec.stages.items():  # a crash journaled by a supervisor killed before its resume
+            st = self.state.stage(stage)
+            if will_resume(entry, st) and not st.retry_pending:
+                self.emit("queued", stage=stage, reason=f"resume after crash of {st.latest.job_id}")
         self.state.refresh()
 
     def run_forever(self) -> None:
+        """Rounds until SIGTERM. An I/O error in a round is reported and the next round tries
+        again; anything else stops the supervisor with its reason printed and journaled."""
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.start()
+        reason = "stopped by SIGTERM"
         try:
+            self.start()
             while not self.stop.is_set():
-                self.tick()
+                try:
+                    self.tick()
+                except OSError as exc:
+                    self.report(f"I/O error: {exc}")
                 self.stop.wait(self.spec.settings.poll_interval_s)
+        except BaseException as exc:
+            reason = f"stopped by an error: {type(exc).__name__}: {exc}"
+            raise
         finally:
+            self._say(f"pmat supervise: {reason}")
+            try:
+                if self._lock_fd is not None:
+                    self.emit("supervisor_stopped", reason=reason)
+            except OSError:
+                pass
             self.release()
+
+    def report(self, message: str) -> None:
+        """Print a problem (once) and journal it (once it can be journaled)."""
+        if message in self._reported:
+            return
+        self._say(f"pmat supervise: {message}")
+        try:
+            self.emit("supervisor_error", message=message)
+            self._reported.add(message)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _say(line: str) -> None:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # stderr is a file on the very disk that fails
 
     # -- one round --------------------------------------------------------------
     def tick(self) -> None:
@@ -129,16 +259,53 @@ class Supervisor:
         self._process_commands()
         self.state.refresh()
         self._watch_running()
+        self._resume_after_disk_full()
+        self._report_damage()
         self._schedule()
 
+    def _report_damage(self) -> None:
+        if self.state.chain_break:
+            self.report(f"journal chain broken: {self.state.chain_break}; approvals after it do not count")
+        if self.state.damage:
+            self.report(f"{self.state.bad_events} log line(s) skipped, latest {self.state.damage[-1]}")
+
     def _crashed(self, job_id: str, reason: str) -> None:
+        """Journal a crash and, where the stage allows, its resume: one append."""
         a = self.state.attempt(job_id)
-        self.emit("crashed", job_id=job_id, stage=a.stage, reason=reason)
-        self.state.refresh()
-        entry = self.spec.stages.get(a.stage)
         st = self.state.stage(a.stage)
-        if entry and entry.resume and len(st.attempts) < entry.max_attempts and not st.cancel_requested:
-            self.emit("queued", stage=a.stage, reason=f"resume after crash of {job_id}")
+        free = free_bytes(self.ws.root)
+        full = free < DISK_FULL_BELOW
+        if full:  # its log could not take job_finished: resumed when space returns, not at once
+            reason += f"; No space left on device under {self.ws.root} ({free >> 20} MiB free)"
+        with self.atomic():
+            self.emit("crashed", job_id=job_id, stage=a.stage, reason=reason)
+            if not full and resumable(self.spec.stages.get(a.stage), st):
+                self.emit("queued", stage=a.stage, reason=f"resume after crash of {job_id}")
+        self.state.refresh()
+
+    def _resume_after_disk_full(self) -> None:
+        """A stage that failed for lack of space is queued again once its disk has room."""
+        for stage in self.spec.stages:
+            st = self.state.stage(stage)
+            a = st.latest
+            if not disk_full(a) or st.retry_pending or st.cancel_requested or not st.requested:
+                self._disk_wait.pop(stage, None)
+                continue
+            where = self._disk_of(a)
+            free = free_bytes(where)
+            if stage not in self._disk_wait:
+                self._disk_wait[stage] = free
+                self.emit("waiting", stage=stage, reason=f"disk full under {where} ({free >> 20} MiB free): "
+                          f"{a.job_id} failed with: {a.error}; resumes when space returns")
+            vfs = os.statvfs(where)
+            if free >= self._disk_wait[stage] + min(MIN_SPACE_BACK, max(1 << 20, vfs.f_blocks * vfs.f_frsize // 20)):
+                self._disk_wait.pop(stage)
+                self.emit("queued", stage=stage, reason=f"resume after {a.job_id}: space is back under {where} ({free >> 20} MiB free)")
+                self.state.refresh()
+
+    def _disk_of(self, a: Attempt) -> Path:
+        m = _NAMED_PATH_RE.search(a.error or "")
+        return Path(m.group(1)) if m else self.ws.root
 
     def _watch_running(self) -> None:
         now = time.monotonic()
@@ -224,37 +391,75 @@ class Supervisor:
         self.emit("admitted", stage=stage, job_id=job_id, reservation=reservation)
         argv = [sys.executable, "-m", "engine.stages.run", str(self.ws.job_file(job_id))]
         ident = spawn_detached(argv, log_path=self.ws.logs_dir / "jobs" / f"{job_id}.out", cwd=self.ws.root)
-        self.emit("launched", stage=stage, job_id=job_id, attempt=attempt, identity=ident.as_dict(), reservation=reservation)
+        try:
+            self.emit("launched", stage=stage, job_id=job_id, attempt=attempt, identity=ident.as_dict(), reservation=reservation)
+        except OSError:
+            ident.signal_group(signal.SIGKILL)  # not journaled, not ours: its log shows a crash, resumed later
+            raise
         return job_id
 
     # -- commands -----------------------------------------------------------------
     def _process_commands(self) -> None:
+        """Execute each new command file; its effects and verdict are one journal append, and
+        the file is removed only after it (a restart runs a command received but not applied)."""
         try:
             names = sorted(n for n in os.listdir(self.ws.commands_dir) if n.endswith(".json") and not n.startswith("."))
         except FileNotFoundError:
             return
         for name in names:
             path = self.ws.commands_dir / name
-            try:
-                cmd = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                self.emit("command_rejected", id=name, reason=f"unreadable command file: {exc}")
-                path.unlink(missing_ok=True)
-                continue
-            if cmd.get("id") not in self.state.processed_commands:
-                self.emit("command_received", id=cmd.get("id"), command=cmd.get("command"), args=cmd.get("args"), by=cmd.get("by"))
-                error = self._execute(cmd)
-                if error:
-                    self.emit("command_rejected", id=cmd.get("id"), reason=error)
+            cmd, by, error = self._read_command(path)
+            cid = str(cmd.get("id") or name)
+            if cid not in self.state.processed_commands:
+                with self.atomic():
+                    if cid not in self.state.received_commands:
+                        self.emit("command_received", id=cid, command=cmd.get("command"), args=cmd.get("args"), by=by)
+                    mark = len(self._batch or [])
+                    try:
+                        error = error or self._execute(cmd, by)
+                    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                        del (self._batch or [])[mark:]  # nothing of a malformed command is applied
+                        error = f"malformed command: {type(exc).__name__}: {exc}"
+                    if error:
+                        self.emit("command_rejected", id=cid, reason=error)
+                    else:
+                        self.emit("command_applied", id=cid)
                 self.state.refresh()
             path.unlink(missing_ok=True)
 
-    def _execute(self, cmd: dict[str, Any]) -> str | None:
+    def _read_command(self, path: Path) -> tuple[dict[str, Any], str, str | None]:
+        """(command, who sent it, why it is refused). Only a regular file owned by the workspace's
+        owner and writable by nobody else counts; the sender is that owner, whatever the file says."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            return {}, "?", f"{path}: cannot open: {exc.strerror}"
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            owner = os.stat(self.ws.root).st_uid
+            by = _user_name(st.st_uid)
+            if not stat.S_ISREG(st.st_mode):
+                return {}, by, f"{path}: not a regular file"
+            if st.st_uid != owner:
+                return {}, by, f"{path}: owned by {by}, not by the workspace owner {_user_name(owner)}"
+            if st.st_mode & 0o022:
+                return {}, by, f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+            try:
+                cmd = json.loads(fh.read(1 << 20))
+            except ValueError as exc:
+                return {}, by, f"{path}: unreadable command file: {exc}"
+        if not isinstance(cmd, dict):
+            return {}, by, f"{path}: expected a JSON object"
+        return cmd, by, None
+
+    def _execute(self, cmd: dict[str, Any], by: str) -> str | None:
         args = cmd.get("args") or {}
-        handler = {"run": self._cmd_run, "approve": self._cmd_approve, "cancel": self._cmd_cancel, "retry": self._cmd_retry}.get(cmd.get("command", ""))
+        handler = {"run": self._cmd_run, "approve": self._cmd_approve, "cancel": self._cmd_cancel, "retry": self._cmd_retry}.get(str(cmd.get("command")))
         if handler is None:
             return f"unknown command {cmd.get('command')!r}"
-        return handler(args, cmd.get("by", "?"))
+        if not isinstance(args, dict):
+            return f"command args must be a mapping, got {type(args).__name__}"
+        return handler(args, by)
 
     def expand_targets(self, targets: list[str]) -> list[str] | str:
         """Stages named by stage names, work item ids or 'all', with their upstream."""
@@ -336,6 +541,8 @@ class Supervisor:
         st = self.state.stages.get(stage)
         if stage not in self.spec.stages or st is None or st.latest is None:
             return f"nothing to retry for {target!r}"
+        if st.retry_pending:
+            return None  # already queued (a replayed command)
         if st.status not in ("failed", "crashed", "cancelled"):
             return f"{stage} is {st.status}; only failed, crashed or cancelled jobs are retried"
         self.emit("queued", stage=stage, reason=f"retry requested by {by}")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ from typing import Any
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 HASH_CHUNK = 1 << 22
+
+
+class UnsafeWorkspace(ValueError):
+    """Someone other than the owner could change the spec or drop commands: one line."""
+
+
+def named(exc: OSError, path: Path) -> OSError:
+    """The same error naming ``path`` when it named none (ENOSPC from a write names nothing)."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
 
 
 def ensure_dir(path: Path) -> Path:
@@ -55,6 +65,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise named(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,6 +86,8 @@ def append_jsonl(path: Path, records: list[dict[str, Any]], *, sort_keys: bool =
     try:
         os.write(fd, data)
         os.fsync(fd)
+    except OSError as exc:
+        raise named(exc, path) from None
     finally:
         os.close(fd)
 
@@ -124,8 +139,14 @@ def content_hash(path: Path) -> str:
     return manifest_digest(file_manifest(path))
 
 
-def _fsync_tree(path: Path) -> None:
+def _seal_tree(path: Path) -> None:
+    """Owner-only modes (whatever the umask of the writer was) and fsync, before publishing."""
+    path = Path(path)
+    if path.is_dir():
+        for d in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            os.chmod(d, DIR_MODE)
     for p in tree_files(path):
+        os.chmod(p, FILE_MODE)
         with open(p, "rb+") as fh:
             os.fsync(fh.fileno())
 
@@ -181,7 +202,30 @@ class Workspace:
                   self.root / "work", self.root / "artifacts", self.root / "results",
                   self.commands_dir):
             ensure_dir(d)
+        self.check_safe()
         return self
+
+    def check_safe(self) -> None:
+        """Refuse (one line) a workspace whose root, layout directories or spec another user
+        could write: they could replace ``spec.yaml`` (a ``command`` stage runs anything) or
+        drop commands, and it would run as the owner."""
+        try:
+            owner = os.stat(self.root).st_uid
+        except FileNotFoundError:
+            return
+        for p in (self.root, self.spec_path, self.logs_dir, self.logs_dir / "jobs", self.root / "jobs",
+                  self.root / "work", self.root / "artifacts", self.root / "results", self.commands_dir):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid != owner:
+                raise UnsafeWorkspace(f"{p}: owned by uid {st.st_uid}, not by the workspace owner (uid {owner})")
+            if mode & 0o022 and not stat.S_ISLNK(st.st_mode):
+                who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+                raise UnsafeWorkspace(f"{p}: writable by {who} (mode {mode:04o}); another user could change the "
+                                      f"spec or send commands: run `chmod -R go-w {self.root}`")
 
     # -- artifacts --------------------------------------------------------------
     def publish(self, stage: str, name: str, src: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,7 +240,7 @@ class Workspace:
             raise FileNotFoundError(f"artifact {stage}/{name}: source {src} does not exist")
         dest = self.artifact_path(stage, name)
         ensure_dir(dest.parent)
-        _fsync_tree(src)
+        _seal_tree(src)
         files = file_manifest(src, name)
         staged = dest.parent / f".{name}.incoming"
         if staged.exists():

@@ -4,6 +4,10 @@ Headless, it drives a real detached supervisor as a client would: requests every
 stage, approves gated stages on the evidence it is shown (journaled as the demo's
 approval), prints each stage as it moves, and ends with a summary and the gates'
 honest verdicts. Without --headless it opens the console on the same workspace.
+
+It stops waiting only when nothing can move any more: a crash the supervisor will
+resume, or a stage waiting for disk space, is not the end. A supervisor that dies is
+noticed at once, said in one line, and started again (a few times at most).
 """
 
 from __future__ import annotations
@@ -14,15 +18,24 @@ import time
 from pathlib import Path
 
 from engine.approvals import stage_evidence
-from engine.cli._common import fmt_duration
+from engine.cli._common import BadInput, fmt_duration
 from engine.gates import evaluate_gates
 from engine.overview import build_overview
-from engine.spec import load_spec, pipeline_path
+from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
-from engine.supervisor import send_command, start_supervisor_detached, supervisor_identity
-from engine.workspace import Workspace
+from engine.supervisor import (
+    disk_full,
+    send_command,
+    start_supervisor_detached,
+    supervisor_down,
+    supervisor_identity,
+    will_resume,
+)
+from engine.workspace import UnsafeWorkspace, Workspace
 
 DEMO_APPROVER = "pmat demo --headless"
+SUPERVISOR_RESTARTS = 3
+SETTLE_S = 5.0  # nothing may move for this long before the demo calls a stage stuck
 
 
 def prepare(root: Path) -> Workspace:
@@ -34,19 +47,41 @@ def prepare(root: Path) -> Workspace:
     return ws
 
 
+def stuck(spec: PipelineSpec, state: PipelineState) -> bool:
+    """Some stage ended for good and nothing else can move: no stage runs, is queued, or ended
+    in a way the supervisor takes up again by itself (a resumable crash, a full disk)."""
+    ended = False
+    for name, entry in spec.stages.items():
+        st = state.stage(name)
+        if st.status in ("running", "queued") or will_resume(entry, st) or disk_full(st.latest):
+            return False
+        ended |= st.status in ("failed", "crashed", "cancelled")
+    return ended
+
+
 def run_headless(ws: Workspace, timeout_s: float) -> int:
     spec = load_spec(ws.spec_path)
     started = None
     if supervisor_identity(ws) is None:
         started = start_supervisor_detached(ws)
+    restarts = 0
     send_command(ws, "run", targets=["all"])
     state = PipelineState(ws)
     shown: dict[str, str] = {}
     approved: set[str] = set()
     t0 = time.monotonic()
+    stuck_since: float | None = None
     try:
         while True:
-            state.refresh()
+            if (down := supervisor_down(ws)) and (started is None or not started.alive()):
+                print(f"pmat demo: {down}", file=sys.stderr, flush=True)
+                if restarts == SUPERVISOR_RESTARTS:
+                    return 1
+                restarts += 1
+                started = start_supervisor_detached(ws)
+                print(f"pmat demo: started the supervisor again (pid {started.pid}, restart {restarts} of "
+                      f"{SUPERVISOR_RESTARTS})", file=sys.stderr, flush=True)
+            moved = state.refresh()
             ov = build_overview(ws, spec, state)
             for row in ov.rows:
                 line = row.status if row.status in ("running", "done") else f"{row.status}: {row.reason}"
@@ -57,10 +92,13 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
                     send_command(ws, "approve", target=row.stage, evidence=stage_evidence(spec, ws, row.stage),
                                  note=f"{DEMO_APPROVER}: approved automatically on the evidence shown")
                     approved.add(row.stage)
-            stuck = any(r.status in ("failed", "crashed", "cancelled") for r in ov.rows)
-            if all(r.status == "done" for r in ov.rows) or (stuck and not any(r.status == "running" for r in ov.rows)):
+            if all(r.status == "done" for r in ov.rows):
                 break
-            if time.monotonic() - t0 > timeout_s:
+            now = time.monotonic()
+            stuck_since = None if moved or not stuck(spec, state) else stuck_since or now
+            if stuck_since is not None and now - stuck_since >= SETTLE_S:
+                break
+            if now - t0 > timeout_s:
                 print(f"pmat demo: stopped waiting after {fmt_duration(timeout_s)}", file=sys.stderr)
                 break
             time.sleep(0.5)
@@ -70,7 +108,7 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
     return summary(ws, spec, state, time.monotonic() - t0)
 
 
-def summary(ws: Workspace, spec, state: PipelineState, wall_s: float) -> int:
+def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: float) -> int:
     ov = build_overview(ws, spec, state)
     print(f"\n== pmat demo summary ({fmt_duration(wall_s)}, workspace {ws.root}) ==")
     for r in ov.rows:
@@ -85,7 +123,10 @@ def summary(ws: Workspace, spec, state: PipelineState, wall_s: float) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    ws = prepare(args.workspace)
+    try:
+        ws = prepare(args.workspace)
+    except UnsafeWorkspace as exc:
+        raise BadInput(str(exc)) from None
     if args.headless:
         return run_headless(ws, args.timeout)
     from engine.cli.tui import cmd_tui
