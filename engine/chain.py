@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class ChainReport:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # 1-based line number of each record
+    digests: list[str] = field(default_factory=list)  # each record's line digest
     broken_line: int | None = None
     reason: str = ""
 
@@ -65,11 +67,26 @@ def _last_complete_line(fd: int, size: int) -> tuple[bytes, int]:
         buf = os.pread(fd, step, pos) + buf
 
 
-def append_chained(path: Path, records: list[dict[str, Any]]) -> list[str]:
+def last_line(path: Path) -> bytes:
+    """The last complete line of a file without reading all of it (b"" when none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b""
+    try:
+        return _last_complete_line(fd, os.fstat(fd).st_size)[0]
+    finally:
+        os.close(fd)
+
+
+def append_chained(path: Path, records: list[dict[str, Any]],
+                   before_write: Callable[[list[str]], None] | None = None) -> list[str]:
     """Append records as chained JSON lines in one write under an flock, then fsync.
 
-    Returns each written line's digest. A torn last line left by a killed writer is
-    cut off first (it never counted), so the new lines chain to the last complete one.
+    Returns each written line's digest; ``before_write(digests)`` runs under the lock
+    just before the write (to announce the digests elsewhere first). A torn last line
+    left by a killed writer is cut off first (it never counted), so the new lines
+    chain to the last complete one.
     """
     path = Path(path)
     created = not path.exists()
@@ -88,6 +105,8 @@ def append_chained(path: Path, records: list[dict[str, Any]]) -> list[str]:
             digests.append(prev)
             data.append(line + b"\n")
         if data:
+            if before_write is not None:
+                before_write(digests)
             os.write(fd, b"".join(data))
             os.fsync(fd)
     finally:
@@ -114,6 +133,12 @@ def _acceptance(path: Path, data: bytes) -> tuple[int, int, str] | None:
     return n_bytes, n_lines, last
 
 
+def _count(report: ChainReport, rec: dict[str, Any], number: int, raw: bytes) -> None:
+    report.records.append(rec)
+    report.lines.append(number)
+    report.digests.append(line_digest(raw))
+
+
 def verify_chain(path: Path) -> ChainReport:
     """Check every line's ``prev``; the records before the first break count."""
     path = Path(path)
@@ -132,8 +157,7 @@ def verify_chain(path: Path) -> ChainReport:
             rec = None
         if number <= skip_lines:
             if isinstance(rec, dict):
-                report.records.append(rec)
-                report.lines.append(number)
+                _count(report, rec, number, raw)
             continue
         if not isinstance(rec, dict):
             report.broken_line, report.reason = number, f"{path}:{number}: not a JSON object"
@@ -143,8 +167,7 @@ def verify_chain(path: Path) -> ChainReport:
             report.broken_line, report.reason = number, f"{path}:{number}: {what} (edited, inserted or removed lines)"
             return report
         prev = line_digest(raw)
-        report.records.append(rec)
-        report.lines.append(number)
+        _count(report, rec, number, raw)
     return report
 
 

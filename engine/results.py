@@ -7,12 +7,18 @@ the protocol (everything that changes the number). Gates read records through
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.workspace import Workspace
+from engine.chain import append_chained, last_line, line_digest, verify_chain
+from engine.events import read_events
+from engine.workspace import Workspace, ensure_dir
 
 REQUIRED_KEYS = ("benchmark", "model_hash", "model_path", "dataset_hash", "protocol", "metrics")
 
@@ -94,3 +100,122 @@ def results_for(workspace: Workspace | Path, *, model_hash: str, benchmark: str 
     """Records of exactly one model (by content hash), optionally one benchmark."""
     return [r for r in read_ledger(workspace)
             if r["model_hash"] == model_hash and (benchmark is None or r["benchmark"] == benchmark)]
+
+
+# -- exactly-once commit ------------------------------------------------------------------
+# A stage's records are held until its job ends; then, under the ledger lock, each is
+# appended (or an existing line with the same key is adopted) and its digest announced in
+# the job's log first; ``job_finished`` then lists the digests. A record counts only
+# once a ``job_finished`` of a job of this workspace lists it, so a kill at any instant
+# leaves nothing that counts or everything, and a resumed or re-run job adopts the line
+# its earlier attempt wrote instead of adding a second one.
+
+VOLATILE_KEYS = frozenset({"job_id", "ts", "prev", "wall_s", "seconds"})
+
+
+def record_key(stage: str, kind: str, params_hash: str, inputs: dict[str, str], seq: int,
+               record: dict[str, Any]) -> str:
+    """Identity of a record: its job's stage, parameters and inputs, and what it measured."""
+    ident = {"stage": stage, "kind": kind, "params_hash": params_hash, "inputs": inputs, "seq": seq,
+             **{k: record.get(k) for k in ("benchmark", "model_hash", "dataset_hash", "protocol")}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _content(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
+
+
+@contextmanager
+def _ledger_lock(ws: Workspace) -> Iterator[None]:
+    fd = os.open(ensure_dir(ws.ledger_path.parent) / ".ledger.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def announced_digests(ws: Workspace, stage: str) -> set[str]:
+    """Ledger digests the jobs of ``stage`` announced (``result`` events of their logs)."""
+    out: set[str] = set()
+    for log in sorted((ws.logs_dir / "jobs").glob(f"{stage}.*.jsonl")):
+        out.update(e.get("digest") for e in read_events(log) if e.get("kind") == "result")
+    return out
+
+
+def commit_results(ws: Workspace, stage: str, records: list[dict[str, Any]],
+                   announce: Callable[[list[dict[str, str]]], None]) -> list[dict[str, str]]:
+    """Append ``records`` (each with its ``key``) exactly once; returns ``[{key, digest}]``.
+
+    A line already in the ledger with the same key is adopted when this stage announced
+    it (an earlier attempt killed before its ``job_finished``) or when it says the same
+    thing (a re-run after the job log was lost); anything else under that key (a line
+    written by hand) is not adopted and never counts.
+    """
+    with _ledger_lock(ws):
+        chain = verify_chain(ws.ledger_path)
+        announced = announced_digests(ws, stage)
+        by_key: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for rec, digest in zip(chain.records, chain.digests, strict=True):
+            by_key.setdefault(str(rec.get("key")), []).append((rec, digest))
+        out, new = [], []
+        for rec in records:
+            old = next((d for r, d in by_key.get(rec["key"], []) if d in announced or _content(r) == _content(rec)), None)
+            out.append({"key": rec["key"], "digest": old})
+            if old is None:
+                new.append(rec)
+
+        def before_write(digests: list[str]) -> None:
+            announce([{"key": r["key"], "digest": d} for r, d in zip(new, digests, strict=True)])
+
+        written = iter(append_chained(ws.ledger_path, new, before_write) if new else [])
+    return [{"key": e["key"], "digest": e["digest"] or next(written)} for e in out]
+
+
+# -- provenance -----------------------------------------------------------------------------
+
+
+def journal_jobs(ws: Workspace) -> set[str]:
+    """Job ids launched by the intact part of the workspace's (hash-chained) journal."""
+    return {str(e.get("job_id")) for e in verify_chain(ws.journal_path).records if e.get("kind") == "launched"}
+
+
+def committed_digests(ws: Workspace) -> dict[str, str]:
+    """Ledger digest -> the launched job whose ``job_finished`` lists it."""
+    out: dict[str, str] = {}
+    for job_id in sorted(journal_jobs(ws)):
+        try:
+            end = json.loads(last_line(ws.job_log(job_id)) or b"{}")
+        except ValueError:
+            continue
+        if isinstance(end, dict) and end.get("kind") == "job_finished":
+            for entry in end.get("results") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
+                    out[entry["digest"]] = job_id
+    return out
+
+
+def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
+    """Every ledger line as a record with ``id`` (ledger:LINE), ``digest`` and ``ignored``.
+
+    ``ignored`` is None for a record with provenance (committed by a launched job of this
+    workspace, in the intact part of the chain) and otherwise says why it does not count.
+    """
+    chain = verify_chain(ws.ledger_path)
+    committed = committed_digests(ws)
+    out = []
+    for rec, line, digest in zip(chain.records, chain.lines, chain.digests, strict=True):
+        why = None if digest in committed else "not committed by a job of this workspace (edited or written by hand)"
+        out.append({**rec, "id": f"ledger:{line}", "digest": digest, "ignored": why})
+    if chain.broken_line is not None:
+        tail = ws.ledger_path.read_bytes().split(b"\n")[chain.broken_line - 1:-1]
+        for line, raw in enumerate(tail, start=chain.broken_line):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append({**rec, "id": f"ledger:{line}", "digest": line_digest(raw),
+                            "ignored": f"after the break of the ledger's chain at line {chain.broken_line} "
+                                       "(`pmat verify --accept` once checked)"})
+    return out

@@ -32,7 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.events import EventWriter, read_events
-from engine.workspace import Workspace, append_jsonl, atomic_write_json, ensure_dir
+from engine.results import record_key
+from engine.workspace import Workspace, atomic_write_json
 
 
 class StageParams(BaseModel):
@@ -101,6 +102,7 @@ class StageContext:
         self.work_dir = self.workspace.work_dir(job.stage)
         self.seed = job.seed
         self._cancel = threading.Event()
+        self.pending_results: list[dict[str, Any]] = []
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -140,9 +142,15 @@ class StageContext:
         return Path(m["path"])
 
     def record_result(self, record: dict[str, Any]) -> None:
-        """Append one record to the workspace's results ledger (one write, fsync)."""
-        path = ensure_dir(self.workspace.ledger_path.parent) / self.workspace.ledger_path.name
-        append_jsonl(path, [{"job_id": self.job_id, "stage": self.stage, **record}])
+        """Hold one record for the results ledger; it is committed with the job's end.
+
+        The job's ``job_finished`` and the ledger line are one commit (see
+        ``engine.results.commit_results``): a kill before it leaves nothing, and a
+        resumed attempt commits the same record (same key) exactly once.
+        """
+        job = self.job
+        key = record_key(job.stage, job.kind, job.params_hash, job.inputs, len(self.pending_results), record)
+        self.pending_results.append({"job_id": self.job_id, "stage": self.stage, **record, "key": key})
 
     # -- resume -----------------------------------------------------------------
     def previous_events(self) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@
 Writes ``job_started`` (identity, argv, params and their hash), runs the stage,
 samples resource use in the background, and always ends the log with
 ``job_finished`` (ok | failed | cancelled) unless the process is killed outright,
-which the supervisor then reports as crashed.
+which the supervisor then reports as crashed. The stage's result records are
+committed to the ledger just before ``job_finished``, which lists their digests:
+that line is the job's commit point.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from engine.chain import append_chained
 from engine.events import EventWriter
 from engine.procs import ProcIdentity
-from engine.stages.base import Cancelled, JobSpec, StageContext, load_stage
+from engine.results import commit_results
+from engine.stages.base import Cancelled, JobSpec, StageContext, StageFailed, load_stage
 from engine.workspace import Workspace
 
 RESOURCE_INTERVAL_S = 2.0
@@ -65,6 +70,20 @@ class _ResourceSampler(threading.Thread):
             self.sample()
 
 
+def fault_point(name: str) -> None:
+    """Test hook: ``PMAT_FAULT_AT=<name>`` kills this process outright at that instant."""
+    if os.environ.get("PMAT_FAULT_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _announce(ws: Workspace, job: JobSpec, entries: list[dict[str, str]]) -> None:
+    """Durably name the ledger lines this job is about to write, before writing them."""
+    fault_point("results_announcing")
+    with EventWriter(ws.job_log(job.job_id), fsync=True) as writer:
+        writer.emit("result", results=entries)
+    fault_point("results_announced")
+
+
 def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
     """Run a job in this process; returns the outcome written to the log."""
     ws = Workspace(Path(job.workspace))
@@ -89,7 +108,7 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
     )
     sampler = _ResourceSampler(events)
     sampler.start()
-    outcome, error = "ok", None
+    outcome, error, commit = "ok", None, True
     try:
         module = load_stage(job.kind)
         params = module.Params(**job.params)
@@ -98,16 +117,24 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
         if missing:
             outcome, error = "failed", f"stage did not publish declared outputs: {', '.join(missing)}"
     except Cancelled as exc:
-        outcome, error = "cancelled", str(exc)
+        outcome, error, commit = "cancelled", str(exc), False
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the log
         outcome = "failed"
         error = f"{type(exc).__name__}: {exc}"
+        commit = isinstance(exc, StageFailed)  # a measured verdict keeps its record; a crash does not
         events.emit("warning", message="traceback", traceback=traceback.format_exc()[-4000:])
     finally:
         sampler.stop.set()
         sampler.sample()
+        results: list[dict[str, str]] = []
+        if commit and ctx.pending_results:
+            try:
+                results = commit_results(ws, job.stage, ctx.pending_results, lambda entries: _announce(ws, job, entries))
+            except Exception as exc:  # noqa: BLE001 - the job fails, naming the ledger
+                outcome, error = "failed", f"results ledger {ws.ledger_path}: {type(exc).__name__}: {exc}"
+            fault_point("results_committed")
         events.emit("job_finished", outcome=outcome, error=error, peak_rss=sampler.peak_rss,
-                    peak_gpu=_gpu_bytes())
+                    peak_gpu=_gpu_bytes(), results=results)
         events.close()
     return outcome
 
@@ -135,7 +162,10 @@ def run_inline(
     device: str = "cpu",
     seed: int = 0,
 ) -> str:
-    """Run a stage in this process (tests, notebooks); returns the outcome."""
+    """Run a stage in this process (tests, notebooks); returns the outcome.
+
+    The job is journaled as launched (``inline``) so that its results have provenance.
+    """
     workspace.init()
     job = JobSpec(
         job_id=f"{stage}.{attempt}",
@@ -151,6 +181,8 @@ def run_inline(
         seed=seed,
     )
     job.save(workspace.job_file(job.job_id))
+    append_chained(workspace.journal_path, [{"ts": time.time(), "kind": "launched", "stage": stage, "job_id": job.job_id,
+                                             "attempt": attempt, "identity": None, "inline": True}])
     return run_job(job, install_signals=False)
 
 
