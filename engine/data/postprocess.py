@@ -92,3 +92,163 @@ def clean(raw: str, *, chat: bool, body: bool, sanitize: bool = False) -> str:
     if sanitize:
         text = drop_demo_code(text)
     return text.rstrip() + "\n"
+
+
+# -- evalplus's sanitizer (evalplus 0.3.1 sanitize.py), on Python's ast instead of tree-sitter ----------
+
+
+def _parses_evalplus(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, MemoryError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def code_extract(text: str) -> str:
+    """The span of two or more lines with the most non-blank lines that parses (the first such span).
+
+    Same answer as evalplus's quadratic scan, found by trying each start's longest end first.
+    """
+    lines = text.split("\n")
+    filled = [1 if line.strip() else 0 for line in lines]
+    suffix = [0] * (len(lines) + 1)
+    for i in range(len(lines) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + filled[i]
+    best, pair = 0, (0, 0)
+    for i in range(len(lines)):
+        if suffix[i] <= best:
+            break  # no span starting here or later can beat it
+        count = suffix[i]
+        for j in range(len(lines) - 1, i, -1):
+            if _parses_evalplus("\n".join(lines[i:j + 1])):
+                top = count  # the longest parsing span from i; the earliest end with as many lines wins
+                for k in range(i + 1, j + 1):
+                    if sum(filled[i:k + 1]) == top and _parses_evalplus("\n".join(lines[i:k + 1])):
+                        j = k
+                        break
+                if top > best:
+                    best, pair = top, (i, j)
+                break
+            count -= filled[j]
+    return "\n".join(lines[pair[0]:pair[1] + 1])
+
+
+def _names(node: ast.AST) -> set[str]:
+    """Every identifier in a definition (tree-sitter's ``identifier`` nodes)."""
+    out: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+        elif isinstance(n, ast.arg):
+            out.add(n.arg)
+        elif isinstance(n, ast.keyword) and n.arg:
+            out.add(n.arg)
+        elif isinstance(n, ast.alias):
+            out.update(n.name.split("."))
+            if n.asname:
+                out.add(n.asname)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            out.update(n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            out.add(n.name)
+        elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+            out.add(n.name)
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            out.update(n.module.split("."))
+    return out
+
+
+def _assigned_name(node: ast.Assign | ast.AnnAssign) -> str | None:
+    """tree-sitter's ``get_definition_name`` of an assignment: its first direct identifier child
+    (the target if it is a plain name, else the value if that is one)."""
+    target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+    if isinstance(target, ast.Name):
+        return target.id
+    if isinstance(node, ast.Assign) and len(node.targets) > 1:
+        return None  # `a.b = c = 1`: the right side is another assignment
+    return node.value.id if isinstance(node.value, ast.Name) else None  # an annotation is wrapped in a type node
+
+
+def _block_end(lines: list[str], node: ast.stmt) -> tuple[int, int]:
+    """(line index, column) where tree-sitter ends a def/class: a comment on its last line and the
+    comment lines after it that are indented at least as deep as its body belong to it."""
+    last, col = node.end_lineno - 1, node.end_col_offset  # type: ignore[operator]
+    rest = lines[last].encode()[col:].decode(errors="ignore")
+    if rest.lstrip().startswith("#"):
+        col = len(lines[last].encode())
+    body = node.body[0]  # type: ignore[attr-defined]
+    if body.lineno == node.lineno:
+        return last, col
+    depth = len(lines[body.lineno - 1]) - len(lines[body.lineno - 1].lstrip())
+    for i in range(last + 1, len(lines)):
+        stripped = lines[i].strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#") or len(lines[i]) - len(lines[i].lstrip()) < depth:
+            break
+        last, col = i, len(lines[i].encode())
+    return last, col
+
+
+def _definitions(code: str) -> tuple[list[str], list[tuple[str | None, str, set[str]]]]:
+    """(import statements, [(name, text, names used)]) as evalplus keeps them, in source order."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, MemoryError, ValueError, RecursionError):
+        return [], []
+    lines = code.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line.encode()) + 1)
+    data = code.encode()
+
+    def text(node: ast.stmt, end: tuple[int, int] | None = None) -> str:
+        last, col = end or (node.end_lineno - 1, node.end_col_offset)  # type: ignore[operator]
+        return data[starts[node.lineno - 1] + node.col_offset:starts[last] + col].decode(errors="replace")
+
+    imports, defs, seen = [], [], set()
+    for node in tree.body:
+        if isinstance(node, ast.Import) or isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            imports.append(text(node))
+            continue
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.decorator_list or node.name in seen:
+                continue  # tree-sitter wraps a decorated one in another node type, which evalplus skips
+            if not isinstance(node, ast.ClassDef) and not any(isinstance(n, ast.Return) for n in ast.walk(node)):
+                continue
+            name: str | None = node.name
+            body = text(node, _block_end(lines, node))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            name = _assigned_name(node)
+            if name in seen:
+                continue
+            body = text(node)
+        else:
+            continue
+        seen.add(name)  # type: ignore[arg-type]
+        defs.append((name, body, _names(node)))
+    return imports, defs
+
+
+def sanitize(code: str, entrypoint: str | None = None) -> str:
+    """evalplus's ``sanitize``: the longest parsing span, reduced to its imports and the top-level
+    definitions the entry point reaches (functions only if they return something); if that leaves
+    nothing, the span itself."""
+    extracted = code_extract(code)
+    imports, defs = _definitions(extracted)
+    keep = {name for name, _, _ in defs}
+    if entrypoint:
+        deps = {name: used for name, _, used in defs}
+        keep, queue = {entrypoint}, [entrypoint]
+        while queue:
+            for dep in deps.get(queue.pop(0), ()):
+                if dep not in keep:
+                    keep.add(dep)
+                    queue.append(dep)
+    out = "\n".join([*imports, *(body for name, body, _ in defs if name in keep)]).strip()
+    return out or extracted
