@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.data.codegrams import CodeIndex
+
 WORD = re.compile(r"[a-z0-9_]+")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CALLED = re.compile(r"(?:\b([A-Za-z_][A-Za-z0-9_]*)\s*\()|`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -49,6 +51,7 @@ class EvalItem:
     name: str            # its function name ('' if unknown)
     statement: str       # the natural-language task (docstring / text), examples removed
     code: str            # prompt code + reference solution
+    solution: str = ""   # the reference solution alone, when it is a separate piece (HumanEval's body)
 
 
 @dataclass
@@ -145,10 +148,14 @@ class DecontamIndex:
     """An index of evaluation problems; :meth:`scan` finds training rows that overlap them."""
 
     def __init__(self, items: list[EvalItem], ngram: int = 10, doc_threshold: float = 0.7,
-                 name_doc_threshold: float = 0.5, min_content: int = 5) -> None:
+                 name_doc_threshold: float = 0.5, min_content: int = 5, code_ngram: int = 8,
+                 code_coverage: float = 0.6, code_weight: float = 25.0) -> None:
         if not items:
             raise ValueError("decontamination index: no evaluation problems to check against")
         self.items, self.n = items, ngram
+        self.code_coverage, self.code_weight = code_coverage, code_weight
+        units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
+        self.code = CodeIndex([c for _, c in units], [i for i, _ in units], n=code_ngram)
         self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
         self.min_content = min_content
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
@@ -205,6 +212,11 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
+        for m in sorted(self.code.matches(text, self.code_coverage, self.code_weight), key=lambda m: m.coverage):
+            it = self.items[self.code.owners[m.unit]]
+            hits[(self.code.owners[m.unit], "code")] = Hit(
+                it.source, it.task_id, "code", m.coverage,
+                f"{m.grams} normalised code {self.code.n}-grams, rarity {m.weight:.0f}")
         return list(hits.values())
 
     def scan(self, rows: Iterable[Any]) -> Contamination:
@@ -220,8 +232,8 @@ def humaneval_items(path: Path | None = None, source: str = "humaneval") -> list
     from engine.data import humaneval
 
     problems, _ = humaneval.load(path)
-    return [EvalItem(source, p.task_id, p.entry_point, statement_of(p.prompt), p.prompt + p.canonical_solution)
-            for p in problems]
+    return [EvalItem(source, p.task_id, p.entry_point, statement_of(p.prompt), p.prompt + p.canonical_solution,
+                     p.canonical_solution) for p in problems]
 
 
 def mbpp_test_items(data_dir: Path) -> list[EvalItem]:
@@ -245,7 +257,7 @@ def plus_items(path: Path, source: str) -> list[EvalItem]:
         if missing:
             raise ValueError(f"{path}: line {i + 1} lacks {', '.join(missing)}")
         items.append(EvalItem(source, r["task_id"], r["entry_point"], statement_of(r["prompt"]),
-                              r["prompt"] + r.get("canonical_solution", "")))
+                              r["prompt"] + r.get("canonical_solution", ""), r.get("canonical_solution", "")))
     return items
 
 

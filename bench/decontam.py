@@ -1,0 +1,286 @@
+"""Decontamination recall and false refusals: every HumanEval problem in many disguises.
+
+Each of the 164 HumanEval problems is turned into a training row in each disguise below,
+and the row counts as caught when the check refuses it *for that problem* (a hit on
+another task does not count). Clean rows are MBPP's train, validation and prompt splits
+(statement, asserts and reference code in one row); a clean row refused for a HumanEval
+problem is a false refusal. MBPP's test split against those rows is reported too: MBPP
+has near-duplicate tasks across its splits, so those hits are measured, not targeted.
+
+    .venv/bin/python bench/decontam.py [--mbpp engine/pipelines/data/mbpp] [--show 3]
+        [--humaneval-plus FILE] [--mbpp-plus FILE]
+
+Prints ``BENCH <name> <value> <target> PASS|MISS`` lines, then the problems each
+disguise misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import builtins
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.data import humaneval, mbpp
+from engine.data.decontam import DecontamIndex, eval_index, statement_of
+
+ROOT = Path(__file__).resolve().parents[1]
+RECALL, FALSE_REFUSALS, BUILD_S = 0.95, 0.01, 5.0
+SYNONYMS = {
+    "return": "give back", "returns": "gives back", "list": "sequence", "string": "text", "strings": "texts",
+    "number": "value", "numbers": "values", "given": "provided", "function": "routine", "check": "test",
+    "integer": "whole number", "integers": "whole numbers", "find": "determine", "count": "tally",
+    "write": "implement", "each": "every", "element": "item", "elements": "items", "largest": "biggest",
+    "smallest": "tiniest", "first": "initial", "last": "final", "contains": "includes", "sum": "total",
+    "characters": "letters", "character": "letter", "sorted": "ordered", "positive": "above-zero",
+    "array": "collection", "input": "argument", "output": "result", "you": "one", "are": "happen to be",
+}
+
+
+# --- source transformations ------------------------------------------------------------------
+def docstring_lines(code: str) -> set[int]:
+    """1-based line numbers of every docstring in ``code``."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                lines |= set(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return lines
+
+
+def strip_docstrings(code: str) -> str:
+    drop = docstring_lines(code)
+    return "".join(line for i, line in enumerate(code.splitlines(keepends=True), 1) if i not in drop)
+
+
+def defined_names(code: str) -> list[str]:
+    """Names the code binds itself (functions, parameters, variables), not builtins or imports."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.arg):
+            names.append(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.append(node.id)
+    return [n for n in dict.fromkeys(names) if not hasattr(builtins, n)]
+
+
+def rename(code: str) -> str:
+    """Every name the code defines replaced, in code, strings and docstrings alike (a search-and-replace)."""
+    for k, name in enumerate(sorted(defined_names(code), key=len, reverse=True)):
+        code = re.sub(rf"(?<![.\w]){re.escape(name)}\b", f"{'abcdefgh'[k % 8]}{k}_{len(name)}", code)
+    return code
+
+
+def reformat(code: str) -> str:
+    """Canonical layout (ast.unparse: quotes, spacing, parentheses, no comments), two-space indents."""
+    text = ast.unparse(ast.parse(code))
+    return re.sub(r"(?m)^((?:    )+)", lambda m: "  " * (len(m.group(1)) // 4), text) + "\n"
+
+
+class _Literals(ast.NodeTransformer):
+    def visit_Constant(self, node: ast.Constant) -> ast.Constant:
+        v = node.value
+        if isinstance(v, bool) or v is None or v is Ellipsis:
+            return node
+        if isinstance(v, (int, float)):
+            return ast.copy_location(ast.Constant(v + 7 if v else 3), node)
+        if isinstance(v, str):
+            return ast.copy_location(ast.Constant(("<" + v + ">") if v else "#"), node)
+        return node
+
+
+def change_literals(code: str) -> str:
+    return ast.unparse(_Literals().visit(ast.parse(code))) + "\n"
+
+
+def _reads_writes(stmt: ast.stmt) -> tuple[set[str], set[str]]:
+    names = [n for n in ast.walk(stmt) if isinstance(n, ast.Name)]
+    return {n.id for n in names if isinstance(n.ctx, ast.Load)}, {n.id for n in names if not isinstance(n.ctx, ast.Load)}
+
+
+def _independent(a: ast.stmt, b: ast.stmt) -> bool:
+    simple = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom)
+    if not (isinstance(a, simple) and isinstance(b, simple)):
+        return False
+    (ra, wa), (rb, wb) = _reads_writes(a), _reads_writes(b)
+    return not (wa & (rb | wb) or wb & ra)
+
+
+def reorder(code: str) -> str:
+    """Adjacent independent simple statements swapped ('' when the code has none to swap)."""
+    tree, swapped = ast.parse(code), False
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if not isinstance(body, list):
+                continue
+            k = 0
+            while k + 1 < len(body):
+                if _independent(body[k], body[k + 1]):
+                    body[k], body[k + 1] = body[k + 1], body[k]
+                    swapped, k = True, k + 2
+                else:
+                    k += 1
+    return ast.unparse(tree) + "\n" if swapped else ""
+
+
+def add_comments(code: str) -> str:
+    out = []
+    for k, line in enumerate(code.splitlines()):
+        stripped = line.strip()
+        if stripped and not stripped.startswith(("#", "@", "else", "elif", "except", "finally")):
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# step {k}: we handle the next part of the task here")
+        out.append(line + ("  # see above" if stripped.endswith(")") else ""))
+    return "\n".join(out) + "\n"
+
+
+class _Hints(ast.NodeTransformer):
+    def __init__(self, add: bool) -> None:
+        self.add = add
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = (node.annotation or ast.Name("object")) if self.add else None
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        self.generic_visit(node)
+        node.returns = (node.returns or ast.Name("object")) if self.add else None
+        return node
+
+
+def hints(code: str, add: bool) -> str:
+    return ast.unparse(ast.fix_missing_locations(_Hints(add).visit(ast.parse(code)))) + "\n"
+
+
+def wrap_in_class(code: str) -> str:
+    """Top-level functions become methods of ``class Solution`` (self first, calls through self)."""
+    tree = ast.parse(code)
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs:
+            node.func = ast.Attribute(ast.Name("self"), node.func.id)
+    methods, rest = [], []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            node.args.args.insert(0, ast.arg("self"))
+            methods.append(node)
+        else:
+            rest.append(node)
+    tree.body = rest + [ast.ClassDef("Solution", [], [], methods, [])]
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def paraphrase(p: humaneval.Problem) -> str:
+    """The statement without examples, words swapped for synonyms, the function renamed."""
+    text = statement_of(p.prompt).replace(p.entry_point, "solve_it")
+    text = re.sub(r"[A-Za-z]+", lambda m: SYNONYMS.get(m.group().lower(), m.group()), text)
+    return "Please implement the following. " + " ".join(text.split())
+
+
+def chat(p: humaneval.Problem, code: str) -> dict:
+    return {"messages": [{"role": "user", "content": "Can you help me with this exercise?"},
+                         {"role": "assistant", "content": f"Sure, here you go:\n\n```python\n{code}```\n"
+                                                          "It runs in linear time."}]}
+
+
+def bare(p: humaneval.Problem) -> str:
+    return strip_docstrings(p.prompt + p.canonical_solution)
+
+
+DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
+    "verbatim": lambda p: p.prompt + p.canonical_solution,
+    "renamed_with_docstring": lambda p: rename(p.prompt + p.canonical_solution),
+    "paraphrased_statement": paraphrase,
+    "solution_alone": lambda p: p.canonical_solution,
+    "solution_without_docstring": bare,
+    "solution_without_docstring_renamed": lambda p: rename(bare(p)),
+    "reformatted": lambda p: reformat(bare(p)),
+    "changed_literals": lambda p: change_literals(bare(p)),
+    "reordered_statements": lambda p: reorder(bare(p)),
+    "comments_added": lambda p: add_comments(bare(p)),
+    "type_hints_added": lambda p: hints(bare(p), add=True),
+    "type_hints_removed": lambda p: hints(bare(p), add=False),
+    "wrapped_in_class": lambda p: wrap_in_class(bare(p)),
+    "in_chat_markdown": lambda p: chat(p, rename(bare(p))),
+    "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),
+                                                                            add=False))),
+}
+
+
+# --- measurement -------------------------------------------------------------------------------
+def bench_line(name: str, value: float, target: str, ok: bool) -> None:
+    print(f"BENCH {name} {value:.4g} {target} {'PASS' if ok else 'MISS'}", flush=True)
+
+
+def recall(index: DecontamIndex, problems: list[humaneval.Problem], show: int) -> None:
+    for name, make in DISGUISES.items():
+        rows = [(p, make(p)) for p in problems]
+        rows = [(p, r) for p, r in rows if r]
+        found = index.scan([r for _, r in rows])
+        missed = [p.task_id for k, (p, _) in enumerate(rows)
+                  if not any(h.task_id == p.task_id for h in found.rows.get(k, []))]
+        share = 1 - len(missed) / len(rows)
+        bench_line(f"decontam_recall_{name}", share, f">={RECALL}", share >= RECALL)
+        if missed:
+            print(f"  {name}: {len(rows) - len(missed)}/{len(rows)} caught; missed {', '.join(missed[:show])}"
+                  + (" ..." if len(missed) > show else ""))
+
+
+def mbpp_rows(data_dir: Path) -> list[tuple[str, dict]]:
+    out = []
+    for split in ("train", "validation", "prompt"):
+        for p in mbpp.load(data_dir, split)[0]:
+            out.append((p.task_id, {"prompt": p.text + "\n" + "\n".join(mbpp.tests_of(p)["asserts"]),
+                                    "completion": p.canonical_solution}))
+    return out
+
+
+def false_refusals(index: DecontamIndex, data_dir: Path, show: int) -> None:
+    rows = mbpp_rows(data_dir)
+    found = index.scan([r for _, r in rows])
+    by_source: dict[str, list[str]] = {}
+    for k, hits in sorted(found.rows.items()):
+        for src in {h.source for h in hits}:
+            pairs = {f"{rows[k][0]}->{h.task_id}({h.reason})" for h in hits if h.source == src}
+            by_source.setdefault(src, []).extend(sorted(pairs))
+    he = {k for k, hits in found.rows.items() if any(h.source.startswith("humaneval") for h in hits)}
+    share = len(he) / len(rows)
+    bench_line("decontam_mbpp_clean_refused_for_humaneval", share, f"<={FALSE_REFUSALS}", share <= FALSE_REFUSALS)
+    for src, pairs in sorted(by_source.items()):
+        print(f"  {src}: {len(pairs)} hits: {', '.join(pairs[:show])}" + (" ..." if len(pairs) > show else ""))
+    mb = {k for k, hits in found.rows.items() if any(h.source.startswith("mbpp") for h in hits)}
+    print(f"  MBPP train/validation/prompt rows hitting an MBPP test problem (near-duplicates across splits, "
+          f"measured): {len(mb)} of {len(rows)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mbpp", type=Path, default=ROOT / "engine/pipelines/data/mbpp")
+    ap.add_argument("--humaneval-plus", type=Path)
+    ap.add_argument("--mbpp-plus", type=Path)
+    ap.add_argument("--show", type=int, default=12, help="missed problems / hits listed per line")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    index = eval_index(args.mbpp, humaneval_plus=args.humaneval_plus, mbpp_plus=args.mbpp_plus)
+    build = time.perf_counter() - t0
+    bench_line("decontam_index_build_s", build, f"<={BUILD_S}", build <= BUILD_S)
+    problems = humaneval.load()[0]
+    t0 = time.perf_counter()
+    recall(index, problems, args.show)
+    false_refusals(index, args.mbpp, args.show)
+    print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows + MBPP rows",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
