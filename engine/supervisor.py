@@ -107,9 +107,14 @@ def will_resume(entry: StageEntry | None, st: StageState) -> bool:
     return a is not None and a.outcome == "crashed" and resumable(entry, st)
 
 
-def disk_full(a: Attempt | None) -> bool:
-    """The attempt failed or crashed for lack of space (its error says so)."""
-    return a is not None and a.outcome in ("failed", "crashed") and bool(DISK_FULL_RE.search(a.error or ""))
+def waits_for_space(st: StageState, root: Path) -> bool:
+    """The stage's latest attempt failed for lack of space: its error says so, the supervisor
+    said so, or it failed while the workspace's disk is (nearly) full. It resumes by itself."""
+    a = st.latest
+    if a is None or a.outcome not in ("failed", "crashed") or st.retry_pending:
+        return False
+    return (bool(DISK_FULL_RE.search(a.error or "")) or (st.waiting or "").startswith("disk full")
+            or a.outcome == "failed" and free_bytes(root) < DISK_FULL_BELOW)
 
 
 def free_bytes(path: Path) -> int:
@@ -288,13 +293,15 @@ class Supervisor:
         for stage in self.spec.stages:
             st = self.state.stage(stage)
             a = st.latest
-            if not disk_full(a) or st.retry_pending or st.cancel_requested or not st.requested:
+            if a is None or not waits_for_space(st, self.ws.root) or st.cancel_requested or not st.requested:
                 self._disk_wait.pop(stage, None)
                 continue
             where = self._disk_of(a)
             free = free_bytes(where)
             if stage not in self._disk_wait:
                 self._disk_wait[stage] = free
+                if (st.waiting or "").startswith("disk full"):
+                    continue  # said before a restart; its free figure is the one seen now
                 self.emit("waiting", stage=stage, reason=f"disk full under {where} ({free >> 20} MiB free): "
                           f"{a.job_id} failed with: {a.error}; resumes when space returns")
             vfs = os.statvfs(where)
@@ -409,7 +416,7 @@ class Supervisor:
         for name in names:
             path = self.ws.commands_dir / name
             cmd, by, error = self._read_command(path)
-            cid = str(cmd.get("id") or name)
+            cid = str(cmd.get("id") or path.stem)
             if cid not in self.state.processed_commands:
                 with self.atomic():
                     if cid not in self.state.received_commands:

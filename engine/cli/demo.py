@@ -24,11 +24,11 @@ from engine.overview import build_overview
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
 from engine.supervisor import (
-    disk_full,
     send_command,
     start_supervisor_detached,
     supervisor_down,
     supervisor_identity,
+    waits_for_space,
     will_resume,
 )
 from engine.workspace import UnsafeWorkspace, Workspace
@@ -47,13 +47,13 @@ def prepare(root: Path) -> Workspace:
     return ws
 
 
-def stuck(spec: PipelineSpec, state: PipelineState) -> bool:
+def stuck(spec: PipelineSpec, state: PipelineState, root: Path) -> bool:
     """Some stage ended for good and nothing else can move: no stage runs, is queued, or ended
     in a way the supervisor takes up again by itself (a resumable crash, a full disk)."""
     ended = False
     for name, entry in spec.stages.items():
         st = state.stage(name)
-        if st.status in ("running", "queued") or will_resume(entry, st) or disk_full(st.latest):
+        if st.status in ("running", "queued") or will_resume(entry, st) or waits_for_space(st, root):
             return False
         ended |= st.status in ("failed", "crashed", "cancelled")
     return ended
@@ -95,7 +95,7 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
             if all(r.status == "done" for r in ov.rows):
                 break
             now = time.monotonic()
-            stuck_since = None if moved or not stuck(spec, state) else stuck_since or now
+            stuck_since = None if moved or not stuck(spec, state, ws.root) else stuck_since or now
             if stuck_since is not None and now - stuck_since >= SETTLE_S:
                 break
             if now - t0 > timeout_s:
