@@ -10,6 +10,7 @@ that line is the job's commit point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,10 +48,12 @@ def rss_bytes(pid: int | None = None) -> int:
 
 
 def _gpu_bytes() -> int | None:
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    """Peak CUDA bytes, asked only of a torch whose CUDA is up; never imports torch (a torch
+    another thread is still importing has no ``cuda`` yet and is not asked)."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    if cuda is None or not getattr(cuda, "is_initialized", lambda: False)():
         return None
-    return int(torch.cuda.max_memory_allocated())
+    return int(cuda.max_memory_allocated())
 
 
 class _ResourceSampler(threading.Thread):
@@ -66,8 +69,16 @@ class _ResourceSampler(threading.Thread):
         self.events.emit("resource", rss=rss, peak_rss=self.peak_rss, gpu=_gpu_bytes())
 
     def run(self) -> None:
+        """Sample until stopped; a failing sample is logged once and sampling goes on."""
+        failed = False
         while not self.stop.wait(RESOURCE_INTERVAL_S):
-            self.sample()
+            try:
+                self.sample()
+            except Exception as exc:  # noqa: BLE001 - the sampler must outlive any probe
+                if not failed:
+                    failed = True
+                    with contextlib.suppress(OSError):
+                        self.events.emit("warning", message=f"resource sampler: {type(exc).__name__}: {exc}")
 
 
 def fault_point(name: str) -> None:
