@@ -1,4 +1,4 @@
-"""The generation interface every backend implements (transformers now, vLLM when installed).
+"""The generation interface every backend implements (transformers; vLLM and llama.cpp when installed).
 
 A request carries the exact text sent to the model (chat template already applied), so a
 record of it is a record of what the model saw. Seeds are per request and per sample
@@ -24,6 +24,7 @@ class GenRequest:
     top_k: int = 0
     seed: int = 0
     n: int = 1
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one generated
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -36,13 +37,15 @@ class GenRequest:
             raise ValueError(f"GenRequest {self.request_id}: top_k must be >= 0, got {self.top_k}")
         if self.n < 1:
             raise ValueError(f"GenRequest {self.request_id}: n must be >= 1, got {self.n}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"GenRequest {self.request_id}: stop must be a tuple of non-empty strings, got {self.stop!r}")
 
 
 @dataclass
 class GenOutput:
     """The ``n`` completions of one request, in sample-index order.
 
-    ``finish_reasons`` entries are ``"stop"`` (a stop token ended it) or ``"length"``
+    ``finish_reasons`` entries are ``"stop"`` (a stop token or stop string ended it) or ``"length"``
     (``max_new_tokens`` reached). ``token_counts`` counts generated tokens, stop token
     included when one was produced.
     """
@@ -65,10 +68,54 @@ class Backend(Protocol):
         ...
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one occurred."""
+    cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def gguf_file(model: Path | str) -> Path | None:
+    """The GGUF file a model path names (a .gguf file, or a directory holding exactly one and no
+    HF config, like the quantize stage's ``gguf`` artifact), else None."""
+    p = Path(model)
+    if p.suffix == ".gguf" and p.is_file():
+        return p
+    if p.is_dir() and not (p / "config.json").exists():
+        found = sorted(p.glob("*.gguf"))
+        if len(found) > 1:
+            raise ValueError(f"{p}: {len(found)} .gguf files ({', '.join(f.name for f in found)}); name one")
+        return found[0] if found else None
+    return None
+
+
+def load_tokenizer(model: Path | str):
+    """The tokenizer prompts are rendered with: a checkpoint's, or the one embedded in a GGUF
+    (transformers rebuilds it from the file, chat template included)."""
+    from transformers import AutoTokenizer
+
+    gguf = gguf_file(model)
+    if gguf is not None:
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(model)
+
+
 def load_backend(
     model_dir: Path | str, backend: str = "transformers", device: str = "auto", dtype: str = "auto"
 ) -> Backend:
-    """Load ``model_dir`` behind the named backend ('transformers' or 'vllm')."""
+    """Load a model behind the named backend ('transformers', 'vllm' or 'llama.cpp').
+
+    A GGUF model (see ``gguf_file``) always runs on llama.cpp: what is evaluated is the file
+    itself; the backend's ``name`` says so in every record.
+    """
+    gguf = gguf_file(model_dir)
+    if gguf is not None:
+        if backend not in ("transformers", "llama.cpp"):
+            raise ValueError(f"{gguf}: a GGUF model runs on the llama.cpp backend, not {backend!r}")
+        from engine.gen.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(gguf, device=device)
+    if backend == "llama.cpp":
+        raise ValueError(f"backend 'llama.cpp' needs a .gguf model, and {model_dir} holds none")
     if backend == "transformers":
         from engine.gen.hf import HFBackend
 
@@ -77,4 +124,4 @@ def load_backend(
         from engine.gen.vllm_backend import VLLMBackend
 
         return VLLMBackend(Path(model_dir), device=device, dtype=dtype)
-    raise ValueError(f"unknown generation backend {backend!r} (expected 'transformers' or 'vllm')")
+    raise ValueError(f"unknown generation backend {backend!r} (expected 'transformers', 'vllm' or 'llama.cpp')")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.gen.base import GenOutput, GenRequest
+from engine.gen.base import GenOutput, GenRequest, cut_at_stop
 from engine.gen.engine import Seq, SlotEngine
 from engine.gen.sampling import sample_key
 
@@ -127,7 +127,8 @@ class HFBackend:
         for s in seqs:
             o = outs[s.req]
             body = s.tokens[:-1] if s.finish == "stop" and s.tokens and s.tokens[-1] in stops else s.tokens
-            o.texts.append(self.tokenizer.decode(body, skip_special_tokens=True))
+            text, hit = cut_at_stop(self.tokenizer.decode(body, skip_special_tokens=True), requests[s.req].stop)
+            o.texts.append(text)  # a stop string cuts the text after generation (the count is not cut)
             o.token_counts.append(len(s.tokens))
-            o.finish_reasons.append(s.finish)
+            o.finish_reasons.append("stop" if hit else s.finish)
         return outs

@@ -53,7 +53,7 @@ class VLLMBackend:
                 params.append(SamplingParams(
                     n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k if r.top_k > 0 else -1,
                     max_tokens=r.max_new_tokens, seed=sample_key(r.seed, j) & 0x7FFFFFFF,
-                    stop_token_ids=self.stop_ids, skip_special_tokens=True))
+                    stop_token_ids=self.stop_ids, stop=list(r.stop) or None, skip_special_tokens=True))
                 owners.append(ri)
         outs = [GenOutput(r.request_id, [], [], []) for r in requests]
         for ri, res in zip(owners, self.llm.generate(prompts, params, use_tqdm=False), strict=True):
