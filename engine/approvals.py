@@ -1,61 +1,99 @@
 """Approvals of gated stages: granted on named evidence, lapsed when it changes.
 
-The evidence of a stage is the identity of what it would consume (the content
-hash of each input artifact, or a size/mtime fingerprint of a user path) and the
-verdicts of its work item's acceptance criteria with the checkpoint hashes they
-were computed on. An approval holds the evidence the approver saw; once any of it
-changes (a new checkpoint hash, a new result), the approval no longer applies.
+The evidence of a stage is the identity of what it would consume (the verified content
+hash of each input) and the verdicts of its work item's acceptance criteria with the
+checkpoint hashes and ledger records they were computed on. An approval holds the
+evidence the approver saw; once any of it changes (a new checkpoint hash, a new
+result, bytes replaced in place), the approval no longer applies and the stages it
+released are revoked: their artifacts are not offered for upload.
+
+A criterion that does not pass (fail, no data, stale) cannot be approved without an
+explicit override with a reason; the override is journaled with the approval and shown
+wherever the approval is.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
-from engine.gates import evaluate_gates
-from engine.refs import resolve_ref
-from engine.spec import REF_RE, PipelineSpec
+from engine.gates import CorruptArtifact, HashCache, checkpoint_hash, evaluate_gates
+from engine.spec import PipelineSpec
 from engine.workspace import Workspace
 
 
-def ref_fingerprint(spec: PipelineSpec, ws: Workspace, ref: str) -> str | None:
-    """Content hash of a stage artifact, or a cheap fingerprint of a user path."""
-    m = REF_RE.match(ref)
-    if m is None:
-        return None
-    if m.group(1) == "model" and spec.models[m.group(2)].artifact:
-        return ref_fingerprint(spec, ws, spec.models[m.group(2)].artifact)
-    if m.group(3):
-        manifest = ws.manifest(m.group(3), m.group(4))
-        return manifest["sha256"] if manifest else None
-    path = Path(resolve_ref(spec, ws, ref))
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return "fp:" + h.hexdigest()
-
-
-def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str) -> dict[str, Any]:
-    """What an approver of ``stage`` is shown and signs: its inputs' hashes."""
+def gated_criteria(spec: PipelineSpec, stage: str) -> list[str]:
+    """The acceptance criteria an approval of ``stage`` answers for (its work item's)."""
     entry = spec.stages[stage]
-    evidence: dict[str, Any] = {"inputs": {name: ref_fingerprint(spec, ws, ref) for name, ref in sorted(entry.inputs.items())}}
-    acs = spec.work_items[entry.work_item].acceptance if entry.work_item else []
+    return list(spec.work_items[entry.work_item].acceptance) if entry.work_item else []
+
+
+def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str, *, full: bool = False,
+                   persist: bool = False) -> dict[str, Any]:
+    """What an approver of ``stage`` is shown and signs: its inputs' hashes and its gates.
+
+    ``full`` re-hashes every byte (an approval being granted); otherwise unchanged
+    files are taken from the hash cache. A corrupt input shows as ``corrupt: why``.
+    """
+    entry = spec.stages[stage]
+    cache = HashCache(ws, persist=persist, full=full)
+    inputs: dict[str, str | None] = {}
+    for name, ref in sorted(entry.inputs.items()):
+        try:
+            inputs[name] = checkpoint_hash(spec, ws, ref, cache)
+        except CorruptArtifact as exc:
+            inputs[name] = f"corrupt: {exc}"
+    cache.save()
+    evidence: dict[str, Any] = {"inputs": inputs}
+    acs = gated_criteria(spec, stage)
     if acs:
-        verdicts = evaluate_gates(spec, ws)
+        verdicts = evaluate_gates(spec, ws, full_hash=full, persist_cache=persist)
         evidence["gates"] = {ac: {"outcome": verdicts[ac].outcome, "checkpoints": verdicts[ac].checkpoints,
                                   "records": verdicts[ac].evidence} for ac in acs}
     return evidence
 
 
-def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> bool:
-    """True when an approval exists and the evidence it named is still the evidence now."""
+def check_approvable(spec: PipelineSpec, ws: Workspace, stage: str,
+                     override: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """(evidence re-hashed in full, None) when ``stage`` may be approved now, else (evidence, why not).
+
+    A corrupt input is never approvable; a gate that is not PASS needs ``override``, a
+    non-empty reason, which the approval then carries.
+    """
     if spec.stages[stage].approval != "required":
-        return True
+        return {}, f"stage {stage} needs no approval"
+    evidence = stage_evidence(spec, ws, stage, full=True, persist=True)
+    corrupt = [v for v in evidence["inputs"].values() if isinstance(v, str) and v.startswith("corrupt: ")]
+    if corrupt:
+        return evidence, f"cannot approve {stage}: {corrupt[0].removeprefix('corrupt: ')}"
+    failing = {ac: g["outcome"] for ac, g in evidence.get("gates", {}).items() if g["outcome"] != "pass"}
+    if failing and not (override or "").strip():
+        shown = ", ".join(f"{ac} is {o.upper().replace('_', ' ')}" for ac, o in failing.items())
+        return evidence, f"cannot approve {stage}: {shown}; approving anyway needs --override \"REASON\""
+    return evidence, None
+
+
+def evidence_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the evidence an approval named and the evidence now."""
+    out = []
+    for section in ("inputs", "gates"):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        out.extend(f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+    return out
+
+
+def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> str | None:
+    """Why a gated stage's output is revoked (its approval lapsed), or None when it stands."""
+    if spec.stages[stage].approval != "required":
+        return None
     if approval is None:
-        return False
-    return approval.get("evidence") == stage_evidence(spec, ws, stage)
+        return f"{stage} has no approval"
+    now = stage_evidence(spec, ws, stage)
+    if approval.get("evidence") == now:
+        return None
+    changed = ", ".join(evidence_changes(approval.get("evidence") or {}, now)) or "evidence"
+    return f"approval of {stage} lapsed ({changed} changed): revoked"
+
+
+def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> bool:
+    """True when ``stage`` needs no approval, or its approval names the evidence there is now."""
+    return revoked(spec, ws, stage, approval) is None

@@ -1,11 +1,14 @@
 """Acceptance gates: expressions over results of the checkpoint they name, and nothing else.
 
 A criterion's names are benchmarks (``humaneval.pass_at_1``) of its checkpoint, or
-aliases of several checkpoints (``fp16.humaneval.pass_at_1``). Only ledger records
-whose ``model_hash`` is the checkpoint's current content hash count (and whose
-protocol contains the criterion's ``protocol`` when it sets one): a result of
-another model, however good, never satisfies a gate. Outcomes: pass, fail,
-no_data, stale (records exist only for an older version of that checkpoint).
+aliases of several checkpoints (``fp16.humaneval.pass_at_1``). A ledger record counts
+only with provenance (committed by a job of this workspace, in the intact part of the
+ledger's hash chain), when its ``model_hash`` is the checkpoint's verified content hash
+(bytes hashed, agreeing with the manifest) and, for a code benchmark, when it was
+measured under the criterion's protocol (id and digest), on the pinned data, over the
+whole task set, with numbers that recompute from its per-problem outcomes. Every other
+record of that checkpoint is listed in ``ignored`` with the reason. Outcomes: pass,
+fail, no_data, stale (records exist only for an older checkpoint or protocol).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from engine.events import read_events
+from engine.data import protocols
+from engine.data.protocols import Protocol
 from engine.refs import resolve_ref
+from engine.results import DEFAULT_PROTOCOL, incomparable, ledger_entries
 from engine.spec import REF_RE, Criterion, PipelineSpec
-from engine.workspace import Workspace, atomic_write_json, content_hash
+from engine.workspace import Workspace, atomic_write_json, manifest_digest, sha256_file, tree_files
 
 
 def metric_key(name: str) -> str:
@@ -38,7 +43,8 @@ class GateResult:
     description: str
     values: dict[str, float] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
-    evidence: list[str] = field(default_factory=list)  # ledger record ids
+    evidence: list[str] = field(default_factory=list)  # ids of the ledger records that count
+    ignored: list[str] = field(default_factory=list)  # "ledger:N (bench): ignored: why" for the others
     checkpoints: dict[str, str | None] = field(default_factory=dict)  # alias -> content hash
     newest_record_ts: float | None = None
     reason: str = ""
@@ -109,64 +115,116 @@ def evaluate_expr(expr: str, lookup) -> Any:
     return ev(ast.parse(expr, mode="eval"))
 
 
-class HashCache:
-    """Content hashes of user paths, keyed by a size/mtime fingerprint, kept in the workspace
-    (in memory only when ``persist`` is off: a read-only console writes nothing)."""
+class CorruptArtifact(ValueError):
+    """An artifact whose bytes disagree with its manifest: never a hash to trust."""
 
-    def __init__(self, ws: Workspace, *, persist: bool = True) -> None:
+
+class HashCache:
+    """sha256 of files, reused only while a file's (device, inode, size, mtime_ns, ctime_ns)
+    is unchanged: a file replaced in place, even with its size and mtime restored, has a
+    new ctime. ``full`` re-hashes every byte (approval, submission); only callers that
+    own the workspace ``persist`` the cache (a read-only console or status writes nothing).
+    """
+
+    _memory: ClassVar[dict[str, list[Any]]] = {}  # shared by the callers of one process
+
+    def __init__(self, ws: Workspace, *, persist: bool = False, full: bool = False) -> None:
         self.path = ws.root / "state" / "hash-cache.json"
-        self.persist = persist
+        self.persist, self.full, self.dirty = persist, full, False
         try:
-            self.data: dict[str, Any] = json.loads(self.path.read_text())
+            self.data: dict[str, list[Any]] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.data = {}
 
-    def get(self, path: Path) -> str:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        fp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        hit = self.data.get(str(path))
-        if hit and hit["fp"] == [list(x) for x in fp]:
-            return hit["hash"]
-        h = content_hash(path)
-        self.data[str(path)] = {"fp": fp, "hash": h}
-        if self.persist:
+    @staticmethod
+    def _fingerprint(path: Path) -> list[int]:
+        st = path.stat()
+        return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def file_hash(self, path: Path) -> str:
+        key, fp = str(path), self._fingerprint(path)
+        hit = None if self.full else (self._memory.get(key) or self.data.get(key))
+        if isinstance(hit, list) and len(hit) == 2 and hit[0] == fp:
+            return str(hit[1])
+        digest = sha256_file(path)
+        if self._fingerprint(path) == fp:  # unchanged while it was read: worth remembering
+            self._memory[key] = self.data[key] = [fp, digest]
+            self.dirty = True
+        return digest
+
+    def content_hash(self, path: Path) -> str:
+        """``engine.workspace.content_hash`` of a file or directory, through the cache."""
+        path = Path(path)
+        if path.is_file():
+            return self.file_hash(path)
+        return manifest_digest({p.relative_to(path).as_posix(): {"sha256": self.file_hash(p)} for p in tree_files(path)})
+
+    def save(self) -> None:
+        if self.persist and self.dirty:
             atomic_write_json(self.path, self.data)
-        return h
+            self.dirty = False
 
 
 def checkpoint_hash(spec: PipelineSpec, ws: Workspace, ref: str, cache: HashCache) -> str | None:
-    """Current content hash of a checkpoint reference (None if it does not exist yet)."""
+    """Verified content hash of a reference (None if it does not exist yet).
+
+    A stage artifact's bytes are hashed and must agree with its manifest; a manifest
+    that disagrees (weights replaced in place) raises ``CorruptArtifact``.
+    """
     m = REF_RE.match(ref)
     if m and m.group(1) == "model" and spec.models[m.group(2)].artifact:
         return checkpoint_hash(spec, ws, spec.models[m.group(2)].artifact, cache)
     if m and m.group(3):
-        manifest = ws.manifest(m.group(3), m.group(4))
-        return manifest["sha256"] if manifest else None
+        mpath = ws.manifest_path(m.group(3), m.group(4))
+        try:
+            manifest = ws.manifest(m.group(3), m.group(4))
+        except (OSError, ValueError) as exc:
+            raise CorruptArtifact(f"{mpath}: unreadable manifest ({exc}): a corrupt artifact") from None
+        if manifest is None:
+            return None
+        path = ws.artifact_path(m.group(3), m.group(4))
+        if not path.exists():
+            raise CorruptArtifact(f"{path}: missing, though {mpath.name} lists it: a corrupt artifact")
+        digest = cache.content_hash(path)
+        if digest != manifest.get("sha256"):
+            raise CorruptArtifact(f"{path}: content sha256 {digest[:12]} differs from its manifest's "
+                                  f"{str(manifest.get('sha256'))[:12]}: a corrupt artifact (re-run {m.group(3)})")
+        return digest
     path = Path(resolve_ref(spec, ws, ref, ws.spec_path.parent))
-    return cache.get(path) if path.exists() else None
+    return cache.content_hash(path) if path.exists() else None
 
 
 def read_ledger(ws: Workspace) -> list[dict[str, Any]]:
-    """Ledger records, each with an ``id`` (its line number) for evidence."""
-    out = []
-    for i, rec in enumerate(read_events(ws.ledger_path), start=1):
-        out.append({"id": rec.get("id") or f"ledger:{i}", **rec})
-    return out
+    """Ledger records with ``id`` (ledger:LINE), ``digest`` and ``ignored`` (why not counted)."""
+    return ledger_entries(ws)
 
 
-def _protocol_matches(record: dict[str, Any], want: dict[str, Any]) -> bool:
-    proto = record.get("protocol") or {}
-    return all(proto.get(k) == v for k, v in want.items())
+def criterion_protocol(crit: Criterion, bench: str) -> Protocol | None:
+    """The protocol a criterion reads ``bench`` under: its pin (an id, or {id, overrides}),
+    else the official protocol of a code benchmark, else none (no protocol to match)."""
+    pin = (crit.protocol or {}).get(bench)
+    if pin is None:
+        return protocols.get(DEFAULT_PROTOCOL[bench]) if bench in DEFAULT_PROTOCOL else None
+    if isinstance(pin, str):
+        return protocols.get(pin)
+    overrides = {k: v for k, v in pin.items() if k not in ("id", "data_sha256")}
+    return protocols.resolve(pin["id"], data_sha256=pin.get("data_sha256"), overrides=overrides)
 
 
 def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Criterion,
                        ledger: list[dict[str, Any]], cache: HashCache) -> GateResult:
     refs = {"": crit.checkpoint} if crit.checkpoint else dict(crit.checkpoints)
-    hashes = {alias: checkpoint_hash(spec, ws, ref, cache) for alias, ref in refs.items()}
+    res = GateResult(name, "no_data", crit.expr, crit.description)
+    corrupt = []
+    for alias, ref in refs.items():
+        try:
+            res.checkpoints[alias] = checkpoint_hash(spec, ws, ref, cache)
+        except CorruptArtifact as exc:
+            res.checkpoints[alias] = None
+            corrupt.append(str(exc))
+    hashes = res.checkpoints
     paths = {alias: resolve_ref(spec, ws, ref, ws.spec_path.parent) for alias, ref in refs.items()}
-    res = GateResult(name, "no_data", crit.expr, crit.description, checkpoints=hashes)
-    want = crit.protocol
-    stale: set[str] = set()
+    stale: dict[str, str] = {}
     missing: set[str] = set()
 
     def lookup(dotted: str) -> float | None:
@@ -175,13 +233,24 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
         if alias not in refs or len(parts) != 2:
             raise ValueError(f"{name}: name {dotted!r} is not CHECKPOINT.BENCHMARK.METRIC")
         bench, metric = parts
-        h = hashes[alias]
-        recs = [r for r in ledger if r.get("benchmark") == bench and _protocol_matches(r, want)]
-        mine = [r for r in recs if h is not None and r.get("model_hash") == h
-                and any(metric_key(k) == metric for k in (r.get("metrics") or {}))]
+        h, proto = hashes[alias], criterion_protocol(crit, bench)
+        mine = []
+        for r in ledger:
+            if r.get("benchmark") != bench or not any(metric_key(k) == metric for k in (r.get("metrics") or {})):
+                continue
+            if h is None or r.get("model_hash") != h:
+                if r.get("model_path") == paths[alias] and not r["ignored"]:
+                    stale[dotted] = "results are of an older version of the checkpoint"
+                continue
+            why = (("provenance", r["ignored"]) if r["ignored"] else incomparable(r, proto) if proto else None)
+            if why is None:
+                mine.append(r)
+            elif why[0] == "protocol":
+                stale[dotted] = f"protocol changed: {why[1].removeprefix('protocol differs: ')}"
+                res.ignored.append(f"{r['id']} ({bench}): ignored: {why[1]}")
+            else:
+                res.ignored.append(f"{r['id']} ({bench}): ignored: {why[1]}")
         if not mine:
-            if any(r.get("model_path") == paths[alias] for r in recs):
-                stale.add(dotted)
             missing.add(dotted)
             return None
         rec = mine[-1]
@@ -194,22 +263,34 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
     ok = evaluate_expr(crit.expr, lookup)
     res.missing = sorted(missing)
     res.evidence = sorted(set(res.evidence))
+    res.ignored = sorted(set(res.ignored), key=res.ignored.index)
     shown = ", ".join(f"{k} = {v:.4g}" for k, v in res.values.items())
-    gap = f"{'stale' if stale else 'no data'}: {', '.join(res.missing)}"
+    stale_missing = [m for m in res.missing if m in stale]
+    gap = "; ".join([*(f"stale: {m} ({stale[m]})" for m in stale_missing),
+                     *(f"no data: {m}" for m in res.missing if m not in stale), *corrupt])
     if ok is None:
-        res.outcome = "stale" if stale else "no_data"
+        res.outcome = "stale" if stale_missing and not corrupt else "no_data"
         res.reason = gap + (f" (have {shown})" if shown else "")
     else:
         res.outcome = "pass" if ok else "fail"
-        res.reason = f"{'holds' if ok else 'fails'}: {crit.expr} with {shown}" + (f"; {gap}" if missing else "")
+        res.reason = f"{'holds' if ok else 'fails'}: {crit.expr} with {shown}" + (f"; {gap}" if gap else "")
+    if res.ignored:
+        res.reason += f"; {len(res.ignored)} record(s) ignored"
     return res
 
 
-def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = True) -> dict[str, GateResult]:
-    """Verdict of every acceptance criterion of the spec, now."""
-    ledger = read_ledger(ws)
-    cache = HashCache(ws, persist=persist_cache)
-    return {name: evaluate_criterion(spec, ws, name, crit, ledger, cache) for name, crit in spec.acceptance.items()}
+def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = False,
+                   full_hash: bool = False) -> dict[str, GateResult]:
+    """Verdict of every acceptance criterion of the spec, now.
+
+    ``full_hash`` re-hashes every checkpoint byte (approval, submission);
+    ``persist_cache`` lets a caller that owns the workspace keep the hash cache.
+    """
+    ledger = ledger_entries(ws)
+    cache = HashCache(ws, persist=persist_cache, full=full_hash)
+    out = {name: evaluate_criterion(spec, ws, name, crit, ledger, cache) for name, crit in spec.acceptance.items()}
+    cache.save()
+    return out
 
 
 def age_s(result: GateResult) -> float | None:

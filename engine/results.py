@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.chain import append_chained, last_line, line_digest, verify_chain
+from engine.data.protocols import Protocol, digest_of
+from engine.data.protocols import diff as protocol_diff
 from engine.events import read_events
 from engine.workspace import Workspace, ensure_dir
 
@@ -219,3 +221,54 @@ def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
                             "ignored": f"after the break of the ledger's chain at line {chain.broken_line} "
                                        "(`pmat verify --accept` once checked)"})
     return out
+
+
+# -- comparability with a criterion's protocol ------------------------------------------------
+
+# the protocol a criterion reads for a code benchmark unless it pins another
+DEFAULT_PROTOCOL = {"humaneval": "humaneval", "humaneval_plus": "humaneval_plus", "mbpp": "mbpp_leaderboard",
+                    "mbpp_plus": "mbpp_plus"}
+
+
+def sample_passed(sample: Any) -> bool:
+    """A sample's outcome: a status string, or a dict with ``status`` or ``base``/``plus``."""
+    if isinstance(sample, str):
+        return sample == "passed"
+    if isinstance(sample, dict):
+        if "status" in sample:
+            return sample["status"] == "passed"
+        return sample.get("base") == "passed" and sample.get("plus", "passed") == "passed"
+    return False
+
+
+def incomparable(record: dict[str, Any], proto: Protocol) -> tuple[str, str] | None:
+    """Why a record cannot stand for ``proto`` (kind, reason), or None when it can.
+
+    Kinds: "protocol" (another protocol: the record is stale for this criterion), "data"
+    (not the pinned dataset), "coverage" (not the whole task set), "summary" (its
+    numbers do not recompute from its per-problem outcomes).
+    """
+    want = proto.as_dict()
+    have = record.get("protocol") if isinstance(record.get("protocol"), dict) else {}
+    if record.get("protocol_id") != proto.id:
+        return "protocol", f"protocol {record.get('protocol_id')!r} is not {proto.id!r}"
+    if record.get("protocol_digest") != proto.digest() or digest_of(have) != proto.digest():
+        return "protocol", f"protocol differs: {'; '.join(protocol_diff(have, want)) or 'digest'}"
+    if not isinstance(record.get("dataset_hash"), str) or not proto.accepts_data(record["dataset_hash"]):
+        return "data", f"dataset sha256 {str(record.get('dataset_hash'))[:12]} is not the pinned {str(proto.data_sha256)[:12]}"
+    per = record.get("per_problem")
+    if not isinstance(per, dict) or not all(isinstance(v, list) for v in per.values()):
+        return "coverage", "no per-problem outcomes"
+    if len(per) != proto.n_tasks or record.get("n_problems") != proto.n_tasks:
+        return "coverage", f"{len(per)} of {proto.n_tasks} tasks"
+    if any(len(v) != proto.n for v in per.values()):
+        return "coverage", f"not {proto.n} sample(s) for every task"
+    counts = [(len(v), sum(sample_passed(s) for s in v)) for v in per.values()]
+    metrics = record.get("metrics") or {}
+    ks = [int(k[5:]) for k in metrics if k.startswith("pass@") and k[5:].isdigit()]
+    again = pass_metrics(counts, ks)
+    for name in sorted(metrics):
+        if name.startswith("pass@") and (name not in again or abs(again[name] - float(metrics[name])) > 1e-9):
+            return "summary", (f"{name} {metrics[name]} does not recompute from its per-problem outcomes "
+                               f"({again.get(name)})")
+    return None
