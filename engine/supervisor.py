@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.approvals import approval_current, stage_evidence
+from engine.approvals import approval_current, check_approvable
 from engine.chain import append_chained
 from engine.dag import topo_order, why_not_running
 from engine.memory import GIB, admission_headroom, meminfo
@@ -512,14 +512,18 @@ class Supervisor:
         stages = self._approval_targets(str(args.get("target")))
         if isinstance(stages, str):
             return stages
-        for s in stages:
-            if self.spec.stages[s].approval != "required":
-                return f"stage {s} needs no approval"
-            current = stage_evidence(self.spec, self.ws, s)
+        override = str(args.get("override") or "").strip() or None
+        granted = []
+        for s in stages:  # engine.approvals decides: a gate that does not pass needs an override
+            current, refusal = check_approvable(self.spec, self.ws, s, override)
+            if refusal:
+                return refusal
             seen = args.get("evidence")
             if seen is not None and seen != current:
                 return f"evidence for {s} changed since it was shown; review it again"
-            self.emit("approval_granted", target=s, by=by, evidence=current, note=args.get("note", ""))
+            granted.append((s, current))
+        for s, current in granted:
+            self.emit("approval_granted", target=s, by=by, evidence=current, note=args.get("note", ""), override=override)
         return None
 
     def _job_of(self, target: str) -> str | None:
