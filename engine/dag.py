@@ -8,6 +8,8 @@ from graphlib import TopologicalSorter
 from engine.spec import GIB, PipelineSpec
 from engine.state import PipelineState
 
+TIE_DIGITS = 2  # chain lengths that agree to two significant digits tie
+
 
 def topo_order(spec: PipelineSpec) -> list[str]:
     """Stages in dependency order, ties broken by their order in the spec."""
@@ -48,24 +50,39 @@ def learned_durations(spec: PipelineSpec, state: PipelineState | None) -> dict[s
     return out
 
 
-def critical_path(spec: PipelineSpec, state: PipelineState | None = None, *, remaining: bool = False) -> tuple[list[str], float]:
+def critical_path(
+    spec: PipelineSpec,
+    state: PipelineState | None = None,
+    *,
+    remaining: bool = False,
+    left_h: dict[str, float] | None = None,
+) -> tuple[list[str], float]:
     """The longest chain of stages by (learned) duration; hours along it.
 
-    With ``remaining``, finished stages count zero: the path that still bounds the finish.
+    With ``remaining``, finished stages count zero and ``left_h`` gives the hours still to go
+    of stages under way (their ETA): the path that still bounds the finish. Chain lengths are
+    compared at ``TIE_DIGITS`` significant digits and ties go to the stage first in the spec,
+    so ETA jitter does not make the path hop between branches from one refresh to the next.
     """
     dur = learned_durations(spec, state)
     if remaining and state is not None:
         for name, st in state.stages.items():
             if st.done and name in dur:
                 dur[name] = 0.0
+        dur.update({k: v for k, v in (left_h or {}).items() if k in dur})
+    rank = {name: i for i, name in enumerate(spec.stages)}
     best: dict[str, tuple[float, str | None]] = {}
+
+    def longest(names: list[str]) -> str:
+        return max(names, key=lambda d: (float(f"{best[d][0]:.{TIE_DIGITS}g}"), -rank[d]))
+
     for s in topo_order(spec):
         deps = spec.deps(s)
-        prev = max(deps, key=lambda d: best[d][0]) if deps else None
+        prev = longest(deps) if deps else None
         best[s] = ((best[prev][0] if prev else 0.0) + dur[s], prev)
     if not best:
         return [], 0.0
-    end = max(best, key=lambda s: best[s][0])
+    end = longest(list(best))
     path = [end]
     while (p := best[path[-1]][1]) is not None:
         path.append(p)

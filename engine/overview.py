@@ -5,16 +5,37 @@ Shared by ``pmat status`` and the console so both say the same thing.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from engine.approvals import approval_current
 from engine.dag import critical_path, topo_order, why_not_running
-from engine.spec import PipelineSpec
-from engine.state import PipelineState
+from engine.spec import PipelineSpec, load_spec, parse_spec
+from engine.state import PipelineState, StageState
 from engine.supervisor import supervisor_identity
 from engine.workspace import Workspace
+
+
+def load_spec_fast(path: Path, *, check_params: bool = True) -> PipelineSpec:
+    """``load_spec`` with libyaml's parser (10x faster on a 200-stage spec); errors come from ``load_spec``.
+
+    ``check_params=False`` checks keys, references and cycles but not each stage's parameters
+    against its module's ``Params``: importing every stage module pulls in torch and
+    transformers (~4 s), which the console must not wait for before its first frame. The
+    console runs the full check (``pmat check``) in a background process.
+    """
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            return parse_spec(yaml.load(path.read_text(), Loader=loader), str(path), check_params=check_params)
+        except (OSError, yaml.YAMLError, TypeError, ValueError):
+            pass  # load_spec says what is wrong, in its one-line form
+    return load_spec(path)
 
 
 @dataclass
@@ -40,6 +61,7 @@ class StageRow:
     job_id: str | None
     error: str | None = None
     rates: list[float] = field(default_factory=list)
+    eta_pm_s: float | None = None  # the ETA's uncertainty (one standard error), seconds
 
 
 @dataclass
@@ -51,15 +73,88 @@ class Overview:
     critical_hours: float
     remaining_hours: float
     rows: list[StageRow]
+    left_s: float = 0.0  # to the end of the remaining critical path, running stages by their ETA
+
+    def counts(self) -> dict[str, int]:
+        """Stages running, blocked on a person or on memory, failed, done, and in all."""
+        out = {"running": 0, "blocked": 0, "failed": 0, "done": 0, "total": len(self.rows)}
+        for r in self.rows:
+            if r.status in out:
+                out[r.status] += 1
+            elif r.status in ("crashed",):
+                out["failed"] += 1
+            elif r.reason_kind in BLOCKING:
+                out["blocked"] += 1
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+BLOCKING = ("needs_approval", "memory", "failed_dependency")
+EW_TAU_MIN_S = 10.0  # the smoothing time constant: at least this, else 30% of the progress seen
+EW_TAU_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class Eta:
+    """A running stage's rate (units/s), seconds to go and their uncertainty (seconds)."""
+
+    rate: float | None = None
+    eta_s: float | None = None
+    pm_s: float | None = None
+
+
+def _intervals(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(seconds, units) between progress events of one attempt; a pause with no progress
+    joins the next interval; the first interval (loading, compiling: warm-up) is dropped
+    once a later one exists."""
+    out: list[tuple[float, float]] = []
+    acc_t = 0.0
+    for (t0, d0), (t1, d1) in zip(points, points[1:], strict=False):
+        acc_t += max(t1 - t0, 0.0)
+        if d1 > d0 and acc_t > 0:
+            out.append((acc_t, d1 - d0))
+            acc_t = 0.0
+        elif d1 < d0:  # the count went back (a restarted phase): start over
+            out, acc_t = [], 0.0
+    return out[1:] if len(out) > 1 else out
+
+
+def estimate(st: StageState, now: float) -> Eta:
+    """Rate and ETA from the job's own progress events: an exponentially weighted rate (time
+    constant ``EW_TAU_*``) over the last two attempts, warm-up excluded, shown from the second
+    progress event on; the uncertainty is the weighted spread of the interval rates over the
+    square root of their effective number, and at least 1/n of the ETA after n intervals."""
+    a = st.latest
+    if a is None or not a.total or a.outcome is not None:
+        return Eta()
+    spans = [_intervals(list(b.progress)) for b in st.attempts[-2:]]
+    ivs = [iv for span in spans for iv in span]
+    if not ivs:
+        return Eta()
+    tau = max(EW_TAU_MIN_S, EW_TAU_SHARE * sum(dt for dt, _ in ivs))
+    ew_t = ew_d = w1 = w2 = wr = wr2 = 0.0  # decayed sums: time, units, weights, weights², weighted rates, rates²
+    for dt, dd in ivs:
+        decay = math.exp(-dt / tau)
+        ew_t, ew_d = ew_t * decay + dt, ew_d * decay + dd
+        w1, w2 = w1 * decay + dt, w2 * decay * decay + dt * dt
+        wr, wr2 = wr * decay + dd, wr2 * decay + dd * dd / dt
+    rate = ew_d / ew_t
+    spread = math.sqrt(max(wr2 / w1 - (wr / w1) ** 2, 0.0))
+    n_eff = w1 * w1 / w2
+    rel = min(1.0, max(spread / rate / math.sqrt(n_eff), 1 / len(ivs)))
+    last_ts = a.progress[-1][0] if a.progress else now
+    eta = max(0.0, (a.total - a.done) / rate - max(0.0, now - last_ts))
+    return Eta(rate, eta, eta * rel)
+
+
 def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now: float | None = None) -> Overview:
     now = now or time.time()
+    etas = {name: estimate(st, now) for name, st in state.stages.items() if st.status == "running"}
     path, hours = critical_path(spec, state)
-    _, remaining = critical_path(spec, state, remaining=True)
+    left_h = {name: e.eta_s / 3600 for name, e in etas.items() if e.eta_s is not None}
+    _, remaining = critical_path(spec, state, remaining=True, left_h=left_h)
     on_path = set(path)
     rows = []
     for name in topo_order(spec):
@@ -70,7 +165,7 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
         b = why_not_running(spec, state, name, approved=approved)
         # the supervisor's journaled reason knows the memory figures; the DAG knows the rest
         reason = st.waiting if b.kind == "queued" and st.waiting else b.text
-        rate, eta = st.rate_eta(now)
+        e = etas.get(name, Eta())
         elapsed = None
         if a and a.started_at:
             elapsed = (a.finished_at or now) - a.started_at
@@ -85,8 +180,8 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
             done=a.done if a else None,
             total=a.total if a else None,
             unit=a.unit if a else "",
-            rate_per_h=rate * 3600 if rate else None,
-            eta_s=eta,
+            rate_per_h=e.rate * 3600 if e.rate else None,
+            eta_s=e.eta_s,
             elapsed_s=elapsed,
             rss=a.rss if a and a.running else 0,
             peak_rss=a.peak_rss if a else 0,
@@ -96,6 +191,8 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
             job_id=a.job_id if a else None,
             error=a.error if a else None,
             rates=[r * 3600 for r in st.rate_series()],
+            eta_pm_s=e.pm_s,
         ))
     ident = supervisor_identity(ws)
-    return Overview(str(ws.root), spec.name, ident.pid if ident else None, path, hours, remaining, rows)
+    return Overview(str(ws.root), spec.name, ident.pid if ident else None, path, hours, remaining, rows,
+                    left_s=remaining * 3600)

@@ -174,3 +174,22 @@ def write_bench(root: Path, jobs: int = 200, events: int = 100_000, running: int
              done_at_end=per_job - (per_job // 2 if live else 0))
     j.close()
     return ws
+
+
+def write_finished_demo(root: Path, spec_path: Path) -> Workspace:
+    """A workspace of ``spec_path`` (e.g. the demo pipeline) whose every stage ran once: training
+    stages with a loss and a margin per step, the rest with progress and resource ticks."""
+    ws = Workspace(root).init()
+    ws.spec_path.write_text(spec_path.read_text())
+    stages = yaml.safe_load(spec_path.read_text())["stages"]
+    j = _Log(ws.journal_path)
+    j.emit(T0, "supervisor_started", **FAKE_IDENT)
+    t = T0 + 10
+    for stage, entry in stages.items():
+        j.emit(T0 + 1, "queued", stage=stage, reason="requested by fixture")
+        train = entry.get("kind") in ("sft", "dpo", "distill")
+        _job(ws, j, stage, 1, t, end=t + 60, outcome="ok", total=40, unit="steps", step_s=1.5, done_at_end=40,
+             metrics=train)
+        t += 61
+    j.close()
+    return ws

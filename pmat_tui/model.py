@@ -14,17 +14,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from engine.approvals import stage_evidence
 from engine.cli._common import fmt_duration
 from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
-from engine.overview import Overview, StageRow, build_overview
-from engine.spec import GIB, PipelineSpec, load_spec, parse_spec
+from engine.overview import Overview, StageRow, build_overview, load_spec_fast
+from engine.spec import GIB, PipelineSpec
 from engine.state import Attempt, PipelineState
 from engine.supervisor import send_command, supervisor_identity
 from engine.workspace import Workspace
@@ -50,23 +47,6 @@ GATE_STYLE = {
     "stale": ("↻", "yellow"),
 }
 SUPERVISOR_CHECK_S = 5.0
-
-
-def load_spec_fast(path: Path, *, check_params: bool = True) -> PipelineSpec:
-    """``load_spec`` with libyaml's parser (10x faster on a 200-stage spec); errors come from ``load_spec``.
-
-    ``check_params=False`` checks keys, references and cycles but not each stage's parameters
-    against its module's ``Params``: importing every stage module pulls in torch and
-    transformers (~4 s), which the console must not wait for before its first frame. The
-    console runs the full check (``pmat check``) in a background process.
-    """
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is not None:
-        try:
-            return parse_spec(yaml.load(path.read_text(), Loader=loader), str(path), check_params=check_params)
-        except (OSError, yaml.YAMLError, TypeError, ValueError):
-            pass  # load_spec says what is wrong, in its one-line form
-    return load_spec(path)
 
 
 def status_mark(row: StageRow) -> tuple[str, str]:

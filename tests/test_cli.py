@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import yaml
 
@@ -47,4 +48,75 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     res = pmat("init", tmp_path / "ws", "--pipeline", "demo", check=False)
     assert res.returncode == 2 and "already exists" in res.stderr
     res = pmat("logs", "nojob", "-w", tmp_path / "ws", check=False)
-    assert res.returncode == 2 and "no log for job" in res.stderr
+    assert res.returncode == 2 and "unknown stage or job 'nojob'" in res.stderr
+
+
+def _two_stage_ws(tmp_path):
+    ws = Workspace(tmp_path / "ws").init()
+    step = {"kind": "command", "params": {"argv": ["{python}", "-c", "print('PMAT_PROGRESS 3 3 items')"]}, "memory_gb": 0.1}
+    ws.spec_path.write_text(yaml.safe_dump({
+        "name": "cli", "work_items": {"W-1": {"title": "w", "acceptance": ["AC-001"]}},
+        "stages": {"first": {**step, "duration_h": 1},
+                   "gated": {**step, "duration_h": 1, "after": ["first"], "approval": "required", "work_item": "W-1"}},
+        "acceptance": {"AC-001": {"description": "d", "work_item": "W-1", "checkpoint": "first.output",
+                                  "expr": "x.y >= 1"}}}))
+    assert run_inline(ws, "first", "command", step["params"]) == "ok"
+    return ws
+
+
+def test_refusals_exit_2_with_did_you_mean_without_a_supervisor(tmp_path):
+    ws = _two_stage_ws(tmp_path)
+    for args, said in ((("logs", "frist"), "did you mean first"), (("run", "gatd"), "did you mean gated"),
+                       (("approve", "AC-01"), "did you mean AC-001"), (("retry", "frst"), "did you mean first"),
+                       (("cancel", "first"), "first is done; nothing to cancel"),
+                       (("retry", "first"), "nothing to retry"), (("run", "first"), "nothing to start"),
+                       (("approve", "first"), "needs no approval"), (("logs", "gated"), "has not run yet")):
+        res = pmat(*args, "-w", ws.root, check=False)
+        assert res.returncode == 2 and said in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
+    assert list(ws.commands_dir.iterdir()) == []  # nothing was queued for a supervisor
+
+
+def test_json_errors_are_json(tmp_path):
+    res = pmat("status", "--json", "-w", tmp_path / "nowhere", check=False)
+    assert res.returncode == 2 and res.stderr == ""
+    assert "no pipeline spec" in json.loads(res.stdout)["error"]
+
+
+def test_status_imports_no_ml_library(tmp_path):
+    ws = _two_stage_ws(tmp_path)
+    probe = ("import sys; from engine.cli.main import main; main(['status', '-w', sys.argv[1]]);"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'peft'}))")
+    res = subprocess.run([sys.executable, "-c", probe, str(ws.root)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-300:]
+
+
+def test_logs_are_for_people_follow_ends_and_pipe_closes_quietly(tmp_path):
+    ws = _two_stage_ws(tmp_path)
+    log = ws.job_log("first.1")
+    with log.open("a") as fh:  # a training step: its progress, two metrics and a resource tick
+        for line in ({"kind": "progress", "done": 4, "total": 9, "unit": "steps"},
+                     {"kind": "metric", "name": "loss", "value": 0.69314718055994, "step": 4},
+                     {"kind": "metric", "name": "rewards/margins", "value": 0.1234567891234, "step": 4},
+                     {"kind": "resource", "rss": 742141952}):
+            fh.write(json.dumps({"ts": 1.0, **line}) + "\n")
+    out = pmat("logs", "first", "-w", ws.root).stdout
+    assert "step         4/9 steps (44%)  loss 0.6931 · rewards/margins 0.1235" in out
+    assert "707.8 MB" not in out and "707.8 MB" in pmat("logs", "first", "--all", "-w", ws.root).stdout
+    ws.job_log("first.1").with_suffix(".out").write_text("Traceback (most recent call last):\nValueError: boom\n")
+    assert "ValueError: boom" in pmat("logs", "first", "--out", "-w", ws.root).stdout
+    for _ in range(2000):  # a long log into a pipe that closes after one line
+        with log.open("a") as fh:
+            fh.write(json.dumps({"ts": 1.0, "kind": "warning", "message": "x" * 80}) + "\n")
+    res = subprocess.run(f"{sys.executable} -m engine.cli.main logs first -w {ws.root} | head -1",
+                         shell=True, capture_output=True, text=True, timeout=60)
+    assert res.stderr == "" and res.stdout.count("\n") == 1
+    live = ws.job_log("second.1")  # a job still running: -f follows it and ends when it finishes
+    live.write_text(json.dumps({"ts": 1.0, "kind": "job_started", "job_id": "second.1", "stage": "first"}) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "logs", "second.1", "-f", "-w", str(ws.root)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert proc.poll() is None
+    with live.open("a") as fh:
+        fh.write(json.dumps({"ts": 2.0, "kind": "job_finished", "outcome": "ok"}) + "\n")
+    assert proc.wait(timeout=10) == 0
+    assert "job_finished" in proc.stdout.read()

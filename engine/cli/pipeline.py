@@ -1,15 +1,20 @@
-"""Pipeline commands: init, check, status, run, approve, cancel, retry, logs, supervise."""
+"""Pipeline commands: init, check, status, run, approve, cancel, retry, logs, supervise.
+
+Names are checked here, against the spec and the logs, before anything is sent: an unknown
+name or an action with nothing to do is refused with exit 2 whether or not a supervisor
+runs. Only what a command needs is imported (``pmat status`` loads no ML library).
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from engine.approvals import stage_evidence
 from engine.cli._common import (
     BadInput,
     add_workspace_arg,
@@ -19,18 +24,31 @@ from engine.cli._common import (
     workspace_of,
 )
 from engine.events import EventReader
-from engine.overview import build_overview
-from engine.procs import logind_kills_user_processes
-from engine.spec import SpecError, load_spec, pipeline_path
-from engine.state import load_state
-from engine.supervisor import (
-    Supervisor,
-    SupervisorRunning,
-    send_command,
-    start_supervisor_detached,
-    supervisor_identity,
-)
+from engine.overview import Overview, build_overview, load_spec_fast
+from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
+from engine.state import PipelineState, load_state
+from engine.supervisor import send_command, supervisor_identity
 from engine.workspace import Workspace
+
+COMMANDS = ("init", "check", "status", "run", "approve", "cancel", "retry", "logs", "supervise")
+FOLLOW_POLL_S = 0.5
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def unknown(what: str, name: str, known: list[str], hint: str = "`pmat status` lists them") -> BadInput:
+    return BadInput(f"unknown {what} {name!r}{did_you_mean(name, known)}; {hint}")
+
+
+def quick_spec(ws: Workspace) -> PipelineSpec:
+    """The spec without its stage-parameter check (which imports torch): enough to check names."""
+    try:
+        return load_spec_fast(ws.spec_path, check_params=False)
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -59,22 +77,37 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary_line(ov: Overview) -> str:
+    """``3 running · 1 blocked · ~4m12s left``: what runs, what waits on a person, how long."""
+    c = ov.counts()
+    parts = [f"{c[k]} {k}" for k in ("running", "blocked", "failed") if c[k]]
+    if c["done"] == c["total"] and c["total"]:
+        return "all done"
+    parts.append(f"{c['done']}/{c['total']} done")
+    if ov.left_s:
+        parts.append(f"~{fmt_duration(ov.left_s)} left")
+    return " · ".join(parts)
+
+
 def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
-    spec = spec_of(ws)
+    spec = quick_spec(ws)
     ov = build_overview(ws, spec, load_state(ws))
     sup = f"supervisor pid {ov.supervisor_pid}" if ov.supervisor_pid else "supervisor NOT running (pmat supervise)"
     lines = [
         f"{spec.name} · {ws.root} · {sup}",
-        f"critical path ({ov.critical_hours:.1f} h, {ov.remaining_hours:.1f} h to go): {' -> '.join(ov.critical_path)}",
-        f"{'STAGE':<22} {'ITEM':<9} {'STATUS':<10} {'PROGRESS':<18} {'RATE/h':>8} {'ETA':>7} {'RSS':>9}  WHY",
+        summary_line(ov),
+        f"critical path ({fmt_duration(ov.critical_hours * 3600)}, {fmt_duration(ov.left_s)} to go): "
+        f"{' -> '.join(ov.critical_path)}",
+        f"{'STAGE':<22} {'ITEM':<9} {'STATUS':<10} {'PROGRESS':<18} {'RATE/h':>8} {'ETA':>12} {'RSS':>9}  WHY",
     ]
     for r in ov.rows:
         prog = f"{r.done:g}/{r.total:g} {r.unit}" if r.total else "-"
         rate = f"{r.rate_per_h:.1f}" if r.rate_per_h else "-"
         mark = "*" if r.critical else " "
         why = "" if r.status in ("running", "done") else r.reason
+        eta = fmt_duration(r.eta_s) + (f"±{fmt_duration(r.eta_pm_s)}" if r.eta_pm_s else "")
         lines.append(f"{mark}{r.stage:<21} {r.work_item or '-':<9} {r.status:<10} {prog:<18} {rate:>8} "
-                     f"{fmt_duration(r.eta_s):>7} {fmt_bytes(r.rss or None):>9}  {why}")
+                     f"{eta:>12} {fmt_bytes(r.rss or None):>9}  {why}")
     return lines, ov.as_dict()
 
 
@@ -90,7 +123,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace, command: str, **cargs) -> int:
     ws = workspace_of(args)
-    spec_of(ws)
     cid = send_command(ws, command, **cargs)
     if supervisor_identity(ws) is None:
         print(f"queued command {command} ({cid}); no supervisor runs: start one with `pmat supervise -w {ws.root}`")
@@ -106,10 +138,9 @@ def _await_ack(ws: Workspace, cid: str, command: str, wait_s: float) -> int:
         for ev in reader.poll():
             if ev.get("id") != cid:
                 continue
-            if ev["kind"] == "command_rejected":
-                print(f"pmat: error: {command} rejected: {ev.get('reason')}", file=sys.stderr)
-                return 1
-            if ev["kind"] == "command_received":
+            if ev.get("kind") == "command_rejected":
+                raise BadInput(f"{command} rejected by the supervisor: {ev.get('reason')}")
+            if ev.get("kind") == "command_received":
                 deadline = time.monotonic() + 1.0  # give a rejection a moment to follow
                 acked = True
         time.sleep(0.1)
@@ -120,53 +151,163 @@ def _await_ack(ws: Workspace, cid: str, command: str, wait_s: float) -> int:
     return 0
 
 
+def _stage_of(spec: PipelineSpec, state: PipelineState, target: str, what: str = "stage or job") -> str:
+    """The stage a stage name or a job id (``stage.N``) names; unknown names are refused."""
+    if target in spec.stages:
+        return target
+    if target in state.jobs and state.jobs[target].stage in spec.stages:
+        return state.jobs[target].stage
+    raise unknown(what, target, [*spec.stages, *state.jobs])
+
+
+def _upstream(spec: PipelineSpec, stages: list[str]) -> set[str]:
+    closure: set[str] = set()
+    todo = list(stages)
+    while todo:
+        s = todo.pop()
+        if s not in closure:
+            closure.add(s)
+            todo.extend(spec.deps(s))
+    return closure
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    spec, state = quick_spec(ws), load_state(ws)
+    chosen: list[str] = []
+    for t in args.targets:
+        if t == "all":
+            chosen += list(spec.stages)
+        elif t in spec.stages:
+            chosen.append(t)
+        elif t in spec.work_items:
+            chosen += spec.stages_of(t)
+        else:
+            raise unknown("stage or work item", t, ["all", *spec.stages, *spec.work_items])
+    closure = _upstream(spec, chosen)
+    todo = [s for s in closure if not state.stage(s).requested and state.stage(s).status in ("pending", "queued")]
+    if not todo:
+        states = sorted({f"{s} {state.stage(s).status}" for s in chosen})
+        raise BadInput(f"run: nothing to start ({', '.join(states)}); `pmat retry STAGE` runs a finished stage again")
     return _send(args, "run", targets=args.targets)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    spec = spec_of(ws)
-    if args.target in spec.stages:
-        ev = stage_evidence(spec, ws, args.target)
-        print(f"approving {args.target} on evidence: {json.dumps(ev)}")
-        return _send(args, "approve", target=args.target, evidence=ev, note=args.note)
-    return _send(args, "approve", target=args.target, note=args.note)
+    spec = quick_spec(ws)
+    target = args.target
+    if target in spec.stages:
+        stages = [target]
+    elif target in spec.acceptance:
+        stages = [s for s, e in spec.stages.items() if e.approval == "required" and e.work_item
+                  and target in spec.work_items[e.work_item].acceptance]
+        if not stages:
+            raise BadInput(f"approve: no gated stage depends on {target}; nothing to approve")
+    else:
+        raise unknown("stage or criterion", target, [*spec.stages, *spec.acceptance])
+    if target in spec.stages and spec.stages[target].approval != "required":
+        raise BadInput(f"approve: stage {target} needs no approval; nothing to approve")
+    from engine.approvals import stage_evidence  # hashes inputs: only when approving
+
+    extra = {"override": args.override} if args.override else {}
+    if target in spec.stages:
+        extra["evidence"] = stage_evidence(spec, ws, target)
+        print(f"approving {target} on evidence: {json.dumps(extra['evidence'])}")
+    return _send(args, "approve", target=target, note=args.note, **extra)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    spec, state = quick_spec(ws), load_state(ws)
+    stage = _stage_of(spec, state, args.job)
+    status = state.stage(stage).status
+    if status not in ("running", "queued"):
+        raise BadInput(f"cancel: {stage} is {status}; nothing to cancel")
     return _send(args, "cancel", job=args.job)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    spec, state = quick_spec(ws), load_state(ws)
+    stage = _stage_of(spec, state, args.job)
+    st = state.stage(stage)
+    if st.latest is None or st.status not in ("failed", "crashed", "cancelled"):
+        hint = "`pmat run` starts it" if st.latest is None else "only failed, crashed or cancelled stages are retried"
+        raise BadInput(f"retry: {stage} is {st.status}; nothing to retry ({hint})")
     return _send(args, "retry", job=args.job)
 
 
-def _fmt_event(ev: dict) -> str:
-    ts = time.strftime("%H:%M:%S", time.localtime(ev.get("ts", 0)))
-    rest = {k: v for k, v in ev.items() if k not in ("ts", "kind")}
-    return f"{ts} {ev.get('kind', '?'):<13} {json.dumps(rest, default=str)}"
+def _log_target(ws: Workspace, spec: PipelineSpec, state: PipelineState, name: str) -> tuple[Path, str | None]:
+    """(log path, job id or None for the journal) of a stage's latest job, a job or 'supervisor'."""
+    if name == "supervisor":
+        return ws.journal_path, None
+    job = name
+    if name in spec.stages:
+        st = state.stages.get(name)
+        if not st or not st.latest:
+            raise BadInput(f"logs: {name} has not run yet; no log")
+        job = st.latest.job_id
+    elif name not in state.jobs and not ws.job_log(name).exists():
+        raise unknown("stage or job", name, ["supervisor", *spec.stages, *state.jobs])
+    return ws.job_log(job), job
+
+
+def _job_over(state: PipelineState, job: str | None, ws: Workspace) -> bool:
+    """Following ends when the job has finished (or, for the journal, when no supervisor runs)."""
+    if job is None:
+        return supervisor_identity(ws) is None
+    state.refresh()
+    a = state.jobs.get(job)
+    return a is None or a.outcome is not None
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    state = load_state(ws)
-    job = args.job
-    if job in state.stages and state.stages[job].latest:
-        job = state.stages[job].latest.job_id
-    path = ws.journal_path if job == "supervisor" else ws.job_log(job)
+    spec, state = quick_spec(ws), load_state(ws)
+    path, job = _log_target(ws, spec, state, args.job)
+    if args.out:
+        return _print_out(ws, job, args)
     if not path.exists():
-        raise BadInput(f"{path}: no log for job {args.job!r}")
+        raise BadInput(f"{path}: no log for job {args.job!r} yet")
+    from pmat_tui.logfmt import human_lines  # plain Python, no console
+
     reader = EventReader(path)
     while True:
-        for ev in reader.poll():
-            print(_fmt_event(ev), flush=True)
-        if not args.follow:
+        over = args.follow and _job_over(state, job, ws)  # read what the job wrote before it ended
+        events = reader.poll()
+        if args.raw:
+            lines = [json.dumps(ev, default=str) for ev in events]
+        else:
+            lines = [line for _, line in human_lines(events, show_all=args.all)]
+        if lines:
+            print("\n".join(lines), flush=True)
+        if not args.follow or over:
             return 0
-        time.sleep(0.5)
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _print_out(ws: Workspace, job: str | None, args: argparse.Namespace) -> int:
+    """The job's own stdout and stderr (tracebacks go there), as written; ``-f`` as for events."""
+    path = ws.logs_dir / "supervisor.out" if job is None else ws.job_log(job).with_suffix(".out")
+    if not path.exists():
+        raise BadInput(f"{path}: {job or 'the supervisor'} wrote no output")
+    state = load_state(ws)
+    with path.open("rb") as fh:
+        while True:
+            over = args.follow and _job_over(state, job, ws)
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            if not args.follow or over:
+                return 0
+            time.sleep(FOLLOW_POLL_S)
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
+    from engine.procs import logind_kills_user_processes
+    from engine.supervisor import Supervisor, SupervisorRunning, start_supervisor_detached
+
     ws = workspace_of(args)
     warn = logind_kills_user_processes()
     if warn:
@@ -213,11 +354,16 @@ def register(subs: argparse._SubParsersAction) -> None:
         p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the supervisor's answer")
         if name == "approve":
             p.add_argument("--note", default="")
+            p.add_argument("--override", metavar="REASON", default=None,
+                           help="approve although a criterion fails, has no data or is stale, saying why")
         add_workspace_arg(p)
 
-    p = add("logs", cmd_logs, "print a job's event log ('supervisor' for the journal)")
-    p.add_argument("job")
-    p.add_argument("-f", "--follow", action="store_true")
+    p = add("logs", cmd_logs, "print a job's event log ('supervisor' for the journal), one line per step")
+    p.add_argument("job", help="stage, job id or 'supervisor'")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--out", action="store_true", help="the job's stdout/stderr instead (tracebacks)")
+    p.add_argument("--all", action="store_true", help="also the resource ticks")
+    p.add_argument("--raw", action="store_true", help="the JSON events as written")
     add_workspace_arg(p)
 
     p = add("supervise", cmd_supervise, "run the workspace's supervisor (one per workspace)")
