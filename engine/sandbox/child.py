@@ -197,21 +197,15 @@ class _Server:
         self.handles.append(obj)
         return len(self.handles) - 1
 
-    def resolve(self, enc: Any) -> Any:
-        if isinstance(enc, dict) and "ref" in enc:
-            return self.handles[int(enc["ref"])]
-        if isinstance(enc, dict) and "g" in enc:
+    def _named(self, enc: dict[str, Any]) -> Any:
+        if "g" in enc:
             return self.ns[str(enc["g"])]
-        if isinstance(enc, dict) and "bi" in enc:
+        if "bi" in enc:
             return getattr(builtins, str(enc["bi"]))
-        if isinstance(enc, dict) and len(enc) == 1:
-            key, val = next(iter(enc.items()))
-            if key in "ltsf":
-                items = [self.resolve(v) for v in val]
-                return {"l": list, "t": tuple, "s": set, "f": frozenset}[key](items)
-            if key == "d":
-                return {self.resolve(k): self.resolve(v) for k, v in val}
-        return wire.decode(enc, lambda h, _t: self.handles[h])
+        raise wire.ProtocolError(f"unknown value {str(enc)[:80]}")
+
+    def resolve(self, enc: Any) -> Any:
+        return wire.decode(enc, lambda h, _t: self.handles[h], extra=self._named)
 
     def enc(self, value: Any) -> Any:
         return wire.encode(value, self.make_ref)

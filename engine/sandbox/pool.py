@@ -103,7 +103,8 @@ class _Slot:
             uid = None  # inside a user namespace the template is "root" without real uids to switch to
         cfg = {"base": self.pool.base, "uid": uid, "limits": asdict(self.pool.limits)}
         # LD_BIND_NOW: symbols resolved once in the template, not again in every forked child
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", LD_BIND_NOW="1")
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", LD_BIND_NOW="1",
+                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [*(self.pool.net_prefix or []), sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env,

@@ -10,6 +10,7 @@ builtins and modules; the child can only answer calls, die, or be blocked.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib
 import os
 import select
@@ -18,6 +19,7 @@ import socket
 import symtable
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from engine.sandbox import wire
@@ -59,7 +61,8 @@ def free_names(source: str) -> set[str]:
 
 
 class Remote:
-    """A handle on an object in the child: callable, attribute access, identity equality."""
+    """A handle on an object in the child that is not plain data (a function, an instance of
+    the program's class): callable, attribute access, identity equality, no truth value."""
 
     __slots__ = ("_conn", "_enc", "_type")
 
@@ -76,6 +79,10 @@ class Remote:
             raise AttributeError(name)
         return self._conn.request({"op": "getattr", "target": self._enc, "name": name})["value"]
 
+    def __bool__(self) -> bool:
+        # the program's own __bool__ cannot run here, and a made-up answer could pass `assert f(x)`
+        raise TypeError(f"the truth value of a sandboxed {self._type} is not available to the tests")
+
     def __repr__(self) -> str:
         return f"<sandboxed {self._type}>"
 
@@ -88,34 +95,50 @@ class Connection:
         self.deadline = deadline
         self.fatal: BaseException | None = None
         self.buf = bytearray()
+        self.types: dict[tuple, type] = {}  # namedtuple classes built for this job
+
+    def decode(self, value: Any) -> Any:
+        return wire.decode(value, self._ref, types=self.types)
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float) -> Iterator[None]:
+        """``__pmat_deadline__``: calls into the program inside the block must answer within
+        ``seconds`` (the job's own deadline stays the outer bound); a late one ends the job
+        as a timeout, whatever the test code does with the exception."""
+        outer = self.deadline
+        self.deadline = min(outer, time.monotonic() + float(seconds))
+        try:
+            yield
+        finally:
+            self.deadline = outer
 
     def _ref(self, handle: int, type_name: str) -> Remote:
         return Remote(self, {"ref": handle}, type_name)
 
-    def _out(self, value: Any) -> Any:
+    @staticmethod
+    def _handle(value: Any) -> dict[str, Any]:
+        """How an argument that is not plain data goes in: a handle the child gave us, or a
+        builtin (``int``, ``len``) by name."""
         if isinstance(value, Remote):
             return value._enc
-        if isinstance(value, wire.Iterated):  # handed back in: as the list it iterates as
-            return {"l": [self._out(v) for v in value]}
-        if type(value) in (list, tuple, set, frozenset):
-            return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[type(value)]: [self._out(v) for v in value]}
-        if type(value) is dict:
-            return {"d": [[self._out(k), self._out(v)] for k, v in value.items()]}
         name = getattr(value, "__name__", None)
-        if isinstance(name, str) and getattr(builtins, name, None) is value and not isinstance(value, (int, str)):
-            return {"bi": name}  # int, str, len ... passed as arguments
-        return wire.encode(value, self._no_ref)
-
-    @staticmethod
-    def _no_ref(value: Any) -> int:
+        if isinstance(name, str) and getattr(builtins, name, None) is value:
+            return {"bi": name}
         raise TypeError(f"cannot pass a {type(value).__name__} into the sandbox")
+
+    def _out(self, value: Any) -> Any:
+        return wire.encode(value, self._handle)
 
     def send(self, *msgs: dict[str, Any]) -> None:
         """Write requests in one go; the child answers each, in order."""
         if self.fatal is not None:
             raise self.fatal
         try:
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
             self.sock.sendall(b"".join(wire.pack_msg(m) for m in msgs))
+        except TimeoutError:  # the child stopped reading: the same as not answering
+            self.fatal = CallTimeout("wall-clock limit reached")
+            raise self.fatal from None
         except (OSError, wire.ProtocolError) as exc:
             self.fatal = ChildGone(f"{type(exc).__name__}: {exc}")
             raise self.fatal from None
@@ -131,8 +154,8 @@ class Connection:
             if reply.get("ok"):
                 for key in ("value", "values"):
                     if key in reply:
-                        reply[key] = (wire.decode(reply[key], self._ref) if key == "value" else
-                                      {str(k): wire.decode(v, self._ref) for k, v in reply[key].items()})
+                        reply[key] = (self.decode(reply[key]) if key == "value" else
+                                      {str(k): self.decode(v) for k, v in reply[key].items()})
                 return reply
         except TimeoutError:
             self.fatal = CallTimeout("wall-clock limit reached")
@@ -170,7 +193,7 @@ class Connection:
                               "kwargs": {k: self._out(v) for k, v in kwargs.items()}})
         for arg, after in zip(args, reply.get("args_after") or [], strict=False):
             if after is not None and type(arg) in (list, dict, set):
-                new = wire.decode(after, self._ref)
+                new = self.decode(after)
                 if type(new) is type(arg) and new != arg:
                     arg.clear()
                     arg.update(new) if not isinstance(arg, list) else arg.extend(new)
@@ -242,7 +265,7 @@ def run_tests(job: dict[str, Any], sock: socket.socket, viol_fd: int, child_pid:
     try:
         broken: BaseException | None = None
         try:  # the tests are read before the program's clock starts
-            free = free_names(job["runner_code"]) - set(aliases)
+            free = free_names(job["runner_code"]) - set(aliases) - {"__pmat_deadline__"}
             code = compile(job["runner_code"], "<tests>", "exec")
         except (SyntaxError, ValueError) as exc:
             free, broken = set(), exc
@@ -259,7 +282,8 @@ def run_tests(job: dict[str, Any], sock: socket.socket, viol_fd: int, child_pid:
         conn.send(load, {"op": "resolve", "names": sorted(free | set(aliases.values()))})
         conn.receive()
         found = conn.receive()["values"]
-        ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins, **local}
+        ns: dict[str, Any] = {"__name__": "__pmat_tests__", "__builtins__": builtins, **local,
+                              "__pmat_deadline__": conn.limit}
         ns.update({k: found[k] for k in free if k in found})  # builtins shadowed only via aliases
         ns.update({alias: found[target] for alias, target in aliases.items() if target in found})
         exec(code, ns)  # noqa: S102 - benchmark tests, trusted

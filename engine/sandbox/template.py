@@ -37,6 +37,9 @@ PRELOAD = (
 # Read into memory, imported only by a program that asks: importing threading (queue's
 # dependency) registers an at-fork handler that cost every forked child ~0.3 ms.
 IN_MEMORY = ("queue", "threading")
+# Third-party modules that benchmark references use, preloaded when installed (a child under its
+# own uid may not be able to read site-packages; and a numpy import costs a child ~40 ms)
+OPTIONAL = ("numpy",)
 
 
 class _MemoryModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -73,6 +76,11 @@ def _warm_up() -> None:
         sys.meta_path.insert(0, _MemoryModules(tuple(n for n in IN_MEMORY if n not in sys.modules)))
     for name in PRELOAD:
         importlib.import_module(name)
+    for name in OPTIONAL:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     ours, theirs = socket.socketpair()
     server, conn = _Server(theirs), Connection(ours, float("inf"))
     program = 'import math\ndef f(a, b=2):\n    """doc"""\n    return [x * b for x in a]\n'

@@ -1,61 +1,40 @@
 """Framing and value encoding between the untrusted child and the trusted test runner.
 
-Only plain data crosses: the decoder builds nothing but builtin values (and opaque
-``Ref`` handles), so an object that compares equal to anything, or any other object of
-the program's own making, never reaches the trusted side's asserts. Subclasses of
-builtins travel as their base type (a ``Counter`` arrives as a ``dict``).
+Only plain data crosses, and it is materialised: the decoder builds real values of the
+types the program returned, out of builtin and standard-library classes only (a range
+stays a range, a ``keys()`` view is a real keys view, a ``deque``, ``Counter`` or
+namedtuple is one, a generator becomes a generator over the items it yielded, numpy
+arrays and scalars keep their dtype), so truthiness, equality and ``type()`` behave as
+they would in-process. An object of the program's own making arrives as an opaque
+handle (equal only to itself, with no truth value); a subclass of a builtin travels as
+its base type, so no method of the program's ever runs on the trusted side. Decoding is
+budgeted (bytes, containers, items, depth) before and while it builds anything.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import socket
 import struct
-import types
+import sys
+from collections import Counter, OrderedDict, defaultdict, deque, namedtuple
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-MAX_MESSAGE = 64 << 20  # bytes; a larger reply is a protocol error, not a hang
+MAX_MESSAGE = 16 << 20  # bytes; a larger reply is a protocol error, not a hang
 MAX_DEPTH = 200
-MAX_ITEMS = 1_000_000
+MAX_ITEMS = 1_000_000  # values in one reply (decoded or encoded)
+MAX_CONTAINERS = 1_000_000  # JSON objects and arrays in one message (each value is 2): ~130 bytes each to decode
+MAX_TYPES = 256  # distinct namedtuple classes built per connection
 HEADER = struct.Struct("!I")
 # built once: json.dumps with any option builds a new encoder on every call
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _LINES = json.JSONEncoder(separators=(",", ":"), default=str)
-
-
-_SETLIKE = (type({}.keys()), type({}.items()))
-_ITERATED = (*_SETLIKE, type({}.values()), range, types.GeneratorType, map, filter, zip, reversed, enumerate)
-
-
-class Iterated:
-    """A lazy iterable (generator, map, range, dict view...) materialized in the child.
-
-    It iterates like the original; it equals only itself, except the set-like dict views
-    (``keys()``, ``items()``), which compare as sets, as they do in Python.
-    """
-
-    __slots__ = ("items", "setlike")
-
-    def __init__(self, items: list[Any], setlike: bool) -> None:
-        self.items, self.setlike = items, setlike
-
-    def __iter__(self):  # noqa: ANN204 - an iterator of the items
-        return iter(self.items)
-
-    def __eq__(self, other: object) -> bool:
-        if self.setlike and isinstance(other, (set, frozenset, Iterated)):
-            return set(self) == set(other)
-        return self is other
-
-    __hash__ = object.__hash__
-
-    def __repr__(self) -> str:
-        return f"<iterated {self.items!r}>"
 
 
 class ProtocolError(Exception):
@@ -75,7 +54,11 @@ def send_msg(sock: socket.socket, obj: Any) -> None:
 
 
 def loads(data: bytes) -> Any:
-    """A message body; anything that is not well-formed JSON is a protocol error."""
+    """A message body; anything that is not well-formed JSON is a protocol error. The
+    number of containers is counted on the raw bytes first (an upper bound: brackets in
+    strings count too), so a small frame cannot make the decoder build a huge tree."""
+    if data.count(b"{") + data.count(b"[") > MAX_CONTAINERS:
+        raise ProtocolError(f"message has more than {MAX_CONTAINERS} containers")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -109,71 +92,205 @@ def write_line(fd: int, obj: Any) -> None:
 
 
 # -- values -------------------------------------------------------------------
-def encode(value: Any, make_ref: Callable[[Any], int], depth: int = 0, budget: list[int] | None = None) -> Any:
-    """Encode a value as tagged JSON; objects that are not plain data become handles."""
+_KEYS, _VALUES, _ITEMS = type({}.keys()), type({}.values()), type({}.items())
+_BUILTIN_FACTORIES = {t.__name__: t for t in (int, float, str, list, dict, set, frozenset, tuple, bool)}
+_NP_KINDS = "biufc"  # numpy dtypes that travel as raw bytes: bool, ints, floats, complex
+
+
+def _replay(items: list[Any]) -> Any:
+    """A generator over what the program's lazy iterable yielded: truthy, equal only to itself,
+    single-pass, exactly as a generator, map or zip is in-process."""
+    yield from items
+
+
+def _numpy_tag(value: Any, np: Any) -> dict[str, Any] | None:
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        if arr.dtype.kind in _NP_KINDS and arr.dtype.fields is None:
+            return {"np": arr.dtype.str, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode()}
+        return {"npl": arr.tolist(), "dtype": arr.dtype.str}
+    if isinstance(value, np.generic) and value.dtype.kind in _NP_KINDS:
+        return {"nps": value.dtype.str, "data": base64.b64encode(value.tobytes()).decode()}
+    return None
+
+
+def encode(value: Any, make_ref: Callable[[Any], Any], depth: int = 0, budget: list[int] | None = None) -> Any:
+    """Encode a value as tagged JSON, by what it is (never by the program's methods); objects
+    that are not plain data become handles: ``make_ref`` returns an int handle, or the whole
+    encoding as a dict (the runner's way of passing a handle back)."""
     budget = budget if budget is not None else [MAX_ITEMS]
     budget[0] -= 1
     if depth > MAX_DEPTH or budget[0] < 0:
         raise ValueError("value too deep or too large to return")
     if value is None or isinstance(value, (bool, str)):
         return str.__str__(value) if isinstance(value, str) else value
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, (np.ndarray, np.generic)):
+        tagged = _numpy_tag(value, np)
+        if tagged is not None:
+            return tagged
     if isinstance(value, int):
         v = int.__index__(value)
         return v if -(10**300) < v < 10**300 else {"x": hex(v)}
     if isinstance(value, float):
         return float.__float__(value)
     rec = lambda v: encode(v, make_ref, depth + 1, budget)  # noqa: E731
+    cls = type(value)
+    if isinstance(value, tuple) and cls.__bases__ == (tuple,) and isinstance(cls.__dict__.get("_fields"), tuple):
+        return {"nt": [rec(v) for v in tuple.__iter__(value)], "name": cls.__name__,
+                "fields": [str(f) for f in cls.__dict__["_fields"]]}
+    if cls is deque:
+        return {"dq": [rec(v) for v in deque.__iter__(value)], "max": value.maxlen}
+    for kind, tag in ((Counter, "ctr"), (OrderedDict, "od"), (defaultdict, "dd")):
+        if cls is kind:
+            out = {tag: [[rec(k), rec(v)] for k, v in dict.items(value)]}
+            if kind is defaultdict:
+                factory = value.default_factory
+                out["fac"] = factory.__name__ if factory in _BUILTIN_FACTORIES.values() else None
+            return out
     for base, tag in ((list, "l"), (tuple, "t"), (set, "s"), (frozenset, "f")):
         if isinstance(value, base):
             return {tag: [rec(v) for v in base.__iter__(value)]}
     if isinstance(value, dict):
         return {"d": [[rec(k), rec(v)] for k, v in dict.items(value)]}
+    if cls is bytearray:
+        return {"ba": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, (bytes, bytearray)):
         return {"b": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, complex):
         return {"c": [complex.__complex__(value).real, complex.__complex__(value).imag]}
-    if type(value) in _ITERATED or type(value).__module__ == "itertools":
-        return {"it": [rec(v) for v in value], "set": type(value) in _SETLIKE}
-    if type(value) is Decimal:
+    if cls is range:
+        return {"rg": [rec(value.start), rec(value.stop), rec(value.step)]}
+    if isinstance(value, _ITEMS):
+        return {"di": [[rec(k), rec(v)] for k, v in value]}
+    for view, tag in ((_KEYS, "dk"), (_VALUES, "dv")):
+        if isinstance(value, view):
+            return {tag: [rec(v) for v in value]}
+    if cls.__module__ in ("builtins", "itertools") and hasattr(cls, "__next__"):
+        return {"it": [rec(v) for v in value]}  # generators, map, zip, iterators: run out here
+    if cls is Decimal:
         return {"dec": str(value)}
-    if type(value) is Fraction:
-        return {"frac": [value.numerator, value.denominator]}
-    return {"ref": make_ref(value), "type": type(value).__qualname__[:100]}
+    if cls is Fraction:
+        return {"frac": [rec(value.numerator), rec(value.denominator)]}
+    ref = make_ref(value)
+    return ref if isinstance(ref, dict) else {"ref": ref, "type": cls.__qualname__[:100]}
 
 
-def decode(obj: Any, make_ref: Callable[[int, str], Any], depth: int = 0) -> Any:
-    """Inverse of ``encode`` building only builtin values (trusted side)."""
-    if depth > MAX_DEPTH:
-        raise ProtocolError("value nested too deep")
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, dict) and len(obj) in (1, 2):
-        rec = lambda v: decode(v, make_ref, depth + 1)  # noqa: E731
+class _Decoder:
+    """Builds values from tagged JSON under one item budget; namedtuple classes cached."""
+
+    def __init__(self, make_ref: Callable[[int, str], Any], extra: Callable[[dict], Any] | None,
+                 types: dict[tuple, type] | None) -> None:
+        self.make_ref, self.extra = make_ref, extra
+        self.types = types if types is not None else {}
+        self.left = MAX_ITEMS
+
+    def pairs(self, val: Any, depth: int) -> list[tuple[Any, Any]]:
+        return [(self.value(k, depth), self.value(v, depth)) for k, v in val]
+
+    def namedtuple(self, name: Any, fields: Any) -> type:
+        key = (str(name), tuple(str(f) for f in fields))
+        if key not in self.types:
+            if len(self.types) >= MAX_TYPES or len(key[1]) > 64 or len(key[0]) > 100:
+                raise ProtocolError("too many or too large namedtuple types")
+            self.types[key] = namedtuple(key[0], key[1])  # validates the names: identifiers only
+        return self.types[key]
+
+    def numpy(self, obj: dict[str, Any]) -> Any:
+        import numpy as np
+
+        dtype = np.dtype(str(obj.get("np") or obj.get("nps") or obj.get("dtype"))[:16])
+        if "npl" in obj:
+            if dtype.kind not in "US" or dtype.itemsize > 4096:
+                raise ProtocolError(f"numpy dtype {dtype} not accepted")
+            return np.array(self.value(obj["npl"], 1), dtype=dtype)
+        if dtype.kind not in _NP_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise ProtocolError(f"numpy dtype {dtype} not accepted")
+        data = base64.b64decode(str(obj["data"]))
+        if "nps" in obj:
+            if len(data) != dtype.itemsize:
+                raise ProtocolError("numpy scalar of the wrong size")
+            return np.frombuffer(data, dtype=dtype)[0]
+        shape = tuple(int(n) for n in obj["shape"])
+        if len(shape) > 32 or any(n < 0 for n in shape) or math.prod(shape) * dtype.itemsize != len(data):
+            raise ProtocolError("numpy array whose shape does not match its data")
+        self.spend(len(data) // max(1, dtype.itemsize))
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ProtocolError(f"value with more than {MAX_ITEMS} items")
+
+    def value(self, obj: Any, depth: int = 0) -> Any:
+        self.spend(1)
+        if depth > MAX_DEPTH:
+            raise ProtocolError("value nested too deep")
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        if not isinstance(obj, dict) or not obj:
+            raise ProtocolError(f"malformed value of type {type(obj).__name__}")
+        d = depth + 1
+        rec = lambda v: self.value(v, d)  # noqa: E731
+        tag = next(iter(obj))
         try:
-            if "l" in obj:
+            if tag == "l":
                 return [rec(v) for v in obj["l"]]
-            if "t" in obj:
+            if tag == "t":
                 return tuple(rec(v) for v in obj["t"])
-            if "s" in obj:
+            if tag == "s":
                 return {rec(v) for v in obj["s"]}
-            if "f" in obj:
+            if tag == "f":
                 return frozenset(rec(v) for v in obj["f"])
-            if "d" in obj:
-                return {rec(k): rec(v) for k, v in obj["d"]}
-            if "x" in obj:
+            if tag == "d":
+                return dict(self.pairs(obj["d"], d))
+            if tag == "nt":
+                return self.namedtuple(obj["name"], obj["fields"])(*(rec(v) for v in obj["nt"]))
+            if tag == "dq":
+                maxlen = obj.get("max")
+                return deque((rec(v) for v in obj["dq"]), None if maxlen is None else int(maxlen))
+            if tag == "ctr":
+                return Counter(dict(self.pairs(obj["ctr"], d)))
+            if tag == "od":
+                return OrderedDict(self.pairs(obj["od"], d))
+            if tag == "dd":
+                return defaultdict(_BUILTIN_FACTORIES.get(str(obj.get("fac"))), self.pairs(obj["dd"], d))
+            if tag == "rg":
+                return range(*(int(rec(v)) for v in obj["rg"]))
+            if tag == "dk":
+                return dict.fromkeys(rec(v) for v in obj["dk"]).keys()
+            if tag == "dv":
+                return dict(enumerate(rec(v) for v in obj["dv"])).values()
+            if tag == "di":
+                return dict(self.pairs(obj["di"], d)).items()
+            if tag == "it":
+                return _replay([rec(v) for v in obj["it"]])
+            if tag == "x":
                 return int(obj["x"], 16)
-            if "b" in obj:
-                return base64.b64decode(obj["b"])
-            if "c" in obj:
+            if tag in ("b", "ba"):
+                data = base64.b64decode(obj[tag])
+                return bytearray(data) if tag == "ba" else data
+            if tag == "c":
                 return complex(float(obj["c"][0]), float(obj["c"][1]))
-            if "dec" in obj:
+            if tag == "dec":
                 return Decimal(str(obj["dec"]))
-            if "frac" in obj:
-                return Fraction(int(obj["frac"][0]), int(obj["frac"][1]))
-            if "it" in obj:
-                return Iterated([rec(v) for v in obj["it"]], bool(obj.get("set")))
-            if "ref" in obj:
-                return make_ref(int(obj["ref"]), str(obj.get("type", "?")))
-        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
-            raise ProtocolError(f"malformed value: {exc}") from None
-    raise ProtocolError(f"malformed value of type {type(obj).__name__}")
+            if tag == "frac":
+                return Fraction(int(rec(obj["frac"][0])), int(rec(obj["frac"][1])))
+            if tag in ("np", "nps", "npl"):
+                return self.numpy(obj)
+            if tag == "ref":
+                return self.make_ref(int(obj["ref"]), str(obj.get("type", "?"))[:100])
+            if self.extra is not None:
+                return self.extra(obj)
+        except ProtocolError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AttributeError) as exc:
+            raise ProtocolError(f"malformed value: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ProtocolError(f"unknown value tag {str(tag)[:40]!r}")
+
+
+def decode(obj: Any, make_ref: Callable[[int, str], Any], *, extra: Callable[[dict], Any] | None = None,
+           types: dict[tuple, type] | None = None) -> Any:
+    """Inverse of ``encode``, building only builtin and standard-library values, within
+    ``MAX_ITEMS`` and ``MAX_DEPTH``; ``extra`` decodes tags only one side knows."""
+    return _Decoder(make_ref, extra, types).value(obj)
