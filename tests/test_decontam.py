@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.decontam import DISGUISES, mbpp_rows, rename
 from engine.data import mbpp
+from engine.data.codegrams import normalise
 from engine.data.decontam import (
     ContaminatedData,
     DecontamIndex,
@@ -106,3 +108,97 @@ def test_every_evaluation_problem_is_caught_verbatim(index: DecontamIndex) -> No
     assert len(index.scan(prompts).rows) == len(prompts) == 164
     statements = [p.text for p in mbpp.load(MBPP, "test")[0]]  # even the shortest MBPP statements
     assert len(index.scan(statements).rows) == len(statements) == 500
+
+
+# --- the code signal ------------------------------------------------------------------------
+CODE_DISGUISES = [name for name in DISGUISES if name != "paraphrased_statement"]
+# A solution body alone, with no name and no statement, is evidence only when it carries structure:
+# 15 HumanEval bodies are one-line expressions (`return x + y`, `return len(string)`) that clean code
+# shares, so that disguise is held to 90% (measured 149 of 164), every other to 95%.
+RECALL = {"solution_alone": 0.90}
+
+
+def test_code_disguises_of_humaneval_are_caught_and_clean_mbpp_rows_are_not(index: DecontamIndex) -> None:
+    """>= 95% of HumanEval in every code disguise, each refused for its own task; <= 1% of clean MBPP refused."""
+    from engine.data import humaneval
+
+    problems = humaneval.load()[0]
+    for name in CODE_DISGUISES:
+        rows = [(p.task_id, row) for p in problems if (row := DISGUISES[name](p))]
+        found = index.scan([r for _, r in rows])
+        caught = sum(any(h.task_id == t for h in found.rows.get(k, [])) for k, (t, _) in enumerate(rows))
+        assert caught >= RECALL.get(name, 0.95) * len(rows), f"{name}: {caught} of {len(rows)}"
+    clean = mbpp_rows(MBPP)
+    found = index.scan([r for _, r in clean])
+    refused = [clean[k][0] for k, hits in found.rows.items() if any(h.source == "humaneval" for h in hits)]
+    assert len(clean) == 474 and len(refused) <= 0.01 * len(clean), refused
+
+
+def test_short_generic_code_is_not_evidence(index: DecontamIndex) -> None:
+    """Trivial solutions (HumanEval/53 `return x + y`, /23 `return len(string)`) match too much code to count."""
+    generic = ["def add(a, b):\n    return a + b\n", "def size(s):\n    return len(s)\n",
+               "def square(n):\n    return n ** 2\n", "def flip(s):\n    return s.swapcase()\n",
+               "def mx(xs):\n    return max(xs) if xs else None\n", "def rev(s):\n    return s[::-1]\n",
+               "def is_even(n):\n    return n % 2 == 0\n", "def uniq(xs):\n    return sorted(set(xs))\n"]
+    assert not index.scan(generic)
+    # the same body under the evaluation problem's own (not too common) name is evidence
+    assert [h.task_id for h in index.check("def strlen(s):\n    return len(s)\n")] == ["HumanEval/23"]
+
+
+def test_refusal_names_the_signal_and_the_evaluation_task(index: DecontamIndex) -> None:
+    from engine.data import humaneval
+
+    p = {x.task_id: x for x in humaneval.load()[0]}["HumanEval/129"]
+    row = chat(DISGUISES["all_code_disguises_at_once"](p))
+    with pytest.raises(ContaminatedData, match=r"row 1: humaneval HumanEval/129 \(code, score \d\.\d\d, \d+ "
+                                               r"normalised code 8-grams"):
+        require_clean([CLEAN[0], row], index, what="sft rows")
+
+
+def test_normalised_stream_ignores_what_a_disguise_changes() -> None:
+    original = ('from typing import List\n\ndef pick(xs: List[int], k: int = 3) -> List[int]:\n'
+                '    """Docstring."""\n    out = []  # result\n    for x in xs:\n'
+                '        if (x % k == 0):\n            out.append(x)\n    return out\n')
+    variants = [
+        "def pick(xs,k=3):\n  out=[]\n  for x in xs:\n    if x%k==0: out.append(x)\n  return out\n",
+        "from typing import List\nclass Solution:\n    def choose(self, items, step=7):\n        'doc'\n"
+        "        res: list = []\n        for it in items:\n            if it % step == 0:\n"
+        "                res.append(\n                    it,\n                )\n        return res\n",
+    ]
+    body = normalise(original)[normalise(original).index("def"):]
+    for v in variants:
+        stream = normalise(v)
+        assert stream[stream.index("def"):] == body, v
+    assert "append" in body and "STR" not in body and "NUM" in body
+    assert normalise("def pick(xs):\n    return [x for x in xs if x]\n")[-1] == ";"
+    assert normalise(original) != normalise(original.replace("out.append(x)", "out.insert(0, x)"))
+
+
+def test_evalplus_files_get_the_code_signal(tmp_path: Path) -> None:
+    from engine.data import humaneval
+
+    p = {x.task_id: x for x in humaneval.load()[0]}["HumanEval/129"]
+    he_plus = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(he_plus, "wt") as fh:
+        fh.write(json.dumps({"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
+                             "canonical_solution": p.canonical_solution, "base_input": [], "plus_input": [],
+                             "atol": 0, "contract": ""}) + "\n")
+    ref = mbpp.load(MBPP, "test")[0][56]  # Mbpp/67, bell numbers: MBPP+ prompts hold a docstring and an assert
+    mbpp_plus = tmp_path / "MbppPlus.jsonl"
+    mbpp_plus.write_text(json.dumps({"task_id": ref.task_id, "entry_point": ref.entry_point,
+                                     "prompt": f'"""\n{ref.text}\nassert {ref.entry_point}(2)==2\n"""\n',
+                                     "canonical_solution": ref.canonical_solution, "base_input": [[2]]}) + "\n")
+    index = eval_index(None, humaneval_plus=he_plus, mbpp_plus=mbpp_plus)
+    assert index.items[-1].statement == ref.text
+    rows = [DISGUISES["solution_without_docstring_renamed"](p), rename(ref.canonical_solution.replace("\r", ""))]
+    found = index.scan(rows)
+    assert {(h.source, h.task_id, h.reason) for h in found.rows[0]} >= {("humaneval_plus", "HumanEval/129", "code")}
+    assert {(h.source, h.task_id, h.reason) for h in found.rows[1]} == {("mbpp_plus", "Mbpp/67", "code")}
+
+
+def test_mbpp_near_duplicates_across_splits_are_found_by_code(index: DecontamIndex) -> None:
+    """Train problems whose reference code is a test problem's (bell numbers, nCr mod p, max occurrences)."""
+    rows = dict(mbpp_rows(MBPP))
+    for train, test in [("Mbpp/608", "Mbpp/67"), ("Mbpp/952", "Mbpp/402"), ("Mbpp/658", "Mbpp/362")]:
+        code = rename(rows[train]["completion"].replace("\r", ""))
+        assert ("mbpp_test", test, "code") in {(h.source, h.task_id, h.reason) for h in index.check(code)}

@@ -196,8 +196,8 @@ class CodeIndex:
                 self.postings[x].append(u)
             self.total.append(sum(self.weight[x] for x in kept))
 
-    def matches(self, text: str, min_coverage: float, min_weight: float) -> list[CodeMatch]:
-        """Units whose grams the row covers enough, with enough weight, within one window."""
+    def matches(self, text: str, min_coverage: float) -> list[CodeMatch]:
+        """Units whose grams the row covers at least ``min_coverage`` of, within one window."""
         stream = normalise(text)
         found: dict[int, dict[tuple[str, ...], int]] = defaultdict(dict)  # unit -> gram -> first position
         for k in range(len(stream) - self.n + 1):
@@ -206,10 +206,10 @@ class CodeIndex:
                 found[u].setdefault(gram, k)
         out = []
         for u, hit in found.items():
-            if sum(self.weight[g] for g in hit) < max(min_weight, min_coverage * self.total[u]):
+            if sum(self.weight[g] for g in hit) < min_coverage * self.total[u]:
                 continue
             weight, count = self._densest(u, hit)
-            if weight >= min_weight and weight >= min_coverage * self.total[u]:
+            if weight >= min_coverage * self.total[u]:
                 out.append(CodeMatch(u, weight / self.total[u], weight, count))
         return out
 

@@ -40,6 +40,7 @@ print example examples input output result those these their them they there the
 only more most same other others one two goal task here have has had was were been being like make made
 contain contains containing multiple properly within into onto after before every some many much very
 note assume suppose following follows below above""".split())
+NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there under the same name
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,23 @@ def content_words(text: str) -> set[str]:
 
 
 def statement_of(prompt: str) -> str:
-    """The docstring of a HumanEval-style prompt (or the prompt itself), doctests removed."""
+    """The docstring of a HumanEval-style prompt (MBPP+: the module's), doctests and asserts removed."""
     text = prompt
-    try:
-        for node in ast.walk(ast.parse(prompt + "\n    pass\n")):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node):
-                text = ast.get_docstring(node) or prompt
-    except SyntaxError:
-        pass
+    for source in (prompt, prompt + "\n    pass\n"):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        docs = [d for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef))
+                and (d := ast.get_docstring(node))]
+        if docs:
+            text = docs[-1]
+            break
     keep, in_example = [], False
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith(">>>"):
-            in_example = True  # a doctest: skip it and its expected output up to a blank line
+        if stripped.startswith((">>>", "assert ")):
+            in_example = True  # a doctest or an MBPP+ assert: skip it and its output up to a blank line
         elif not stripped:
             in_example = False
         if not in_example:
@@ -149,11 +154,11 @@ class DecontamIndex:
 
     def __init__(self, items: list[EvalItem], ngram: int = 10, doc_threshold: float = 0.7,
                  name_doc_threshold: float = 0.5, min_content: int = 5, code_ngram: int = 8,
-                 code_coverage: float = 0.6, code_weight: float = 25.0) -> None:
+                 code_coverage: float = 0.6, code_weight: float = 25.0, code_grams: int = 6) -> None:
         if not items:
             raise ValueError("decontamination index: no evaluation problems to check against")
         self.items, self.n = items, ngram
-        self.code_coverage, self.code_weight = code_coverage, code_weight
+        self.code_coverage, self.code_weight, self.code_grams = code_coverage, code_weight, code_grams
         units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
         self.code = CodeIndex([c for _, c in units], [i for i, _ in units], n=code_ngram)
         self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
@@ -212,11 +217,14 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
-        for m in sorted(self.code.matches(text, self.code_coverage, self.code_weight), key=lambda m: m.coverage):
-            it = self.items[self.code.owners[m.unit]]
-            hits[(self.code.owners[m.unit], "code")] = Hit(
-                it.source, it.task_id, "code", m.coverage,
-                f"{m.grams} normalised code {self.code.n}-grams, rarity {m.weight:.0f}")
+        for m in sorted(self.code.matches(text, min(self.code_coverage, NAMED_CODE)), key=lambda m: m.coverage):
+            i = self.code.owners[m.unit]
+            it = self.items[i]
+            strong = m.coverage >= self.code_coverage and m.weight >= self.code_weight and m.grams >= self.code_grams
+            if strong or (i in named and m.coverage >= NAMED_CODE and len(it.name) >= 5):
+                hits[(i, "code")] = Hit(it.source, it.task_id, "code", m.coverage,
+                                        f"{m.grams} normalised code {self.code.n}-grams, rarity {m.weight:.0f}"
+                                        + ("" if strong else f", defines or calls {it.name}"))
         return list(hits.values())
 
     def scan(self, rows: Iterable[Any]) -> Contamination:
