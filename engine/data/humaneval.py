@@ -51,9 +51,14 @@ def load(path: Path | None = None) -> tuple[list[Problem], str]:
 
 
 def make_job(problem: Problem, completion: str, timeout: float = 10.0) -> Job:
-    """Program = prompt + completion (sandboxed); tests = prompt helpers + ``check`` (trusted side)."""
+    """Program = prompt + completion; see ``solution_job``."""
+    return solution_job(problem, problem.prompt + completion, timeout)
+
+
+def solution_job(problem: Problem, solution: str, timeout: float = 10.0) -> Job:
+    """Program = the solution (sandboxed); tests = prompt helpers + ``check`` (trusted side)."""
     return Job(
-        program=problem.prompt + completion + "\n",
+        program=solution + "\n",
         # the prompt's stub of the entry point is rebound to the program's function (HumanEval/33's
         # check calls it by name)
         runner_code=f"{problem.prompt}\n\n{problem.test}\n\n{problem.entry_point} = {CANDIDATE}\n"

@@ -53,9 +53,16 @@ def load(data_dir: Path, split: str = "test", variant: str = "full") -> tuple[li
     if split not in SPLITS:
         raise ValueError(f"unknown MBPP split {split!r} (expected one of {', '.join(SPLITS)})")
     path, digest = verified_file(data_dir, variant)
-    text = path.read_text()
-    rows = json.loads(text) if variant == "sanitized" else [json.loads(x) for x in text.splitlines() if x]
-    lo, hi = SPLITS[split]
+    return problems_of(path, *SPLITS[split]), digest
+
+
+def problems_of(path: Path, lo: int, hi: int) -> list[Problem]:
+    """The problems of an MBPP file (``mbpp.jsonl``, or the sanitized ``.json``) with lo <= task_id <= hi."""
+    text = Path(path).read_text()
+    try:
+        rows = json.loads(text) if Path(path).suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
+    except ValueError as exc:
+        raise ValueError(f"{path}: not an MBPP file ({exc})") from None
     problems = []
     for r in rows:
         if not lo <= int(r["task_id"]) <= hi:
@@ -70,7 +77,7 @@ def load(data_dir: Path, split: str = "test", variant: str = "full") -> tuple[li
             canonical_solution=r["code"],
             text=r.get("text") or r.get("prompt", ""),
         ))
-    return problems, digest
+    return problems
 
 
 def tests_of(problem: Problem) -> dict:

@@ -1,0 +1,188 @@
+"""Score solutions under a protocol: the one path of the eval stage and ``pmat score``.
+
+A ``Benchmark`` is a protocol's data file, verified against the pin (or explicitly
+unpinned, which the effective protocol then says), cut to the protocol's task set. Each
+sample's solution (evalplus's convention: ``solution``, or the task prompt + ``completion``)
+runs in the sandbox under the protocol's tests: HumanEval's ``check``, MBPP's asserts, or
+evalplus's base and plus input suites, each in a run of its own. Verdicts come back per
+task and sample in evalplus's words (``pass``/``fail`` for base and plus) with pmat's
+category beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.data import evalplus, humaneval, mbpp, protocols
+from engine.data.fetch import check_file
+from engine.data.humaneval import Problem
+from engine.data.protocols import Protocol
+from engine.results import pass_metrics
+from engine.sandbox.pool import Job, Limits, SandboxPool, Verdict
+from engine.workspace import sha256_file
+
+KS = (1, 10, 100)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a benchmark: the task prompt (what a model completes or is asked) and its tests."""
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    problem: Problem | None = None           # HumanEval check / MBPP asserts
+    plus: evalplus.PlusTask | None = None    # evalplus records
+
+
+@dataclass
+class Benchmark:
+    protocol: Protocol                       # the effective protocol (data pin and overrides applied)
+    path: Path
+    sha256: str
+    tasks: list[Task]
+    expected: dict[str, dict] = field(default_factory=dict)  # evalplus: reference outputs and times
+
+    def by_id(self) -> dict[str, Task]:
+        return {t.task_id: t for t in self.tasks}
+
+
+def _mbpp_tasks(path: Path, lo: int, hi: int) -> list[Task]:
+    tasks = []
+    for p in mbpp.problems_of(path, lo, hi):
+        asserts = "\n".join(mbpp.tests_of(p)["asserts"])
+        prompt = protocols.MBPP_TASK.format(text=p.text, entry_point=p.entry_point, asserts=asserts)
+        tasks.append(Task(p.task_id, prompt, p.entry_point, problem=p))
+    return tasks
+
+
+def open_benchmark(protocol_id: str, path: Path, *, data_sha256: str | None = None, unpinned: bool = False,
+                   overrides: dict[str, Any] | None = None, limit: int | None = None) -> Benchmark:
+    """Load ``path`` as the data of ``protocol_id``: it must match the project's pin, or
+    ``data_sha256`` (a user pin), unless ``unpinned``. ``limit`` keeps the first tasks (which
+    the effective protocol's ``n_tasks`` then says)."""
+    proto = protocols.get(protocol_id)
+    path = Path(path)
+    if unpinned:
+        if not path.is_file():
+            raise ValueError(f"{protocol_id}: data file {path} does not exist")
+        digest = sha256_file(path)
+    else:
+        digest = check_file(path, proto.dataset, data_sha256).sha256
+    if proto.tests == "check":
+        problems, _ = humaneval.load(path)
+        tasks = [Task(p.task_id, p.prompt, p.entry_point, problem=p) for p in problems]
+    elif proto.tests == "asserts":
+        tasks = _mbpp_tasks(path, *(proto.task_range() or (1, 10**9)))
+    else:
+        plus = evalplus.load(path, mbpp=proto.dataset == "mbpp_plus")
+        tasks = [Task(t.task_id, t.prompt, t.entry_point, plus=t) for t in plus]
+    official = proto.accepts_data(digest)
+    if official and len(tasks) != proto.n_tasks:
+        raise ValueError(f"{path}: {len(tasks)} tasks, protocol {protocol_id} has {proto.n_tasks}")
+    tasks = tasks[:limit] if limit else tasks
+    changes = dict(overrides or {})
+    if len(tasks) != proto.n_tasks:
+        changes["n_tasks"] = len(tasks)
+    proto = protocols.resolve(protocol_id, data_sha256=digest, overrides=changes)
+    bench = Benchmark(proto, path, digest, tasks)
+    if proto.tests == "evalplus":
+        bench.expected = evalplus.ground_truth([t.plus for t in tasks if t.plus], digest,
+                                               mbpp=proto.dataset == "mbpp_plus")
+    return bench
+
+
+def solution_of(task: Task, sample: dict[str, Any]) -> str:
+    """evalplus's rule: the sample's ``solution``, else the task prompt followed by its ``completion``."""
+    if isinstance(sample.get("solution"), str):
+        return sample["solution"]
+    if isinstance(sample.get("completion"), str):
+        return task.prompt + sample["completion"]
+    raise ValueError(f"sample of {task.task_id} has neither a 'solution' nor a 'completion' string")
+
+
+def jobs_for(bench: Benchmark, task: Task, solution: str) -> list[tuple[str, Job]]:
+    """(suite, job) pairs: one for HumanEval / MBPP, base and plus for evalplus."""
+    p = bench.protocol
+    if p.tests == "check":
+        return [("base", humaneval.solution_job(task.problem, solution, p.task_timeout_s))]  # type: ignore[arg-type]
+    if p.tests == "asserts":
+        return [("base", mbpp.make_job(task.problem, solution, p.task_timeout_s))]  # type: ignore[arg-type]
+    suites = ("base", "plus") if p.plus else ("base",)
+    return [(s, evalplus.make_job(task.plus, solution, s, bench.expected[task.task_id],  # type: ignore[arg-type]
+                                  mbpp=p.dataset == "mbpp_plus", min_time_s=p.min_time_limit_s,
+                                  time_factor=p.gt_time_factor, task_timeout_s=p.task_timeout_s))
+            for s in suites]
+
+
+def _suite(v: Verdict) -> dict[str, Any]:
+    return {"status": "pass" if v.passed else "fail", "pmat": v.status, "error_type": v.error_type,
+            "detail": v.detail[-300:]}
+
+
+def score(bench: Benchmark, samples: list[tuple[str, str]], pool: SandboxPool,
+          on_result: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One verdict per (task_id, solution): ``base_status``/``plus_status`` ("pass"/"fail"; plus None
+    without plus inputs), ``status`` (pmat's category of the first failing suite, else "passed")."""
+    tasks = bench.by_id()
+    jobs: list[Job] = []
+    owners: list[tuple[int, str]] = []
+    for i, (task_id, solution) in enumerate(samples):
+        for suite, job in jobs_for(bench, tasks[task_id], solution):
+            jobs.append(job)
+            owners.append((i, suite))
+    verdicts = pool.run_many(jobs)
+    out: list[dict[str, Any]] = [{"task_id": t, "base": None, "plus": None} for t, _ in samples]
+    for (i, suite), v in zip(owners, verdicts, strict=True):
+        out[i][suite] = _suite(v)
+    for i, rec in enumerate(out):
+        suites = [rec[s] for s in ("base", "plus") if rec[s]]
+        rec["base_status"] = rec["base"]["status"]
+        rec["plus_status"] = rec["plus"]["status"] if rec["plus"] else None
+        failed = [s for s in suites if s["status"] != "pass"]
+        rec["status"] = failed[0]["pmat"] if failed else "passed"
+        if on_result:
+            on_result(i, rec)
+    return out
+
+
+def metrics(bench: Benchmark, per_task: dict[str, list[dict[str, Any]]], ks: Iterable[int] = KS) -> dict[str, float]:
+    """pass@k over the tasks scored (a sample counts when every suite passed: evalplus's "plus" figure);
+    with plus inputs also ``base_pass@k`` (evalplus's base-tests figure)."""
+    counts = [(len(v), sum(s["status"] == "passed" for s in v)) for v in per_task.values()]
+    out = pass_metrics(counts, ks)
+    if bench.protocol.plus:
+        base = [(len(v), sum(s["base_status"] == "pass" for s in v)) for v in per_task.values()]
+        out.update({f"base_{k}": v for k, v in pass_metrics(base, ks).items()})
+    return out
+
+
+def pool_limits(protocol: Protocol, memory_mb: int) -> Limits:
+    """The sandbox limits for a protocol: CPU seconds beyond any job's wall clock."""
+    return Limits(memory_mb=memory_mb, cpu_s=int(protocol.task_timeout_s) + 5)
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """An evalplus samples file: one JSON object a line with ``task_id`` and ``solution`` or ``completion``."""
+    samples = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable samples file ({exc})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
+        if not isinstance(s, dict) or not isinstance(s.get("task_id"), str):
+            raise ValueError(f"{path}:{lineno}: a sample needs a string 'task_id'")
+        if not isinstance(s.get("solution", s.get("completion")), str):
+            raise ValueError(f"{path}:{lineno}: sample of {s['task_id']} needs a 'solution' or 'completion' string")
+        samples.append(s)
+    return samples
