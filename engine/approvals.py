@@ -97,3 +97,13 @@ def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, A
 def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> bool:
     """True when ``stage`` needs no approval, or its approval names the evidence there is now."""
     return revoked(spec, ws, stage, approval) is None
+
+
+def describe_approval(stage: str, approval: dict[str, Any]) -> str:
+    """One line for status, the model card and the bundle; an override says so, loudly."""
+    by = approval.get("by") or "?"
+    gates = (approval.get("evidence") or {}).get("gates") or {}
+    shown = ", ".join(f"{ac} {g.get('outcome', '?').upper().replace('_', ' ')}" for ac, g in gates.items())
+    if approval.get("override"):
+        return f"{stage}: approved by {by} by OVERRIDE ({approval['override']}) over {shown or 'its gates'}"
+    return f"{stage}: approved by {by}" + (f" on {shown}" if shown else "")

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.approvals import stage_evidence
+from engine.approvals import check_approvable, describe_approval
 from engine.cli._common import BadInput, fmt_duration
 from engine.gates import evaluate_gates
 from engine.overview import build_overview
@@ -34,6 +34,7 @@ from engine.supervisor import (
 from engine.workspace import UnsafeWorkspace, Workspace
 
 DEMO_APPROVER = "pmat demo --headless"
+DEMO_OVERRIDE = "tiny demo models"
 SUPERVISOR_RESTARTS = 3
 SETTLE_S = 5.0  # nothing may move for this long before the demo calls a stage stuck
 
@@ -89,7 +90,11 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
                     shown[row.stage] = line
                     print(f"[{fmt_duration(time.monotonic() - t0):>6}] {row.stage:<22} {line}", flush=True)
                 if row.reason_kind == "needs_approval" and row.stage not in approved:
-                    send_command(ws, "approve", target=row.stage, evidence=stage_evidence(spec, ws, row.stage),
+                    evidence, refusal = check_approvable(spec, ws, row.stage)
+                    if refusal:  # the tiny models fail the real gates: only a visible override gets past
+                        print(f"pmat demo: {refusal}; approving with --override {DEMO_OVERRIDE!r}", flush=True)
+                    send_command(ws, "approve", target=row.stage, evidence=evidence,
+                                 override=DEMO_OVERRIDE if refusal else None,
                                  note=f"{DEMO_APPROVER}: approved automatically on the evidence shown")
                     approved.add(row.stage)
             if all(r.status == "done" for r in ov.rows):
@@ -117,6 +122,10 @@ def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: flo
     print("gates:")
     for name, g in evaluate_gates(spec, ws).items():
         print(f"  {name:<7} {g.outcome.upper():<8} {g.description}: {g.reason}")
+    if state.approvals:
+        print("approvals:")
+        for stage, approval in state.approvals.items():
+            print(f"  {describe_approval(stage, approval)}")
     ok = all(r.status == "done" for r in ov.rows)
     print("pipeline: every stage finished" if ok else "pipeline: NOT every stage finished")
     return 0 if ok else 1
