@@ -295,3 +295,58 @@ def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = F
 
 def age_s(result: GateResult) -> float | None:
     return time.time() - result.newest_record_ts if result.newest_record_ts else None
+
+
+def _canonical_ref(spec: PipelineSpec, ref: str) -> str:
+    m = REF_RE.match(ref)
+    if m and m.group(1) == "model" and m.group(2) in spec.models and spec.models[m.group(2)].artifact:
+        return _canonical_ref(spec, str(spec.models[m.group(2)].artifact))
+    return ref
+
+
+def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
+    """Stages whose results a criterion reads: those producing its checkpoints, and those
+    measuring one of them on a benchmark its expression names (eval ``benchmark``, or kind)."""
+    refs = {"": crit.checkpoint} if crit.checkpoint else dict(crit.checkpoints)
+    benches: dict[str, set[str]] = {alias: set() for alias in refs}
+    for node in ast.walk(ast.parse(crit.expr, mode="eval")):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            try:
+                parts = _dotted(node).split(".")
+            except ValueError:
+                continue
+            alias = "" if crit.checkpoint else parts[0]
+            if len(parts) == (2 if crit.checkpoint else 3) and alias in benches:
+                benches[alias].add(parts[-2])
+    out: set[str] = set()
+    for alias, ref in refs.items():
+        want = _canonical_ref(spec, ref)
+        if src := spec.ref_stage(want):
+            out.add(src)
+        for name, entry in spec.stages.items():
+            measures = str(entry.params.get("benchmark") or entry.kind)
+            if measures in benches[alias] and any(_canonical_ref(spec, r) == want for r in entry.inputs.values()):
+                out.add(name)
+    return out
+
+
+def gate_order_problems(spec: PipelineSpec) -> list[str]:
+    """A gated stage must run after every stage whose results its criteria read; else it
+    could be approved (and run) before the evaluations exist. One line per problem."""
+    problems = []
+    for stage, entry in spec.stages.items():
+        if entry.approval != "required" or not entry.work_item or entry.work_item not in spec.work_items:
+            continue
+        upstream, todo = set(), list(spec.deps(stage))
+        while todo:
+            s = todo.pop()
+            if s not in upstream and s in spec.stages:
+                upstream.add(s)
+                todo.extend(spec.deps(s))
+        for ac in spec.work_items[entry.work_item].acceptance:
+            if ac not in spec.acceptance:
+                continue
+            for src in sorted(criterion_sources(spec, spec.acceptance[ac]) - upstream - {stage}):
+                problems.append(f"stages.{stage}: its approval answers for {ac}, which reads results of "
+                                f"{src}: add {src} to stages.{stage}.after")
+    return problems
