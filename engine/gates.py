@@ -304,11 +304,10 @@ def _canonical_ref(spec: PipelineSpec, ref: str) -> str:
     return ref
 
 
-def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
-    """Stages whose results a criterion reads: those producing its checkpoints, and those
-    measuring one of them on a benchmark its expression names (eval ``benchmark``, or kind)."""
-    refs = {"": crit.checkpoint} if crit.checkpoint else dict(crit.checkpoints)
-    benches: dict[str, set[str]] = {alias: set() for alias in refs}
+def criterion_benchmarks(crit: Criterion) -> dict[str, set[str]]:
+    """Benchmarks the expression reads, per checkpoint alias ("" for a single checkpoint)."""
+    refs = [""] if crit.checkpoint else list(crit.checkpoints)
+    out: dict[str, set[str]] = {alias: set() for alias in refs}
     for node in ast.walk(ast.parse(crit.expr, mode="eval")):
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
             try:
@@ -316,8 +315,16 @@ def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
             except ValueError:
                 continue
             alias = "" if crit.checkpoint else parts[0]
-            if len(parts) == (2 if crit.checkpoint else 3) and alias in benches:
-                benches[alias].add(parts[-2])
+            if len(parts) == (2 if crit.checkpoint else 3) and alias in out:
+                out[alias].add(parts[-2])
+    return out
+
+
+def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
+    """Stages whose results a criterion reads: those producing its checkpoints, and those
+    measuring one of them on a benchmark its expression names (eval ``benchmark``, or kind)."""
+    refs = {"": crit.checkpoint} if crit.checkpoint else dict(crit.checkpoints)
+    benches = criterion_benchmarks(crit)
     out: set[str] = set()
     for alias, ref in refs.items():
         want = _canonical_ref(spec, ref)
@@ -350,3 +357,24 @@ def gate_order_problems(spec: PipelineSpec) -> list[str]:
                 problems.append(f"stages.{stage}: its approval answers for {ac}, which reads results of "
                                 f"{src}: add {src} to stages.{stage}.after")
     return problems
+
+
+def spec_problems(spec: PipelineSpec) -> list[str]:
+    """What ``pmat check`` refuses about the gates: protocol pins that name no benchmark of
+    the expression or no known protocol, and gated stages that could run before their evidence."""
+    problems = []
+    for name, crit in spec.acceptance.items():
+        read = set().union(*criterion_benchmarks(crit).values())
+        for bench, pin in (crit.protocol or {}).items():
+            where = f"acceptance.{name}.protocol.{bench}"
+            if bench not in read:
+                problems.append(f"{where}: {bench!r} is not a benchmark the expression reads "
+                                f"({', '.join(sorted(read)) or 'none'}); pin as BENCHMARK: PROTOCOL_ID")
+            elif not isinstance(pin, str) and not (isinstance(pin, dict) and isinstance(pin.get("id"), str)):
+                problems.append(f"{where}: expected a protocol id or {{id: ID, OVERRIDE: VALUE...}}, got {pin!r}")
+            else:
+                try:
+                    criterion_protocol(crit, bench)
+                except ValueError as exc:
+                    problems.append(f"{where}: {exc}")
+    return problems + gate_order_problems(spec)
