@@ -7,8 +7,11 @@ another task does not count). Clean rows are MBPP's train, validation and prompt
 problem is a false refusal. MBPP's test split against those rows is reported too: MBPP
 has near-duplicate tasks across its splits, so those hits are measured, not targeted.
 
-    .venv/bin/python bench/decontam.py [--mbpp engine/pipelines/data/mbpp] [--show 3]
-        [--humaneval-plus FILE] [--mbpp-plus FILE]
+    .venv/bin/python bench/decontam.py [--mbpp engine/pipelines/data/mbpp] [--show 12]
+        [--humaneval-plus FILE] [--mbpp-plus FILE] [--plusgen]
+
+``--plusgen`` builds evalplus-format HumanEval+ / MBPP+ files on the spot (engine/data/plusgen.py)
+when the release files are not at hand, so that every evaluation set the gates read is indexed.
 
 Prints ``BENCH <name> <value> <target> PASS|MISS`` lines, then the problems each
 disguise misses.
@@ -262,13 +265,38 @@ def false_refusals(index: DecontamIndex, data_dir: Path, show: int) -> None:
           f"measured): {len(mb)} of {len(rows)}")
 
 
+def plusgen_files(mbpp_dir: Path, into: Path) -> tuple[Path, Path]:
+    """HumanEval+ and MBPP+ (test split) in evalplus format; problems the generator cannot handle are left out."""
+    import json
+
+    from engine.data import plusgen
+
+    he = list(plusgen.humaneval_plus_records(humaneval.load()[0], n_plus=1, extra=False))
+    mb = []
+    for p in mbpp.load(mbpp_dir, "test")[0]:
+        try:
+            mb += list(plusgen.mbpp_plus_records([p], n_plus=1))
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue
+    paths = into / "HumanEvalPlus.jsonl", into / "MbppPlus.jsonl"
+    for path, records in zip(paths, (he, mb), strict=True):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"  plusgen: {len(he)} HumanEval+ and {len(mb)} MBPP+ records", file=sys.stderr)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mbpp", type=Path, default=ROOT / "engine/pipelines/data/mbpp")
     ap.add_argument("--humaneval-plus", type=Path)
     ap.add_argument("--mbpp-plus", type=Path)
+    ap.add_argument("--plusgen", action="store_true", help="build HumanEval+/MBPP+ files with plusgen")
     ap.add_argument("--show", type=int, default=12, help="missed problems / hits listed per line")
     args = ap.parse_args(argv)
+    if args.plusgen:
+        import tempfile
+
+        args.humaneval_plus, args.mbpp_plus = plusgen_files(args.mbpp, Path(tempfile.mkdtemp(prefix="decontam-")))
     t0 = time.perf_counter()
     index = eval_index(args.mbpp, humaneval_plus=args.humaneval_plus, mbpp_plus=args.mbpp_plus)
     build = time.perf_counter() - t0

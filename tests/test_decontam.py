@@ -87,7 +87,8 @@ def test_plus_variants_are_indexed(tmp_path: Path) -> None:
     path = tmp_path / "HumanEvalPlus.jsonl.gz"
     rec = {"task_id": "HumanEval/999", "entry_point": "rotate_matrix_quadrants",
            "prompt": 'def rotate_matrix_quadrants(m):\n    """Rotate each quadrant of a square matrix clockwise '
-                     'while keeping the quadrants themselves in place."""\n', "canonical_solution": "    return m\n"}
+                     'while keeping the quadrants themselves in place."""\n', "canonical_solution": "    return m\n",
+           "base_input": [], "plus_input": []}
     with gzip.open(path, "wt") as fh:
         fh.write(json.dumps(rec) + "\n")
     index = eval_index(None, humaneval_plus=path)
@@ -95,7 +96,7 @@ def test_plus_variants_are_indexed(tmp_path: Path) -> None:
     assert [(h.source, h.task_id) for h in hits] == [("humaneval_plus", "HumanEval/999")]
     bad = tmp_path / "MbppPlus.jsonl"
     bad.write_text(json.dumps({"task_id": "Mbpp/2"}) + "\n")
-    with pytest.raises(ValueError, match=r"MbppPlus.jsonl: line 1 lacks prompt, entry_point"):
+    with pytest.raises(ValueError, match=r"MbppPlus.jsonl:1: record lacks prompt, entry_point"):
         plus_items(bad, "mbpp_plus")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         plus_items(tmp_path / "nope.jsonl", "mbpp_plus")
@@ -187,7 +188,8 @@ def test_evalplus_files_get_the_code_signal(tmp_path: Path) -> None:
     mbpp_plus = tmp_path / "MbppPlus.jsonl"
     mbpp_plus.write_text(json.dumps({"task_id": ref.task_id, "entry_point": ref.entry_point,
                                      "prompt": f'"""\n{ref.text}\nassert {ref.entry_point}(2)==2\n"""\n',
-                                     "canonical_solution": ref.canonical_solution, "base_input": [[2]]}) + "\n")
+                                     "canonical_solution": ref.canonical_solution, "base_input": [[2]],
+                                     "plus_input": []}) + "\n")
     index = eval_index(None, humaneval_plus=he_plus, mbpp_plus=mbpp_plus)
     assert index.items[-1].statement == ref.text
     rows = [DISGUISES["solution_without_docstring_renamed"](p), rename(ref.canonical_solution.replace("\r", ""))]

@@ -170,21 +170,23 @@ class CodeIndex:
     """Code n-grams of evaluation solutions; :meth:`matches` scores a row against each of them.
 
     A unit is one piece of reference code (a problem's prompt + solution, or its solution
-    alone); ``owners[u]`` is the problem it belongs to. A gram's weight is its rarity across
+    alone); ``owners[u]`` is the item it belongs to, ``tasks[u]`` that item's task id (variants
+    of one benchmark share it). A gram's weight is its rarity across
     problems, log(1 + problems / problems holding it); grams in more than ``max_df`` of the
     problems are boilerplate and not indexed. Matches must lie within a window a few times
     the unit's length, so a long row does not assemble a short solution from scattered pieces.
     """
 
-    def __init__(self, units: list[str], owners: list[int], n: int = 8, max_df: float = 0.02) -> None:
+    def __init__(self, units: list[str], owners: list[int], tasks: list[str], n: int = 8,
+                 max_df: float = 0.02) -> None:
         self.n, self.owners = n, owners
         streams = [normalise(u) for u in units]
         unit_grams = [grams(s, n) for s in streams]
-        problems = len(set(owners)) or 1
-        holders: dict[tuple[str, ...], set[int]] = defaultdict(set)
-        for g, owner in zip(unit_grams, owners, strict=True):
+        problems = len(set(tasks)) or 1  # HumanEval/0 and its HumanEval+ copy are one problem
+        holders: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        for g, task in zip(unit_grams, tasks, strict=True):
             for gram in g:
-                holders[gram].add(owner)
+                holders[gram].add(task)
         limit = max(2.0, max_df * problems)
         self.weight = {g: math.log(1 + problems / len(o)) for g, o in holders.items() if len(o) <= limit}
         self.postings: dict[tuple[str, ...], list[int]] = defaultdict(list)

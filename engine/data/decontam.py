@@ -18,8 +18,6 @@ unless the spec allows them explicitly.
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -160,7 +158,8 @@ class DecontamIndex:
         self.items, self.n = items, ngram
         self.code_coverage, self.code_weight, self.code_grams = code_coverage, code_weight, code_grams
         units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
-        self.code = CodeIndex([c for _, c in units], [i for i, _ in units], n=code_ngram)
+        self.code = CodeIndex([c for _, c in units], [i for i, _ in units], [items[i].task_id for i, _ in units],
+                              n=code_ngram)
         self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
         self.min_content = min_content
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
@@ -252,21 +251,14 @@ def mbpp_test_items(data_dir: Path) -> list[EvalItem]:
 
 
 def plus_items(path: Path, source: str) -> list[EvalItem]:
-    """Problems of an evalplus JSONL(.gz) file (HumanEvalPlus / MbppPlus)."""
+    """Problems of an evalplus JSONL(.gz) file (HumanEvalPlus / MbppPlus), read by evalplus's own loader."""
+    from engine.data import evalplus
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{source} file {path} not found (evalplus release JSONL, e.g. HumanEvalPlus.jsonl.gz)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:
-        rows = [json.loads(x) for x in fh if x.strip()]
-    items = []
-    for i, r in enumerate(rows):
-        missing = [k for k in ("task_id", "prompt", "entry_point") if k not in r]
-        if missing:
-            raise ValueError(f"{path}: line {i + 1} lacks {', '.join(missing)}")
-        items.append(EvalItem(source, r["task_id"], r["entry_point"], statement_of(r["prompt"]),
-                              r["prompt"] + r.get("canonical_solution", ""), r.get("canonical_solution", "")))
-    return items
+    return [EvalItem(source, t.task_id, t.entry_point, statement_of(t.prompt), t.prompt + t.canonical_solution,
+                     t.canonical_solution) for t in evalplus.load(path, mbpp=source == "mbpp_plus")]
 
 
 def eval_index(mbpp_dir: Path | None, humaneval_path: Path | None = None, humaneval_plus: Path | None = None,
