@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.approvals import describe_approval
 from engine.contracts import ContractError, load_contracts
 from engine.dag import topo_order
 from engine.gates import evaluate_gates, read_ledger
@@ -40,16 +41,35 @@ def _lineage(ws: Workspace, spec: PipelineSpec) -> list[dict[str, Any]]:
     return rows
 
 
+def counted_records(ws: Workspace) -> tuple[list[dict[str, Any]], int]:
+    """Ledger records that count, each once (by key), and how many lines were ignored."""
+    seen: set[str] = set()
+    out, ignored = [], 0
+    for r in read_ledger(ws):
+        if r["ignored"]:
+            ignored += 1
+        elif str(r.get("key") or r["digest"]) not in seen:
+            seen.add(str(r.get("key") or r["digest"]))
+            out.append(r)
+    return out, ignored
+
+
 def model_card(ws: Workspace, spec: PipelineSpec, model_name: str, license_id: str, model_hash: str) -> str:
     lines = [f"---\nlicense: {license_id}\ntags: [code, pmat]\n---", f"# {model_name}", "",
              f"Built by pmat pipeline `{spec.name}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
              f"Checkpoint content hash: `{model_hash}`.", "", "## Gates", "", "| criterion | verdict | detail |", "|---|---|---|"]
-    for name, g in evaluate_gates(spec, ws).items():
+    for name, g in evaluate_gates(spec, ws, full_hash=True).items():
         lines.append(f"| {name} | {g.outcome} | {g.reason.replace('|', '/')} |")
-    lines += ["", "## Results", "", "| benchmark | model hash | metrics | protocol |", "|---|---|---|---|"]
-    for r in read_ledger(ws):
+    approvals = load_state(ws).approvals
+    lines += ["", "## Approvals", ""]
+    lines += [f"- {describe_approval(stage, a)}" for stage, a in sorted(approvals.items())] or ["- none"]
+    records, ignored = counted_records(ws)
+    lines += ["", "## Results", "", f"Records with provenance only ({ignored} ledger line(s) ignored).", "",
+              "| benchmark | model hash | metrics | protocol |", "|---|---|---|---|"]
+    for r in records:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (r.get("metrics") or {}).items())
-        lines.append(f"| {r.get('benchmark')} | `{str(r.get('model_hash'))[:12]}` | {metrics} | `{json.dumps(r.get('protocol'), sort_keys=True)}` |")
+        proto = r.get("protocol_id") or json.dumps(r.get("protocol"), sort_keys=True)
+        lines.append(f"| {r.get('benchmark')} | `{str(r.get('model_hash'))[:12]}` | {metrics} | `{proto}` |")
     lines += ["", "## Lineage", ""]
     for row in _lineage(ws, spec):
         outs = ", ".join(f"{k}=`{str(v)[:12]}`" for k, v in row["outputs"].items()) or "-"

@@ -175,23 +175,28 @@ def checkpoint_hash(spec: PipelineSpec, ws: Workspace, ref: str, cache: HashCach
     if m and m.group(1) == "model" and spec.models[m.group(2)].artifact:
         return checkpoint_hash(spec, ws, spec.models[m.group(2)].artifact, cache)
     if m and m.group(3):
-        mpath = ws.manifest_path(m.group(3), m.group(4))
-        try:
-            manifest = ws.manifest(m.group(3), m.group(4))
-        except (OSError, ValueError) as exc:
-            raise CorruptArtifact(f"{mpath}: unreadable manifest ({exc}): a corrupt artifact") from None
-        if manifest is None:
-            return None
-        path = ws.artifact_path(m.group(3), m.group(4))
-        if not path.exists():
-            raise CorruptArtifact(f"{path}: missing, though {mpath.name} lists it: a corrupt artifact")
-        digest = cache.content_hash(path)
-        if digest != manifest.get("sha256"):
-            raise CorruptArtifact(f"{path}: content sha256 {digest[:12]} differs from its manifest's "
-                                  f"{str(manifest.get('sha256'))[:12]}: a corrupt artifact (re-run {m.group(3)})")
-        return digest
+        return artifact_hash(ws, m.group(3), m.group(4), cache)
     path = Path(resolve_ref(spec, ws, ref, ws.spec_path.parent))
     return cache.content_hash(path) if path.exists() else None
+
+
+def artifact_hash(ws: Workspace, stage: str, name: str, cache: HashCache) -> str | None:
+    """Content hash of a published artifact, checked against its manifest (None: unpublished)."""
+    mpath = ws.manifest_path(stage, name)
+    try:
+        manifest = ws.manifest(stage, name)
+    except (OSError, ValueError) as exc:
+        raise CorruptArtifact(f"{mpath}: unreadable manifest ({exc}): a corrupt artifact") from None
+    if manifest is None:
+        return None
+    path = ws.artifact_path(stage, name)
+    if not path.exists():
+        raise CorruptArtifact(f"{path}: missing, though {mpath.name} lists it: a corrupt artifact")
+    digest = cache.content_hash(path)
+    if digest != manifest.get("sha256"):
+        raise CorruptArtifact(f"{path}: content sha256 {digest[:12]} differs from its manifest's "
+                              f"{str(manifest.get('sha256'))[:12]}: a corrupt artifact (re-run {stage})")
+    return digest
 
 
 def read_ledger(ws: Workspace) -> list[dict[str, Any]]:
