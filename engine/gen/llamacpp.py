@@ -30,6 +30,36 @@ def _llama_cpp():
     return llama_cpp
 
 
+def gguf_shape(gguf: Path) -> dict[str, int]:
+    """Layers, KV heads, head size and training context of a GGUF, from its metadata."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf)
+
+    def field(key: str) -> int:
+        f = reader.fields.get(key)
+        if f is None:
+            raise ValueError(f"{gguf}: no {key} in the GGUF metadata")
+        return int(f.parts[f.data[0]][0])
+
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    heads = field(f"{arch}.attention.head_count")
+    return {"layers": field(f"{arch}.block_count"), "kv_heads": field(f"{arch}.attention.head_count_kv"),
+            "head_dim": field(f"{arch}.embedding_length") // heads, "n_ctx_train": field(f"{arch}.context_length")}
+
+
+def context_size(shape: dict[str, int], max_len: int = 0) -> int:
+    """The context a backend opens: DEFAULT_CTX, capped by the training context, at least max_len."""
+    return max(max_len, min(DEFAULT_CTX, shape["n_ctx_train"]))
+
+
+def gguf_memory_bytes(gguf: Path, max_len: int) -> int:
+    """Admission estimate: the mapped file + an f16 KV cache of the context + runtime slack."""
+    shape = gguf_shape(gguf)
+    kv = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 2 * context_size(shape, max_len)
+    return Path(gguf).stat().st_size + kv + (512 << 20)
+
+
 class LlamaCppBackend:
     """One llama.cpp context; the samples of a request reuse the prompt's KV prefix."""
 
@@ -43,12 +73,13 @@ class LlamaCppBackend:
             raise RuntimeError(f"device {device!r} requested but this llama-cpp-python build has no GPU offload "
                                "(build it with CMAKE_ARGS=-DGGML_CUDA=on)")
         self.path = Path(gguf)
-        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx or DEFAULT_CTX, n_gpu_layers=-1 if gpu else 0,
+        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx or context_size(gguf_shape(self.path)),
+                                   n_gpu_layers=-1 if gpu else 0,
                                    n_threads=n_threads or max(1, (os.cpu_count() or 2) // 2), seed=0,
                                    logits_all=False, verbose=False)
         self.device = "cuda" if gpu else "cpu"
         vocab = self.llm._model.vocab  # noqa: SLF001 - the model's vocab handle, for its EOG set
-        self.stop_ids = sorted(t for t in range(self.llm.n_vocab()) if llama_cpp.llama_token_is_eog(vocab, t))
+        self.stop_ids = sorted(t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt exactly as sent: special tokens parsed, no BOS added."""

@@ -33,6 +33,12 @@ def sampling_bytes(model_dir: Path, rows: int, max_len: int, dtype: str = "auto"
 
     ``dtype`` 'auto' counts 2 bytes (bf16 on the GPU); a CPU float32 run passes 'float32'.
     """
+    from engine.gen.base import gguf_file
+
+    if (gguf := gguf_file(model_dir)) is not None:
+        from engine.gen.llamacpp import gguf_memory_bytes
+
+        return gguf_memory_bytes(gguf, max_len)
     path = Path(model_dir) / "config.json"
     try:
         config = json.loads(path.read_text())

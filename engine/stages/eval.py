@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from engine.data import evalplus, humaneval, mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
-from engine.gen.base import GenRequest, load_backend
+from engine.gen.base import GenRequest, load_backend, load_tokenizer
 from engine.gen.memory import sampling_bytes
 from engine.gen.sampling import task_seed
 from engine.results import make_record, pass_metrics
@@ -53,7 +53,7 @@ class Params(StageParams):
     exec_workers: int | None = None
 
 
-INPUTS = {"model": "HF checkpoint dir (tokenizer included)"}
+INPUTS = {"model": "HF checkpoint dir (tokenizer included), or a GGUF (file or dir): run on llama.cpp"}
 OUTPUTS = {"results": "JSONL: one record per problem (prompt sent, raw and cleaned completions, verdicts)"}
 
 
@@ -115,12 +115,10 @@ def _protocol(params: Params, tpl_hash: str) -> dict[str, Any]:
 
 
 def run(ctx: StageContext, params: Params) -> None:
-    from transformers import AutoTokenizer
-
     t0 = time.monotonic()
     model_dir = ctx.inputs["model"]
     problems, dataset_hash, shots = load_problems(params)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)  # a GGUF's own, embedded tokenizer and chat template
     try:
         built = {p.task_id: prompts.build(params.benchmark, p, params.strategy, tokenizer, shots, params.prompt_mode)
                  for p in problems}
