@@ -182,6 +182,42 @@ def wrap_in_class(code: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
+def insert_dead_code(code: str) -> str:
+    """A useless assignment after every simple statement (breaks every n-gram across statements)."""
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                out: list[ast.stmt] = []
+                for stmt in body:
+                    out.append(stmt)
+                    if not isinstance(stmt, (ast.Return, ast.Raise, ast.Continue, ast.Break, ast.FunctionDef)):
+                        out.append(ast.parse(f"_unused_{len(out)} = {len(out)}").body[0])
+                setattr(node, field, out)
+    return ast.unparse(tree) + "\n"
+
+
+class _Unroll(ast.NodeTransformer):
+    """``return [e for x in xs if c]`` -> an explicit loop appending to a list."""
+
+    def visit_Return(self, node: ast.Return) -> ast.AST | list[ast.stmt]:
+        comp = node.value
+        if not (isinstance(comp, ast.ListComp) and len(comp.generators) == 1):
+            return node
+        gen = comp.generators[0]
+        body: ast.stmt = ast.Expr(ast.Call(ast.Attribute(ast.Name("acc"), "append"), [comp.elt], []))
+        for cond in reversed(gen.ifs):
+            body = ast.If(cond, [body], [])
+        return [ast.parse("acc = []").body[0], ast.For(gen.target, gen.iter, [body], []), ast.Return(ast.Name("acc"))]
+
+
+def unroll_comprehensions(code: str) -> str:
+    tree = ast.parse(code)
+    text = ast.unparse(ast.fix_missing_locations(_Unroll().visit(tree))) + "\n"
+    return text if "acc = []" in text else ""
+
+
 def paraphrase(p: humaneval.Problem) -> str:
     """The statement without examples, words swapped for synonyms, the function renamed."""
     text = statement_of(p.prompt).replace(p.entry_point, "solve_it")
@@ -214,6 +250,8 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "type_hints_removed": lambda p: hints(bare(p), add=False),
     "wrapped_in_class": lambda p: wrap_in_class(bare(p)),
     "in_chat_markdown": lambda p: chat(p, rename(bare(p))),
+    "dead_code_between_statements": lambda p: insert_dead_code(bare(p)),
+    "comprehension_unrolled_to_loop": lambda p: unroll_comprehensions(bare(p)),
     "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),
                                                                             add=False))),
 }

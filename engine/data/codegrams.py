@@ -154,8 +154,17 @@ def normalise(text: str) -> list[str]:
     return out
 
 
-def grams(stream: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(stream[k:k + n]) for k in range(len(stream) - n + 1)}
+def features(stream: list[str], n: int) -> list[tuple[tuple[str, ...], int]]:
+    """(feature, position) pairs: token n-grams, or with ``n`` 0 whole statements and block headers
+    (these survive statements reordered or junk put between them)."""
+    if n:
+        return [(tuple(stream[k:k + n]), k) for k in range(len(stream) - n + 1)]
+    out, start = [], 0
+    for k, tok in enumerate(stream):
+        if tok in (";", ":"):
+            out.append((tuple(stream[start:k + 1]), start))
+            start = k + 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ class CodeIndex:
                  max_df: float = 0.02) -> None:
         self.n, self.owners = n, owners
         streams = [normalise(u) for u in units]
-        unit_grams = [grams(s, n) for s in streams]
+        unit_grams = [{g for g, _ in features(s, n)} for s in streams]
         problems = len(set(tasks)) or 1  # HumanEval/0 and its HumanEval+ copy are one problem
         holders: dict[tuple[str, ...], set[str]] = defaultdict(set)
         for g, task in zip(unit_grams, tasks, strict=True):
@@ -200,10 +209,8 @@ class CodeIndex:
 
     def matches(self, text: str, min_coverage: float) -> list[CodeMatch]:
         """Units whose grams the row covers at least ``min_coverage`` of, within one window."""
-        stream = normalise(text)
         found: dict[int, dict[tuple[str, ...], int]] = defaultdict(dict)  # unit -> gram -> first position
-        for k in range(len(stream) - self.n + 1):
-            gram = tuple(stream[k:k + self.n])
+        for gram, k in features(normalise(text), self.n):
             for u in self.postings.get(gram, ()):
                 found[u].setdefault(gram, k)
         out = []

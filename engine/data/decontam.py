@@ -1,15 +1,22 @@
 """Decontamination: training data checked against the evaluation sets before any training.
 
-Three signals per training row, against every evaluation problem (HumanEval, MBPP test,
-HumanEval+ / MBPP+ when their files are configured):
+Signals per training row, against every evaluation problem (HumanEval, MBPP test,
+HumanEval+ / MBPP+ when their files are configured); each hit names its signal and the
+problem's task id:
 
-* ``ngram``: a shared run of ``ngram`` normalised tokens with the problem's statement
+* ``ngram``: a shared run of ``ngram`` normalised words with the problem's statement
   or solution (verbatim copies, however embedded); ``statement``: the whole statement
   (five words or more) verbatim, for statements too short for an informative n-gram;
 * ``docstring``: the row covers most of the problem statement's content words, weighted
   by rarity across the evaluation sets (catches rewording that keeps the substance);
 * ``name``: the row defines or calls the problem's function name, and also shares a
-  smaller part of its statement (a bare common name such as ``add`` is not enough).
+  smaller part of its statement (a bare common name such as ``add`` is not enough);
+* ``code``: the row holds most of the problem's code as normalised token n-grams
+  (engine/data/codegrams.py: names, literals, comments, docstrings, annotations and layout
+  abstracted), with enough rare structure to be evidence; a one-line solution counts only
+  under the problem's own function name;
+* ``statements``: the row holds most of the problem's normalised statements, in any order
+  and with anything between them.
 
 Training stages call :func:`require_clean`, which fails with the offending rows listed
 unless the spec allows them explicitly.
@@ -78,6 +85,18 @@ class Contamination:
             lines.append(f"row {row}: {h.source} {h.task_id} ({h.reason}, score {h.score:.2f}{', ' + h.detail if h.detail else ''})")
         more = len(self.rows) - limit
         return "\n".join(lines + ([f"... and {more} more rows"] if more > 0 else []))
+
+
+@dataclass(frozen=True)
+class CodeSignal:
+    """A code index and how much of one problem's code a row must hold to be refused for it."""
+
+    name: str            # the refusal reason: code | statements
+    index: CodeIndex
+    coverage: float      # share of the problem's feature weight found in the row
+    weight: float        # that weight, in nats of rarity: enough structure to be evidence
+    count: int           # distinct features matched: a one-line solution is not evidence
+    what: str
 
 
 class ContaminatedData(ValueError):
@@ -152,16 +171,19 @@ class DecontamIndex:
 
     def __init__(self, items: list[EvalItem], ngram: int = 10, doc_threshold: float = 0.7,
                  name_doc_threshold: float = 0.5, min_content: int = 5, code_ngram: int = 8,
-                 code_coverage: float = 0.6, code_weight: float = 25.0, code_grams: int = 6) -> None:
+                 code_floor: tuple[float, float, int] = (0.6, 25.0, 6),
+                 statement_floor: tuple[float, float, int] = (0.6, 15.0, 3)) -> None:
         if not items:
             raise ValueError("decontamination index: no evaluation problems to check against")
         self.items, self.n = items, ngram
-        self.code_coverage, self.code_weight, self.code_grams = code_coverage, code_weight, code_grams
-        units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
-        self.code = CodeIndex([c for _, c in units], [i for i, _ in units], [items[i].task_id for i, _ in units],
-                              n=code_ngram)
         self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
         self.min_content = min_content
+        units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
+        args = [c for _, c in units], [i for i, _ in units], [items[i].task_id for i, _ in units]
+        self.code_signals = [
+            CodeSignal("code", CodeIndex(*args, n=code_ngram), *code_floor, f"normalised code {code_ngram}-grams"),
+            CodeSignal("statements", CodeIndex(*args, n=0), *statement_floor, "normalised statements"),
+        ]
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
         self.names: dict[str, set[int]] = defaultdict(set)
         self.statements = [" ".join(words(it.statement)) for it in items]
@@ -216,14 +238,15 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
-        for m in sorted(self.code.matches(text, min(self.code_coverage, NAMED_CODE)), key=lambda m: m.coverage):
-            i = self.code.owners[m.unit]
-            it = self.items[i]
-            strong = m.coverage >= self.code_coverage and m.weight >= self.code_weight and m.grams >= self.code_grams
-            if strong or (i in named and m.coverage >= NAMED_CODE and len(it.name) >= 5):
-                hits[(i, "code")] = Hit(it.source, it.task_id, "code", m.coverage,
-                                        f"{m.grams} normalised code {self.code.n}-grams, rarity {m.weight:.0f}"
-                                        + ("" if strong else f", defines or calls {it.name}"))
+        for sig in self.code_signals:
+            for m in sorted(sig.index.matches(text, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
+                i = sig.index.owners[m.unit]
+                it = self.items[i]
+                strong = m.coverage >= sig.coverage and m.weight >= sig.weight and m.grams >= sig.count
+                if strong or (sig.name == "code" and i in named and m.coverage >= NAMED_CODE and len(it.name) >= 5):
+                    hits[(i, sig.name)] = Hit(it.source, it.task_id, sig.name, m.coverage,
+                                              f"{m.grams} {sig.what}, rarity {m.weight:.0f}"
+                                              + ("" if strong else f", defines or calls {it.name}"))
         return list(hits.values())
 
     def scan(self, rows: Iterable[Any]) -> Contamination:
