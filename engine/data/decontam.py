@@ -79,10 +79,16 @@ class Contamination:
         return bool(self.rows)
 
     def describe(self, limit: int = 20) -> str:
+        """One line per row: the problem it hits hardest, with every signal that hit it."""
         lines = []
         for row, hits in list(sorted(self.rows.items()))[:limit]:
-            h = max(hits, key=lambda x: x.score)
-            lines.append(f"row {row}: {h.source} {h.task_id} ({h.reason}, score {h.score:.2f}{', ' + h.detail if h.detail else ''})")
+            by_task: dict[tuple[str, str], list[Hit]] = defaultdict(list)
+            for h in sorted(hits, key=lambda x: -x.score):
+                by_task[(h.source, h.task_id)].append(h)
+            (source, task), top = next(iter(by_task.items()))
+            why = "; ".join(f"{h.reason}, score {h.score:.2f}{', ' + h.detail if h.detail else ''}" for h in top)
+            others = f" and {len(by_task) - 1} more problems" if len(by_task) > 1 else ""
+            lines.append(f"row {row}: {source} {task} ({why}){others}")
         more = len(self.rows) - limit
         return "\n".join(lines + ([f"... and {more} more rows"] if more > 0 else []))
 
