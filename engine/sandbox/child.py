@@ -21,24 +21,10 @@ import sys
 import traceback
 from typing import Any
 
-from engine.sandbox import landlock, wire
+from engine.sandbox import hook, landlock, seccomp, wire
 
 BLOCKED_EXIT = 86
-_PROC_EVENTS = {
-    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
-    "os.kill", "os.killpg", "signal.pthread_kill", "resource.setrlimit", "resource.prlimit",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "webbrowser.open", "urllib.Request",
-    "sys._current_frames", "os.setxattr", "os.removexattr", "os.chroot", "os.mknod", "os.mkfifo",
-}
-_PATH_EVENTS = {
-    "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.link": (0, 1), "os.symlink": (1,),
-    "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,), "os.utime": (0,),
-    "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (1,),
-    "shutil.chown": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.chdir": (0,),
-}
-_BLOCKED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_posixsubprocess", "_xxsubinterpreters", "_testcapi"}
 MAX_FD = 1 << 30  # above any RLIMIT_NOFILE
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 _PREPARED: dict[str, Any] = {}
@@ -62,8 +48,9 @@ def _count_tasks(uid: int) -> int:
     return n
 
 
-def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | None) -> None:
-    """Apply every process-level measure; after this the process holds only ``keep`` fds."""
+def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | None) -> str:
+    """Apply every process-level measure; after this the process holds only ``keep`` fds.
+    Returns the work directory's real path (the cwd, which it stays)."""
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     out = os.open(os.path.join(workdir, ".output"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -79,30 +66,36 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
     if uid is not None:
         os.chown(os.path.join(workdir, ".output"), uid, uid)
     os.chdir(workdir)
+    root = os.getcwd()
+    # held from here: after the uid switch the path may not be reachable (a 0700 TMPDIR above it)
+    here = os.open(".", os.O_PATH | os.O_CLOEXEC)
     mb = 1 << 20
     cpu = limits["cpu_s"]
-    nproc = limits["nproc"]
-    if uid is None:  # the count is per user: leave room for what the user already runs
-        nproc += _count_tasks(os.getuid())
-    for res, value in (
-        (resource.RLIMIT_AS, limits["memory_mb"] * mb),
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_NPROC, nproc),
-        (resource.RLIMIT_FSIZE, limits["fsize_mb"] * mb),
-        (resource.RLIMIT_NOFILE, limits["nofile"]),
-        (resource.RLIMIT_CORE, 0),
-    ):
+    forks_refused = seccomp.supported() and limits["nproc"] <= 1
+    rlimits = [(resource.RLIMIT_AS, limits["memory_mb"] * mb), (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+               (resource.RLIMIT_FSIZE, limits["fsize_mb"] * mb), (resource.RLIMIT_NOFILE, limits["nofile"]),
+               (resource.RLIMIT_CORE, 0)]
+    if uid is not None or not forks_refused:  # without its own uid the count is the user's: leave room
+        rlimits.append((resource.RLIMIT_NPROC, limits["nproc"] + (0 if uid is not None else _count_tasks(os.getuid()))))
+    for res, value in rlimits:
         soft, hard = value if isinstance(value, tuple) else (value, value)
         resource.setrlimit(res, (soft, hard))
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing (and Landlock may apply)
-    landlock.restrict(workdir)  # kernel: writes only beneath workdir, no exec, no signals out (if present)
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing (and Landlock, seccomp may apply)
+    landlock.restrict(here)  # kernel: writes only beneath workdir, no exec, no signals out (if present)
+    os.close(here)
+    seccomp.install(_LIBC, os.getpid(), allow_processes=not forks_refused)
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote (after setuid, which clears it)
+    os.environ.clear()  # nothing of the harness's environment
+    os.environ.update(TMPDIR=root, HOME=root, LANG="C.UTF-8")
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None
     sys.stdout = _PREPARED.get("stdout") or open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = sys.stdout  # print goes to .output, by line
+    return root
 
 
 def prepare() -> None:
@@ -111,7 +104,8 @@ def prepare() -> None:
     landlock.abi()
     _PREPARED["stdout"] = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - fd 1 is .output in a child
     _PREPARED["modules"] = len(sys.modules)
-    _PREPARED["blocked"] = [n for n in sys.modules if n.split(".")[0] in _BLOCKED_IMPORTS]
+    _PREPARED["blocked"] = hook.blocked_loaded()
+    _PREPARED["reads"] = hook.read_roots()
 
 
 def _blocked_loaded() -> list[str]:
@@ -119,70 +113,7 @@ def _blocked_loaded() -> list[str]:
     raise the ``import`` event). The zygote's list, unless a module was imported since."""
     if _PREPARED.get("modules") == len(sys.modules):
         return _PREPARED["blocked"]
-    return [n for n in sys.modules if n.split(".")[0] in _BLOCKED_IMPORTS]
-
-
-def _install_hook(viol_fd: int, workdir: str) -> None:
-    """Arm a permanent audit hook: a forbidden operation is named on the pipe, then exit."""
-    root = os.path.realpath(workdir)
-    exit_now, write, fspath = os._exit, os.write, os.fspath
-    realpath, abspath, isdir = os.path.realpath, os.path.abspath, os.path.isdir
-    allowed_files = {"/dev/null"}
-
-    def violate(what: str) -> None:
-        try:
-            write(viol_fd, what.encode(errors="replace")[:400] + b"\n")
-        finally:
-            exit_now(BLOCKED_EXIT)
-
-    def text_of(path: Any) -> str:
-        return path.decode(errors="replace") if isinstance(path, bytes) else str(fspath(path))
-
-    def inside(path: Any) -> bool:
-        if isinstance(path, int):
-            return True
-        try:
-            p = realpath(text_of(path))  # relative paths against the current cwd, links followed
-        except (OSError, ValueError):
-            return False  # a path the hook cannot resolve is not known to be inside
-        return p == root or p.startswith(root + "/") or p in allowed_files
-
-    def under_proc(text: str) -> bool:
-        if abspath(text).startswith("/proc/"):  # the link as written: no resolution needed
-            return not abspath(text).startswith("/proc/self/stat")
-        try:
-            target = realpath(text)
-        except (OSError, ValueError):
-            return True
-        return target.startswith("/proc/") and not target.startswith("/proc/self/stat")
-
-    def hook(event: str, args: tuple) -> None:
-        if event in _PROC_EVENTS or event.startswith(("ctypes.", "socket.")):
-            violate(event)
-        elif event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
-            if isinstance(path, int):
-                return
-            text = text_of(path)
-            if under_proc(text):
-                violate(f"open {text}")
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & _WRITE_FLAGS)
-            if writing and not inside(path):
-                violate(f"open for writing {text}")
-            # os.open of a directory outside gives a dir_fd that *at() calls would write through
-            if isinstance(flags, int) and not inside(path) and isdir(text):
-                violate(f"open directory {text}")
-        elif event in _PATH_EVENTS:
-            for i in _PATH_EVENTS[event]:
-                if i < len(args) and args[i] is not None and not inside(args[i]):
-                    violate(f"{event} {args[i]}")
-        elif event == "import" and str(args[0]).split(".")[0] in _BLOCKED_IMPORTS:
-            violate(f"import {args[0]}")
-
-    for name in _blocked_loaded():
-        sys.modules.pop(name, None)
-    sys.addaudithook(hook)
+    return hook.blocked_loaded()
 
 
 class _Server:
@@ -259,8 +190,10 @@ def child_main(sock: socket.socket, viol_fd: int, workdir: str, limits: dict[str
     """Entry of a forked child; never returns."""
     code = 0
     try:
-        confine([sock.fileno(), viol_fd], workdir, limits, uid)
-        _install_hook(viol_fd, workdir)
+        root = confine([sock.fileno(), viol_fd], workdir, limits, uid)
+        for name in _blocked_loaded():
+            sys.modules.pop(name, None)
+        hook.install(viol_fd, root, *(_PREPARED.get("reads") or hook.read_roots()))
         sys.setrecursionlimit(3000)
         _Server(sock).serve()
     except BaseException:  # noqa: BLE001 - a child must never fall back into the template's loop

@@ -45,8 +45,10 @@ def abi() -> int:
     return _ABI[0]
 
 
-def restrict(workdir: str) -> int:
-    """Apply the rules to this process (no_new_privs must be set); the ABI used, 0 if none."""
+def restrict(workdir: int | str) -> int:
+    """Apply the rules to this process (no_new_privs must be set), writes allowed beneath the
+    directory open as ``workdir`` (an fd: its path may be out of reach once the uid changed);
+    the ABI used, 0 if none."""
     version = abi()
     if version < 1:
         return 0
@@ -60,7 +62,7 @@ def restrict(workdir: str) -> int:
         raise OSError(ctypes.get_errno(), f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
         for path, allowed in ((workdir, fs_writes), (os.devnull, WRITE_FILE | (TRUNCATE if version >= 3 else 0))):
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = _PathBeneath(allowed_access=allowed, parent_fd=fd)
                 if _libc.syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_PATH_BENEATH),
