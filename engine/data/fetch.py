@@ -40,7 +40,7 @@ class NotFetched(FetchError):
 
 @dataclass(frozen=True)
 class DataFile:
-    """A verified data file: its sha256 and who vouches for it ("pmat": the project's pin,
+    """A verified data file: its sha256 and who vouches for it ("project": the project's pin,
     "user": a sha256 the user pinned explicitly in the spec or on the command line)."""
 
     path: Path
@@ -59,9 +59,9 @@ def check_file(path: Path, dataset_id: str, pinned_sha256: str | None = None) ->
     if pinned_sha256:
         if digest != pinned_sha256:
             raise FetchError(f"{dataset_id}: {path} has sha256 {digest}, the spec pins {pinned_sha256}; refused")
-        return DataFile(path, digest, "pmat" if digest in pin.digests else "user")
+        return DataFile(path, digest, "project" if digest in pin.digests else "user")
     if digest in pin.digests:
-        return DataFile(path, digest, "pmat")
+        return DataFile(path, digest, "project")
     if not pin.digests:
         raise FetchError(f"{dataset_id}: no sha256 is pinned for {pin.filename} (engine/data/pins.py); "
                          f"pin {path} explicitly (datasets.NAME.sha256 in the spec) to use it; refused")
@@ -109,7 +109,7 @@ def _record(ws_root: Path, pin: DatasetPin, data: DataFile, url: str) -> dict[st
     records = _records(ws_root)
     records[pin.id] = {
         "path": str(data.path.relative_to(ws_root)), "sha256": data.sha256, "pinned_by": data.pinned_by,
-        "url": url, "version": pin.version, "pin_source": pin.source if data.pinned_by == "pmat" else "user",
+        "url": url, "version": pin.version, "pin_source": pin.source if data.pinned_by == "project" else "user",
         "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(Path(ws_root) / RECORD, records)
@@ -167,7 +167,7 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
     ensure_dir(dest.parent)
     part = dest.with_name(dest.name + ".part")
     urls = (url,) if url else pin.urls
-    who = "pmat" if expected in pin.digests else "user"
+    who = "project" if expected in pin.digests else "user"
     if dest.exists() and sha256_file(dest) == expected:
         return _record(ws_root, pin, DataFile(dest, expected, who), urls[0])
     errors = []
@@ -183,7 +183,7 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
         if digest != expected:
             part.unlink()  # a wrong file is not resumable: the next run starts from zero
             raise FetchError(f"{dataset_id}: {u} gave sha256 {digest}, expected {expected} "
-                             f"({'engine/data/pins.py' if who == 'pmat' else '--sha256'}); refused, {dest} unchanged")
+                             f"({'engine/data/pins.py' if who == 'project' else '--sha256'}); refused, {dest} unchanged")
         os.replace(part, dest)
         fsync_dir(dest.parent)
         return _record(ws_root, pin, DataFile(dest, digest, who), u)
