@@ -298,9 +298,13 @@ def false_refusals(index: DecontamIndex, data_dir: Path, show: int) -> None:
     bench_line("decontam_mbpp_clean_refused_for_humaneval", share, f"<={FALSE_REFUSALS}", share <= FALSE_REFUSALS)
     for src, pairs in sorted(by_source.items()):
         print(f"  {src}: {len(pairs)} hits: {', '.join(pairs[:show])}" + (" ..." if len(pairs) > show else ""))
-    mb = {k for k, hits in found.rows.items() if any(h.source.startswith("mbpp") for h in hits)}
+    mb = {k: {h.reason for h in hits if h.source == "mbpp_test"} for k, hits in found.rows.items()}
+    mb = {k: reasons for k, reasons in mb.items() if reasons}
+    signals = sorted({r for reasons in mb.values() for r in reasons})
+    by_signal = ", ".join(f"{r} {sum(r in v for v in mb.values())}" for r in signals)
+    code_only = sum(v <= {"code", "statements"} for v in mb.values())
     print(f"  MBPP train/validation/prompt rows hitting an MBPP test problem (near-duplicates across splits, "
-          f"measured): {len(mb)} of {len(rows)}")
+          f"measured): {len(mb)} of {len(rows)}; rows per signal: {by_signal}; by code signals only: {code_only}")
 
 
 def plusgen_files(mbpp_dir: Path, into: Path) -> tuple[Path, Path]:
