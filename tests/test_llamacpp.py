@@ -184,13 +184,12 @@ def test_backend_choice_is_by_model_file(gguf_dir: Path, tiny_model_dir: Path, t
 
 def test_eval_stage_scores_the_gguf_on_llama_cpp(gguf_dir: Path, tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    params = {"benchmark": "humaneval", "strategy": "standard", "prompt_mode": "auto", "max_new_tokens": 16,
-              "temperature": 0.0, "n": 1, "seed": 0, "ks": [1], "limit": 3, "unit_problems": 3, "timeout_s": 5.0,
-              "exec_workers": 1}
+    params = {"protocol": "humaneval", "seed": 0, "overrides": {"max_new_tokens": 16}, "ks": [1], "limit": 3,
+              "unit_problems": 3, "exec_workers": 1}
     outcome = run_inline(ws, "q4_humaneval", "eval", params, {"model": gguf_dir}, outputs=["results"])
     errors = [e for e in read_events(ws.job_log("q4_humaneval.1")) if e["kind"] == "job_finished"]
     assert outcome == "ok", errors
     (rec,) = read_ledger(ws)
     assert rec["backend"] == "llama.cpp" and rec["model_hash"] == content_hash(gguf_dir)
     assert rec["n_problems"] == 3 and set(rec["metrics"]) >= {"pass@1"}
-    assert rec["benchmark"] == "humaneval" and rec["protocol"]["prompt_mode"] == "auto"
+    assert rec["benchmark"] == "humaneval" and rec["protocol"]["max_new_tokens"] == 16
