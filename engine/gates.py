@@ -14,8 +14,10 @@ fail, no_data, stale (records exist only for an older checkpoint or protocol).
 from __future__ import annotations
 
 import ast
+import hmac
 import json
 import operator
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -119,6 +121,24 @@ class CorruptArtifact(ValueError):
     """An artifact whose bytes disagree with its manifest: never a hash to trust."""
 
 
+def _cache_key() -> bytes | None:
+    """A per-user secret kept outside every workspace: persisted cache entries carry its HMAC,
+    so an entry written into ``state/hash-cache.json`` by hand is never trusted."""
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmat"
+    path = home / "hash-cache.key"
+    try:
+        if not path.exists():
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+        return path.read_bytes()
+    except FileExistsError:
+        return path.read_bytes()
+    except OSError:
+        return None  # no key, no persisted cache: every process hashes for itself
+
+
 class HashCache:
     """sha256 of files, reused only while a file's (device, inode, size, mtime_ns, ctime_ns)
     is unchanged: a file replaced in place, even with its size and mtime restored, has a
@@ -131,24 +151,40 @@ class HashCache:
     def __init__(self, ws: Workspace, *, persist: bool = False, full: bool = False) -> None:
         self.path = ws.root / "state" / "hash-cache.json"
         self.persist, self.full, self.dirty = persist, full, False
+        self.key = _cache_key()
         try:
-            self.data: dict[str, list[Any]] = json.loads(self.path.read_text())
+            self.data: dict[str, list[Any]] = json.loads(self.path.read_text()) if self.key else {}
         except (OSError, ValueError):
             self.data = {}
+
+    def _mac(self, key: str, fp: list[int], digest: str) -> str:
+        return hmac.new(self.key or b"", json.dumps([key, fp, digest]).encode(), "sha256").hexdigest()
 
     @staticmethod
     def _fingerprint(path: Path) -> list[int]:
         st = path.stat()
         return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
+    def _hit(self, key: str, fp: list[int]) -> str | None:
+        if self.full:
+            return None
+        mem = self._memory.get(key)
+        if mem and mem[0] == fp:
+            return str(mem[1])
+        hit = self.data.get(key)
+        if (isinstance(hit, list) and len(hit) == 3 and hit[0] == fp and isinstance(hit[1], str)
+                and hmac.compare_digest(str(hit[2]), self._mac(key, fp, hit[1]))):
+            return hit[1]
+        return None
+
     def file_hash(self, path: Path) -> str:
         key, fp = str(path), self._fingerprint(path)
-        hit = None if self.full else (self._memory.get(key) or self.data.get(key))
-        if isinstance(hit, list) and len(hit) == 2 and hit[0] == fp:
-            return str(hit[1])
+        if (hit := self._hit(key, fp)) is not None:
+            return hit
         digest = sha256_file(path)
         if self._fingerprint(path) == fp:  # unchanged while it was read: worth remembering
-            self._memory[key] = self.data[key] = [fp, digest]
+            self._memory[key] = [fp, digest]
+            self.data[key] = [fp, digest, self._mac(key, fp, digest)]
             self.dirty = True
         return digest
 
@@ -160,7 +196,7 @@ class HashCache:
         return manifest_digest({p.relative_to(path).as_posix(): {"sha256": self.file_hash(p)} for p in tree_files(path)})
 
     def save(self) -> None:
-        if self.persist and self.dirty:
+        if self.persist and self.dirty and self.key:
             atomic_write_json(self.path, self.data)
             self.dirty = False
 
@@ -325,6 +361,14 @@ def criterion_benchmarks(crit: Criterion) -> dict[str, set[str]]:
     return out
 
 
+def _measures(kind: str, params: dict[str, Any]) -> str:
+    """The ledger benchmark a stage's records carry: an eval's protocol's, else its kind."""
+    proto = params.get("protocol")
+    if kind == "eval" and isinstance(proto, str) and proto in protocols.PROTOCOLS:
+        return protocols.PROTOCOLS[proto].benchmark
+    return str(params.get("benchmark") or kind)
+
+
 def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
     """Stages whose results a criterion reads: those producing its checkpoints, and those
     measuring one of them on a benchmark its expression names (eval ``benchmark``, or kind)."""
@@ -336,7 +380,7 @@ def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
         if src := spec.ref_stage(want):
             out.add(src)
         for name, entry in spec.stages.items():
-            measures = str(entry.params.get("benchmark") or entry.kind)
+            measures = _measures(entry.kind, entry.params)
             if measures in benches[alias] and any(_canonical_ref(spec, r) == want for r in entry.inputs.values()):
                 out.add(name)
     return out

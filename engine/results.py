@@ -256,7 +256,7 @@ def incomparable(record: dict[str, Any], proto: Protocol) -> tuple[str, str] | N
         return "protocol", f"protocol differs: {'; '.join(protocol_diff(have, want)) or 'digest'}"
     if not isinstance(record.get("dataset_hash"), str) or not proto.accepts_data(record["dataset_hash"]):
         return "data", f"dataset sha256 {str(record.get('dataset_hash'))[:12]} is not the pinned {str(proto.data_sha256)[:12]}"
-    per = record.get("per_problem")
+    per = record.get("per_problem") or record.get("eval")  # {task: [sample outcome, ...]}
     if not isinstance(per, dict) or not all(isinstance(v, list) for v in per.values()):
         return "coverage", "no per-problem outcomes"
     if len(per) != proto.n_tasks or record.get("n_problems") != proto.n_tasks:

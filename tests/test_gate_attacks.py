@@ -26,7 +26,7 @@ def failing(tmp_path):
     """A workspace whose final checkpoint honestly fails AC-022 (humaneval 0.5, mbpp 0.9)."""
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"7B final weights")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "humaneval", m["sha256"], 0.5, path)
     record(ws, "mbpp", m["sha256"], 0.9, path)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "fail"
@@ -82,6 +82,10 @@ def test_weights_replaced_in_place_after_approval(failing, tmp_path, restore_mti
     weights.write_bytes(b"7B FINAL WEIGHTS")  # same size, manifest untouched
     if restore_mtime:
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+        cache = ws.root / "state" / "hash-cache.json"  # and the cache forged to the new fingerprint
+        data = json.loads(cache.read_text())
+        data[str(weights)][0] = HashCache._fingerprint(weights)
+        cache.write_text(json.dumps(data))
     g = _ac022(ws)
     assert g.outcome == "no_data" and "corrupt artifact" in g.reason
     assert not approval_current(spec, ws, "submit", approval)
@@ -98,7 +102,7 @@ def test_weights_replaced_in_place_after_approval(failing, tmp_path, restore_mti
 def test_results_of_another_protocol_subset_or_data_file_do_not_count(tmp_path, variant, why):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"w")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "mbpp", m["sha256"], 0.9, path)
     if variant.get("unpinned"):
         rec = eval_record("humaneval", m["sha256"], 0.95, path)
@@ -115,7 +119,7 @@ def test_results_of_another_protocol_subset_or_data_file_do_not_count(tmp_path, 
 def test_summary_numbers_must_recompute_from_the_outcomes(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"w")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "mbpp", m["sha256"], 0.9, path)
     rec = eval_record("humaneval", m["sha256"], 0.1, path)
     rec["metrics"] = {"pass@1": 0.95}
@@ -139,7 +143,7 @@ def test_approving_a_failing_or_empty_gate_is_refused_without_override(tmp_path,
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"w")
     if state == "fail":
-        record(ws, "humaneval", m["sha256"], 0.5, ws.artifact_path("final", "output"))
+        record(ws, "humaneval", m["sha256"], 0.5, ws.artifact_path("final", "model"))
     _, refusal = check_approvable(spec, ws, "submit")
     assert refusal is not None and "--override" in refusal
     evidence, ok = check_approvable(spec, ws, "submit", override="known: tiny models")

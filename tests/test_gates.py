@@ -19,7 +19,7 @@ from engine.results import commit_results, record_key
 from engine.spec import load_spec
 from engine.workspace import Workspace, content_hash
 
-STEP = {"kind": "command", "params": {"argv": ["{python}", "-c", "pass"]}, "memory_gb": 0.1, "duration_h": 0.1}
+STEP = {"kind": "tiny_model", "params": {}, "memory_gb": 0.1, "duration_h": 0.1}
 HE = {"humaneval": "humaneval", "mbpp": "mbpp_leaderboard"}
 
 
@@ -36,12 +36,12 @@ def setup_ws(tmp_path: Path, ac022_protocol: dict[str, Any] | None = None):
             "final": {**STEP, "work_item": "PMAT-011"},
             "quant": {**STEP, "work_item": "PMAT-011"},
             "submit": {"kind": "submit", "params": {"model_name": "m"}, "approval": "required", "work_item": "PMAT-011",
-                       "inputs": {"model": "final.output", "gguf": "quant.output"}, "memory_gb": 0.1, "duration_h": 0.1},
+                       "inputs": {"model": "final.model", "gguf": "quant.model"}, "memory_gb": 0.1, "duration_h": 0.1},
         },
         "acceptance": {
-            "AC-022": {"checkpoint": "final.output", "protocol": ac022_protocol or HE,
+            "AC-022": {"checkpoint": "final.model", "protocol": ac022_protocol or HE,
                        "expr": "humaneval.pass_at_1 >= 0.85 and mbpp.pass_at_1 >= 0.80"},
-            "AC-023": {"checkpoints": {"fp16": "final.output", "q4": "quant.output"},
+            "AC-023": {"checkpoints": {"fp16": "final.model", "q4": "quant.model"},
                        "expr": "fp16.humaneval.pass_at_1 - q4.humaneval.pass_at_1 < 0.02"},
         },
     }
@@ -53,7 +53,7 @@ def publish_model(ws: Workspace, tmp_path: Path, stage: str, content: bytes) -> 
     src = tmp_path / f"src-{stage}-{len(content)}-{time.monotonic_ns()}"
     src.mkdir()
     (src / "model.safetensors").write_bytes(content)
-    return ws.publish(stage, "output", src)
+    return ws.publish(stage, "model", src)
 
 
 def eval_record(bench: str, model_hash: str, value: float, path: Path | str, *, protocol_id: str | None = None,
@@ -108,7 +108,7 @@ def test_teacher_score_never_satisfies_the_gate(tmp_path):
     record(ws, "mbpp", content_hash(teacher), 0.88, teacher)
     g = evaluate_gates(spec, ws)["AC-022"]
     assert g.outcome == "no_data" and g.missing == ["humaneval.pass_at_1", "mbpp.pass_at_1"]
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "humaneval", m["sha256"], 0.8537, path)
     record(ws, "mbpp", m["sha256"], 0.762, path)
     g = evaluate_gates(spec, ws)["AC-022"]
@@ -121,7 +121,7 @@ def test_teacher_score_never_satisfies_the_gate(tmp_path):
 def test_a_gate_failing_on_present_data_fails_despite_missing_data(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"7B final")
-    record(ws, "humaneval", m["sha256"], 0.5, ws.artifact_path("final", "output"))
+    record(ws, "humaneval", m["sha256"], 0.5, ws.artifact_path("final", "model"))
     g = evaluate_gates(spec, ws)["AC-022"]
     assert g.outcome == "fail" and g.missing == ["mbpp.pass_at_1"]
     assert "humaneval.pass_at_1 = 0.5" in g.reason and "no data: mbpp.pass_at_1" in g.reason
@@ -130,7 +130,7 @@ def test_a_gate_failing_on_present_data_fails_despite_missing_data(tmp_path):
 def test_results_of_an_older_checkpoint_are_stale(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     old = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "humaneval", old["sha256"], 0.9, path)
     record(ws, "mbpp", old["sha256"], 0.9, path)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "pass"
@@ -142,7 +142,7 @@ def test_results_of_an_older_checkpoint_are_stale(tmp_path):
 def test_a_protocol_change_in_the_spec_makes_results_stale_with_the_difference(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "humaneval", m["sha256"], 0.9, path)
     record(ws, "mbpp", m["sha256"], 0.9, path)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "pass"
@@ -157,17 +157,17 @@ def test_comparison_across_checkpoints(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     fp16 = publish_model(ws, tmp_path, "final", b"fp16")
     q4 = publish_model(ws, tmp_path, "quant", b"q4")
-    record(ws, "humaneval", fp16["sha256"], 0.86, ws.artifact_path("final", "output"))
-    record(ws, "humaneval", q4["sha256"], 0.83, ws.artifact_path("quant", "output"))
+    record(ws, "humaneval", fp16["sha256"], 0.86, ws.artifact_path("final", "model"))
+    record(ws, "humaneval", q4["sha256"], 0.83, ws.artifact_path("quant", "model"))
     assert evaluate_gates(spec, ws)["AC-023"].outcome == "fail"
-    record(ws, "humaneval", q4["sha256"], 0.85, ws.artifact_path("quant", "output"))
+    record(ws, "humaneval", q4["sha256"], 0.85, ws.artifact_path("quant", "model"))
     assert evaluate_gates(spec, ws)["AC-023"].outcome == "pass"
 
 
 def test_approval_lapses_on_new_checkpoint_and_revokes_the_stage(tmp_path):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     record(ws, "humaneval", m["sha256"], 0.9, path)
     record(ws, "mbpp", m["sha256"], 0.9, path)
     evidence, refusal = check_approvable(spec, ws, "submit")
@@ -186,7 +186,7 @@ def test_approval_lapses_on_new_checkpoint_and_revokes_the_stage(tmp_path):
 def test_approving_a_gate_that_does_not_pass_needs_an_override(tmp_path, state):
     ws, spec, _ = setup_ws(tmp_path)
     m = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "output")
+    path = ws.artifact_path("final", "model")
     if state != "no_data":
         record(ws, "humaneval", m["sha256"], 0.9 if state == "stale" else 0.1, path)
         record(ws, "mbpp", m["sha256"], 0.9, path)
