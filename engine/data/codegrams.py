@@ -207,10 +207,10 @@ class CodeIndex:
                 self.postings[x].append(u)
             self.total.append(sum(self.weight[x] for x in kept))
 
-    def matches(self, text: str, min_coverage: float) -> list[CodeMatch]:
-        """Units whose grams the row covers at least ``min_coverage`` of, within one window."""
+    def matches(self, stream: list[str], min_coverage: float) -> list[CodeMatch]:
+        """Units whose grams the row's normalised ``stream`` covers at least ``min_coverage`` of, in one window."""
         found: dict[int, dict[tuple[str, ...], int]] = defaultdict(dict)  # unit -> gram -> first position
-        for gram, k in features(normalise(text), self.n):
+        for gram, k in features(stream, self.n):
             for u in self.postings.get(gram, ()):
                 found[u].setdefault(gram, k)
         out = []

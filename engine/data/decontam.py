@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.data.codegrams import CodeIndex
+from engine.data.codegrams import CodeIndex, normalise
 
 WORD = re.compile(r"[a-z0-9_]+")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -244,8 +244,9 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
+        stream = normalise(text)
         for sig in self.code_signals:
-            for m in sorted(sig.index.matches(text, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
+            for m in sorted(sig.index.matches(stream, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
                 i = sig.index.owners[m.unit]
                 it = self.items[i]
                 strong = m.coverage >= sig.coverage and m.weight >= sig.weight and m.grams >= sig.count
