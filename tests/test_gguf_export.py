@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -166,6 +167,9 @@ def test_stage_on_the_shared_tiny_model(tiny_model_dir: Path, tmp_path: Path):
     assert rec["metrics"]["size_ratio_vs_f16"] == pytest.approx(qfile.stat().st_size / ffile.stat().st_size)
     assert 0.3 < rec["metrics"]["size_ratio_vs_f16"] < 0.8  # tiny: F32 norms and the header weigh in
     assert rec["model_hash"] == ws.manifest("quantize", "gguf")["sha256"]
+    # the file loads in llama.cpp, whose own tokenizer (from the file) gives the source's ids
+    llama = importlib.util.find_spec("llama_cpp") is not None
+    assert rec["metrics"].get("llama_cpp_tokenizer_roundtrip") == (1.0 if llama else None)
     metrics = [e for e in events if e["kind"] == "metric" and e["name"] == "rel_rmse"]
     assert len(metrics) == len(types) and all(0 <= e["value"] < 0.1 for e in metrics)
 

@@ -3,15 +3,17 @@
 Tensors stream one at a time through the pmat quantizers (byte-identical to llama.cpp's
 reference quantizers; Triton on the GPU). The stage also writes the FP16 GGUF of the same
 checkpoint, because the size criterion (AC-009) is the ratio of the two *files*, and
-checks that the GGUF's tokenizer (rebuilt by transformers from the GGUF alone) encodes a
-test text to the source tokenizer's ids. Per-tensor error statistics go to the metrics;
+checks that the GGUF's tokenizer (rebuilt by transformers from the GGUF alone, and as
+llama.cpp loads the file, when llama-cpp-python is installed) encodes a test text to the
+source tokenizer's ids. Per-tensor error statistics go to the metrics;
 a ledger record (benchmark "quant") carries the size ratio, bits per weight and errors.
-A dequantized HF checkpoint (for the perplexity stage, AC-023) is published when the job
-asks for output "dequantized".
+A dequantized HF checkpoint (for comparisons with transformers; AC-023 reads the GGUF's own
+scores on llama.cpp) is published when the job asks for output "dequantized".
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -91,10 +93,36 @@ def _tokenizer_check(model: Path, gguf_dir: Path, text: str) -> None:
     src = AutoTokenizer.from_pretrained(model)
     gguf_file = next(gguf_dir.glob("*.gguf")).name
     ours = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    a, b = src.encode(text, add_special_tokens=False), ours.encode(text, add_special_tokens=False)
+    _same_ids(src.encode(text, add_special_tokens=False), ours.encode(text, add_special_tokens=False), "transformers")
+
+
+def _same_ids(a: list[int], b: list[int], reader: str) -> None:
     if a != b:
         first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        raise StageFailed(f"GGUF tokenizer differs from the source at token {first}: {a[first:first + 5]} vs {b[first:first + 5]}")
+        raise StageFailed(f"GGUF tokenizer (read by {reader}) differs from the source at token {first}: "
+                          f"{a[first:first + 5]} vs {b[first:first + 5]}")
+
+
+def _llama_check(ctx: StageContext, model: Path, gguf: Path, text: str) -> float | None:
+    """Load the GGUF in llama.cpp (what evaluates and serves it) and tokenize ``text`` with the
+    file's own tokenizer; 1.0 when it matches the source's ids, None without llama-cpp-python."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        ctx.warning("llama-cpp-python is not installed: the GGUF was not loaded in llama.cpp here")
+        return None
+    from transformers import AutoTokenizer
+
+    from engine.gen.llamacpp import LlamaCppBackend
+
+    try:
+        llama = LlamaCppBackend(gguf, device="cpu", n_ctx=256)
+    except Exception as exc:  # noqa: BLE001 - whatever llama.cpp rejects fails the stage, in one line
+        raise StageFailed(f"llama.cpp does not load {gguf.name}: {exc}") from None
+    try:
+        ours = llama.encode(text)
+    finally:
+        llama.close()
+    _same_ids(AutoTokenizer.from_pretrained(model).encode(text, add_special_tokens=False), ours, "llama.cpp")
+    return 1.0
 
 
 def _backend(ctx: StageContext, params: Params) -> str:
@@ -125,6 +153,7 @@ def run(ctx: StageContext, params: Params) -> None:
     ctx.check_cancelled()
 
     qfile, ffile = next(qdir.glob("*.gguf")), next(fdir.glob("*.gguf"))
+    llama_ok = _llama_check(ctx, model, qfile, params.check_text)
     q_bytes, f_bytes = qfile.stat().st_size, ffile.stat().st_size
     numel = sum(s["numel"] for s in stats)
     sq_err = sum((s["rel_rmse"] ** 2) * s["numel"] for s in stats)  # numel-weighted mean of squared rel. error
@@ -157,6 +186,7 @@ def run(ctx: StageContext, params: Params) -> None:
             "rel_rmse_overall": math.sqrt(sq_err / numel),
             "rel_rmse_max_tensor": max(s["rel_rmse"] for s in stats),
             "tokenizer_roundtrip": 1.0,
+            **({"llama_cpp_tokenizer_roundtrip": llama_ok} if llama_ok is not None else {}),
         },
         "tensor_types": {t: sum(1 for s in stats if s["type"] == t) for t in types},
         "per_tensor": {s["name"]: {"type": s["type"], "rel_rmse": s["rel_rmse"]} for s in stats},
