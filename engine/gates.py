@@ -121,13 +121,16 @@ class CorruptArtifact(ValueError):
     """An artifact whose bytes disagree with its manifest: never a hash to trust."""
 
 
-def _cache_key() -> bytes | None:
+def _cache_key(create: bool) -> bytes | None:
     """A per-user secret kept outside every workspace: persisted cache entries carry its HMAC,
-    so an entry written into ``state/hash-cache.json`` by hand is never trusted."""
+    so an entry written into ``state/hash-cache.json`` by hand is never trusted. Only a
+    caller that persists the cache creates it."""
     home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmat"
     path = home / "hash-cache.key"
     try:
         if not path.exists():
+            if not create:
+                return None
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
@@ -151,7 +154,7 @@ class HashCache:
     def __init__(self, ws: Workspace, *, persist: bool = False, full: bool = False) -> None:
         self.path = ws.root / "state" / "hash-cache.json"
         self.persist, self.full, self.dirty = persist, full, False
-        self.key = _cache_key()
+        self.key = _cache_key(create=persist)
         try:
             self.data: dict[str, list[Any]] = json.loads(self.path.read_text()) if self.key else {}
         except (OSError, ValueError):

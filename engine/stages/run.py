@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from engine.chain import append_chained
+from engine.chain import append_chained, verify_chain
 from engine.events import EventWriter
 from engine.procs import ProcIdentity
 from engine.results import commit_results
@@ -144,6 +144,9 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
             except Exception as exc:  # noqa: BLE001 - the job fails, naming the ledger
                 outcome, error = "failed", f"results ledger {ws.ledger_path}: {type(exc).__name__}: {exc}"
             fault_point("results_committed")
+            if not (chain := verify_chain(ws.ledger_path)).ok:
+                events.emit("warning", message=f"{chain.reason}: this job's results do not count until "
+                                               "`pmat verify --accept`")
         events.emit("job_finished", outcome=outcome, error=error, peak_rss=sampler.peak_rss,
                     peak_gpu=_gpu_bytes(), results=results)
         events.close()
