@@ -180,6 +180,11 @@ def test_backend_choice_is_by_model_file(gguf_dir: Path, tiny_model_dir: Path, t
     with pytest.raises(ValueError, match="2 .gguf files"):
         gguf_file(two)
     assert gguf_file(tiny_model_dir) is None
+    if not llama_cpp.llama_supports_gpu_offload():  # a CPU build asked for CUDA runs on the CPU and says so
+        with pytest.warns(UserWarning, match="no GPU offload"):
+            b = LlamaCppBackend(gguf_file(gguf_dir), device="cuda")
+        assert b.device == "cpu"
+        b.close()
 
 
 def test_eval_stage_scores_the_gguf_on_llama_cpp(gguf_dir: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ are reproducible here but not equal to another backend's.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from engine.gen.base import GenOutput, GenRequest, cut_at_stop
@@ -69,9 +70,9 @@ class LlamaCppBackend:
                  n_threads: int | None = None) -> None:
         llama_cpp = _llama_cpp()
         gpu = llama_cpp.llama_supports_gpu_offload() and device != "cpu"
-        if device.startswith("cuda") and not gpu:
-            raise RuntimeError(f"device {device!r} requested but this llama-cpp-python build has no GPU offload "
-                               "(build it with CMAKE_ARGS=-DGGML_CUDA=on)")
+        if device.startswith("cuda") and not gpu:  # the record's device says cpu: slow, not wrong
+            warnings.warn(f"device {device!r} requested but this llama-cpp-python build has no GPU offload: "
+                          "running on the CPU (build it with CMAKE_ARGS=-DGGML_CUDA=on)", stacklevel=2)
         self.path = Path(gguf)
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx or context_size(gguf_shape(self.path)),
                                    n_gpu_layers=-1 if gpu else 0,
