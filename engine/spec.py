@@ -9,7 +9,10 @@ so a typo in a hyperparameter is caught before anything runs.
 from __future__ import annotations
 
 import ast
+import difflib
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,10 +139,41 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("function-after",)) or "(top level)"
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _first_error(exc: ValidationError) -> dict[str, Any]:
+    """The error to show: an unknown key before anything else (a typo also makes the key it
+    misspells "missing"; the typo is what the user has to fix)."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The keys a pydantic model accepts at ``loc`` (the parent of an unknown key)."""
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return []
+            model = field.annotation
+        elif typing.get_origin(model) is dict:
+            model = typing.get_args(model)[1]
+        else:
+            return []
+        while typing.get_origin(model) in (typing.Union, types.UnionType):
+            model = next((a for a in typing.get_args(model) if a is not type(None)), None)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def did_you_mean(word: str, known: list[str]) -> str:
+    """`` (did you mean 'x'?)`` when a known name is close to ``word``, else ''."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(err: dict[str, Any], model: Any = None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        known = _fields_at(model, err["loc"][:-1]) if model is not None else []
+        return "unknown key" + did_you_mean(str(err["loc"][-1]), known)
     if kind == "missing":
         return "required key is missing"
     got = err.get("input")
@@ -200,11 +234,11 @@ def _check_ref(spec: PipelineSpec, ref: str, where: str) -> None:
     if m is None:
         raise SpecError(f"{where}: expected 'model:NAME', 'dataset:NAME' or 'STAGE.ARTIFACT' (got {ref!r})")
     if m.group(1) == "model" and m.group(2) not in spec.models:
-        raise SpecError(f"{where}: unknown model {m.group(2)!r}")
+        raise SpecError(f"{where}: unknown model {m.group(2)!r}{did_you_mean(m.group(2), list(spec.models))}")
     if m.group(1) == "dataset" and m.group(2) not in spec.datasets:
-        raise SpecError(f"{where}: unknown dataset {m.group(2)!r}")
+        raise SpecError(f"{where}: unknown dataset {m.group(2)!r}{did_you_mean(m.group(2), list(spec.datasets))}")
     if m.group(3) is not None and m.group(3) not in spec.stages:
-        raise SpecError(f"{where}: unknown stage {m.group(3)!r}")
+        raise SpecError(f"{where}: unknown stage {m.group(3)!r}{did_you_mean(m.group(3), list(spec.stages))}")
 
 
 def _find_cycle(nodes: list[str], deps: Any) -> list[str] | None:
@@ -239,22 +273,39 @@ def _check_cycles(spec: PipelineSpec, where: str) -> None:
 
 
 def _check_stage_params(spec: PipelineSpec, where: str) -> None:
-    from engine.stages.base import load_stage
+    from engine.stages.base import load_stage, stage_kinds
 
+    outputs: dict[str, set[str]] = {}
     for name, st in spec.stages.items():
         try:
             module = load_stage(st.kind)
         except ValueError as exc:
-            raise SpecError(f"{where}: stages.{name}.kind: {exc}") from None
+            raise SpecError(f"{where}: stages.{name}.kind: {exc}{did_you_mean(st.kind, stage_kinds())}") from None
         try:
             params = module.Params(**st.params)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise SpecError(f"{where}: stages.{name}.params.{_key_path(err['loc'])}: {_describe(err)}") from None
+            err = _first_error(exc)
+            raise SpecError(f"{where}: stages.{name}.params.{_key_path(err['loc'])}: {_describe(err, module.Params)}") from None
         try:
             check_input_names(module, params, set(st.inputs))
         except ValueError as exc:
             raise SpecError(f"{where}: stages.{name}.{exc}") from None
+        outputs[name] = set(getattr(module, "OUTPUTS", {})) | ({"output"} if getattr(params, "publish_output", False) else set())
+    for key, ref in _artifact_refs(spec):
+        stage, _, artifact = ref.partition(".")
+        if artifact not in outputs[stage]:
+            raise SpecError(f"{where}: {key}: stage {stage!r} (kind {spec.stages[stage].kind}) has no output "
+                            f"{artifact!r}{did_you_mean(artifact, sorted(outputs[stage]))}; it publishes {sorted(outputs[stage])}")
+
+
+def _artifact_refs(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """(key path, 'STAGE.ARTIFACT') of every reference to a stage's output."""
+    refs = [(f"stages.{n}.inputs.{k}", r) for n, st in spec.stages.items() for k, r in st.inputs.items()]
+    refs += [(f"models.{n}.artifact", m.artifact) for n, m in spec.models.items() if m.artifact]
+    for n, c in spec.acceptance.items():
+        refs += [(f"acceptance.{n}.checkpoint", c.checkpoint)] if c.checkpoint else []
+        refs += [(f"acceptance.{n}.checkpoints.{k}", r) for k, r in c.checkpoints.items()]
+    return [(k, r) for k, r in refs if (m := REF_RE.match(r)) and m.group(3)]
 
 
 def check_input_names(module: Any, params: Any, given: set[str]) -> None:
@@ -286,13 +337,32 @@ def parse_spec(data: Any, where: str = "<spec>", *, check_params: bool = True) -
     try:
         spec = PipelineSpec(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpecError(f"{where}: {_key_path(err['loc'])}: {_describe(err)}") from None
+        err = _first_error(exc)
+        raise SpecError(f"{where}: {_key_path(err['loc'])}: {_describe(err, PipelineSpec)}") from None
     _check_refs(spec, where)
     _check_cycles(spec, where)
     if check_params:
         _check_stage_params(spec, where)
     return spec
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (YAML lets the last one win
+    silently: a second ``settings:`` block, two stages of one name). Keys merged in with
+    ``<<:`` may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}; YAML would keep only the last)",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def load_spec(path: Path | str) -> PipelineSpec:
@@ -302,7 +372,7 @@ def load_spec(path: Path | str) -> PipelineSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -35,6 +35,7 @@ from engine.approvals import approval_current, check_approvable
 from engine.chain import append_chained
 from engine.dag import topo_order, why_not_running
 from engine.memory import GIB, admission_headroom, meminfo
+from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children, spawn_detached
 from engine.refs import resolve_params, resolve_ref
 from engine.spec import PipelineSpec, StageEntry, load_spec
@@ -48,6 +49,8 @@ DISK_FULL_RE = re.compile(r"\[Errno 28\]|No space left on device|os error 28|fil
 _NAMED_PATH_RE = re.compile(r"\[Errno 28\][^:]*: '([^']+)'")
 MIN_SPACE_BACK = 256 << 20  # "space is back": this much more free than when the failure was seen (or 5% of the disk)
 DISK_FULL_BELOW = 16 << 20  # a crash while less than this is free is taken for a disk-full failure
+BAD_INPUT = "bad input: "  # the waiting reason of a stage whose inputs a run would fail on
+RECHECK_INPUTS_S = 5.0
 
 
 class SupervisorRunning(RuntimeError):
@@ -147,6 +150,7 @@ class Supervisor:
         self._batch: list[dict[str, Any]] | None = None
         self._reported: set[str] = set()  # errors printed and journaled once each
         self._disk_wait: dict[str, int] = {}  # stage -> free bytes when its disk-full failure was seen
+        self._inputs_checked: dict[str, float] = {}  # stage -> when its inputs were last found bad
         self._lock_fd: int | None = None
         self._kill_deadlines: dict[str, float] = {}
         self._order = topo_order(self.spec)
@@ -369,6 +373,15 @@ class Supervisor:
                 need, headroom = self.need_bytes(stage), self.headroom()
             b = why_not_running(self.spec, self.state, stage, approved=self.approved(stage), need=need, headroom=headroom)
             if b.kind == "queued" and b.text == "ready":
+                if time.monotonic() - self._inputs_checked.get(stage, -RECHECK_INPUTS_S) < RECHECK_INPUTS_S:
+                    continue
+                problem = stage_input_problem(self.spec, self.ws, stage)
+                if problem:  # held back, not failed: it starts once the input is fixed
+                    self._inputs_checked[stage] = time.monotonic()
+                    if st.waiting != BAD_INPUT + problem:
+                        self.emit("waiting", stage=stage, reason=BAD_INPUT + problem)
+                        st.waiting = BAD_INPUT + problem
+                    continue
                 self.launch(stage, need or 0)
                 self.state.refresh()
             elif b.kind in ("waiting_on", "needs_approval", "memory", "failed_dependency") and st.waiting != b.text:

@@ -23,7 +23,7 @@ def base_spec() -> dict:
         "name": "t",
         "work_items": {"W-1": {"title": "one"}, "W-2": {"title": "two", "depends_on": ["W-1"]}},
         "stages": {
-            "a": {**step, "work_item": "W-1"},
+            "a": {**step, "work_item": "W-1", "params": {"argv": [PY, "-c", "pass"], "publish_output": True}},
             "b": {**step, "after": ["a"], "duration_h": 5, "work_item": "W-2"},
             "c": {**step, "after": ["a"], "duration_h": 2, "work_item": "W-2"},
             "d": {**step, "after": ["b", "c"], "approval": "required", "work_item": "W-2"},

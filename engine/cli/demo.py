@@ -24,6 +24,7 @@ from engine.overview import build_overview
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
 from engine.supervisor import (
+    BAD_INPUT,
     send_command,
     start_supervisor_detached,
     supervisor_down,
@@ -49,14 +50,16 @@ def prepare(root: Path) -> Workspace:
 
 
 def stuck(spec: PipelineSpec, state: PipelineState, root: Path) -> bool:
-    """Some stage ended for good and nothing else can move: no stage runs, is queued, or ended
-    in a way the supervisor takes up again by itself (a resumable crash, a full disk)."""
+    """Some stage ended for good (or waits for an input the user must fix) and nothing else can
+    move: no stage runs, is queued, or ended in a way the supervisor takes up again by itself
+    (a resumable crash, a full disk)."""
     ended = False
     for name, entry in spec.stages.items():
         st = state.stage(name)
-        if st.status in ("running", "queued") or will_resume(entry, st) or waits_for_space(st, root):
+        held = st.status == "queued" and (st.waiting or "").startswith(BAD_INPUT)
+        if st.status == "running" or st.status == "queued" and not held or will_resume(entry, st) or waits_for_space(st, root):
             return False
-        ended |= st.status in ("failed", "crashed", "cancelled")
+        ended |= held or st.status in ("failed", "crashed", "cancelled")
     return ended
 
 

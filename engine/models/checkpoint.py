@@ -24,10 +24,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from engine.models.files import INDEX_FILE, SINGLE_FILE, read_layout
 from engine.workspace import atomic_write_json, content_hash, ensure_dir, fsync_dir, sha256_file
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 # Files a checkpoint needs besides its weights; copied byte for byte when present.
 SIDE_FILES = (
@@ -74,41 +72,7 @@ class CheckpointReader:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        index = self.root / INDEX_FILE
-        single = self.root / SINGLE_FILE
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
-                raise ValueError(f"{index}: not a safetensors index (need a 'weight_map'): {exc}") from None
-            self._where = {name: self.root / shard for name, shard in weight_map.items()}
-            missing = sorted({str(p) for p in self._where.values() if not p.is_file()})
-            if missing:
-                raise ValueError(f"{index}: shards missing: {', '.join(missing)}")
-        elif single.is_file():
-            self._where = {}
-            with _open(single) as fh:
-                self._where = dict.fromkeys(fh.keys(), single)
-        else:
-            raise ValueError(f"{self.root}: no {SINGLE_FILE} or {INDEX_FILE} (not a safetensors checkpoint)")
-        self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
-        for shard in sorted(set(self._where.values())):
-            with _open(shard) as fh:
-                for name in fh.keys():
-                    sl = fh.get_slice(name)
-                    self._meta[name] = (sl.get_dtype(), tuple(sl.get_shape()))
-        absent = sorted(n for n in self._where if n not in self._meta)
-        if absent:
-            raise ValueError(f"{self.root}: index names tensors absent from their shard: {', '.join(absent[:10])}")
-        self._spans: dict[str, tuple[int, int]] = {}
-        for shard in sorted(set(self._where.values())):
-            with open(shard, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-            for name, entry in header.items():
-                if name != "__metadata__" and self._where.get(name) == shard:
-                    start, end = entry["data_offsets"]
-                    self._spans[name] = (8 + size + start, 8 + size + end)
+        self._where, self._meta, self._spans = read_layout(self.root)
         self._config: dict[str, Any] | None = None
 
     def names(self) -> list[str]:

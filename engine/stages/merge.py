@@ -30,6 +30,7 @@ from engine.models.checkpoint import (
     resolve_dtype,
     set_config_dtype,
 )
+from engine.models.files import safetensors_header
 from engine.stages.base import StageContext, StageFailed, StageParams
 from kernels.lora import lora_scale, merge_lora_
 
@@ -116,7 +117,12 @@ def load_adapter(adapter_dir: Path) -> LoraAdapter:
     cfg_path = adapter_dir / ADAPTER_CONFIG
     if not cfg_path.is_file():
         raise StageFailed(f"{adapter_dir}: no {ADAPTER_CONFIG} (not a peft adapter)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise StageFailed(f"{cfg_path}: not JSON: {exc}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("r"), int) or not isinstance(cfg.get("lora_alpha"), int | float):
+        raise StageFailed(f"{cfg_path}: expected a JSON object with integer 'r' and numeric 'lora_alpha'")
     if cfg.get("peft_type") != "LORA":
         raise StageFailed(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters merge")
     if cfg.get("use_dora"):
@@ -124,6 +130,10 @@ def load_adapter(adapter_dir: Path) -> LoraAdapter:
     weights_path = adapter_dir / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         raise StageFailed(f"{adapter_dir}: no {ADAPTER_WEIGHTS} (convert .bin adapters to safetensors)")
+    try:
+        safetensors_header(weights_path)
+    except ValueError as exc:
+        raise StageFailed(str(exc)) from None
     tensors = load_file(weights_path)
     if any("lora_magnitude_vector" in k for k in tensors):
         raise StageFailed(f"{weights_path}: holds lora_magnitude_vector (DoRA); not a linear delta, refused")
@@ -146,6 +156,10 @@ def load_adapter(adapter_dir: Path) -> LoraAdapter:
             raise StageFailed(f"{weights_path}: module {mod} has {sorted(p)} but needs both {a_key} and {b_key}")
         a, b = p[a_key], p[b_key]
         r = a.shape[0]
+        declared = int(_pattern_value(cfg.get("rank_pattern") or {}, mod, cfg["r"]))
+        if r != declared:
+            raise StageFailed(f"{cfg_path}: r = {declared} for {mod}, but {weights_path.name} holds rank {r} "
+                              f"({a_key} {tuple(a.shape)}): the config does not describe these tensors")
         scale = lora_scale(_pattern_value(alpha_pattern, mod, alpha), r, rslora)
         out.modules[f"{mod}.weight"] = LoraModule(a, b, scale, transpose=emb or fan_in_fan_out)
         if "lora_B.bias" in p:
