@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import evalplus, humaneval, mbpp, postprocess, prompts
+from engine.data import evalplus, humaneval, mbpp, postprocess, prompts, scoring
 from engine.sandbox.pool import SandboxPool
 
-MBPP_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+MBPP_DIR = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,15 @@ def test_mbpp_missing_or_altered_file_is_one_clear_line(tmp_path: Path) -> None:
         mbpp.load(MBPP_DIR, "dev")
 
 
-def test_evalplus_format(pool: SandboxPool, tmp_path: Path) -> None:
+def _plus_bench(tmp_path: Path, records: list[dict], monkeypatch: pytest.MonkeyPatch) -> scoring.Benchmark:
+    monkeypatch.setenv("PMAT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records))
+    return scoring.open_benchmark("humaneval_plus", path, unpinned=True)
+
+
+def test_evalplus_format(pool: SandboxPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     he, _ = humaneval.load()
     rec = {"task_id": "HumanEval/0", "prompt": he[0].prompt, "entry_point": he[0].entry_point,
            "canonical_solution": he[0].canonical_solution, "base_input": [[[1.0, 2.0, 3.0], 0.5]],
@@ -84,23 +92,55 @@ def test_evalplus_format(pool: SandboxPool, tmp_path: Path) -> None:
     rec32 = {"task_id": p32.task_id, "prompt": p32.prompt, "entry_point": p32.entry_point,
              "canonical_solution": p32.canonical_solution, "base_input": [[[1, 2]]],
              "plus_input": [[[-6, 11, -6, 1]]], "atol": 1e-4}
-    path = tmp_path / "HumanEvalPlus.jsonl.gz"
-    with gzip.open(path, "wt") as fh:
-        fh.write(json.dumps(rec) + "\n" + json.dumps(rec32) + "\n")
-    problems, digest = evalplus.load(path, "humaneval_plus")
-    assert len(problems) == 2 and len(digest) == 64
+    bench = _plus_bench(tmp_path, [rec, rec32], monkeypatch)
+    assert [t.task_id for t in bench.tasks] == ["HumanEval/0", "HumanEval/32"] and bench.protocol.n_tasks == 2
+    assert bench.protocol.data_pinned_by == "user" and bench.expected["HumanEval/0"]["plus"] == [True, False]
+    cached = tmp_path / "cache" / "evalplus" / f"{bench.sha256}.pkl"
+    stamp = cached.stat().st_mtime_ns
+    assert scoring.open_benchmark("humaneval_plus", bench.path, unpinned=True).expected == bench.expected
+    assert cached.stat().st_mtime_ns == stamp  # computed once per data file
     # find_zero: any root passes (x = 3 of (x-1)(x-2)(x-3), where bisection finds another), a non-root fails
     other_root = "    return -0.5 if len(xs) == 2 else 3.0\n"
-    assert [v.status for v in pool.run_many([evalplus.make_job(problems[1], c) for c in (
-        p32.canonical_solution, other_root, "    return 0.0\n")])] == ["passed", "passed", "failed"]
-    good = evalplus.make_job(problems[0], he[0].canonical_solution)
+    samples = [(p32.task_id, p32.prompt + c) for c in (p32.canonical_solution, other_root, "    return 0.0\n")]
     # right on the base input, wrong on a plus input: only the extra tests catch it
-    almost = evalplus.make_job(problems[0], "    return len(numbers) == 3 and numbers[1] == 2.0\n")
-    assert [v.status for v in pool.run_many([good, almost])] == ["passed", "failed"]
-    with pytest.raises(ValueError, match="expected"):
-        evalplus.load(path, "humaneval_plus", expected_sha256="0" * 64)
-    with pytest.raises(FileNotFoundError, match="humanevalplus_release"):
-        evalplus.load(tmp_path / "none.jsonl.gz", "humaneval_plus")
+    almost = "    return numbers != [1.0, 2.0, 3.0]\n"
+    samples += [("HumanEval/0", he[0].prompt + c) for c in (he[0].canonical_solution, almost)]
+    got = [(v["base_status"], v["plus_status"]) for v in scoring.score(bench, samples, pool)]
+    assert got == [("pass", "pass"), ("pass", "pass"), ("fail", "fail"), ("pass", "pass"), ("pass", "fail")]
+    jobs = scoring.jobs_for(bench, bench.tasks[0], he[0].prompt + almost)
+    assert [s for s, _ in jobs] == ["base", "plus"]
+    assert all(he[0].canonical_solution.strip() not in j.program + j.runner_code for _, j in jobs)
+    with pytest.raises(ValueError, match="272720b9"):
+        scoring.open_benchmark("humaneval_plus", bench.path)
+    with pytest.raises(ValueError, match="does not exist"):
+        scoring.open_benchmark("humaneval_plus", tmp_path / "none.jsonl.gz")
+
+
+def test_evalplus_time_limit_is_per_input(pool: SandboxPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max(1 s, 4 x the reference's time) for each input, not one clock for the program."""
+    prompt = "def slow(x):\n"
+    rec = {"task_id": "HumanEval/0", "prompt": prompt, "entry_point": "slow", "atol": 0,
+           "canonical_solution": "    import time\n    time.sleep(0.3 if x else 0)\n    return x\n",
+           "base_input": [[0], [0], [0], [1]], "plus_input": [[2]]}
+    bench = _plus_bench(tmp_path, [rec], monkeypatch)
+    assert evalplus.time_limits(bench.expected["HumanEval/0"]["base_time"], 1.0, 4.0)[:3] == [1.0] * 3
+    body = "    import time\n    time.sleep({})\n    return x\n"
+    samples = [("HumanEval/0", prompt + body.format(s)) for s in ("0.2", "0.6 if x else 0", "1.5 if x else 0",
+                                                                  "1.5 if x == 0 else 0")]
+    verdicts = scoring.score(bench, samples, pool)
+    assert [v["base_status"] for v in verdicts] == ["pass", "pass", "fail", "fail"]
+    assert verdicts[2]["base"]["pmat"] == "timeout" and verdicts[3]["plus_status"] == "pass"
+
+
+def test_mbpp_plus_deserialisation_is_evalplus_own() -> None:
+    from evalplus.data.mbpp import mbpp_deserialize_inputs as theirs
+
+    samples = {2: [[[1, 2], [3]]], 63: [[[[1, 2], [3, 4]]]], 75: [[[[1, 2]], 3]], 106: [[[1], [2, 3]]],
+               115: [[[[1], [], [2, 3]]]], 124: [["1.5", "1+2j"]], 250: [[[1, 2], 3]], 259: [[[[1, 2]], [[3, 4]]]],
+               278: [[[1, [2, 3], 4]]], 307: [[[1, 2], 1, 5]], 722: [[{"a": [1, 2]}, 3, 4]], 252: [["1+2j"]],
+               580: [[[1, [2, [3]]]]], 9: [[[1, 2]]]}
+    for tid, inputs in samples.items():
+        assert evalplus.mbpp_deserialize_inputs(f"Mbpp/{tid}", inputs) == theirs(f"Mbpp/{tid}", inputs), tid
 
 
 def test_prompts_chat_and_completion(tiny_model_dir: Path) -> None:

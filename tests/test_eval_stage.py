@@ -13,21 +13,32 @@ from pathlib import Path
 
 import pytest
 
+from engine.data import protocols
 from engine.events import read_events
 from engine.results import read_ledger
 from engine.stages.base import JobSpec
 from engine.stages.run import params_hash, run_inline
-from engine.workspace import Workspace, content_hash
+from engine.workspace import Workspace, content_hash, sha256_file
 
-MBPP_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+MBPP_FILE = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp" / "mbpp.jsonl"
 VOLATILE = ("job_id", "wall_s")
 
 
 def _params(**kw) -> dict:
-    base = {"benchmark": "humaneval", "strategy": "standard", "prompt_mode": "auto", "max_new_tokens": 24,
-            "temperature": 0.8,
-            "n": 2, "seed": 7, "limit": 4, "unit_problems": 2, "timeout_s": 5.0, "exec_workers": 2}
+    base = {"protocol": "humaneval", "overrides": {"max_new_tokens": 24, "temperature": 0.8, "n": 2}, "seed": 7,
+            "limit": 4, "unit_problems": 2, "exec_workers": 2}
     return {**base, **kw}
+
+
+@pytest.fixture(scope="module")
+def plus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HumanEval+-format file of four tasks, built here (not the pinned release)."""
+    from engine.data import humaneval, plusgen
+
+    path = tmp_path_factory.mktemp("plus") / "HumanEvalPlus-mini.jsonl"
+    rows = plusgen.humaneval_plus_records(humaneval.load()[0][:4], n_plus=3, extra=False)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def _error(ws: Workspace, job_id: str) -> str:
@@ -40,29 +51,53 @@ def test_eval_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
     outcome = run_inline(ws, "eval", "eval", _params(), {"model": tiny_model_dir}, outputs=["results"])
     assert outcome == "ok", _error(ws, "eval.1")
     (rec,) = read_ledger(ws)
+    official = protocols.resolve("humaneval", overrides={"max_new_tokens": 24, "temperature": 0.8, "n": 2,
+                                                         "n_tasks": 4})
     assert rec["benchmark"] == "humaneval" and rec["model_hash"] == content_hash(tiny_model_dir)
-    assert rec["device"] == "cpu" and rec["backend"] == "transformers" and len(rec["dataset_hash"]) == 64
+    assert rec["protocol_id"] == "humaneval" and rec["protocol"] == official.as_dict()
+    assert rec["protocol_digest"] == official.digest() != protocols.get("humaneval").digest()
+    assert rec["dataset_hash"] == protocols.get("humaneval").data_sha256 and rec["data_pinned_by"] == "project"
+    assert rec["device"] == "cpu" and rec["backend"] == "transformers" and rec["n_problems"] == 4
     assert set(rec["metrics"]) == {"pass@1"} and 0.0 <= rec["metrics"]["pass@1"] <= 1.0
-    assert rec["protocol"]["n"] == 2 and rec["protocol"]["strategy"] == "standard"
     assert list(rec["per_problem"]) == [f"HumanEval/{i}" for i in range(4)]
-    assert sum(rec["categories"].values()) == 8
+    assert sum(rec["categories"].values()) == 8 and rec["prompt_mode"] == "instruct"
+    assert rec["sandbox"]["network"] and rec["sandbox"]["filesystem"]
     lines = [json.loads(x) for x in ws.artifact_path("eval", "results").read_text().splitlines()]
-    assert len(lines) == 4 and "<|im_start|>assistant" in lines[0]["prompt"]
-    assert {"raw", "clean", "status"} <= set(lines[0]["samples"][0])
+    assert len(lines) == 4 and lines[0]["prompt"].endswith("```python\n")  # evalplus's instruct prompt
+    assert protocols.INSTRUCTION_PREFIX in lines[0]["prompt"]
+    assert {"raw", "solution", "status", "base_status", "plus_status"} <= set(lines[0]["samples"][0])
     events = read_events(ws.job_log("eval.1"))
     progress = [e for e in events if e["kind"] == "progress"]
     assert progress[-1]["done"] == progress[-1]["total"] == 4
 
-    mb = run_inline(ws, "eval_mbpp", "eval", _params(benchmark="mbpp", strategy="asserts", n=1, temperature=0.0,
-                                                        limit=2, data_path=str(MBPP_DIR)), {"model": tiny_model_dir})
+    mb = run_inline(ws, "eval_mbpp", "eval", _params(protocol="mbpp_leaderboard", overrides={"max_new_tokens": 16},
+                                                        limit=2, data_path=str(MBPP_FILE)), {"model": tiny_model_dir})
     assert mb == "ok", _error(ws, "eval_mbpp.1")
     rec = read_ledger(ws)[-1]
     assert rec["benchmark"] == "mbpp" and list(rec["per_problem"]) == ["Mbpp/11", "Mbpp/12"]
-    bad = run_inline(ws, "eval_bad", "eval", _params(benchmark="mbpp", data_path=str(tmp_path)),
+    assert rec["protocol"]["task_ids"] == "11-510" and rec["protocol"]["n_tasks"] == 2
+    wrong = tmp_path / "mbpp.jsonl"
+    wrong.write_text(MBPP_FILE.read_text().replace("Write a", "Write  a", 1))
+    bad = run_inline(ws, "eval_bad", "eval", _params(protocol="mbpp_leaderboard", data_path=str(wrong)),
                      {"model": tiny_model_dir})
     assert bad == "failed"
     finished = [e for e in read_events(ws.job_log("eval_bad.1")) if e["kind"] == "job_finished"][0]
-    assert "mbpp.jsonl" in finished["error"] and "ccf64cea" in finished["error"]
+    assert str(wrong) in finished["error"] and "ccf64cea" in finished["error"]
+
+
+def test_eval_humaneval_plus_on_a_user_pinned_file(tmp_path: Path, tiny_model_dir: Path, plus_file: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    sha = sha256_file(plus_file)
+    params = _params(protocol="humaneval_plus", overrides={"max_new_tokens": 16, "prompt_mode": "base"},
+                     data_path=str(plus_file), dataset_sha256=sha, limit=None)
+    assert run_inline(ws, "evp", "eval", params, {"model": tiny_model_dir}) == "ok", _error(ws, "evp.1")
+    rec = read_ledger(ws)[-1]
+    assert rec["benchmark"] == "humaneval_plus" and rec["data_pinned_by"] == "user" and rec["dataset_hash"] == sha
+    assert rec["protocol"]["data_sha256"] == sha and rec["prompt_mode"] == "base"
+    assert set(rec["metrics"]) == {"pass@1", "base_pass@1"} and len(rec["per_sample"]) == 4
+    assert all(s["plus"] in ("pass", "fail") for v in rec["per_sample"].values() for s in v)
+    unpinned = run_inline(ws, "evp_bad", "eval", {**params, "dataset_sha256": None}, {"model": tiny_model_dir})
+    assert unpinned == "failed" and "272720b9" in _error(ws, "evp_bad.1")
 
 
 def _job(ws: Workspace, attempt: int, params: dict, model: Path) -> Path:
@@ -81,7 +116,7 @@ def _run(jobfile: Path) -> subprocess.Popen:
 
 
 def test_killed_and_resumed_gives_the_same_record(tmp_path: Path, tiny_model_dir: Path) -> None:
-    params = _params(limit=8, unit_problems=2, n=1, max_new_tokens=16)
+    params = _params(limit=8, unit_problems=2, overrides={"max_new_tokens": 16})
     whole, broken = Workspace(tmp_path / "whole"), Workspace(tmp_path / "broken")
     first = _run(_job(broken, 1, params, tiny_model_dir))
     results = broken.root / "work" / "eval" / "results.jsonl"

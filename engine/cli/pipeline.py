@@ -67,11 +67,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from engine.preflight import check_spec_files
+
     path = args.spec or workspace_of(args).spec_path
     try:
         spec = load_spec(path)
     except SpecError as exc:
         print(f"pmat: error: {exc}", file=sys.stderr)
+        return 2
+    problems = check_spec_files(spec, Workspace(Path(path).parent), Path(path).resolve().parent)
+    if problems:  # the first, on one line (a run would stop at it); the count says if more wait
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        print(f"pmat: error: {path}: {problems[0]}{more}", file=sys.stderr)
         return 2
     print(f"{path}: ok ({len(spec.stages)} stages, {len(spec.work_items)} work items, {len(spec.acceptance)} criteria)")
     return 0

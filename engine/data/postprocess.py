@@ -252,3 +252,11 @@ def sanitize(code: str, entrypoint: str | None = None) -> str:
                     queue.append(dep)
     out = "\n".join([*imports, *(body for name, body, _ in defs if name in keep)]).strip()
     return out or extracted
+
+
+def evalplus_solution(raw: str, *, prompt: str, stops: tuple[str, ...] | list[str], entry_point: str) -> str:
+    """The program evalplus's codegen saves for a raw generation: cut at the first stop sequence
+    (10,000 characters at most, as evalplus's decoders do), tabs as four spaces, the prompt in
+    front for a base model (``prompt``; "" for instruct), then ``sanitize``."""
+    cut = min([raw.index(s) for s in stops if s in raw] + [10000])
+    return sanitize(prompt + raw[:cut].replace("\t", "    "), entry_point)

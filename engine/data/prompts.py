@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.data.humaneval import Problem
+from engine.data.protocols import Protocol
 
 STRATEGIES = ("standard", "few-shot", "asserts")
 _HE_SHOTS = (
@@ -99,3 +100,23 @@ def build(benchmark: str, problem: Problem, strategy: str, tokenizer: Any,
         text = _completion(benchmark, problem, strategy, shots)
     return Prompt(text=text, chat=chat, body=he and not chat,
                   template_hash=template_hash(tokenizer) if chat else template_hash(None))
+
+
+_SPLITTER = "-[[]]-this-is-really-our-highest-priority-[[]]-"  # evalplus's marker where the reply begins
+
+
+def for_protocol(protocol: Protocol, task_prompt: str, tokenizer: Any) -> Prompt:
+    """The text evalplus's codegen sends: a base model gets the task prompt stripped plus a newline;
+    a model with a chat template (``prompt_mode`` auto or instruct) gets the instruction, the task in
+    a code fence, and the start of the reply up to an open ```python fence."""
+    has_template = isinstance(getattr(tokenizer, "chat_template", None), str)
+    mode = protocol.prompt_mode
+    if mode == "instruct" and not has_template:
+        raise ValueError(f"protocol {protocol.id}: prompt_mode instruct but the tokenizer has no chat template")
+    if mode == "base" or not has_template:
+        return Prompt(text=task_prompt.strip() + "\n", chat=False, body=True, template_hash=template_hash(None))
+    user = f"{protocol.instruction_prefix}\n```\n{task_prompt.strip()}\n```\n"
+    reply = f"{protocol.response_prefix}\n```python\n{_SPLITTER}\n```\n"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                                         tokenize=False).split(_SPLITTER)[0]
+    return Prompt(text=text, chat=True, body=False, template_hash=template_hash(tokenizer))

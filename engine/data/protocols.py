@@ -48,12 +48,13 @@ class Protocol:
     task_ids: str               # the task set: "all" or "first-last" (numeric part of the task ids)
     n_tasks: int
     task_prompt: str            # "dataset" (the record's prompt) or a template over the record's fields
+    prompt_mode: str            # "auto" (instruct when the tokenizer has a chat template, as evalplus), "base", "instruct"
     base_prompt: str            # how a base model's text is made from the task prompt
     instruction_prefix: str     # instruct models: evalplus's chat prompt around the task prompt
     response_prefix: str
     stop_base: tuple[str, ...]
     stop_instruct: tuple[str, ...]
-    postprocess: str            # "evalplus-sanitize": longest parsing span, entry point and its dependencies
+    postprocess: str            # "evalplus-sanitize": cut at a stop, tabs to spaces, base: prompt + text; sanitize
     n: int
     temperature: float
     top_p: float
@@ -88,7 +89,8 @@ def digest_of(d: dict[str, Any]) -> str:
 
 
 def _evalplus_family(**kw: Any) -> Protocol:
-    common = dict(version=1, data_pinned_by="project", task_prompt="dataset", base_prompt="task prompt stripped, then a newline (evalplus codegen)",
+    common = dict(version=1, data_pinned_by="project", task_prompt="dataset", prompt_mode="auto",
+                  base_prompt="task prompt stripped, then a newline (evalplus codegen)",
                   instruction_prefix=INSTRUCTION_PREFIX, response_prefix=RESPONSE_PREFIX, stop_instruct=_CHAT_STOP,
                   postprocess="evalplus-sanitize", n=1, temperature=0.0, top_p=1.0, max_new_tokens=768,
                   min_time_limit_s=1.0, gt_time_factor=4.0, task_timeout_s=60.0, atol_float_default=1e-6)
@@ -148,6 +150,8 @@ def resolve(protocol_id: str, *, data_sha256: str | None = None, overrides: dict
             raise ValueError(f"protocol {protocol_id}: cannot override {key!r} (overridable: "
                              f"{', '.join(sorted(_OVERRIDABLE))})")
         current = getattr(p, key)
+        if key == "prompt_mode" and value not in ("auto", "base", "instruct"):
+            raise ValueError(f"protocol {protocol_id}: prompt_mode {value!r} is not auto, base or instruct")
         if not _same_kind(current, value):
             raise ValueError(f"protocol {protocol_id}: override {key}={value!r} must be a {type(current).__name__}")
         changes[key] = tuple(value) if isinstance(current, tuple) else float(value) if isinstance(current, float) else value

@@ -186,3 +186,20 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{lineno}: sample of {s['task_id']} needs a 'solution' or 'completion' string")
         samples.append(s)
     return samples
+
+
+def isolation(pool: SandboxPool) -> dict[str, Any]:
+    """The sandbox's isolation layers as the pool reports them."""
+    layers = getattr(pool, "isolation", None)
+    return layers() if callable(layers) else {"network": pool.network, "filesystem": pool.filesystem}
+
+
+def report(bench: Benchmark, per_task: dict[str, list[dict[str, Any]]], ks: Iterable[int] = KS,
+           **extra: Any) -> dict[str, Any]:
+    """The scored samples as ``pmat score`` writes them and the eval stage records them: the effective
+    protocol and its digest, the data's sha256, evalplus-style ``eval`` verdicts, pass@k."""
+    p = bench.protocol
+    return {"protocol_id": p.id, "protocol_digest": p.digest(), "protocol": p.as_dict(),
+            "dataset_hash": bench.sha256, "data_path": str(bench.path), "data_pinned_by": p.data_pinned_by,
+            "n_problems": len(per_task), "missing_tasks": [t.task_id for t in bench.tasks if t.task_id not in per_task],
+            "metrics": metrics(bench, per_task, ks), "eval": per_task, **extra}
