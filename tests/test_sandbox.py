@@ -219,7 +219,7 @@ def test_a_killed_owners_work_dir_is_swept_by_the_next_pool(tmp_path: Path) -> N
 
     owner = subprocess.Popen(
         [sys.executable, "-c", "from engine.sandbox.pool import SandboxPool\n"
-         "p = SandboxPool(workers=1)\nprint(p.base, flush=True)\nimport time; time.sleep(60)"],
+         "p = SandboxPool(workers=1, outer='none')\nprint(p.base, flush=True)\nimport time; time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     base = Path(owner.stdout.readline().strip())
     assert base.is_dir() and base.name.startswith(f"pmat-sandbox-{owner.pid}-")
@@ -228,7 +228,18 @@ def test_a_killed_owners_work_dir_is_swept_by_the_next_pool(tmp_path: Path) -> N
         assert base.name not in sweep_orphans()  # its owner is alive
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        with SandboxPool(workers=1):
+        hostile = base / "run-x"  # what a killed pool's program may have left: deep, unwritable
+        deep = os.open(str(base), os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=deep)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=deep)
+            os.close(deep)
+            deep = nxt
+        os.close(deep)
+        os.mkdir(hostile)
+        (hostile / "f").write_text("x")
+        os.chmod(hostile, 0)
+        with SandboxPool(workers=1, outer="none"):
             pass
         assert not base.exists() and live.is_dir()
     finally:

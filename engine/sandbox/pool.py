@@ -1,14 +1,19 @@
 """The pool: warm template processes, job dispatch, wall-clock kills, verdicts.
 
 The manager lives in the caller's process. Each slot is one template started inside
-a new network namespace (``unshare --net``; with ``--map-root-user`` when not root)
-where that works, else the child's audit hook alone blocks sockets. When the pool
-runs as root, each slot's children run under their own unprivileged uid.
+bubblewrap's namespaces (``bwrap.py``: its own root, pid, network, IPC; the work area a
+size-limited tmpfs) where that works, else inside a network namespace (``unshare --net``)
+with its work area in a host directory. When the pool runs as root, each slot's
+children run under their own unprivileged uid. A pool checks itself when it starts (a
+known-correct program must pass, a wrong one fail) and refuses to run otherwise, so a
+host where programs cannot run never scores them as failures. Nothing a template
+sends, and no exception in the dispatch loop, ends a ``run_many`` other than as a verdict.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import select
@@ -24,8 +29,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.sandbox import bwrap, landlock, seccomp, wire
+from engine.sandbox.tree import remove_tree
+
+log = logging.getLogger(__name__)
 STATUSES = ("passed", "failed", "error", "syntax_error", "timeout", "oom", "blocked")
 GRACE_S = 1.0
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the whole environment a template (and so every program) gets: nothing of the caller's
+TEMPLATE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+                # LD_BIND_NOW: symbols resolved once in the template, not again in every forked child
+                "LD_BIND_NOW": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SELF_CHECK = ("def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n")
 _NET_PROBE: dict[bool, list[str] | None] = {}
 
 
@@ -38,6 +53,7 @@ class Limits:
     nproc: int = 1  # under a pool's own uid: the program's process is the only one (no fork, no threads)
     fsize_mb: int = 16
     nofile: int = 64
+    disk_mb: int = 64  # all of a program's files together (the tmpfs under bubblewrap)
 
 
 @dataclass
@@ -63,6 +79,7 @@ class Verdict:
     blocked_op: str | None = None
     wall_s: float = 0.0
     stdout_tail: str = ""
+    isolation: list[str] = field(default_factory=list)  # the layers that were active for this check
 
     @property
     def passed(self) -> bool:
@@ -98,24 +115,36 @@ class _Slot:
         self.start()
 
     def start(self) -> None:
-        uid = self.pool.uid_base + self.index if os.geteuid() == 0 and self.pool.isolate_uid else None
-        if self.pool.net_prefix and os.geteuid() != 0:
+        pool = self.pool
+        uid = pool.uid_base + self.index if os.geteuid() == 0 and pool.isolate_uid else None
+        if pool.net_prefix and os.geteuid() != 0:
             uid = None  # inside a user namespace the template is "root" without real uids to switch to
-        cfg = {"base": self.pool.base, "uid": uid, "limits": asdict(self.pool.limits)}
-        # LD_BIND_NOW: symbols resolved once in the template, not again in every forked child
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", LD_BIND_NOW="1",
-                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        cfg = {"base": bwrap.BASE if pool.bwrap else pool.base, "uid": uid, "limits": asdict(pool.limits)}
+        argv = [sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)]
+        prefix = bwrap.command(pool.limits.disk_mb, TEMPLATE_ENV) if pool.bwrap else (pool.net_prefix or [])
         self.proc = subprocess.Popen(
-            [*(self.pool.net_prefix or []), sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env,
-            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+            [*prefix, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**TEMPLATE_ENV, "PYTHONPATH": REPO}, cwd=REPO)
         self.buf = b""
 
     def wait_ready(self) -> None:
         ready = self.read_line(timeout=60)
         if not ready or ready.get("type") != "ready":
+            self.stop()
             raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
         self.landlock = int(ready.get("landlock") or 0)
+        self.seccomp = bool(ready.get("seccomp"))
+
+    def restart(self) -> bool:
+        """A fresh template after this one died or was killed; False if it would not start."""
+        self.stop()
+        try:
+            self.start()
+            self.wait_ready()
+            return True
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.error("sandbox template %d could not be restarted: %s", self.index, exc)
+            return False
 
     def read_line(self, timeout: float) -> dict[str, Any] | None:
         end = time.monotonic() + timeout
@@ -128,7 +157,11 @@ class _Slot:
                 return None
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return None
+        return msg if isinstance(msg, dict) else None
 
     def submit(self, idx: int, job: Job) -> None:
         nonce = secrets.token_hex(16)
@@ -143,8 +176,9 @@ class _Slot:
 
     def kill_job(self) -> None:
         """First the program's group; if the template still has not answered (its trusted test
-        code spinning), the template itself, which ``_pump`` then restarts."""
-        targets = [self.proc.pid] if self.killed else list(self.pids.values())
+        code spinning), the template itself, which ``_pump`` then restarts. Under bubblewrap
+        the program's pid is the namespace's: the template goes at once."""
+        targets = [self.proc.pid] if self.killed or self.pool.bwrap else list(self.pids.values())
         self.killed = True
         for pid in targets:
             try:
@@ -156,9 +190,14 @@ class _Slot:
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdict:
@@ -187,28 +226,39 @@ def verdict_from(done: dict[str, Any] | None, nonce: str, killed: bool) -> Verdi
 
 def sweep_orphans(tmp: str | None = None) -> list[str]:
     """Remove the work dirs of pools whose process is gone (killed -9, so ``close`` never ran);
-    their pid is in the name. A live process with that pid keeps its dir. Returns what went."""
+    their pid is in the name. A live process with that pid keeps its dir. Returns what went;
+    never raises (a tree it cannot remove is logged and left)."""
     gone = []
     root = tmp or tempfile.gettempdir()
-    for name in os.listdir(root):
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return gone
+    for name in names:
         parts = name.split("-")
         if not name.startswith("pmat-sandbox-") or len(parts) < 4 or not parts[2].isdigit():
             continue
         try:
             os.kill(int(parts[2]), 0)
         except ProcessLookupError:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            gone.append(name)
-        except PermissionError:  # alive, someone else's
+            problem = remove_tree(os.path.join(root, name))
+            if problem:
+                log.warning("sandbox: could not remove an orphaned work dir: %s", problem)
+            else:
+                gone.append(name)
+        except (PermissionError, OverflowError, ValueError):  # alive, someone else's; or not a pid
             pass
     return gone
 
 
 class SandboxPool:
-    """Run many checks through ``workers`` warm templates; use as a context manager."""
+    """Run many checks through ``workers`` warm templates; use as a context manager.
+
+    ``outer``: "auto" (bubblewrap when it works here, else a network namespace when that
+    works), "bwrap" (required: refuse to start without it) or "none"."""
 
     def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, isolate_uid: bool = True,
-                 network: str = "auto") -> None:
+                 network: str = "auto", outer: str = "auto") -> None:
         # two slots per core: a template and its child take turns. More would hide sleeping programs
         # better but starve CPU-bound correct ones into wall-clock timeouts (MBPP 123 at 10 s on 8 slots)
         self.workers = max(1, workers or min(32, 2 * (os.cpu_count() or 1)))
@@ -216,19 +266,41 @@ class SandboxPool:
         self.isolate_uid = isolate_uid
         # unnamed uids, random per pool: two pools never share one (a slot's cleanup kills its uid's all)
         self.uid_base = 1_000_000 + secrets.randbelow(1 << 24) * 64
-        self.net_prefix = network_prefix() if network == "auto" else None
-        self.network = "namespace" if self.net_prefix else "in-process"
-        sweep_orphans()
-        self.base = tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-")
-        os.chmod(self.base, 0o711)
+        why_not = bwrap.available() if outer in ("auto", "bwrap") and network == "auto" else "not asked for"
+        if outer == "bwrap" and why_not:
+            raise RuntimeError(f"sandbox: {why_not}")
+        self.bwrap = why_not is None
+        self.net_prefix = None if self.bwrap or network != "auto" else network_prefix()
+        self.network = "namespace" if self.bwrap or self.net_prefix else "in-process"
         self.slots: list[_Slot] = []
+        self.base = ""
+        if not self.bwrap:
+            sweep_orphans()
+            self.base = tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-")
+            os.chmod(self.base, 0o711)
         try:
             self.slots = [_Slot(i, self) for i in range(self.workers)]  # all start at once
             for slot in self.slots:
                 slot.wait_ready()
+            self._self_check()
         except BaseException:
             self.close()
             raise
+        self.layers = self._layers()
+
+    def _self_check(self) -> None:
+        """Each slot runs a known-correct and a known-wrong program: a host where programs cannot
+        run (a work area its children cannot reach, a missing library) must not score 0% quietly."""
+        good, tests = SELF_CHECK
+        jobs = [Job(good, tests, timeout=30.0) for _ in self.slots]
+        jobs += [Job(good.replace("a + b", "a - b"), tests, timeout=30.0) for _ in self.slots]
+        verdicts = self.run_many(jobs)
+        wrong = [v for v in verdicts[:len(self.slots)] if not v.passed]
+        wrong += [v for v in verdicts[len(self.slots):] if v.status != "failed"]
+        if wrong:
+            v = wrong[0]
+            raise RuntimeError(f"sandbox self-check failed: a known program came back {v.status} "
+                               f"({v.error_type}: {v.detail[:300]}); refusing to score programs on this host")
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -240,7 +312,11 @@ class SandboxPool:
         for slot in self.slots:
             slot.stop()
         self.slots = []
-        shutil.rmtree(self.base, ignore_errors=True)
+        if self.base:
+            problem = remove_tree(self.base)
+            if problem:
+                log.warning("sandbox: could not remove its work dir: %s", problem)
+            self.base = ""
 
     @property
     def filesystem(self) -> str:
@@ -249,7 +325,29 @@ class SandboxPool:
         layers = [f"landlock ABI {abi}"] if abi else []
         if os.geteuid() == 0 and self.isolate_uid:
             layers.append("own uid")
+        if self.bwrap:
+            layers.append("bubblewrap mount namespace")
         return " + ".join(layers) or "audit hook only"
+
+    def _layers(self) -> list[str]:
+        on = []
+        if self.bwrap:
+            on += ["bwrap-mount-ns", "bwrap-pid-ns", "net-ns", "ipc-ns", f"tmpfs-quota-{self.limits.disk_mb}mb"]
+        elif self.net_prefix:
+            on.append("net-ns")
+        abi = min((s.landlock for s in self.slots), default=0)
+        if abi:
+            on.append(f"landlock-abi-{abi}")
+        if self.slots and all(s.seccomp for s in self.slots):
+            on.append("seccomp")
+        if os.geteuid() == 0 and self.isolate_uid:
+            on.append("own-uid")
+        return [*on, "rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"]
+
+    def isolation(self) -> dict[str, Any]:
+        """The isolation layers of this pool's checks, for result records."""
+        return {"layers": list(self.layers), "missing": missing_layers(self.layers), "network": self.network,
+                "filesystem": self.filesystem, "user": "root" if os.geteuid() == 0 else "unprivileged"}
 
     def healthy(self) -> bool:
         return all(s.proc.poll() is None for s in self.slots) and bool(self.slots)
@@ -264,28 +362,51 @@ class SandboxPool:
         idle = deque(self.slots)
         busy: dict[int, _Slot] = {}
         sel = selectors.DefaultSelector()
+
+        def finish(slot: _Slot, verdict: Verdict) -> None:
+            fd = next((k for k, v in busy.items() if v is slot), None)
+            if fd is not None:
+                sel.unregister(fd)
+                del busy[fd]
+            idx = slot.job[0]
+            verdict.isolation = list(getattr(self, "layers", []))
+            results[idx] = verdict
+            slot.job = None
+            if slot.proc.poll() is None or slot.restart():
+                idle.append(slot)
+            else:
+                self.slots.remove(slot)
+            if on_result:
+                on_result(idx, verdict)
+
         try:
             while pending or busy:
+                if not self.slots:
+                    raise RuntimeError("sandbox: every template died and none could be restarted")
                 while idle and pending:
                     slot = idle.popleft()
-                    slot.submit(*pending.popleft())
+                    try:
+                        slot.submit(*pending.popleft())
+                    except OSError as exc:  # the template went between jobs
+                        finish(slot, Verdict("error", "HarnessError", f"sandbox template unavailable: {exc}"))
+                        continue
                     busy[slot.proc.stdout.fileno()] = slot
                     sel.register(slot.proc.stdout.fileno(), selectors.EVENT_READ, slot)
+                if not busy:
+                    continue
                 wait = max(0.0, min(s.deadline for s in busy.values()) - time.monotonic())
                 for key, _ in sel.select(timeout=wait):
                     slot = key.data
-                    finished = self._pump(slot)
+                    try:
+                        finished = self._pump(slot)
+                    except Exception as exc:  # noqa: BLE001 - whatever went wrong, a verdict and a fresh template
+                        log.exception("sandbox: template %d", slot.index)
+                        slot.stop()
+                        finished = Verdict("error", "HarnessError", f"sandbox template failed: {type(exc).__name__}")
                     if finished is not None:
-                        sel.unregister(key.fd)
-                        del busy[key.fd]
-                        idx = slot.job[0]
-                        results[idx] = finished
-                        slot.job = None
-                        idle.append(slot)
-                        if on_result:
-                            on_result(idx, finished)
+                        finish(slot, finished)
                 now = time.monotonic()
-                for slot in busy.values():
+                for slot in list(busy.values()):
                     if now >= slot.deadline:
                         slot.kill_job()
                         slot.deadline = now + 2.0  # the template reports 'done' once the group is dead
@@ -294,18 +415,17 @@ class SandboxPool:
         return [r for r in results if r is not None]
 
     def _pump(self, slot: _Slot) -> Verdict | None:
-        """Read what a template wrote; a verdict once its job is done (restarting a dead template)."""
+        """Read what a template wrote; a verdict once its job is done (a dead one is restarted by
+        ``finish``)."""
         chunk = os.read(slot.proc.stdout.fileno(), 1 << 20)
         if not chunk:
-            slot.proc.wait()
-            slot.proc.stdin.close()
-            slot.proc.stdout.close()
-            slot.start()
-            slot.wait_ready()
+            slot.stop()
             if slot.killed:
                 return Verdict("timeout", detail="wall-clock limit reached; tests and program killed")
             return Verdict("error", "HarnessError", "sandbox template died; restarted")
         slot.buf += chunk
+        if len(slot.buf) > wire.MAX_MESSAGE:
+            raise wire.ProtocolError("template line too long")
         while b"\n" in slot.buf:
             line, slot.buf = slot.buf.split(b"\n", 1)
             msg = json.loads(line)
@@ -315,3 +435,38 @@ class SandboxPool:
             elif msg.get("type") == "done":
                 return verdict_from(msg, slot.job[2], slot.killed)
         return None
+
+
+def isolation_layers() -> dict[str, Any]:
+    """The layers a pool started now on this host would have, without starting one."""
+    root = os.geteuid() == 0
+    on = []
+    why_not = bwrap.available()
+    if why_not is None:
+        on += ["bwrap-mount-ns", "bwrap-pid-ns", "net-ns", "ipc-ns", f"tmpfs-quota-{Limits().disk_mb}mb"]
+    elif network_prefix():
+        on.append("net-ns")
+    if landlock.abi():
+        on.append(f"landlock-abi-{landlock.abi()}")
+    if seccomp.supported():
+        on.append("seccomp")
+    if root:
+        on.append("own-uid")
+    on += ["rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"]
+    return {"layers": on, "missing": missing_layers(on), "bwrap": why_not or "ok",
+            "user": "root" if root else "unprivileged"}
+
+
+def missing_layers(layers: list[str]) -> list[str]:
+    """What a fully isolated pool has that ``layers`` lacks, each with why it matters."""
+    want = {"bwrap-mount-ns": "bubblewrap (programs could read host files: apt-get install bubblewrap)",
+            "landlock": "Landlock (kernel >= 5.13: writes outside the work dir stopped by the audit hook alone)",
+            "seccomp": "seccomp (x86-64/aarch64 only: processes, sockets and memfd stopped by the audit hook alone)",
+            "net-ns": "a network namespace (sockets stopped by the audit hook and seccomp alone)"}
+    return [why for key, why in want.items() if not any(layer.startswith(key) for layer in layers)]
+
+
+def check_line() -> str | None:
+    """One line for ``pmat check`` when a sandbox layer is missing on this host; None when all are there."""
+    missing = isolation_layers()["missing"]
+    return f"sandbox: missing isolation layers: {'; '.join(missing)}" if missing else None

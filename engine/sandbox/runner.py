@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import symtable
 import sys
 import time
@@ -223,14 +224,20 @@ def _read_violation(fd: int) -> str | None:
 
 
 def _tail(workdir: str, n: int = 2000) -> str:
+    """The end of what the program printed; '' if it replaced its output file by anything but
+    a regular file (a directory, a FIFO, a link)."""
     try:
         fd = os.open(os.path.join(workdir, ".output"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
     try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, max(0, size - n), 0)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        os.lseek(fd, max(0, st.st_size - n), 0)
         return os.read(fd, n).decode(errors="replace")
+    except OSError:
+        return ""
     finally:
         os.close(fd)
 

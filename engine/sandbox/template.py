@@ -23,7 +23,7 @@ import traceback
 import types
 from typing import Any
 
-from engine.sandbox import landlock, wire, zygote
+from engine.sandbox import landlock, seccomp, wire, zygote
 from engine.sandbox.runner import run_tests
 
 # What benchmark programs import, loaded once here so no check pays for it (and so a child
@@ -121,6 +121,9 @@ class Template:
         wire.write_line(self.out, {"type": "started", "child": warm.pid})
         try:
             result = run_tests(job, warm.sock, warm.viol_r, warm.pid, warm.workdir)
+        except Exception as exc:  # noqa: BLE001 - a verdict, never a dead template
+            result = {"status": "error", "error_type": "HarnessError", "nonce": job.get("nonce"),
+                      "detail": f"test runner failed: {type(exc).__name__}: {str(exc)[:300]}"}
         finally:
             warm.sock.close()
             os.close(warm.viol_r)
@@ -134,7 +137,7 @@ class Template:
         self.ctl.send(b"next")
         warm = zygote.next_child(self.ctl)
         wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid,
-                                   "landlock": landlock.abi()})
+                                   "landlock": landlock.abi(), "seccomp": seccomp.supported()})
         buf = b""
         while True:
             chunk = os.read(0, 1 << 20)
@@ -143,7 +146,7 @@ class Template:
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                warm = self.run_job(json.loads(line), warm)
+                warm = self.run_job(json.loads(line), warm)  # the manager's own lines
         warm.sock.close()
         os.close(warm.viol_r)
         self.ctl.close()  # the zygote kills and reaps its child, then exits

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from engine.sandbox.child import MAX_FD, _prctl, child_main, prepare
+from engine.sandbox.tree import remove_tree
 
 STATUS = struct.Struct("!i")
 
@@ -37,24 +38,14 @@ class Warm:
 
 
 def rmtree(path: str) -> None:
-    """Remove a child's directory, whatever modes the program left on what it made."""
+    """Remove a child's directory, whatever depth, modes and kinds of file the program left."""
     try:  # the common case: the program wrote nothing but its output file
         os.unlink(os.path.join(path, ".output"))
         os.rmdir(path)
         return
     except OSError:
         pass
-    import shutil
-
-    def fix(func: object, p: str, _exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)  # type: ignore[operator]
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
+    remove_tree(path)  # never raises; what it cannot remove stays (counted in the tmpfs quota)
 
 
 def _fork_child(base: str, n: int, limits: dict[str, int], uid: int | None) -> tuple[int, str, socket.socket, int]:
@@ -105,7 +96,7 @@ def serve(ctl: socket.socket, base: str, limits: dict[str, int], uid: int | None
             socket.send_fds(ctl, [f"{pid} {workdir}".encode()], [sock.fileno(), viol_r])
             sock.close()
             os.close(viol_r)
-    except OSError:
+    except Exception:  # noqa: BLE001 - the template sees the zygote gone and exits; the pool restarts it
         pass
     if current is not None:
         try:
