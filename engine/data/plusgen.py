@@ -18,6 +18,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from engine.data.humaneval import Problem
@@ -172,3 +173,22 @@ def mbpp_plus_records(mbpp_problems: list[Problem], *, n_plus: int = 6, seed: in
                "canonical_solution": p.canonical_solution.replace("\r\n", "\n"), "contract": "",
                "base_input": base, "plus_input": plus, "atol": 0.0, "assertion": "\n".join(asserts)}
 
+
+
+def write_demo_files(out_dir: Path, mbpp_file: Path) -> list[Path]:
+    """The demo's HumanEval+/MBPP+-format files (HumanEval 0-15, MBPP 11-30), deterministic."""
+    from engine.data import humaneval, mbpp
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"HumanEvalPlus-demo.jsonl": humaneval_plus_records(humaneval.load()[0][:16], extra=False),
+             "MbppPlus-demo.jsonl": mbpp_plus_records(mbpp.problems_of(mbpp_file, 11, 30))}
+    for name, rows in files.items():
+        (out_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [out_dir / name for name in files]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in write_demo_files(Path(sys.argv[1]), Path(sys.argv[2])):
+        print(path)

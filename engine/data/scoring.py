@@ -20,6 +20,7 @@ from typing import Any
 from engine.data import evalplus, humaneval, mbpp, protocols
 from engine.data.fetch import check_file
 from engine.data.humaneval import Problem
+from engine.data.pins import pin_for
 from engine.data.protocols import Protocol
 from engine.results import pass_metrics
 from engine.sandbox.pool import Job, Limits, SandboxPool, Verdict
@@ -67,6 +68,8 @@ def open_benchmark(protocol_id: str, path: Path, *, data_sha256: str | None = No
     the effective protocol's ``n_tasks`` then says)."""
     proto = protocols.get(protocol_id)
     path = Path(path)
+    if path.is_dir():  # a data directory: the pinned file's name in it (MBPP's mbpp.jsonl)
+        path = path / pin_for(proto.dataset).filename
     if unpinned:
         if not path.is_file():
             raise ValueError(f"{protocol_id}: data file {path} does not exist")

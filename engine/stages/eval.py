@@ -115,16 +115,15 @@ def run(ctx: StageContext, params: Params) -> None:
             ctx.check_cancelled()
             unit = todo[start:start + params.unit_problems]
             reqs = [GenRequest(t.task_id, built[t.task_id].text, proto.max_new_tokens, proto.temperature,
-                               proto.top_p, params.top_k, task_seed(params.seed, t.task_id), proto.n)
+                               proto.top_p, params.top_k, task_seed(params.seed, t.task_id), proto.n,
+                               stop=proto.stop_instruct if built[t.task_id].chat else proto.stop_base)
                     for t in unit]
             outs = backend.generate(reqs)
             ctx.check_cancelled()
             pairs = []
-            for t, out in zip(unit, outs, strict=True):
-                chat = built[t.task_id].chat
-                stops = proto.stop_instruct if chat else proto.stop_base
-                head = "" if chat else built[t.task_id].text
-                pairs += [(t.task_id, postprocess.evalplus_solution(raw, prompt=head, stops=stops,
+            for t, out, req in zip(unit, outs, reqs, strict=True):
+                head = "" if built[t.task_id].chat else built[t.task_id].text  # a base model continues the prompt
+                pairs += [(t.task_id, postprocess.evalplus_solution(raw, prompt=head, stops=req.stop,
                                                                    entry_point=tasks[t.task_id].entry_point))
                           for raw in out.texts]
             verdicts = scoring.score(bench, pairs, pool)
