@@ -119,6 +119,20 @@ def test_cut_connection_resumes_with_range(server: _Server, tmp_path: Path) -> N
     assert (tmp_path / rec["path"]).read_bytes() == HUMANEVAL and not part.exists()
 
 
+def test_a_stale_part_of_another_file_is_downloaded_afresh_once(server: _Server, tmp_path: Path) -> None:
+    part = tmp_path / "data" / "humaneval" / "HumanEval.jsonl.gz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 100)
+    rec = fetch(tmp_path, "humaneval", _url(server, "/HumanEval.jsonl.gz"))
+    assert server.ranges == ["bytes=100-", None]
+    assert (tmp_path / rec["path"]).read_bytes() == HUMANEVAL and not part.exists()
+
+
+def test_a_local_file_url_works_offline(tmp_path: Path) -> None:
+    rec = fetch(tmp_path, "humaneval", default_path().as_uri())
+    assert rec["pinned_by"] == "project" and rec["url"].startswith("file://")
+
+
 def test_server_ignoring_range_restarts_from_zero(server: _Server, tmp_path: Path) -> None:
     server.cut_at["/HumanEval.jsonl.gz"] = 5_000
     with pytest.raises(ConnectionCut):

@@ -9,12 +9,15 @@ and resolve to that record, and a user may pin a file of their own (``{path, sha
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,15 +108,28 @@ def recorded(ws_root: Path, dataset_id: str, pinned_sha256: str | None = None) -
     return check_file(Path(ws_root) / rec["path"], dataset_id, user_pin)
 
 
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on a directory (no lock file left behind)."""
+    fd = os.open(ensure_dir(directory), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _record(ws_root: Path, pin: DatasetPin, data: DataFile, url: str) -> dict[str, Any]:
-    records = _records(ws_root)
-    records[pin.id] = {
+    entry = {
         "path": str(data.path.relative_to(ws_root)), "sha256": data.sha256, "pinned_by": data.pinned_by,
         "url": url, "version": pin.version, "pin_source": pin.source if data.pinned_by == "project" else "user",
         "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write_json(Path(ws_root) / RECORD, records)
-    return records[pin.id]
+    with _locked(Path(ws_root) / RECORD.parent):  # fetches of other datasets update the same file
+        records = _records(ws_root)
+        records[pin.id] = entry
+        atomic_write_json(Path(ws_root) / RECORD, records)
+    return entry
 
 
 def _download(url: str, part: Path, timeout: float) -> None:
@@ -121,33 +137,30 @@ def _download(url: str, part: Path, timeout: float) -> None:
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs of the pins
+        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - the pins' URLs or the user's
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the part already holds the whole file
             return
         raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    with resp:
-        mode = "ab" if resp.status == 206 else "wb"  # 200: the server ignored Range, start over
-        expected = resp.headers.get("Content-Length")
-        got = 0
-        with open(part, mode) as fh:
+    with resp, open(part, "ab" if resp.status == 206 else "wb") as fh:  # 200: Range ignored, start over
+        expected, got, cut = resp.headers.get("Content-Length"), 0, None
+        while True:
             try:
-                while chunk := resp.read(CHUNK):
-                    fh.write(chunk)
-                    got += len(chunk)
+                chunk = resp.read(CHUNK)
             except (http.client.IncompleteRead, OSError) as exc:
-                fh.flush()
-                os.fsync(fh.fileno())
-                size = part.stat().st_size
-                raise ConnectionCut(f"{url}: connection cut after {size} bytes ({type(exc).__name__}); "
-                                 f"run the fetch again to resume") from None
-            fh.flush()
-            os.fsync(fh.fileno())
-        if expected is not None and got < int(expected):
-            raise ConnectionCut(f"{url}: connection cut after {part.stat().st_size} bytes; "
-                                f"run the fetch again to resume")
+                cut = type(exc).__name__
+                break
+            if not chunk:
+                break
+            fh.write(chunk)
+            got += len(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if cut or (expected is not None and got < int(expected)):
+        raise ConnectionCut(f"{url}: connection cut after {part.stat().st_size} bytes{f' ({cut})' if cut else ''}; "
+                            f"run the fetch again to resume")
 
 
 def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str | None = None,
@@ -170,21 +183,29 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
     who = "project" if expected in pin.digests else "user"
     if dest.exists() and sha256_file(dest) == expected:
         return _record(ws_root, pin, DataFile(dest, expected, who), urls[0])
-    errors = []
-    for u in urls:
-        try:
-            _download(u, part, timeout)
-        except ConnectionCut:
-            raise
-        except FetchError as exc:
-            errors.append(str(exc))
-            continue
-        digest = sha256_file(part)
-        if digest != expected:
-            part.unlink()  # a wrong file is not resumable: the next run starts from zero
-            raise FetchError(f"{dataset_id}: {u} gave sha256 {digest}, expected {expected} "
-                             f"({'engine/data/pins.py' if who == 'project' else '--sha256'}); refused, {dest} unchanged")
-        os.replace(part, dest)
-        fsync_dir(dest.parent)
-        return _record(ws_root, pin, DataFile(dest, digest, who), u)
+    errors: list[str] = []
+    with _locked(dest.parent):  # two fetches of one dataset would interleave one .part
+        for u in urls:
+            for attempt in (1, 2):
+                resumed = part.exists()
+                try:
+                    _download(u, part, timeout)
+                except ConnectionCut:
+                    raise
+                except FetchError as exc:
+                    errors.append(str(exc))
+                    break
+                except OSError as exc:  # writing the part (disk full): what came stays resumable
+                    raise FetchError(f"{dataset_id}: writing {part}: {exc}") from None
+                digest = sha256_file(part)
+                if digest == expected:
+                    os.replace(part, dest)
+                    fsync_dir(dest.parent)
+                    return _record(ws_root, pin, DataFile(dest, digest, who), u)
+                part.unlink()  # a wrong file is not resumable: start from zero
+                if resumed and attempt == 1:
+                    continue  # the part may have been another file's: one fresh download decides
+                raise FetchError(f"{dataset_id}: {u} gave sha256 {digest}, expected {expected} "
+                                 f"({'engine/data/pins.py' if who == 'project' else '--sha256'}); "
+                                 f"refused, {dest} unchanged")
     raise FetchError(f"{dataset_id}: no URL gave the file: {'; '.join(errors)}")
