@@ -19,8 +19,10 @@ from pathlib import Path
 
 from engine.approvals import check_approvable, describe_approval
 from engine.cli._common import BadInput, fmt_duration
+from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
 from engine.overview import build_overview
+from engine.results import read_ledger
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
 from engine.supervisor import (
@@ -122,6 +124,9 @@ def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: flo
     for r in ov.rows:
         extra = f"  ({r.error})" if r.error and r.status != "done" else ""
         print(f"  {r.stage:<22} {r.status:<9} {fmt_duration(r.elapsed_s):>7}{extra}")
+    print("scores (HumanEval, HumanEval+, MBPP leaderboard and MBPP+ by protocol):")
+    for line in score_lines(read_ledger(ws)):
+        print(f"  {line}")
     print("gates:")
     for name, g in evaluate_gates(spec, ws).items():
         print(f"  {name:<7} {g.outcome.upper():<8} {g.description}: {g.reason}")

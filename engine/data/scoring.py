@@ -206,3 +206,21 @@ def report(bench: Benchmark, per_task: dict[str, list[dict[str, Any]]], ks: Iter
             "dataset_hash": bench.sha256, "data_path": str(bench.path), "data_pinned_by": p.data_pinned_by,
             "n_problems": len(per_task), "missing_tasks": [t.task_id for t in bench.tasks if t.task_id not in per_task],
             "metrics": metrics(bench, per_task, ks), "eval": per_task, **extra}
+
+
+def score_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per evaluation in a ledger (the last record of each stage): benchmark, protocol,
+    pass@1 (and the base-tests figure for plus protocols), whose data, which backend. Both MBPP
+    flavours show: ``mbpp`` (mbpp_leaderboard) and ``mbpp_plus`` (evalplus)."""
+    last: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("protocol_id"):
+            last[str(rec.get("stage", "?"))] = rec
+    lines = []
+    for stage, rec in last.items():
+        m = rec.get("metrics", {})
+        base = f" base {m['base_pass@1']:.3f}" if "base_pass@1" in m else ""
+        data = "pinned data" if rec.get("data_pinned_by") == "project" else "user-pinned data (not the release)"
+        lines.append(f"{stage:<22} {rec['benchmark']:<15} {rec['protocol_id']:<17} pass@1 {m.get('pass@1', 0):.3f}"
+                     f"{base}  {rec.get('n_problems')} tasks, {data}, {rec.get('backend')}")
+    return lines
