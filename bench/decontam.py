@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
+import json
 import re
 import sys
 import time
@@ -250,6 +251,9 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "type_hints_removed": lambda p: hints(bare(p), add=False),
     "wrapped_in_class": lambda p: wrap_in_class(bare(p)),
     "in_chat_markdown": lambda p: chat(p, rename(bare(p))),
+    "after_prose_with_an_unclosed_bracket": lambda p: "Notes (draft, see below:\n" + rename(bare(p)),
+    "inside_a_string_literal": lambda p: f'SOURCE = """\n{rename(bare(p))}"""\nexec(SOURCE)\n',
+    "json_escaped_in_text": lambda p: '{"code": ' + json.dumps(rename(bare(p))) + "}",
     "dead_code_between_statements": lambda p: insert_dead_code(bare(p)),
     "comprehension_unrolled_to_loop": lambda p: unroll_comprehensions(bare(p)),
     "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),
@@ -309,8 +313,6 @@ def false_refusals(index: DecontamIndex, data_dir: Path, show: int) -> None:
 
 def plusgen_files(mbpp_dir: Path, into: Path) -> tuple[Path, Path]:
     """HumanEval+ and MBPP+ (test split) in evalplus format; problems the generator cannot handle are left out."""
-    import json
-
     from engine.data import plusgen
 
     he = list(plusgen.humaneval_plus_records(humaneval.load()[0], n_plus=1, extra=False))

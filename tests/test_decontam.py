@@ -208,3 +208,17 @@ def test_mbpp_near_duplicates_across_splits_are_found_by_code(index: DecontamInd
     for train, test in [("Mbpp/608", "Mbpp/67"), ("Mbpp/952", "Mbpp/402"), ("Mbpp/658", "Mbpp/362")]:
         code = rename(rows[train]["completion"].replace("\r", ""))
         assert ("mbpp_test", test, "code") in {(h.source, h.task_id, h.reason) for h in index.check(code)}
+
+
+def test_a_solution_inside_a_long_file_is_found_and_scattered_pieces_are_not(index: DecontamIndex) -> None:
+    from engine.data import humaneval
+
+    p = {x.task_id: x for x in humaneval.load()[0]}["HumanEval/129"]
+    other = "\n\n".join(r["completion"].replace("\r", "") for _, r in mbpp_rows(MBPP))
+    mid = len(other) // 2
+    row = other[:mid] + "\n\n" + DISGUISES["solution_without_docstring_renamed"](p) + "\n\n" + other[mid:]
+    assert ("HumanEval/129", "code") in {(h.task_id, h.reason) for h in index.check(row)}
+    lines = DISGUISES["solution_without_docstring_renamed"](p).splitlines()
+    chunk = len(other) // len(lines)  # the same lines, each one in a different place of the file
+    scattered = "\n".join(other[k * chunk:(k + 1) * chunk] + "\n" + line for k, line in enumerate(lines))
+    assert "HumanEval/129" not in {h.task_id for h in index.check(scattered) if h.reason == "code"}

@@ -57,6 +57,9 @@ _LEX = re.compile(r'''
 | (?P<skip>[\s\S])
 ''', re.X)
 OPEN, CLOSE = "([{", ")]}"
+# words that start a statement and never continue an expression across lines
+STATEMENT_ONLY = frozenset("def class return import while try elif raise pass break continue assert del global "
+                           "nonlocal with except finally".split())
 
 
 def raw_tokens(text: str) -> list[tuple[str, str]]:
@@ -90,10 +93,22 @@ def _callable(tok: str) -> bool:
     return tok in (")", "]", "STR") or (tok.isidentifier() and not keyword.iskeyword(tok))
 
 
-def normalise(text: str) -> list[str]:
-    """The normalised token stream of ``text`` (any mix of prose and code; see the module doc)."""
+def _string_body(tok: str) -> str:
+    """A string literal's text, its common escapes undone (code kept in a string or JSON is code)."""
+    quoted = tok.lstrip("rRbBuUfF")
+    body = quoted[3:-3] if quoted[:3] in ('"""', "'''") else quoted[1:-1]
+    return body.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"').replace("\\'", "'")
+
+
+def normalise(text: str, unpack: bool = False) -> list[str]:
+    """The normalised token stream of ``text`` (any mix of prose and code; see the module doc).
+
+    ``unpack``: multi-line string literals are normalised too, their streams appended, so that a
+    row cannot hide a solution in a string (``SOURCE = \"\"\"def f...\"\"\"``, a JSON-escaped field).
+    """
     toks = raw_tokens(text)
     out: list[str] = []
+    inner: list[str] = []
     depth, params, expect_params, line_start, prev = 0, -1, False, True, ""
     grouping: list[bool] = []         # per open bracket: a grouping parenthesis (not emitted)
     i = 0
@@ -101,6 +116,8 @@ def normalise(text: str) -> list[str]:
         kind, tok = toks[i]
         nxt = toks[i + 1][1] if i + 1 < len(toks) else "\n"
         i += 1
+        if kind == "nl" and depth and i < len(toks) and toks[i][1] in STATEMENT_ONLY:
+            depth, params, grouping = 0, -1, []  # an unclosed bracket (prose, a cut file) ends here
         if kind == "nl" or (tok == ";" and kind == "op"):
             if depth == 0:
                 if out and out[-1] not in (";", ":"):
@@ -109,6 +126,8 @@ def normalise(text: str) -> list[str]:
             prev = ""
             continue
         if kind == "str":
+            if unpack and ("\n" in tok or "\\n" in tok):
+                inner.append(_string_body(tok))
             if line_start and depth == 0 and nxt in ("\n", ";"):
                 continue              # a docstring or other string statement
             tok = "STR"
@@ -151,6 +170,8 @@ def normalise(text: str) -> list[str]:
         prev = toks[i - 1][1]
         out.append(tok)
         line_start = tok == ":" and depth == 0  # def f(): "doc" on one line
+    for body in inner:
+        out += [";", *normalise(body, unpack=True)]
     return out
 
 

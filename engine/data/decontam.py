@@ -244,7 +244,7 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
-        stream = normalise(text)
+        stream = normalise(text, unpack=True)
         for sig in self.code_signals:
             for m in sorted(sig.index.matches(stream, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
                 i = sig.index.owners[m.unit]
