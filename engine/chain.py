@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -45,6 +46,41 @@ class ChainReport:
     @property
     def ok(self) -> bool:
         return self.broken_line is None
+
+
+def user_key(create: bool = True) -> bytes:
+    """A per-user secret kept outside every workspace (``$XDG_STATE_HOME/pmat/key``, 0600).
+
+    Seals made with it bind records to the jobs that committed them, so hand edits inside a
+    workspace cannot mint a valid one. Without a writable state directory it is empty and
+    seals still match (they then prove nothing beyond the hash chains).
+    """
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmat"
+    path = home / "key"
+    try:
+        if create and not path.exists():
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                return path.read_bytes()
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def seal(*parts: str, key: bytes | None = None) -> str:
+    """HMAC-SHA256 of the parts under the user's key."""
+    return hmac.new(user_key() if key is None else key, "\0".join(parts).encode(), "sha256").hexdigest()
+
+
+def sealed(mac: object, *parts: str, key: bytes | None = None) -> bool:
+    """True when ``mac`` is the seal of ``parts``."""
+    return isinstance(mac, str) and hmac.compare_digest(mac, seal(*parts, key=key))
 
 
 def _accept_path(path: Path) -> Path:

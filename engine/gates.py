@@ -14,16 +14,15 @@ fail, no_data, stale (records exist only for an older checkpoint or protocol).
 from __future__ import annotations
 
 import ast
-import hmac
 import json
 import operator
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine.chain import seal, sealed, user_key
 from engine.data import protocols
 from engine.data.protocols import Protocol
 from engine.refs import resolve_ref
@@ -121,27 +120,6 @@ class CorruptArtifact(ValueError):
     """An artifact whose bytes disagree with its manifest: never a hash to trust."""
 
 
-def _cache_key(create: bool) -> bytes | None:
-    """A per-user secret kept outside every workspace: persisted cache entries carry its HMAC,
-    so an entry written into ``state/hash-cache.json`` by hand is never trusted. Only a
-    caller that persists the cache creates it."""
-    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmat"
-    path = home / "hash-cache.key"
-    try:
-        if not path.exists():
-            if not create:
-                return None
-            home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(os.urandom(32))
-        return path.read_bytes()
-    except FileExistsError:
-        return path.read_bytes()
-    except OSError:
-        return None  # no key, no persisted cache: every process hashes for itself
-
-
 class HashCache:
     """sha256 of files, reused only while a file's (device, inode, size, mtime_ns, ctime_ns)
     is unchanged: a file replaced in place, even with its size and mtime restored, has a
@@ -154,14 +132,14 @@ class HashCache:
     def __init__(self, ws: Workspace, *, persist: bool = False, full: bool = False) -> None:
         self.path = ws.root / "state" / "hash-cache.json"
         self.persist, self.full, self.dirty = persist, full, False
-        self.key = _cache_key(create=persist)
+        self.key = user_key(create=persist)
         try:
             self.data: dict[str, list[Any]] = json.loads(self.path.read_text()) if self.key else {}
         except (OSError, ValueError):
             self.data = {}
 
     def _mac(self, key: str, fp: list[int], digest: str) -> str:
-        return hmac.new(self.key or b"", json.dumps([key, fp, digest]).encode(), "sha256").hexdigest()
+        return seal(key, json.dumps(fp), digest, key=self.key)
 
     @staticmethod
     def _fingerprint(path: Path) -> list[int]:
@@ -176,7 +154,7 @@ class HashCache:
             return str(mem[1])
         hit = self.data.get(key)
         if (isinstance(hit, list) and len(hit) == 3 and hit[0] == fp and isinstance(hit[1], str)
-                and hmac.compare_digest(str(hit[2]), self._mac(key, fp, hit[1]))):
+                and sealed(hit[2], key, json.dumps(fp), hit[1], key=self.key)):
             return hit[1]
         return None
 

@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.chain import append_chained, last_line, line_digest, verify_chain
+from engine.chain import (
+    append_chained,
+    last_line,
+    line_digest,
+    seal,
+    sealed,
+    user_key,
+    verify_chain,
+)
 from engine.data.protocols import Protocol, digest_of
 from engine.data.protocols import diff as protocol_diff
 from engine.events import read_events
@@ -145,9 +153,10 @@ def announced_digests(ws: Workspace, stage: str) -> set[str]:
     return out
 
 
-def commit_results(ws: Workspace, stage: str, records: list[dict[str, Any]],
+def commit_results(ws: Workspace, job_id: str, stage: str, records: list[dict[str, Any]],
                    announce: Callable[[list[dict[str, str]]], None]) -> list[dict[str, str]]:
-    """Append ``records`` (each with its ``key``) exactly once; returns ``[{key, digest}]``.
+    """Append ``records`` (each with its ``key``) exactly once; returns ``[{key, digest, seal}]``
+    for the job's ``job_finished`` (the seal binds the digest to ``job_id`` under the user's key).
 
     A line already in the ledger with the same key is adopted when this stage announced
     it (an earlier attempt killed before its ``job_finished``) or when it says the same
@@ -171,7 +180,8 @@ def commit_results(ws: Workspace, stage: str, records: list[dict[str, Any]],
             announce([{"key": r["key"], "digest": d} for r, d in zip(new, digests, strict=True)])
 
         written = iter(append_chained(ws.ledger_path, new, before_write) if new else [])
-    return [{"key": e["key"], "digest": e["digest"] or next(written)} for e in out]
+    done = [{"key": e["key"], "digest": e["digest"] or next(written)} for e in out]
+    return [{**e, "seal": seal(job_id, e["key"], e["digest"])} for e in done]
 
 
 # -- provenance -----------------------------------------------------------------------------
@@ -183,8 +193,9 @@ def journal_jobs(ws: Workspace) -> set[str]:
 
 
 def committed_digests(ws: Workspace) -> dict[str, str]:
-    """Ledger digest -> the launched job whose ``job_finished`` lists it."""
+    """Ledger digest -> the launched job whose ``job_finished`` lists it, sealed."""
     out: dict[str, str] = {}
+    key = user_key(create=False)
     for job_id in sorted(journal_jobs(ws)):
         try:
             end = json.loads(last_line(ws.job_log(job_id)) or b"{}")
@@ -192,7 +203,8 @@ def committed_digests(ws: Workspace) -> dict[str, str]:
             continue
         if isinstance(end, dict) and end.get("kind") == "job_finished":
             for entry in end.get("results") or []:
-                if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
+                if isinstance(entry, dict) and sealed(entry.get("seal"), job_id, str(entry.get("key")),
+                                                       str(entry.get("digest")), key=key):
                     out[entry["digest"]] = job_id
     return out
 

@@ -193,3 +193,22 @@ def test_a_replayed_committed_line_breaks_the_chain(failing):
         fh.write(last + b"\n")
     rep = verify_chain(ws.ledger_path)
     assert rep.broken_line == 3 and line_digest(last) == rep.digests[-1]
+
+
+def test_an_edited_record_re_pointed_in_its_job_log_has_no_seal(failing):
+    ws, _, _, _ = failing
+    lines = ws.ledger_path.read_bytes().split(b"\n")[:-1]
+    rec = json.loads(lines[0])
+    rec["per_problem"] = {t: ["passed"] for t in rec["per_problem"]}
+    rec["metrics"] = {"pass@1": 1.0}
+    edited = json.dumps(rec).encode()
+    # re-chain the whole ledger as a careful forger would, and re-point the job's commit
+    ws.ledger_path.unlink()
+    append_chained(ws.ledger_path, [json.loads(x) for x in [edited, *lines[1:]]])
+    new = verify_chain(ws.ledger_path).digests[0]
+    log = ws.job_log(rec["job_id"])
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    events[-1]["results"][0]["digest"] = new
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    g = _ac022(ws)
+    assert g.outcome == "no_data" and any("ledger:1 (humaneval): ignored: not committed" in i for i in g.ignored)

@@ -78,7 +78,7 @@ def commit_as_job(ws: Workspace, stage: str, *records: dict[str, Any]) -> list[d
              for i, r in enumerate(records)]
     with EventWriter(ws.job_log(job_id)) as ev:
         ev.emit("job_started", job_id=job_id, stage=stage)
-        results = commit_results(ws, stage, keyed, lambda e: ev.emit("result", results=e))
+        results = commit_results(ws, job_id, stage, keyed, lambda e: ev.emit("result", results=e))
         ev.emit("job_finished", outcome="ok", error=None, results=results)
     return results
 

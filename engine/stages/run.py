@@ -140,7 +140,7 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
         results: list[dict[str, str]] = []
         if commit and ctx.pending_results:
             try:
-                results = commit_results(ws, job.stage, ctx.pending_results, lambda entries: _announce(ws, job, entries))
+                results = commit_results(ws, job.job_id, job.stage, ctx.pending_results, lambda entries: _announce(ws, job, entries))
             except Exception as exc:  # noqa: BLE001 - the job fails, naming the ledger
                 outcome, error = "failed", f"results ledger {ws.ledger_path}: {type(exc).__name__}: {exc}"
             fault_point("results_committed")
