@@ -220,6 +220,7 @@ class DecontamIndex:
         return sum(self.idf[w] for w in c if w in row_words) / total if total else 0.0
 
     def check(self, text: str) -> list[Hit]:
+        """Every (problem, signal) the text hits."""
         toks = words(text)
         hits: dict[tuple[int, str], Hit] = {}
         for k in range(len(toks) - self.n + 1):
@@ -244,6 +245,12 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
+        hits.update(self.code_hits(text, named))
+        return list(hits.values())
+
+    def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
+        """Hits of the code signals; ``named``: the problems whose function name the row uses."""
+        hits: dict[tuple[int, str], Hit] = {}
         stream = normalise(text, unpack=True)
         for sig in self.code_signals:
             for m in sorted(sig.index.matches(stream, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
@@ -254,7 +261,7 @@ class DecontamIndex:
                     hits[(i, sig.name)] = Hit(it.source, it.task_id, sig.name, m.coverage,
                                               f"{m.grams} {sig.what}, rarity {m.weight:.0f}"
                                               + ("" if strong else f", defines or calls {it.name}"))
-        return list(hits.values())
+        return hits
 
     def scan(self, rows: Iterable[Any]) -> Contamination:
         found = Contamination()
