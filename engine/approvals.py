@@ -2,7 +2,8 @@
 
 The evidence of a stage is the identity of what it would consume (the verified content
 hash of each input) and the verdicts of its work item's acceptance criteria with the
-checkpoint hashes and ledger records they were computed on. An approval holds the
+checkpoint hashes and ledger records they were computed on, and the criteria themselves
+(expression, protocol pins): a gate redefined after the approval lapses it. An approval holds the
 evidence the approver saw; once any of it changes (a new checkpoint hash, a new
 result, bytes replaced in place), the approval no longer applies and the stages it
 released are revoked: their artifacts are not offered for upload.
@@ -48,7 +49,8 @@ def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str, *, full: bool 
     if acs:
         verdicts = evaluate_gates(spec, ws, full_hash=full, persist_cache=persist)
         evidence["gates"] = {ac: {"outcome": verdicts[ac].outcome, "checkpoints": verdicts[ac].checkpoints,
-                                  "records": verdicts[ac].evidence} for ac in acs}
+                                  "records": verdicts[ac].evidence, "expr": spec.acceptance[ac].expr,
+                                  "protocol": spec.acceptance[ac].protocol} for ac in acs if ac in verdicts}
     return evidence
 
 

@@ -212,3 +212,12 @@ def test_an_edited_record_re_pointed_in_its_job_log_has_no_seal(failing):
     log.write_text("".join(json.dumps(e) + "\n" for e in events))
     g = _ac022(ws)
     assert g.outcome == "no_data" and any("ledger:1 (humaneval): ignored: not committed" in i for i in g.ignored)
+
+
+def test_redefining_the_gate_after_an_override_lapses_the_approval(failing):
+    ws, spec, _, _ = failing
+    evidence, _ = check_approvable(spec, ws, "submit", override="reviewed")
+    data = yaml.safe_load(ws.spec_path.read_text())
+    data["acceptance"]["AC-022"]["expr"] += " and 1 > 0"  # still FAIL: only the definition changed
+    ws.spec_path.write_text(yaml.safe_dump(data))
+    assert not approval_current(load_spec(ws.spec_path), ws, "submit", {"evidence": evidence})
