@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli.sandbox import split_program
 from engine.sandbox import landlock
+from engine.sandbox.literal import Unsupported, split
 from engine.sandbox.pool import Job, Limits, SandboxPool, verdict_from
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -106,11 +106,48 @@ def test_many_in_order_and_pool_stays_healthy(pool: SandboxPool) -> None:
     assert pool.healthy()
 
 
-def test_split_program() -> None:
-    src = "import math\n\ndef f(x):\n    return x\n\nassert f(1) == 1\ndef check(c):\n    assert c(2) == 2\ncheck(f)\n"
-    program, tests = split_program(src)
-    assert "assert" not in program and "def f" in program
-    assert tests.count("assert") == 2 and "check(f)" in tests
+def test_literal_tests_found_everywhere_and_rendered_by_pmat() -> None:
+    """Issue 15 classes 1-2: the file's tests are read as data wherever they are (top level, a
+    __main__ block, check(), test_*, loops) and re-emitted by pmat; the program part keeps the rest."""
+    src = ("import math\ndef f(x):\n    return x + 1\ncases = [(1, 2), (2, 3)]\nassert f(1) == 2\n"
+           "for a, b in cases:\n    assert f(a) == b, 'msg'\n"
+           "def check(candidate):\n    assert math.isclose(candidate(0.5), 1.5)\n"
+           "    for i in range(3):\n        assert candidate(i) - 1 == i\ncheck(f)\n"
+           "if __name__ == '__main__':\n    y = f(5)\n    assert sorted([y, 1]) == [1, 6]\n    print('ok')\n"
+           "def test_x():\n    assert not f(-1)\n")
+    program, tests, aliases = split(src)
+    assert "assert" not in program and "def f" in program and "cases" in program
+    assert tests.count("assert") == 1 + 2 + 1 + 3 + 1 + 1 and "print" not in tests and aliases == {}
+    _, tests, aliases = split("def sum(a, b):\n    return a + b\nassert sum(1, 2) == 3\n")
+    assert aliases == {"sum": "sum"}  # the program's own sum, as in-process
+
+
+@pytest.mark.parametrize("hostile", [
+    "assert f() == __import__('os').system('touch /tmp/pmat-pwned')\n",
+    "assert eval('1')\n",
+    "def exec(s):\n    return 1\nassert exec('import os') == 1 and open('/etc/passwd')\n",
+    "import sys\nassert sys._getframe(0).f_back\n",
+    "if __name__ == '__main__':\n    import os\n    os.system('true')\n",
+    "while True:\n    assert f()\n",
+    "def check(c):\n    assert c(1) == [0] * 10\ncheck(f)\n",
+    "assert f(1) == 2\nfor i in f(3):\n    assert i\n",
+    "assert f() == 1\nfor i in range(10 ** 12):\n    assert f() == i\n",
+])
+def test_tests_outside_the_literal_shape_are_refused(hostile: str) -> None:
+    with pytest.raises(Unsupported, match="line|no tests|more than"):
+        split("def f(x=0):\n    return x\n" + hostile)
+
+
+def test_cli_refuses_hostile_tests_without_running_them(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    prog = tmp_path / "p.py"
+    prog.write_text(f"def f():\n    return 0\nif __name__ == '__main__':\n    import os\n"
+                    f"    assert f() == os.system('touch {marker}')\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(prog)], capture_output=True,
+                         text=True, timeout=60)
+    verdict = json.loads(out.stdout)
+    assert out.returncode == 1 and verdict["status"] == "error" and verdict["error_type"] == "UnsupportedTest"
+    assert "p.py: line 5" in verdict["detail"] and not marker.exists()
 
 
 def test_cli_prints_verdict_json(tmp_path: Path) -> None:
