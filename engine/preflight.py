@@ -69,10 +69,10 @@ def adapter_problem(path: Path) -> str | None:
 
 def path_problem(path: Path, must_be_model: bool) -> str | None:
     """A stage input that does not exist, or a model/adapter directory a stage could not load."""
-    if not path.exists():
-        return f"{path} does not exist"
     if path.is_dir() and (path / "adapter_config.json").exists():
         return adapter_problem(path)
+    if not path.exists() and not must_be_model:
+        return f"{path}: does not exist"
     if must_be_model or (path.is_dir() and (path / "config.json").exists()):
         try:
             check_model_dir(path)

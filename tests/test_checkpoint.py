@@ -162,3 +162,28 @@ def test_read_into_and_copy_from(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert torch.equal(copied.get(name), reader.get(name))
     with pytest.raises(ValueError, match="buffer is"):
         reader.read_into(names[0], torch.empty(3))
+
+
+def test_safetensors_header_errors_name_the_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Issue 21 item 8: the safetensors library's header errors name no file; ours do."""
+    import shutil
+
+    from engine.models.files import check_model_dir
+
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, bad)
+    weights = bad / "model.safetensors"
+    raw = weights.read_bytes()
+    for damaged, expected in ((raw[:4], "not a safetensors file"), (raw[:8] + b"{not json" + raw[17:], "header is not valid JSON"),
+                              (raw[:-64], "truncated or corrupt")):
+        weights.write_bytes(damaged)
+        with pytest.raises(ValueError, match=expected) as exc:
+            open_checkpoint(bad)
+        assert str(exc.value).startswith(str(weights))
+    weights.write_bytes(raw)
+    check_model_dir(bad)
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r"no tokenizer \(expected tokenizer.json"):
+        check_model_dir(bad)
+    with pytest.raises(ValueError, match="does not exist .expected a Hugging Face checkpoint directory"):
+        check_model_dir(tmp_path / "absent")

@@ -267,3 +267,26 @@ def test_workspace_others_can_write_is_refused_in_one_line(tmp_path):
     ws.root.chmod(0o700)
     ws.spec_path.chmod(0o666)
     assert pmat("status", "-w", str(ws.root)).returncode == 2
+
+
+# -- item 8: a stage whose inputs a run would fail on is held, the reason naming the file ----
+def test_stage_with_a_broken_model_input_is_held_naming_the_file(tmp_path, tiny_model_dir, supervisors):  # noqa: F811 - the fixture
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "tokenizer.json").unlink()
+    ws = make_ws(tmp_path, {"ppl": {"kind": "perplexity", "inputs": {"model": "model:base", "text": "dataset:t"},
+                                    "params": {"window": 32, "stride": 32, "max_tokens": 64}, "memory_gb": 0.1, "duration_h": 0.01},
+                            "gone": {"kind": "perplexity", "inputs": {"model": "model:gone", "text": "dataset:t"},
+                                     "params": {"window": 32, "stride": 32, "max_tokens": 64}, "memory_gb": 0.1, "duration_h": 0.01}})
+    spec = __import__("yaml").safe_load(ws.spec_path.read_text())
+    (tmp_path / "t.txt").write_text("def f():\n    return 1\n" * 20)
+    spec.update(models={"base": {"path": str(model)}, "gone": {"path": str(tmp_path / "nowhere")}},
+                datasets={"t": {"path": str(tmp_path / "t.txt")}})
+    ws.spec_path.write_text(__import__("yaml").safe_dump(spec))
+    start(ws, supervisors)
+    send_command(ws, "run", targets=["ppl", "gone"])
+    wait_for(lambda: len([e for e in journal(ws, "waiting") if e["reason"].startswith("bad input")]) == 2, 60, "held")
+    reasons = {e["stage"]: e["reason"] for e in journal(ws, "waiting") if e["reason"].startswith("bad input")}
+    assert reasons["ppl"] == f"bad input: inputs.model: {model}: no tokenizer (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)"
+    assert reasons["gone"].startswith(f"bad input: inputs.model: {tmp_path / 'nowhere'}: does not exist")
+    assert not journal(ws, "launched")

@@ -179,3 +179,17 @@ def test_merge_peak_rss_flat_in_layers(tmp_path: Path) -> None:
     layer_bytes = sum(2 * math.prod(d) for n, d in tensor_shapes(shape).items() if n.startswith("model.layers.0."))
     # 12 extra layers would add ~12 * layer_bytes (~205 MB) if anything accumulated.
     assert peaks[16] - peaks[4] < 3 * layer_bytes, peaks
+
+
+def test_adapter_whose_config_r_differs_from_its_tensors_is_refused(adapters: dict[str, Path], tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """Issue 21 item 8: r scales the delta (alpha / r); a config that lies about it merged silently."""
+    bad = tmp_path / "lying"
+    shutil.copytree(adapters["lora_bias"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
+    outcome, ws, events = _merge(tmp_path / "ws", tiny_model_dir, bad)
+    assert outcome == "failed"
+    error = events[-1]["error"]
+    assert f"{bad / 'adapter_config.json'}: r = 8 for" in error and "holds rank 4" in error
+    assert not ws.artifact_path("merge", "model").exists()

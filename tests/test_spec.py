@@ -176,3 +176,82 @@ def test_pmat_critical_path_runs_through_sampling_and_dpo(tmp_path):
         if s != "submit":
             st.attempt(f"{s}.1").outcome = "ok"
     assert why_not_running(spec, st, "submit").kind == "needs_approval"
+
+
+# -- pmat check catches before launch what a run would hit (issue 21 item 7) ------------------
+def check(path) -> tuple[int, str]:
+    res = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", str(path)], capture_output=True, text=True)
+    assert res.returncode in (0, 2) and (res.returncode == 0 or res.stderr.count("\n") == 1), res.stderr
+    return res.returncode, res.stderr
+
+
+def test_duplicate_keys_are_refused_and_merge_keys_still_override(tmp_path):
+    text = yaml.safe_dump(base_spec(), sort_keys=False)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text + "settings: {poll_interval_s: 1}\nsettings: {poll_interval_s: 2}\n")
+    with pytest.raises(SpecError, match=r"line \d+: invalid YAML: duplicate key 'settings' \(first at line"):
+        load_spec(twice)
+    stage_twice = tmp_path / "stage_twice.yaml"
+    stage_twice.write_text(text.replace("  b:\n", "  a:\n", 1))
+    with pytest.raises(SpecError, match="duplicate key 'a'"):
+        load_spec(stage_twice)
+    merged = tmp_path / "merged.yaml"
+    data = text.replace("  c:\n", "  c: &c\n", 1)
+    merged.write_text(data.replace("acceptance:", "  e:\n    <<: *c\n    duration_h: 9\nacceptance:", 1))
+    assert load_spec(merged).stages["e"].duration_h == 9
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["acceptance"]["AC-1"].update(checkpoint="a.outptu"), "acceptance.AC-1.checkpoint: stage 'a' (kind command) "
+     "has no output 'outptu' (did you mean 'output'?)"),
+    (lambda d: d.update(models={"m": {"artifact": "c.output"}}), "models.m.artifact: stage 'c' (kind command) has no output 'output'"),
+    (lambda d: d["stages"]["a"]["params"].update(argvv=d["stages"]["a"]["params"].pop("argv")),
+     "stages.a.params.argvv: unknown key (did you mean 'argv'?)"),
+    (lambda d: d["stages"]["a"].update(memory_gbb=1), "stages.a.memory_gbb: unknown key (did you mean 'memory_gb'?)"),
+    (lambda d: d["stages"]["a"].update(kind="comand"), "stages.a.kind: no stage kind 'comand' (no module engine/stages/comand.py) (did you mean 'command'?)"),
+    (lambda d: d["stages"]["b"].update(after=["aa"]), "stages.b.after: unknown stage 'aa'"),
+])
+def test_check_names_typos_with_did_you_mean(tmp_path, mutate, expected):
+    data = copy.deepcopy(base_spec())
+    mutate(data)
+    code, err = check(write(tmp_path, data))
+    assert code == 2 and expected in err, err
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    import shutil
+
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
+
+
+def _spec_with(tmp_path, models=None, datasets=None) -> str:
+    data = copy.deepcopy(base_spec())
+    data["models"] = models or {}
+    data["datasets"] = datasets or {}
+    return write(tmp_path, data)
+
+
+def test_check_reads_model_dirs_and_datasets(tmp_path, model_copy):
+    from engine.workspace import sha256_file
+
+    assert check(_spec_with(tmp_path, {"base": {"path": "model"}}))[0] == 0
+    code, err = check(_spec_with(tmp_path, {"base": {"path": "nowhere"}}))
+    assert code == 2 and f"models.base.path: {tmp_path / 'nowhere'}: does not exist (expected a Hugging Face checkpoint" in err
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"x": 1}\n')
+    good = {"d": {"path": "d.jsonl", "sha256": sha256_file(data)}}
+    assert check(_spec_with(tmp_path, datasets=good))[0] == 0
+    data.write_text('{"x": 2}\n')
+    code, err = check(_spec_with(tmp_path, datasets=good))
+    assert code == 2 and f"datasets.d.sha256: {data} hashes to" in err and "the spec pins" in err
+    (model_copy / "tokenizer.json").unlink()
+    code, err = check(_spec_with(tmp_path, {"base": {"path": "model"}}))
+    assert code == 2 and "models.base.path:" in err and "no tokenizer (expected tokenizer.json" in err
+    weights = model_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (model_copy / "tokenizer.json").write_text("{}")
+    code, err = check(_spec_with(tmp_path, {"base": {"path": "model"}}))
+    assert code == 2 and f"{weights}: tensor" in err and "truncated or corrupt" in err
