@@ -131,6 +131,7 @@ def test_a_stale_part_of_another_file_is_downloaded_afresh_once(server: _Server,
 def test_a_local_file_url_works_offline(tmp_path: Path) -> None:
     rec = fetch(tmp_path, "humaneval", default_path().as_uri())
     assert rec["pinned_by"] == "project" and rec["url"].startswith("file://")
+    assert fetch(tmp_path, "humaneval") == rec  # already here: nothing downloaded, provenance kept
 
 
 def test_server_ignoring_range_restarts_from_zero(server: _Server, tmp_path: Path) -> None:
@@ -176,6 +177,7 @@ def test_cli_fetch_and_list(server: _Server, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "engine.cli.main", "data", *args, "-w", str(tmp_path)],
                               capture_output=True, text=True, timeout=60)
 
+    assert pmat("fetch", "all", "--url", _url(server, "/missing.gz")).returncode == 2  # --url names one file
     bad = pmat("fetch", "humaneval", "--url", _url(server, "/missing.gz"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "HTTP 404" in bad.stderr
     ok = pmat("fetch", "humaneval", "--url", _url(server, "/HumanEval.jsonl.gz"))

@@ -181,8 +181,11 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
     part = dest.with_name(dest.name + ".part")
     urls = (url,) if url else pin.urls
     who = "project" if expected in pin.digests else "user"
-    if dest.exists() and sha256_file(dest) == expected:
-        return _record(ws_root, pin, DataFile(dest, expected, who), urls[0])
+    if dest.exists() and sha256_file(dest) == expected:  # already here: keep the record of where it came from
+        known = _records(ws_root).get(pin.id)
+        if known and known.get("sha256") == expected and known.get("pinned_by") == who:
+            return known
+        return _record(ws_root, pin, DataFile(dest, expected, who), "(already in the workspace)")
     errors: list[str] = []
     with _locked(dest.parent):  # two fetches of one dataset would interleave one .part
         for u in urls:
