@@ -325,6 +325,15 @@ def check_input_names(module: Any, params: Any, given: set[str]) -> None:
         module.check_inputs(params, given)
 
 
+def _check_gates(spec: PipelineSpec, where: str) -> None:
+    """Protocol pins and gate order (engine.gates.spec_problems): a gated stage must not be
+    able to run before the evaluations its criteria read."""
+    from engine.gates import spec_problems  # engine.gates imports this module
+
+    for problem in spec_problems(spec)[:1]:
+        raise SpecError(f"{where}: {problem}")
+
+
 def parse_spec(data: Any, where: str = "<spec>", *, check_params: bool = True) -> PipelineSpec:
     """Validate an already-loaded YAML document.
 
@@ -341,6 +350,7 @@ def parse_spec(data: Any, where: str = "<spec>", *, check_params: bool = True) -
         raise SpecError(f"{where}: {_key_path(err['loc'])}: {_describe(err, PipelineSpec)}") from None
     _check_refs(spec, where)
     _check_cycles(spec, where)
+    _check_gates(spec, where)
     if check_params:
         _check_stage_params(spec, where)
     return spec
