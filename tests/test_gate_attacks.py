@@ -221,3 +221,12 @@ def test_redefining_the_gate_after_an_override_lapses_the_approval(failing):
     data["acceptance"]["AC-022"]["expr"] += " and 1 > 0"  # still FAIL: only the definition changed
     ws.spec_path.write_text(yaml.safe_dump(data))
     assert not approval_current(load_spec(ws.spec_path), ws, "submit", {"evidence": evidence})
+
+
+def test_pmat_check_refuses_a_submit_that_could_run_before_its_evaluations(tmp_path, capsys):
+    data = yaml.safe_load(pipeline_path("demo").read_text())
+    data["stages"]["submit"].pop("after")
+    ws = Workspace(tmp_path / "ws").init()
+    ws.spec_path.write_text(yaml.safe_dump(data))
+    assert pmat(["check", "--workspace", str(ws.root)]) == 2
+    assert "its approval answers for AC-0" in capsys.readouterr().err
