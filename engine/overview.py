@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from engine.approvals import approval_current
+from engine.cli._common import fmt_duration
 from engine.dag import critical_path, topo_order, why_not_running
 from engine.spec import PipelineSpec, load_spec, parse_spec
 from engine.state import PipelineState, StageState
@@ -89,6 +90,22 @@ class Overview:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def summary(ov: Overview) -> list[tuple[str, str]]:
+    """(text, style) pieces of ``3 running · 1 blocked · ~4m12s left``."""
+    c = ov.counts()
+    if c["total"] and c["done"] == c["total"]:
+        return [("all done", "bold green")]
+    out = [(f"{c['running']} running", "bold green" if c["running"] else "dim")]
+    if c["blocked"]:
+        out.append((f"{c['blocked']} blocked", "bold yellow"))
+    if c["failed"]:
+        out.append((f"{c['failed']} failed", "bold red"))
+    out.append((f"{c['done']}/{c['total']} done", "dim"))
+    if ov.left_s:
+        out.append((f"~{fmt_duration(ov.left_s)} left", "bold"))
+    return out
 
 
 BLOCKING = ("needs_approval", "memory", "failed_dependency")

@@ -40,6 +40,7 @@ POLL_S = 1.0
 WATCH_PAUSE_FOLDS = 4  # folds in a row that found events before the watcher pauses (the ticks poll)
 CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
+READONLY_KEYS = {"r": "run", "a": "approve", "c": "cancel", "t": "retry"}
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
 
 
@@ -94,8 +95,10 @@ class PmatApp(App):
         Binding("r", "run", "Run"),
         Binding("a", "approve", "Approve"),
         Binding("c", "cancel", "Cancel"),
-        Binding("t", "retry", "Retry", show=False),
-        Binding("l", "open_log", "Log", show=False),
+        Binding("t", "retry", "Retry"),
+        Binding("l", "open_log", "Log"),
+        Binding("o", "open_out", "Out", show=False),
+        Binding("escape", "back", "Back", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -132,6 +135,7 @@ class PmatApp(App):
         self.loaded = False
         self._last_error: str | None = None
         self.view_errors: list[str] = []  # every failure a view reported (tests read it)
+        self._mode_history: list[str] = []  # views shown before, for Esc
         if readonly:
             self.sub_title = "read-only"
 
@@ -372,9 +376,9 @@ class PmatApp(App):
         gates = [g for g in self.model.gates() if stage in g.gated_stages]
         from pmat_tui.screens.approve import ApproveScreen
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._send("approve", stage, evidence=evidence)
+        def answered(reason: str | None) -> None:
+            if reason is not None:  # "" approves passing gates; a reason overrides failing ones
+                self._send("approve", stage, evidence=evidence, **({"override": reason} if reason else {}))
 
         self.push_screen(ApproveScreen(stage, evidence, gates), answered)
 
@@ -386,6 +390,36 @@ class PmatApp(App):
             self.screen.safe_update(True)  # type: ignore[attr-defined]
         else:
             self.switch_mode("log")
+
+    def action_open_out(self, stage: str | None = None) -> None:
+        """The selected stage's job's stdout/stderr (where tracebacks go)."""
+        stage = stage or self.selected_stage
+        job = self.model.job_of(stage) if stage else None
+        self.log_target = f"{job or 'supervisor'}:out"
+        if self.current_mode == "log":
+            self.screen.safe_update(True)  # type: ignore[attr-defined]
+        else:
+            self.switch_mode("log")
+
+    def action_back(self) -> None:
+        """Esc: back to the view shown before this one (the DAG at the start)."""
+        while self._mode_history and self._mode_history[-1] == self.current_mode:
+            self._mode_history.pop()
+        target = self._mode_history.pop() if self._mode_history else "dag"
+        if target != self.current_mode:
+            self.switch_mode(target, remember=False)
+
+    def switch_mode(self, mode: str, remember: bool = True):  # noqa: ANN201 - Textual's AwaitComplete
+        if remember and self.current_mode != mode:
+            self._mode_history = [*self._mode_history[-9:], self.current_mode]
+        return super().switch_mode(mode)
+
+    def on_key(self, event) -> None:  # noqa: ANN001 - textual.events.Key
+        """A key whose action read-only mode refuses: say so (the footer hides it)."""
+        action = READONLY_KEYS.get(event.key)
+        if action and self.model.readonly:
+            self.notify(f"read-only console: {event.key} ({action}) is refused; open `pmat tui` without --readonly",
+                        severity="warning", timeout=4)
 
     def action_help(self) -> None:
         from pmat_tui.screens.help import HelpScreen

@@ -97,11 +97,12 @@ def _job(ws: Workspace, journal: _Log, stage: str, attempt: int, start: float, *
     n = max(1, int((stop - start) / step_s))
     for i in range(1, n + 1):
         ts = start + i * step_s
-        log.emit(ts, "progress", done=round(done_at_end * i / n), total=total, unit=unit)
-        if metrics:
+        done = round(done_at_end * i / n)
+        log.emit(ts, "progress", done=done, total=total, unit=unit)
+        if metrics:  # logged at the trainer's global step, which is the progress count
             loss = 0.693 * math.exp(-i / (n / 2)) + 0.05 * math.sin(i)
-            log.emit(ts, "metric", name="loss", value=round(loss, 4), step=i)
-            log.emit(ts, "metric", name="rewards/margins", value=round(0.02 * i + 0.03 * math.cos(i), 4), step=i)
+            log.emit(ts, "metric", name="loss", value=round(loss, 4), step=done)
+            log.emit(ts, "metric", name="rewards/margins", value=round(0.02 * i + 0.03 * math.cos(i), 4), step=done)
         if i % 5 == 0:
             log.emit(ts, "resource", rss=rss - (n - i) * 1000, peak_rss=rss, gpu=None)
     if outcome is not None:

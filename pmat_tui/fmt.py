@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from engine.cli._common import fmt_bytes, fmt_duration
+from pmat_tui.logfmt import describe, fmt_value
 
 __all__ = ["fmt_bytes", "fmt_duration", "fmt_clock", "fmt_rate", "fmt_num", "event_text", "short_hash"]
 
@@ -16,6 +17,7 @@ KIND_STYLE = {
     "job_started": "bold green",
     "job_finished": "bold",
     "progress": "cyan",
+    "step": "cyan",
     "metric": "blue",
     "warning": "bold yellow",
     "artifact": "green",
@@ -49,17 +51,30 @@ def short_hash(h: str | None, n: int = 12) -> str:
     return h[:n + 3] if h.startswith("fp:") else h[:n]
 
 
-def event_text(raw: bytes) -> Text:
-    """One log line as ``HH:MM:SS kind key=value ...``; lines that are not JSON stay raw."""
+def parse_event(raw: bytes) -> dict[str, Any] | None:
     try:
         ev = json.loads(raw)
     except ValueError:
+        return None
+    return ev if isinstance(ev, dict) else None
+
+
+def event_text(raw: bytes, metrics: list[dict[str, Any]] | None = None, *, raw_fields: bool = False) -> Text:
+    """One log line as ``HH:MM:SS kind  text`` for people (``pmat_tui.logfmt``), with the step's
+    ``metrics`` appended to a progress line; ``raw_fields``: every field as written.
+    Lines that are not JSON stay raw."""
+    ev = parse_event(raw)
+    if ev is None:
         return Text(raw.decode(errors="replace"), style="red")
-    if not isinstance(ev, dict):
-        return Text(raw.decode(errors="replace"))
-    kind = str(ev.get("kind", "?"))
+    kind = "step" if metrics else str(ev.get("kind", "?"))
     out = Text(fmt_clock(ev.get("ts")) + " ", style="dim")
     out.append(f"{kind:<12} ", style=KIND_STYLE.get(kind, "bold"))
-    rest = " ".join(f"{k}={json.dumps(v, default=str, separators=(',', ':'))}" for k, v in ev.items() if k not in ("ts", "kind"))
-    out.append(rest)
+    if raw_fields:
+        out.append(" ".join(f"{k}={json.dumps(v, default=str, separators=(',', ':'))}"
+                            for k, v in ev.items() if k not in ("ts", "kind")))
+        return out
+    out.append(describe(ev))
+    if metrics:
+        out.append("  " + " · ".join(f"{m.get('name')} {fmt_value('value', m.get('value'))}" for m in metrics),
+                   style="blue")
     return out

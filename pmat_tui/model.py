@@ -20,7 +20,7 @@ from engine.approvals import stage_evidence
 from engine.cli._common import fmt_duration
 from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
-from engine.overview import Overview, StageRow, build_overview, load_spec_fast
+from engine.overview import Overview, StageRow, build_overview, estimate, load_spec_fast
 from engine.spec import GIB, PipelineSpec
 from engine.state import Attempt, PipelineState
 from engine.supervisor import send_command, supervisor_identity
@@ -157,11 +157,10 @@ class ConsoleModel:
             row = self.rows.get(a.stage)
             if row is None or row.job_id != a.job_id:
                 continue
-            st = self.state.stage(a.stage)
-            rate, eta = st.rate_eta(now)
+            e = estimate(self.state.stage(a.stage), now)
             row.done, row.total, row.unit = a.done, a.total, a.unit
-            row.rate_per_h = rate * 3600 if rate else None
-            row.eta_s = eta
+            row.rate_per_h = e.rate * 3600 if e.rate else None
+            row.eta_s, row.eta_pm_s = e.eta_s, e.pm_s
             row.elapsed_s = now - a.started_at if a.started_at else None
             row.rss, row.peak_rss, row.gpu = a.rss, a.peak_rss, a.gpu
 

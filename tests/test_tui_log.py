@@ -95,12 +95,11 @@ async def test_follow_pause_filter_pretty_rotate(app: PmatApp) -> None:
         await pilot.press("slash")
         await pilot.press(*"rewards", "enter")
         assert view.filter_text == "rewards" and 0 < view.rows < n0
-        assert all(b"rewards" in view.tail.line(view._line_of(r)) for r in range(view.rows))
+        assert all("rewards" in view._text(view._line_of(r)).plain for r in range(view.rows))  # as shown
         await pilot.press("p")
         pretty = app.screen.query_one("#log-pretty")
         assert pretty.display
-        text = "\n".join(s.text for s in app.screen._compositor.render_strips())
-        assert '"name": "rewards/margins"' in text
+        await _until(pilot, lambda: any('"name": "rewards/margins"' in t for t in _screen(app)))
         path.write_text(json.dumps({"ts": 1.0, "kind": "job_started"}) + "\n")  # truncated under us
         await _until(pilot, lambda: view.tail.resets == 1)
         await pilot.press("slash", "ctrl+u", "enter")  # clear the filter
@@ -119,6 +118,7 @@ async def test_home_loads_older_lines(app: PmatApp, monkeypatch: pytest.MonkeyPa
         await pilot.press("5")
         view = app.screen.query_one(LogView)
         view.open(path)
+        view.people = False  # every event a line: the count is the file's
         view.tail.starts = view.tail.starts[-20:]  # pretend only the last 20 lines were indexed
         view._reset_view()
         view.cursor = 0
@@ -209,3 +209,53 @@ def test_fold_reads_odd_lines_as_json_loads_does_and_sees_new_logs(tmp_path: Pat
         assert f"b{n}.1" in st.jobs
         time.sleep(1.1)
         st.refresh()
+
+
+def _screen(app: PmatApp) -> list[str]:
+    return [s.text for s in app.screen._compositor.render_strips()]
+
+
+async def test_same_keys_in_every_view_footer_keeps_help_and_quit(app: PmatApp) -> None:
+    """80x24, read-only: every view keeps `? Help` and `q Quit` in its footer and the header's
+    summary; j/k move in the Gates view; Esc closes the log filter, then backs out; a filter
+    does not follow the log to the next job; a refused key says so."""
+    out = app.model.ws.job_log("sft.1").with_suffix(".out")
+    out.write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
+        for key in "12345":
+            await pilot.press(key)
+            await pilot.pause(0.05)
+            lines = _screen(app)
+            assert lines[-1].startswith("? Help q Quit"), lines[-1]
+            assert "2 running · 1 blocked · 1 failed" in lines[0] and "left" in lines[0], lines[0]
+        await pilot.press("4", "j")
+        from textual.widgets import DataTable
+
+        assert app.screen.query_one(DataTable).cursor_row == 1
+        await pilot.press("k")
+        assert app.screen.query_one(DataTable).cursor_row == 0
+        app.log_target = "sft.1"
+        await pilot.press("5")
+        view = app.screen.query_one(LogView)
+        await _until(pilot, lambda: view.rows > 0)
+        steps = [t for t in _screen(app) if " step " in t]
+        assert steps and "loss" in steps[-1] and "rewards/margins" in steps[-1]  # one line per step
+        raw_rows = sum(1 for _ in open(view.path))
+        assert view.rows < raw_rows and not any("resource" in t for t in _screen(app))
+        await pilot.press("v")
+        assert view.rows == raw_rows
+        await pilot.press("v", "slash", *"loss", "enter")
+        assert view.filter_text == "loss"
+        await pilot.press("escape")
+        assert view.filter_text == "" and not app.screen.query_one("#log-filter").display and app.current_mode == "log"
+        await pilot.press("slash", *"loss", "enter", "right_square_bracket")
+        assert app.log_target != "sft.1" and view.filter_text == ""  # the filter stays with its log
+        app.log_target = "sft.1"
+        await pilot.press("o")
+        await _until(pilot, lambda: any("CUDA out of memory" in t for t in _screen(app)))
+        await pilot.press("escape")  # no filter: back to the view before
+        assert app.current_mode == "gates"
+        await pilot.press("1", "r")
+        await pilot.pause(0.1)
+        assert any("read-only console: r (run) is refused" in n.message for n in app._notifications), [n.message for n in app._notifications]

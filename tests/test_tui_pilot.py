@@ -17,7 +17,7 @@ from engine.spec import load_spec
 from engine.supervisor import Supervisor
 from engine.workspace import Workspace
 from pmat_tui.app import PmatApp
-from pmat_tui.screens.approve import ApproveScreen
+from pmat_tui.screens.approve import ApproveScreen, user_name
 from pmat_tui.screens.confirm import ConfirmScreen
 from pmat_tui.widgets.dag_tree import DagTree
 from pmat_tui.widgets.job_card import JobCard
@@ -125,11 +125,15 @@ async def test_launch_watch_approve_cancel_reopen(ws: Workspace, supervisor: Sup
         await _until(pilot, lambda: isinstance(app.screen, ApproveScreen), what="approve modal")
         modal = app.screen
         assert modal.evidence == m.evidence("gated")
-        assert "Approve stage gated" in screen_text(app) and "AC-1" in screen_text(app)
-        await pilot.press("y")
+        text = screen_text(app)  # at 80x24 the failing criterion and what approving means come first
+        assert "Approve stage gated" in text and "AC-1 NO DATA" in text and "OVERRIDE" in text
+        await pilot.press("enter")  # no key approves over a criterion without data: a reason is typed
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, ApproveScreen) and "gated" not in m.state.approvals
+        await pilot.press(*"tiny test model", "enter")
         await _until(pilot, lambda: "gated" in m.state.approvals, what="approval journaled")
         grant = m.state.approvals["gated"]
-        assert grant["by"] == (os.environ.get("USER") or str(os.getuid())) and grant["ts"] > 0
+        assert grant["by"] == user_name() and grant["ts"] > 0 and grant["override"] == "tiny test model"
         assert grant["evidence"] == m.evidence("gated")
         await pilot.press("4")  # the gates view names who approved the gated stage, and when
         await _until(pilot, lambda: f"gates stage gated: approved by {grant['by']} at" in screen_text(app),

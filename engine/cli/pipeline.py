@@ -24,7 +24,7 @@ from engine.cli._common import (
     workspace_of,
 )
 from engine.events import EventReader
-from engine.overview import Overview, build_overview, load_spec_fast
+from engine.overview import Overview, build_overview, load_spec_fast, summary
 from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
 from engine.state import PipelineState, load_state
 from engine.supervisor import send_command, supervisor_identity
@@ -85,15 +85,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def summary_line(ov: Overview) -> str:
-    """``3 running · 1 blocked · ~4m12s left``: what runs, what waits on a person, how long."""
-    c = ov.counts()
-    parts = [f"{c[k]} {k}" for k in ("running", "blocked", "failed") if c[k]]
-    if c["done"] == c["total"] and c["total"]:
-        return "all done"
-    parts.append(f"{c['done']}/{c['total']} done")
-    if ov.left_s:
-        parts.append(f"~{fmt_duration(ov.left_s)} left")
-    return " · ".join(parts)
+    """``3 running · 1 blocked · ~4m12s left``: the console header's words."""
+    return " · ".join(text for text, _ in summary(ov))
 
 
 def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
@@ -214,12 +207,16 @@ def cmd_approve(args: argparse.Namespace) -> int:
         raise unknown("stage or criterion", target, [*spec.stages, *spec.acceptance])
     if target in spec.stages and spec.stages[target].approval != "required":
         raise BadInput(f"approve: stage {target} needs no approval; nothing to approve")
-    from engine.approvals import stage_evidence  # hashes inputs: only when approving
+    from engine.approvals import check_approvable  # hashes inputs: only when approving
 
+    for stage in stages:  # the supervisor decides the same way; refused here, nothing is sent
+        evidence, refusal = check_approvable(spec, ws, stage, args.override)
+        if refusal:
+            raise BadInput(refusal)
     extra = {"override": args.override} if args.override else {}
     if target in spec.stages:
-        extra["evidence"] = stage_evidence(spec, ws, target)
-        print(f"approving {target} on evidence: {json.dumps(extra['evidence'])}")
+        extra["evidence"] = evidence
+        print(f"approving {target} on evidence: {json.dumps(evidence)}")
     return _send(args, "approve", target=target, note=args.note, **extra)
 
 

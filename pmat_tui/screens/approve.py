@@ -1,18 +1,32 @@
-"""Approving a gated stage: show exactly the evidence that the approval will name."""
+"""Approving a gated stage: what fails first, what approving means, then the evidence.
+
+A criterion that does not pass (FAIL, NO DATA, STALE) can only be approved over, with a
+typed reason: the approval is then journaled as an override with that reason (see
+``engine.approvals.check_approvable``) and shown as such wherever it is reported.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
 
 from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Static
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Static
 
 from pmat_tui.model import GATE_STYLE, GateRow
-from pmat_tui.screens.confirm import ConfirmScreen
+
+
+def user_name() -> str:
+    """Who the supervisor will journal as the approver (the command file's owner)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def evidence_lines(evidence: dict) -> list[Text]:
@@ -32,29 +46,65 @@ def evidence_lines(evidence: dict) -> list[Text]:
     return out
 
 
-class ApproveScreen(ConfirmScreen):
-    """Dismisses True to approve; the caller sends the same ``evidence`` it passed in."""
+class ApproveScreen(ModalScreen[str | None]):
+    """Dismisses None to go back, "" to approve, or the override reason to approve over failing gates.
+    The caller sends the same ``evidence`` it passed in."""
 
-    BINDINGS = [Binding("y", "answer(True)", "approve"), Binding("n,escape", "answer(False)", "back")]
+    BINDINGS = [Binding("escape", "back", "back")]
 
     def __init__(self, stage: str, evidence: dict, gates: list[GateRow]) -> None:
-        super().__init__(f"Approve stage {stage}?")
+        super().__init__()
         self.stage = stage
         self.evidence = evidence
         self.gates = gates
+        self.failing = [g for g in gates if g.status != "pass"]
 
     def compose(self) -> ComposeResult:
-        parts = [Text(self.question, style="bold"),
-                 Text("The approval names this evidence; if it changes, the approval lapses.", style="dim"),
-                 *evidence_lines(self.evidence)]
-        for g in self.gates:
+        head = [Text(f"Approve stage {self.stage}?", style="bold")]
+        for g in self.failing:  # first: what does not pass
             sym, style = GATE_STYLE.get(g.status, ("?", ""))
-            parts.append(Text(f"{sym} {g.ac}: {g.detail}", style=style))
-        who = os.environ.get("USER") or str(os.getuid())
-        parts.append(Text(f"Journaled by the supervisor as approved by {who}, with the time.", style="dim"))
+            value = f" ({g.value} vs {g.threshold})" if g.value and g.threshold else ""
+            head.append(Text(f"{sym} {g.ac} {g.status.upper()}{value}: {g.detail}", style=f"bold {style}"))
+        meaning = (f"Approving lets {self.stage} run on exactly the evidence below; if it changes, the approval "
+                   "lapses. Journaled as approved by " + user_name() + ", with the time.")
+        if self.failing:
+            meaning += (" A criterion does not pass: approving anyway is an OVERRIDE, recorded with your reason "
+                        "and shown in the status, the model card and the bundle.")
+        head.append(Text(meaning, style="yellow" if self.failing else "dim"))
+        passing = [g for g in self.gates if g.status == "pass"]
+        details = [Text(f"{GATE_STYLE['pass'][0]} {g.ac}: {g.detail}", style=GATE_STYLE["pass"][1]) for g in passing]
         with Vertical(classes="modal-box"):
+            yield Static(Group(*head), id="approve-head")
             with VerticalScroll(classes="modal-scroll"):
-                yield Static(Group(*parts), id="approve-evidence")
+                yield Static(Group(*details, *evidence_lines(self.evidence)), id="approve-evidence")
+            if self.failing:
+                yield Input(placeholder="reason for the override (required)", id="override-reason")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Approve (y)", id="yes", variant="success")
-                yield Button("Back (n)", id="no", variant="primary")
+                label = "Override and approve" if self.failing else "Approve"
+                yield Button(label, id="yes", variant="warning" if self.failing else "success",
+                             disabled=bool(self.failing))
+                yield Button("Back (Esc)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#override-reason" if self.failing else "#no").focus()
+
+    def _reason(self) -> str:
+        return self.query_one("#override-reason", Input).value.strip() if self.failing else ""
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one("#yes", Button).disabled = not event.value.strip()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if self._reason():
+            self.dismiss(self._reason())
+        else:
+            self.notify("type why you approve over a criterion that does not pass", severity="warning")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "yes" and (self._reason() or not self.failing):
+            self.dismiss(self._reason())
+        else:
+            self.dismiss(None)
+
+    def action_back(self) -> None:
+        self.dismiss(None)

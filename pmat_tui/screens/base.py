@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.widgets._footer import FooterKey
 
 from pmat_tui.widgets.header_bar import HeaderBar
 
@@ -17,12 +18,37 @@ if TYPE_CHECKING:
     from pmat_tui.model import ConsoleModel
 
 
+FIRST_ACTIONS = ("help", "quit")  # shown first: a narrow footer cuts from the right
+VIEW_KEYS = "12345"  # one footer entry, "1-5 views"
+
+
 class KeyFooter(Footer):
-    """Textual's footer, recomposed only when the keys it shows change: focus moves and screen
-    switches announce the same bindings again, and each recompose mounts every key anew (three
-    times before a console's first frame)."""
+    """Textual's footer with ``?`` and ``q`` first and the five view keys as one entry, so that
+    help and quit stay visible at any width; recomposed only when the keys it shows change
+    (focus moves and screen switches announce the same bindings again, and each recompose
+    mounts every key anew)."""
 
     _shown: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        shown, seen = [], set()
+        for _, binding, enabled, tooltip in self.screen.active_bindings.values():
+            if binding.show and binding.action not in seen:
+                seen.add(binding.action)
+                shown.append((binding, enabled, tooltip))
+        first = sorted((b for b in shown if b[0].action in FIRST_ACTIONS), key=lambda b: FIRST_ACTIONS.index(b[0].action))
+        views = [b for b in shown if b[0].key in VIEW_KEYS]
+        rest = [b for b in shown if b not in first and b not in views]
+        if views:
+            first.append((views[0][0], True, "switch view: 1 DAG, 2 Jobs, 3 Memory, 4 Gates, 5 Log"))
+        self.styles.grid_size_columns = len(first) + len(rest)
+        for binding, enabled, tooltip in first + rest:
+            is_views = bool(views) and binding is views[0][0]
+            yield FooterKey(binding.key, "1-5" if is_views else self.app.get_key_display(binding),
+                            "views" if is_views else binding.description, binding.action,
+                            disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
 
     def bindings_changed(self, screen: Screen) -> None:
         shown = tuple((b.key, b.description, b.action, enabled, tooltip)

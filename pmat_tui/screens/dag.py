@@ -10,7 +10,7 @@ from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.dag_tree import DagTree
 from pmat_tui.widgets.stage_detail import StageDetail
 
-DETAIL_EVERY_S = 5.0  # a running stage's details (attempts, log tail) redraw at most this often
+DETAIL_EVERY_S = 2.0  # a running stage's details (bar, curves, log tail) redraw at most this often
 
 
 class DagScreen(ViewScreen):
@@ -40,6 +40,13 @@ class DagScreen(ViewScreen):
             tree.select_stage(self.papp.selected_stage)
             self._placed = True
 
+    def on_screen_resume(self) -> None:
+        """Back from another view: the stage selected there (a gate's, a job's) is the cursor's."""
+        super().on_screen_resume()
+        stage = self.papp.selected_stage
+        if stage and self._tree.cursor_key != stage:
+            self._tree.select_stage(stage)
+
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         if structural and not self._placed:
@@ -51,6 +58,9 @@ class DagScreen(ViewScreen):
         live = row is not None and row.status == "running" and time.monotonic() - detail.shown_at > DETAIL_EVERY_S
         if structural or live:
             detail.show(self.papp.selected_stage)
+
+    def on_dag_tree_opened(self, event: DagTree.Opened) -> None:
+        self.papp.action_open_log(event.stage)
 
     def on_dag_tree_highlighted(self, event: DagTree.Highlighted) -> None:
         if event.stage:

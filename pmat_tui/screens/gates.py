@@ -50,3 +50,8 @@ class GatesScreen(ViewScreen):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_selected()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: the criterion's gated stage in the DAG view."""
+        self._show_selected()
+        self.papp.switch_mode("dag")  # the DAG view puts its cursor on the selected stage

@@ -18,7 +18,7 @@ class JobsScreen(ViewScreen):
     BINDINGS = [
         Binding("down,j", "focus_next", "next job", show=False),
         Binding("up,k", "focus_previous", "previous job", show=False),
-        Binding("enter", "open_log", "log", show=False),
+        Binding("enter", "app.open_log", "log", show=False),
     ]
 
     def __init__(self) -> None:

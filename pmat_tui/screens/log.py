@@ -23,6 +23,9 @@ class LogScreen(ViewScreen):
         Binding("left_square_bracket", "cycle(-1)", "prev job", show=False),
         Binding("right_square_bracket", "cycle(1)", "next job", show=False),
         Binding("s", "journal", "journal", show=False),
+        Binding("v", "people", "all events", show=False),
+        Binding("o", "out", "stdout", show=False),
+        Binding("escape", "back", "back", show=False),
     ]
 
     def body(self) -> ComposeResult:
@@ -37,18 +40,52 @@ class LogScreen(ViewScreen):
         self.query_one(LogView).focus()
 
     def target_path(self):
-        t = self.papp.log_target
-        return self.model.ws.journal_path if t == "supervisor" else self.model.ws.job_log(t or "")
+        """The journal, a job's event log, or (``JOB:out``) the job's stdout/stderr file."""
+        t = self.papp.log_target or "supervisor"
+        job, _, out = t.partition(":")
+        if job == "supervisor":
+            return self.model.ws.logs_dir / "supervisor.out" if out else self.model.ws.journal_path
+        log = self.model.ws.job_log(job)
+        return log.with_suffix(".out") if out else log
 
     def update_view(self, structural: bool) -> None:
         super().update_view(structural)
         view = self.query_one(LogView)
         path = self.target_path()
         if view.path != path:
+            if view.filter_text:  # a filter belongs to the log it was typed for
+                self._close_filter()
             view.open(path)
         else:
             view.poll()
         self._title()
+
+    def _close_filter(self) -> None:
+        box = self.query_one("#log-filter", Input)
+        box.value = ""
+        box.display = False
+        view = self.query_one(LogView)
+        view.set_filter("")
+        view.focus()
+
+    def action_back(self) -> None:
+        """Esc: close the filter if one is open or applied, else back to the previous view."""
+        view = self.query_one(LogView)
+        if self.query_one("#log-filter", Input).display or view.filter_text:
+            self._close_filter()
+            self._title()
+        else:
+            self.papp.action_back()
+
+    def action_people(self) -> None:
+        view = self.query_one(LogView)
+        view.set_people(not view.people)
+        self._title()
+
+    def action_out(self) -> None:
+        job = (self.papp.log_target or "supervisor").partition(":")[0]
+        self.papp.log_target = job if self.papp.log_target.endswith(":out") else f"{job}:out"
+        self.update_view(True)
 
     def _title(self) -> None:
         view = self.query_one(LogView)
@@ -57,6 +94,11 @@ class LogScreen(ViewScreen):
         if view.tail is not None and not view.tail.at_top:
             t.append(" (older lines load as you scroll up)", style="dim")
         t.append("  FOLLOW" if view.follow else "  PAUSED", style="bold green" if view.follow else "bold yellow")
+        if not view.plain:
+            t.append("  steps (v: all events)" if view.people else "  all events (v: steps)", style="dim")
+        t.append("  o: events" if view.plain else "  o: stdout/stderr", style="dim")
+        if view.path is not None and not view.path.exists():
+            t.append("  (nothing written yet)", style="yellow")
         if view.filter_text:
             t.append(f"  filter: {view.filter_text}", style="cyan")
         if view.tail is not None and view.tail.resets:
@@ -71,7 +113,10 @@ class LogScreen(ViewScreen):
             pretty.update("")
             return
         try:
-            text = json.dumps(json.loads(event.raw), indent=2, default=str)
+            value = json.loads(event.raw)
+            # a step's events: one per line, so that its metrics are in sight at 80x24
+            text = ("\n".join(json.dumps(v, default=str) for v in value) if isinstance(value, list)
+                    else json.dumps(value, indent=2, default=str))
         except ValueError:
             text = event.raw.decode(errors="replace")
         from rich.syntax import Syntax  # pygments loads only when pretty JSON is first shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 
 from pmat_tui.screens.base import ViewScreen
@@ -13,6 +14,11 @@ PROBE_EVERY_S = 2.0
 
 class MemoryScreen(ViewScreen):
     VIEW = "Memory"
+    BINDINGS = [Binding("j", "scroll('down')", show=False), Binding("k", "scroll('up')", show=False)]
+
+    def action_scroll(self, direction: str) -> None:
+        scroll = self.query_one("#memory-scroll", VerticalScroll)
+        scroll.scroll_down() if direction == "down" else scroll.scroll_up()
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="memory-scroll"):

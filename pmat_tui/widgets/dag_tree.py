@@ -1,11 +1,15 @@
-"""The DAG as an outline: work items, then their stages, with status, critical path and reason.
+"""The DAG as an outline: work items, then their stages, with status, progress and reason.
 
 A line-API widget rather than Textual's Tree: a running job changes one label several
 times a second, and repainting that one line must stay cheap (a Tree line costs about
-ten times more to render). Only lines whose text changed are repainted.
+ten times more to render). Only lines whose text changed are repainted. Work items whose
+stages are all done fold to one line (Enter or space opens them again), and while the
+user leaves the cursor alone the view scrolls to keep a running or blocked stage in sight.
 """
 
 from __future__ import annotations
+
+import time
 
 from rich.segment import Segment
 from rich.style import Style
@@ -18,24 +22,20 @@ from textual.strip import Strip
 
 from engine.dag import topo_order, work_item_order
 from engine.overview import StageRow
-from pmat_tui.fmt import fmt_duration, fmt_num
+from pmat_tui.fmt import fmt_num
 from pmat_tui.model import ConsoleModel, status_mark
+from pmat_tui.spark import bar, eta_text
 
 CRITICAL = "★"
 CURSOR = Style(bgcolor="#264f78", bold=True)
 GUIDE = Style(color="grey50")
-
-
-def coarse_eta(s: float | None) -> str:
-    """Minutes at most: a label that changes every second would repaint the tree every second."""
-    if s is None:
-        return "-"
-    if s >= 3600:
-        return fmt_duration(s - s % 60)
-    return f"{int(s // 60)}m" if s >= 60 else "<1m"
+BAR_CELLS = 10
+FOLLOW_AFTER_S = 20.0  # the view follows the running stages once the cursor was left alone this long
+ATTENTION = ("needs_approval", "memory", "failed_dependency")
 
 
 def stage_label(row: StageRow, width: int = 18) -> Text:
+    """``▶ ★ sample   ██████░░░░ 60% 600/1000 prompts ~32m ±3m``; a reason when not running."""
     sym, style = status_mark(row)
     t = Text()
     t.append(f"{sym} ", style=style)
@@ -43,10 +43,14 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
     t.append(f" {row.stage:<{width}} ", style="bold" if row.status == "running" else "")
     if row.status == "running":
         if row.total:
-            t.append(f"{fmt_num(row.done)}/{fmt_num(row.total)} {row.unit} {100 * (row.done or 0) / row.total:.0f}%", style=style)
+            filled, empty = bar((row.done or 0) / row.total, BAR_CELLS)
+            t.append(filled, style="green")
+            t.append(empty, style="grey35")
+            t.append(f" {100 * (row.done or 0) / row.total:3.0f}% {fmt_num(row.done)}/{fmt_num(row.total)} {row.unit}")
         else:
             t.append(f"{fmt_num(row.done)} {row.unit}", style=style)
-        t.append(f" ETA {coarse_eta(row.eta_s)}", style=style)
+        eta = eta_text(row.eta_s, row.eta_pm_s)
+        t.append(f" {eta}" if eta else " ETA after 2 steps", style="bold" if eta else "dim")
     elif row.status == "done":
         t.append("done", style=style)
     else:
@@ -54,16 +58,23 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
     return t
 
 
+def needs_eye(row: StageRow) -> bool:
+    """Running, or waiting on a person or on memory, or failed: what the view keeps in sight."""
+    return row.status in ("running", "failed", "crashed") or row.reason_kind in ATTENTION
+
+
 class DagTree(ScrollView, can_focus=True):
-    """One line per work item and per stage; the cursor selects a stage."""
+    """One line per work item and per shown stage; the cursor selects a stage."""
 
     BINDINGS = [
         Binding("up,k", "move(-1)", "up", show=False),
         Binding("down,j", "move(1)", "down", show=False),
         Binding("pageup", "page(-1)", "page up", show=False),
         Binding("pagedown", "page(1)", "page down", show=False),
-        Binding("home", "move(-100000)", "first", show=False),
-        Binding("end", "move(100000)", "last", show=False),
+        Binding("home,g", "move(-100000)", "first", show=False),
+        Binding("end,G", "move(100000)", "last", show=False),
+        Binding("space", "toggle", "fold", show=False),
+        Binding("enter", "open", "open", show=False),
     ]
 
     class Highlighted(Message):
@@ -73,58 +84,106 @@ class DagTree(ScrollView, can_focus=True):
             super().__init__()
             self.stage = stage
 
+    class Opened(Message):
+        """Enter on a stage: show its log."""
+
+        def __init__(self, stage: str) -> None:
+            super().__init__()
+            self.stage = stage
+
     def __init__(self, model: ConsoleModel, **kw) -> None:
         super().__init__(**kw)
         self.model = model
         spec = model.spec
         order = topo_order(spec)
         self._width = min(max((len(s) for s in spec.stages), default=8), 22)
-        self.keys: list[str] = []  # "item:<id>" or a stage name, one per line
-        self.guides: list[str] = []
         self.item_stages: dict[str, list[str]] = {}
         for item in work_item_order(spec) + [None]:
             stages = [s for s in order if spec.stages[s].work_item == item]
-            if not stages:
+            if stages:
+                self.item_stages[item or ""] = stages
+        self.folded: set[str] = set()
+        self._opened: set[str] = set()  # items the user unfolded: never folded again by us
+        self.labels: dict[str, Text] = {f"item:{i}": self._item_label(i, None) for i in self.item_stages}
+        self.labels.update({s: Text(s) for stages in self.item_stages.values() for s in stages})
+        self.keys: list[str] = []
+        self.guides: list[str] = []
+        self.line_of: dict[str, int] = {}
+        self.cursor = 0
+        self._moved_at = 0.0  # when the user last moved the cursor
+        self._strips: dict[int, Strip] = {}
+        self._layout()
+        if model.rows:
+            self.update_rows()
+
+    # -- lines --------------------------------------------------------------------------
+    def _layout(self) -> None:
+        """The shown lines from the fold state; the cursor stays on its key."""
+        current = self.keys[self.cursor] if self.keys else None
+        self.keys, self.guides = [], []
+        for item, stages in self.item_stages.items():
+            self.keys.append(f"item:{item}")
+            self.guides.append("▸ " if item in self.folded else "▾ ")
+            if item in self.folded:
                 continue
-            self.keys.append(f"item:{item or ''}")
-            self.guides.append("▼ ")
-            self.item_stages[item or ""] = stages
             for i, s in enumerate(stages):
                 self.keys.append(s)
                 self.guides.append("└ " if i == len(stages) - 1 else "├ ")
         self.line_of = {k: i for i, k in enumerate(self.keys)}
-        self.labels: dict[str, Text] = {k: self._item_label(k[5:], None) if k.startswith("item:") else Text(k)
-                                         for k in self.keys}
-        self.cursor = 0
-        self._strips: dict[int, Strip] = {}
-        self.virtual_size = Size(0, len(self.keys))
-        if model.rows:
-            self.update_rows()
+        if current is not None and current not in self.line_of:  # folded away: the item's line
+            current = next((f"item:{i}" for i, ss in self.item_stages.items() if current in ss), None)
+        self.cursor = self.line_of.get(current or "", min(self.cursor, len(self.keys) - 1))
+        self._strips.clear()
+        self.virtual_size = Size(self.size.width, len(self.keys))
+        self.refresh()
 
-    # -- labels -----------------------------------------------------------------------
     def _item_label(self, item: str, done: int | None) -> Text:
         title = f"{item}  {self.model.spec.work_items[item].title}" if item else "(no work item)"
         label = Text(title, style="bold")
         if done is not None:
-            label.append(f"  {done}/{len(self.item_stages[item])} done", style="dim")
+            n = len(self.item_stages[item])
+            label.append(f"  ✔ {done}/{n} done" if done == n else f"  {done}/{n} done",
+                         style="green" if done == n else "dim")
         return label
 
     def _set(self, key: str, label: Text) -> None:
         if self.labels.get(key) != label:
             self.labels[key] = label
-            self._repaint(self.line_of[key])
+            if key in self.line_of:
+                self._repaint(self.line_of[key])
 
     def update_rows(self, stages: list[str] | None = None) -> None:
-        """Relabel ``stages`` (all when None, and then the work items too)."""
+        """Relabel ``stages`` (all when None, and then the work items and the folds too)."""
         rows = self.model.rows
-        for stage in self.keys if stages is None else stages:
+        for stage in (s for ss in self.item_stages.values() for s in ss) if stages is None else stages:
             row = rows.get(stage)
-            if row is not None and stage in self.line_of:
+            if row is not None:
                 self._set(stage, stage_label(row, self._width))
         if stages is None:
+            fold = set()
             for item, members in self.item_stages.items():
                 done = sum(rows[s].status == "done" for s in members if s in rows)
                 self._set(f"item:{item}", self._item_label(item, done))
+                if done == len(members) and item not in self._opened:
+                    fold.add(item)
+            if fold != self.folded:
+                self.folded = fold
+                self._layout()
+            self.keep_in_view()
+
+    def keep_in_view(self) -> None:
+        """Scroll (the cursor stays) so that the first stage needing an eye is visible, unless
+        the user moved the cursor lately or such a stage is already in sight."""
+        h = self.scrollable_content_region.height
+        if h <= 0 or time.monotonic() - self._moved_at < FOLLOW_AFTER_S:
+            return
+        rows = self.model.rows
+        lines = [self.line_of[s] for s, r in rows.items() if needs_eye(r) and s in self.line_of]
+        y = self.scroll_offset.y
+        if not lines or any(y <= n < y + h for n in lines):
+            return
+        first = min(lines)
+        self.scroll_to(y=max(0, first - 1), animate=False, force=True)
 
     # -- cursor -----------------------------------------------------------------------
     @property
@@ -137,6 +196,11 @@ class DagTree(ScrollView, can_focus=True):
         return {k: i for i, k in enumerate(self.keys) if not k.startswith("item:")}
 
     def select_stage(self, stage: str) -> None:
+        item = next((i for i, ss in self.item_stages.items() if stage in ss), None)
+        if item is not None and item in self.folded:
+            self.folded.discard(item)
+            self._opened.add(item)
+            self._layout()
         if stage in self.line_of:
             self._move_to(self.line_of[stage])
 
@@ -160,10 +224,34 @@ class DagTree(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - h + 1, animate=False, force=True)
 
     def action_move(self, delta: int) -> None:
+        self._moved_at = time.monotonic()
         self._move_to(self.cursor + delta)
 
     def action_page(self, direction: int) -> None:
-        self._move_to(self.cursor + direction * max(1, self.scrollable_content_region.height - 1))
+        self.action_move(direction * max(1, self.scrollable_content_region.height - 1))
+
+    def action_toggle(self) -> None:
+        """Fold or unfold the work item under the cursor (or the one of the stage under it)."""
+        key = self.cursor_key or ""
+        item = key[5:] if key.startswith("item:") else next((i for i, ss in self.item_stages.items() if key in ss), None)
+        if item is None:
+            return
+        self._moved_at = time.monotonic()
+        if item in self.folded:
+            self.folded.discard(item)
+            self._opened.add(item)
+        else:
+            self.folded.add(item)
+            self._opened.discard(item)
+        self._layout()
+        self._move_to(self.line_of.get(key, self.line_of[f"item:{item}"]))
+
+    def action_open(self) -> None:
+        key = self.cursor_key
+        if key is None or key.startswith("item:"):
+            self.action_toggle()
+        else:
+            self.post_message(self.Opened(key))
 
     # -- rendering ----------------------------------------------------------------------
     def _repaint(self, line: int) -> None:
@@ -179,9 +267,10 @@ class DagTree(ScrollView, can_focus=True):
             return Strip.blank(width, self.rich_style)
         strip = self._strips.get(line)
         if strip is None or strip.cell_length != width:
-            text = Text(no_wrap=True)
+            text = Text(no_wrap=True, overflow="ellipsis")
             text.append(self.guides[line], style=GUIDE)
             text.append_text(self.labels[self.keys[line]])
+            text.truncate(width, overflow="ellipsis")
             segments = [s for s in text.render(self.app.console) if s.text != "\n"]
             style = self.rich_style  # from the CSS of every ancestor: look it up once
             strip = Strip(Segment.apply_style(segments, style)).crop_extend(0, width, style)

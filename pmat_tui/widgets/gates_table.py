@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Group, RenderableType
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from pmat_tui.fmt import fmt_num
@@ -11,7 +12,9 @@ from pmat_tui.model import GATE_STYLE, GateRow
 
 
 class GatesTable(DataTable):
-    """One row per criterion; the row key is the AC id."""
+    """One row per criterion; the row key is the AC id. j/k move like everywhere else."""
+
+    BINDINGS = [Binding("j", "cursor_down", "down", show=False), Binding("k", "cursor_up", "up", show=False)]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"

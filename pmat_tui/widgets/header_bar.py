@@ -1,10 +1,12 @@
-"""One line on top of every view: pipeline, workspace, supervisor, mode, critical path."""
+"""One line on top of every view: what runs, what waits on a person, how long is left, and
+whether anything looks after the jobs; names of the pipeline and workspace if room is left."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.overview import summary
 from pmat_tui.model import ConsoleModel
 
 
@@ -14,21 +16,28 @@ class HeaderBar(Static):
     _shown: Text | None = None
 
     def show(self, model: ConsoleModel, view: str) -> None:
+        """Pieces by importance; the least important are left out until the line fits."""
         ov = model.overview
-        t = Text()
-        t.append(" pmat ", style="bold reverse")
-        t.append(f" {view} ", style="bold")
-        t.append(f"· {model.spec.name} · {model.ws.root.name} ")
-        pid = ov.supervisor_pid if ov else None
-        if pid:
-            t.append(f"· supervisor {pid} ", style="green")
-        else:
-            t.append("· no supervisor ", style="bold red")
+        width = self.size.width or self.app.size.width
+        head = Text()
+        head.append(" pmat ", style="bold reverse")
+        head.append(f" {view}", style="bold")
+        pieces: list[tuple[str, str, int]] = []  # text, style, rank (lower is kept longer)
         if model.readonly:
-            t.append(" READ-ONLY ", style="bold black on yellow")
+            pieces.append(("READ-ONLY", "bold black on yellow", 0))
         if ov:
-            t.append(f" · critical path {ov.remaining_hours:.1f}h to go", style="dim")
-        self._set(t)
+            pieces += [(text, style, 1 if text.endswith(" done") and "/" in text else 0) for text, style in summary(ov)]
+            pid = ov.supervisor_pid
+            pieces.append((f"supervisor {pid}" if pid else "no supervisor", "green" if pid else "bold red", 1 if pid else 0))
+        pieces += [(model.spec.name, "", 2), (model.ws.root.name, "dim", 3)]
+        for rank in (3, 2, 1):
+            if len(head) + sum(len(p[0]) + 3 for p in pieces) <= width:
+                break
+            pieces = [p for p in pieces if p[2] < rank]
+        for text, style, _ in pieces:
+            head.append(" · ", style="dim")
+            head.append(text, style=style)
+        self._set(head)
 
     def loading(self, pipeline: str, logs: int, size: int) -> None:
         """Shown while the first fold reads the logs."""

@@ -12,11 +12,47 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from pmat_tui.fmt import event_text, fmt_bytes, fmt_clock, fmt_duration, short_hash
+from engine.overview import StageRow
+from engine.state import Attempt
+from pmat_tui.fmt import event_text, fmt_bytes, fmt_clock, fmt_duration, fmt_rate, short_hash
 from pmat_tui.logtail import LogTail
 from pmat_tui.model import ConsoleModel, status_mark
+from pmat_tui.spark import bar, eta_text, sparkline
 
 LOG_LINES = 8
+CURVES = (("loss", "loss"), ("rewards/chosen", "reward"), ("rewards/margins", "margin"))
+CURVE_POINTS = 400  # the newest points a curve is drawn from
+
+
+def curves(a: Attempt | None, width: int) -> list[Text]:
+    """One line per training curve the job logged: ``loss 0.693→0.051 ▇▆▅▄▃▂▁``; none without data."""
+    out = []
+    for name, short in CURVES:
+        series = [v for _, v in a.metric_series(name)[-CURVE_POINTS:] if isinstance(v, int | float)] if a else []
+        if not series:
+            continue
+        label = f"{short:<7}{series[0]:>8.4g}→{series[-1]:<8.4g} "
+        line = Text(label, style="dim")
+        line.append(sparkline(series, max(8, width - len(label))), style="cyan")
+        line.no_wrap = True
+        out.append(line)
+    return out
+
+
+def progress_lines(row: StageRow, width: int) -> list[Text]:
+    """A running stage's bar, then rate, ETA with its uncertainty, elapsed and memory."""
+    out = []
+    if row.total:
+        frac = (row.done or 0) / row.total
+        filled, empty = bar(frac, max(10, min(40, width - 30)))
+        line = Text(filled, style="green")
+        line.append(empty, style="grey35")
+        line.append(f" {100 * frac:.0f}% {row.done:g}/{row.total:g} {row.unit}", style="bold")
+        out.append(line)
+    eta = eta_text(row.eta_s, row.eta_pm_s) or "after the second step"
+    out.append(Text(f"rate {fmt_rate(row.rate_per_h, row.unit)} · ETA {eta} · elapsed {fmt_duration(row.elapsed_s)}"
+                    f" · RSS {fmt_bytes(row.rss or None)}"))
+    return out
 
 
 def _table(*cols: str) -> Table:
@@ -33,7 +69,7 @@ class StageDetail(VerticalScroll):
         self.stage: str | None = None
         self.shown_at = 0.0
         self._shown_key: tuple = ()
-        self._head_key: tuple = ()
+        self._head_key: tuple = ((), 0, 0)
         self._shape: tuple = ()
         self.head = Static(id="stage-detail-head")  # what the stage is: redrawn when its status changes
         self.body = Static(id="stage-detail-body")  # attempts, artifacts, log tail: redrawn as the job runs
@@ -62,12 +98,13 @@ class StageDetail(VerticalScroll):
         if stage not in self.model.spec.stages:
             self.head.update(Text("Select a stage.", style="dim"))
             self.body.update("")
-            self._head_key = self._shape = ()
+            self._head_key, self._shape = ((), 0, 0), ()
             return
         head, body = self.render_stage()
-        if key[:2] + key[4:] != self._head_key:
-            self._head_key = key[:2] + key[4:]
-            self.head.update(head)
+        head_key = (key, len(head.renderables), self.size.width)
+        if head_key != self._head_key:  # a running stage's bar and curves: same lines, no layout
+            self.head.update(head, layout=head_key[1:] != self._head_key[1:] or not same_stage)
+            self._head_key = head_key
         # Re-layout (costly: the whole screen) only when the panel may have changed height.
         shape = (stage, self.size.width, tuple(len(p.rows) if isinstance(p, Table) else
                                                1 if getattr(p, "no_wrap", False) else len(str(p)) // 40
@@ -89,6 +126,11 @@ class StageDetail(VerticalScroll):
             if row.critical:
                 head.append("  ★ critical path", style="#ff8700")
         parts.append(head)
+        st = m.state.stages.get(stage)
+        width = max(20, (self.size.width or 80) - 2)
+        if row and row.status == "running":
+            parts += progress_lines(row, width)
+        parts += curves(st.latest if st else None, width)
         if row and row.status not in ("running", "done"):
             parts.append(Text(f"why: {row.reason}", style="yellow"))
         grant = m.state.approvals.get(stage)
@@ -99,16 +141,17 @@ class StageDetail(VerticalScroll):
                               style="cyan" if current else "yellow"))
         deps = m.spec.deps(stage)
         parts.append(Text(f"kind {entry.kind} · item {entry.work_item or '-'} · after {', '.join(deps) or '-'}"
-                          f" · {entry.memory_gb:g} GB est · {entry.duration_h:g} h est"
+                          f" · {entry.memory_gb:g} GB est · {fmt_duration(entry.duration_h * 3600)} est"
                           + (f" · approval {row.approval if row else 'required'}" if entry.approval == "required" else "")))
         params = _table("param", "value")
         for k, v in sorted(entry.params.items()):
             params.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)
         for k, v in sorted(entry.inputs.items()):
             params.add_row(f"input {k}", v)
-        parts += [Text("Parameters", style="bold underline"), params]
+        running = row is not None and row.status == "running"
+        if not running:  # a running stage shows its numbers first; its parameters go below
+            parts += [Text("Parameters", style="bold underline"), params]
         head, parts = Group(*parts), []
-        st = m.state.stages.get(stage)
         if st and st.attempts:
             att = _table("job", "outcome", "started", "elapsed", "peak RSS", "error")
             for a in st.attempts:
@@ -134,5 +177,8 @@ class StageDetail(VerticalScroll):
                 for line in lines:  # one row each, whatever their length: the panel keeps its height
                     line.no_wrap, line.overflow = True, "ellipsis"
                 tail.close()
-                parts += [Text(f"Log {st.latest.job_id} (l: open)", style="bold underline"), *lines]
+                parts += [Text(f"Log {st.latest.job_id} (l or Enter: open, o: stdout/stderr)", style="bold underline"),
+                          *lines]
+        if running:
+            parts += [Text("Parameters", style="bold underline"), params]
         return head, Group(*parts)
