@@ -12,6 +12,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from engine.gen.base import gguf_problem, is_gguf
 from engine.models.files import check_model_dir, safetensors_header
 from engine.refs import resolve_ref
 from engine.spec import REF_RE, DatasetEntry, PipelineSpec, param_refs
@@ -35,6 +36,8 @@ def dataset_problem(name: str, entry: DatasetEntry, path: str) -> str | None:
             return f"datasets.{name}.package: {entry.package!r} is not installed"
         return None
     p = Path(path)
+    if not p.exists() and entry.id:
+        return f"datasets.{name}.id: {entry.id} is not fetched into this workspace (pmat data fetch {entry.id})"
     if not p.exists():
         return f"datasets.{name}.path: {p} does not exist"
     if entry.sha256 is None:
@@ -73,6 +76,8 @@ def path_problem(path: Path, must_be_model: bool) -> str | None:
         return adapter_problem(path)
     if not path.exists() and not must_be_model:
         return f"{path}: does not exist"
+    if must_be_model and is_gguf(path):  # a GGUF model runs on llama.cpp (engine/gen/llamacpp.py)
+        return gguf_problem(path)
     if must_be_model or (path.is_dir() and (path / "config.json").exists()):
         try:
             check_model_dir(path)

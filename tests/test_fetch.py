@@ -206,5 +206,12 @@ def test_spec_names_datasets_by_id_and_user_pins_reach_the_stage(server: _Server
     fetch(ws.root, "humaneval", _url(server, "/HumanEval.jsonl.gz"))
     got = resolve_params(spec, ws, params)
     assert got == {"a": str(recorded(ws.root, "humaneval").path), "b": None, "c": str(mine), "d": "ab" * 32}
+    from engine.preflight import dataset_problem
+
+    assert dataset_problem("he", spec.datasets["he"], got["a"]) is None
+    other = Workspace(tmp_path / "other")
+    unfetched = resolve_params(spec, other, {"a": "dataset:he"})["a"]
+    assert dataset_problem("he", spec.datasets["he"], unfetched) == \
+        "datasets.he.id: humaneval is not fetched into this workspace (pmat data fetch humaneval)"
     with pytest.raises(SpecError, match="datasets.x.id: unknown dataset id 'nope'"):
         parse_spec({"name": "t", "datasets": {"x": {"id": "nope"}}, "stages": {}})

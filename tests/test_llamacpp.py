@@ -180,6 +180,15 @@ def test_backend_choice_is_by_model_file(gguf_dir: Path, tiny_model_dir: Path, t
     with pytest.raises(ValueError, match="2 .gguf files"):
         gguf_file(two)
     assert gguf_file(tiny_model_dir) is None
+    # the supervisor's preflight takes a GGUF model input (and says why a broken one is not)
+    from engine.preflight import path_problem
+
+    assert path_problem(gguf_dir, must_be_model=True) is None
+    assert "2 .gguf files" in path_problem(two, must_be_model=True)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model-Q4_K_M.gguf").write_bytes(b"PK\x03\x04junk")
+    assert "not a GGUF v2/v3 file" in path_problem(bad, must_be_model=True)
     if not llama_cpp.llama_supports_gpu_offload():  # a CPU build asked for CUDA runs on the CPU and says so
         with pytest.warns(UserWarning, match="no GPU offload"):
             b = LlamaCppBackend(gguf_file(gguf_dir), device="cuda")

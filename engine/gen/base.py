@@ -74,6 +74,13 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def is_gguf(model: Path | str) -> bool:
+    """Whether a model path names a GGUF model (see ``gguf_file``), whatever state it is in."""
+    p = Path(model)
+    return (p.suffix == ".gguf" and p.is_file()) or (
+        p.is_dir() and not (p / "config.json").exists() and any(p.glob("*.gguf")))
+
+
 def gguf_file(model: Path | str) -> Path | None:
     """The GGUF file a model path names (a .gguf file, or a directory holding exactly one and no
     HF config, like the quantize stage's ``gguf`` artifact), else None."""
@@ -85,6 +92,25 @@ def gguf_file(model: Path | str) -> Path | None:
         if len(found) > 1:
             raise ValueError(f"{p}: {len(found)} .gguf files ({', '.join(f.name for f in found)}); name one")
         return found[0] if found else None
+    return None
+
+
+def gguf_problem(model: Path | str) -> str | None:
+    """Why a path that names a GGUF model (``gguf_file``) cannot be one, in one line; None if it is
+    not a GGUF path at all or looks like a GGUF file (magic and version)."""
+    try:
+        gguf = gguf_file(model)
+    except ValueError as exc:
+        return str(exc)
+    if gguf is None:
+        return None
+    try:
+        with open(gguf, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"{gguf}: cannot read: {exc.strerror}"
+    if head[:4] != b"GGUF" or int.from_bytes(head[4:8], "little") not in (2, 3):
+        return f"{gguf}: not a GGUF v2/v3 file (starts with {head!r})"
     return None
 
 
