@@ -259,3 +259,37 @@ async def test_same_keys_in_every_view_footer_keeps_help_and_quit(app: PmatApp) 
         await pilot.press("1", "r")
         await pilot.pause(0.1)
         assert any("read-only console: r (run) is refused" in n.message for n in app._notifications), [n.message for n in app._notifications]
+
+
+async def test_pictures_curves_where_data_is_bars_for_memory(tmp_path: Path) -> None:
+    """The sft detail leads with its bar, ETA and loss/margin curves; a stage without metrics draws
+    no curve; an empty series draws nothing (never full blocks); memory bars for host, jobs, GPU pids."""
+    from engine.memory import GIB, GpuInfo, MemorySnapshot
+    from pmat_tui.fixture import FAKE_IDENT
+    from pmat_tui.spark import sparkline
+    from pmat_tui.widgets.dag_tree import DagTree
+
+    assert sparkline([], 10) == "" and sparkline([3.0, 3.0], 10) == "▁▁" and "█" not in sparkline([0.0], 5)
+
+    def h100() -> MemorySnapshot:
+        return MemorySnapshot(total=256 * GIB, available=200 * GIB, psi=None,
+                              gpus=[GpuInfo("H100", False, 80 * GIB, 30 * GIB, {FAKE_IDENT["pid"]: 20 * GIB})])
+
+    ws = write_fixture(tmp_path / "fx")
+    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=h100, watch=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
+        app.screen.query_one(DagTree).select_stage("sft")
+        await pilot.pause(0.1)
+        text = _screen(app)
+        detail = text[text.index(next(t for t in text if t.startswith(" ▶ sft"))):]
+        assert "█" in detail[1] and "78%" in detail[1] and "ETA ~" in detail[2]
+        assert detail[3].lstrip().startswith("loss") and detail[4].lstrip().startswith("margin")
+        app.screen.query_one(DagTree).select_stage("sample")
+        await pilot.pause(0.1)
+        assert not any(t.lstrip().startswith(("loss", "margin")) for t in _screen(app))
+        await pilot.press("3")
+        await pilot.pause(0.1)
+        text = "\n".join(_screen(app))
+        assert "host" in text and "GPU0" in text and "20.0 GB/80.0 GB on GPU0" in text
+        assert text.count("█") > 10

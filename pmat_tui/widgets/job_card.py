@@ -5,12 +5,15 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, ProgressBar, Sparkline
+from textual.widgets import Label, ProgressBar
 
+from engine.overview import estimate
 from engine.state import Attempt, StageState
 from pmat_tui.fmt import fmt_bytes, fmt_duration, fmt_num, fmt_rate
+from pmat_tui.spark import eta_text, sparkline
+from pmat_tui.widgets.stage_detail import CURVES
 
-CURVES = (("loss", "loss"), ("rewards/margins", "margin"))
+SPARK_CELLS = 56
 
 
 class JobCard(Vertical, can_focus=True):
@@ -30,22 +33,18 @@ class JobCard(Vertical, can_focus=True):
         yield Label("", classes="job-stats")
         with Horizontal(classes="job-rate"):
             yield Label("rate/h ", classes="spark-label")
-            yield Sparkline([], classes="rate-spark")
+            yield Label("", classes="rate-spark spark")
         for _name, short in CURVES:
             with Horizontal(classes=f"job-curve curve-{short}"):
                 yield Label("", classes="spark-label")
-                yield Sparkline([], classes=f"{short}-spark")
+                yield Label("", classes=f"{short}-spark spark")
 
     def _set(self, selector: str, value: object) -> None:
         """Update a child only when its value changed: Label.update re-lays the card out."""
         if self._shown.get(selector) == value:
             return
         self._shown[selector] = value
-        widget = self.query_one(selector)
-        if isinstance(widget, Sparkline):
-            widget.data = value  # type: ignore[assignment]
-        else:
-            widget.update(value)  # type: ignore[attr-defined]
+        self.query_one(selector, Label).update(value)  # type: ignore[arg-type]
 
     def update_job(self, a: Attempt, st: StageState, now: float) -> None:
         if not self.is_attached:  # replaced by a newer set of cards before this ran
@@ -64,18 +63,21 @@ class JobCard(Vertical, can_focus=True):
             bar.update(total=a.total, progress=a.done)
         count = f"{fmt_num(a.done)}/{fmt_num(a.total)} {a.unit}" if a.total else f"{fmt_num(a.done)} {a.unit}"
         self._set(".job-count", count)
-        rate, eta = st.rate_eta(now)
+        e = estimate(st, now) if a is st.latest else None
         elapsed = ((a.finished_at or now) - a.started_at) if a.started_at else None
         gpu = fmt_bytes(a.gpu) if a.gpu is not None else "-"
-        stats = (f"rate {fmt_rate(rate * 3600 if rate else None, a.unit)} · ETA {fmt_duration(eta) if a.running else '-'}"
+        eta = (eta_text(e.eta_s, e.pm_s) or "after 2 steps") if e and a.running else "-"
+        rate = e.rate if e and e.rate else None
+        stats = (f"rate {fmt_rate(rate * 3600 if rate else None, a.unit)} · ETA {eta}"
                  f" · elapsed {fmt_duration(elapsed)} · RSS {fmt_bytes(a.rss or None)} · GPU {gpu}")
         self._set(".job-stats", stats)
-        rates = [r * 3600 for r in st.rate_series(48)]
-        self._set(".rate-spark", rates or [0.0])
+        rates = [r * 3600 for r in st.rate_series(SPARK_CELLS)] if a is st.latest else []
+        self.query_one(".job-rate", Horizontal).display = bool(rates)  # nothing drawn without data
+        self._set(".rate-spark", sparkline(rates, SPARK_CELLS))
         for name, short in CURVES:
-            series = [v for _, v in a.metric_series(name) if isinstance(v, int | float)]
+            series = [v for _, v in a.metric_series(name)[-400:] if isinstance(v, int | float)]
             box = self.query_one(f".curve-{short}", Horizontal)
             box.display = bool(series)
             if series:
                 self._set(f".curve-{short} .spark-label", f"{short} {series[0]:.3g}→{series[-1]:.3g} ")
-                self._set(f".{short}-spark", series[-200:])
+                self._set(f".{short}-spark", sparkline(series, SPARK_CELLS))
