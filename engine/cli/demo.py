@@ -149,7 +149,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine.cli.tui import cmd_tui
 
     send_command(ws, "run", targets=["all"])  # the console starts the supervisor that carries it out
-    return cmd_tui(argparse.Namespace(workspace=ws.root, readonly=False))
+    return cmd_tui(argparse.Namespace(workspace=ws.root, readonly=False, notice=(
+        "pmat demo: building tiny models on the spot, then running the whole PMAT DAG on the CPU; "
+        "gated stages wait for your approval (a)")))
 
 
 def register(subs: argparse._SubParsersAction) -> None:
