@@ -1,8 +1,15 @@
 # The two commands of the README.
 .PHONY: setup demo console test lint
 
-setup:
+# Set-up runs again only when what it installs from changed: .venv/.setup-done is touched
+# after a successful run and is newer than these files while the venv is current.
+SETUP_INPUTS := scripts/setup.sh pyproject.toml
+
+.venv/.setup-done: $(SETUP_INPUTS)
 	./scripts/setup.sh
+	touch $@
+
+setup: .venv/.setup-done
 
 demo: setup            ## build tiny models and run the whole PMAT DAG headless, with a summary
 	.venv/bin/pmat demo --headless --workspace demo-workspace

@@ -89,6 +89,28 @@ def critical_path(
     return path[::-1], best[end][0]
 
 
+def expand_targets(spec: PipelineSpec, targets: list[str]) -> set[str] | str:
+    """Stages named by stage names, work item ids or 'all', with their upstream; or the first
+    unknown name (the supervisor's rule, for clients that check before sending)."""
+    chosen: list[str] = []
+    for t in targets:
+        if t == "all":
+            chosen += list(spec.stages)
+        elif t in spec.stages:
+            chosen.append(t)
+        elif t in spec.work_items:
+            chosen += spec.stages_of(t)
+        else:
+            return t
+    closure: set[str] = set()
+    while chosen:
+        s = chosen.pop()
+        if s not in closure:
+            closure.add(s)
+            chosen.extend(spec.deps(s))
+    return closure
+
+
 def work_item_order(spec: PipelineSpec) -> list[str]:
     ts = TopologicalSorter({k: v.depends_on for k, v in spec.work_items.items()})
     return list(ts.static_order())

@@ -5,6 +5,7 @@ Shared by ``pmat status`` and the console so both say the same thing.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ import yaml
 
 from engine.approvals import approval_current
 from engine.cli._common import fmt_duration
-from engine.dag import critical_path, topo_order, why_not_running
+from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.spec import PipelineSpec, load_spec, parse_spec
 from engine.state import PipelineState, StageState
 from engine.supervisor import supervisor_identity
@@ -166,8 +167,30 @@ def estimate(st: StageState, now: float) -> Eta:
     return Eta(rate, eta, eta * rel)
 
 
+def pending_runs(ws: Workspace, spec: PipelineSpec) -> set[str]:
+    """Stages that run commands still in the inbox will request: the supervisor has not taken
+    them yet (it is starting, busy, or not running)."""
+    out: set[str] = set()
+    try:
+        files = sorted(ws.commands_dir.glob("*.json"))
+    except OSError:
+        return out
+    for path in files:
+        try:
+            cmd = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(cmd, dict) and cmd.get("command") == "run" and isinstance(cmd.get("args"), dict):
+            stages = expand_targets(spec, [str(t) for t in cmd["args"].get("targets") or []])
+            if isinstance(stages, set):
+                out |= stages
+    return out
+
+
 def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now: float | None = None) -> Overview:
     now = now or time.time()
+    ident = supervisor_identity(ws)
+    inbox = pending_runs(ws, spec)
     etas = {name: estimate(st, now) for name, st in state.stages.items() if st.status == "running"}
     path, hours = critical_path(spec, state)
     left_h = {name: e.eta_s / 3600 for name, e in etas.items() if e.eta_s is not None}
@@ -182,6 +205,10 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
         b = why_not_running(spec, state, name, approved=approved)
         # the supervisor's journaled reason knows the memory figures; the DAG knows the rest
         reason = st.waiting if b.kind == "queued" and st.waiting else b.text
+        if b.kind == "not_requested" and name in inbox:
+            b = Blocker("queued", "requested: " + ("the supervisor is taking the command" if ident
+                                                   else "waiting for a supervisor (pmat supervise)"))
+            reason = b.text
         e = etas.get(name, Eta())
         elapsed = None
         if a and a.started_at:
@@ -210,6 +237,5 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
             rates=[r * 3600 for r in st.rate_series()],
             eta_pm_s=e.pm_s,
         ))
-    ident = supervisor_identity(ws)
     return Overview(str(ws.root), spec.name, ident.pid if ident else None, path, hours, remaining, rows,
                     left_s=remaining * 3600)

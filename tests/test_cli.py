@@ -120,3 +120,25 @@ def test_logs_are_for_people_follow_ends_and_pipe_closes_quietly(tmp_path):
         fh.write(json.dumps({"ts": 2.0, "kind": "job_finished", "outcome": "ok"}) + "\n")
     assert proc.wait(timeout=10) == 0
     assert "job_finished" in proc.stdout.read()
+
+
+def test_make_console_skips_setup_when_the_venv_is_current(tmp_path):
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for name in ("Makefile", "pyproject.toml", "scripts/setup.sh"):
+        shutil.copy(root / name, tmp_path / name)
+    (tmp_path / ".venv").mkdir()
+
+    def plan() -> str:
+        return subprocess.run(["make", "-n", "console"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    assert "setup.sh" in plan()  # never set up
+    (tmp_path / ".venv" / ".setup-done").touch()
+    assert "setup.sh" not in plan() and "pmat demo" in plan()
+    later = time.time() + 5
+    os.utime(tmp_path / "pyproject.toml", (later, later))  # the dependencies changed: set up again
+    assert "setup.sh" in plan()

@@ -23,6 +23,7 @@ from engine.cli._common import (
     spec_of,
     workspace_of,
 )
+from engine.dag import expand_targets
 from engine.events import EventReader
 from engine.overview import Overview, build_overview, load_spec_fast, summary
 from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
@@ -160,34 +161,16 @@ def _stage_of(spec: PipelineSpec, state: PipelineState, target: str, what: str =
     raise unknown(what, target, [*spec.stages, *state.jobs])
 
 
-def _upstream(spec: PipelineSpec, stages: list[str]) -> set[str]:
-    closure: set[str] = set()
-    todo = list(stages)
-    while todo:
-        s = todo.pop()
-        if s not in closure:
-            closure.add(s)
-            todo.extend(spec.deps(s))
-    return closure
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     spec, state = quick_spec(ws), load_state(ws)
-    chosen: list[str] = []
-    for t in args.targets:
-        if t == "all":
-            chosen += list(spec.stages)
-        elif t in spec.stages:
-            chosen.append(t)
-        elif t in spec.work_items:
-            chosen += spec.stages_of(t)
-        else:
-            raise unknown("stage or work item", t, ["all", *spec.stages, *spec.work_items])
-    closure = _upstream(spec, chosen)
+    closure = expand_targets(spec, args.targets)
+    if isinstance(closure, str):
+        raise unknown("stage or work item", closure, ["all", *spec.stages, *spec.work_items])
     todo = [s for s in closure if not state.stage(s).requested and state.stage(s).status in ("pending", "queued")]
     if not todo:
-        states = sorted({f"{s} {state.stage(s).status}" for s in chosen})
+        named = [s for t in args.targets for s in ([t] if t in spec.stages else spec.stages_of(t) or spec.stages)]
+        states = sorted({f"{s} {state.stage(s).status}" for s in named})
         raise BadInput(f"run: nothing to start ({', '.join(states)}); `pmat retry STAGE` runs a finished stage again")
     return _send(args, "run", targets=args.targets)
 

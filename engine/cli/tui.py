@@ -23,7 +23,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         spec = load_spec_fast(ws.spec_path, check_params=False)  # parameters: checked in the background
     except SpecError as exc:
         raise BadInput(str(exc)) from None
-    notices = []
+    notices = [args.notice] if getattr(args, "notice", None) else []
     if not args.readonly and supervisor_identity(ws) is None:
         ident = start_supervisor_detached(ws.init())
         notices.append(f"Started the supervisor (pid {ident.pid}); it keeps running after the console closes.")

@@ -32,6 +32,8 @@ GUIDE = Style(color="grey50")
 BAR_CELLS = 10
 FOLLOW_AFTER_S = 20.0  # the view follows the running stages once the cursor was left alone this long
 ATTENTION = ("needs_approval", "memory", "failed_dependency")
+DOING = {"tiny_model": "building a tiny model", "merge": "merging", "quantize": "quantizing",
+         "prune": "pruning"}  # what a stage does before its first progress event (else "starting")
 
 
 def stage_label(row: StageRow, width: int = 18) -> Text:
@@ -42,6 +44,9 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
     t.append(CRITICAL if row.critical else " ", style="bold #ff8700")
     t.append(f" {row.stage:<{width}} ", style="bold" if row.status == "running" else "")
     if row.status == "running":
+        if not row.total and not row.done:
+            t.append(f"{DOING.get(row.kind, 'starting')}…", style=style)
+            return t
         if row.total:
             filled, empty = bar((row.done or 0) / row.total, BAR_CELLS)
             t.append(filled, style="green")
