@@ -142,3 +142,11 @@ def test_make_console_skips_setup_when_the_venv_is_current(tmp_path):
     later = time.time() + 5
     os.utime(tmp_path / "pyproject.toml", (later, later))  # the dependencies changed: set up again
     assert "setup.sh" in plan()
+
+
+def test_a_run_command_waiting_in_the_inbox_shows_as_requested(tmp_path):
+    ws = _two_stage_ws(tmp_path)
+    ws.spec_path.write_text(ws.spec_path.read_text().replace("approval: required", "approval: none"))
+    assert "queued command run" in pmat("run", "gated", "-w", ws.root).stdout  # no supervisor runs
+    rows = {r["stage"]: r for r in json.loads(pmat("status", "--json", "-w", ws.root).stdout)["rows"]}
+    assert rows["gated"]["reason"] == "requested: waiting for a supervisor (pmat supervise)"
