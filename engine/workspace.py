@@ -139,7 +139,7 @@ def content_hash(path: Path) -> str:
     return manifest_digest(file_manifest(path))
 
 
-def _seal_tree(path: Path) -> None:
+def seal_tree(path: Path) -> None:
     """Owner-only modes (whatever the umask of the writer was) and fsync, before publishing."""
     path = Path(path)
     if path.is_dir():
@@ -240,7 +240,7 @@ class Workspace:
             raise FileNotFoundError(f"artifact {stage}/{name}: source {src} does not exist")
         dest = self.artifact_path(stage, name)
         ensure_dir(dest.parent)
-        _seal_tree(src)
+        seal_tree(src)
         files = file_manifest(src, name)
         staged = dest.parent / f".{name}.incoming"
         if staged.exists():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import types
@@ -22,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from engine.stages.base import Cancelled, StageContext, StageFailed
-from engine.workspace import atomic_write_json, content_hash, sha256_file
+from engine.workspace import atomic_write_json, content_hash, seal_tree, sha256_file
 from kernels.logprob import token_logprobs
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -175,10 +174,21 @@ def install_chunked_head(model, chunk_size: int) -> None:
 
 # --- telemetry, sanity, checkpoints ----------------------------------------------------------
 def fsync_tree(path: Path) -> None:
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
+    """Owner-only and on disk (a trainer checkpoint follows the umask of whoever runs it)."""
+    seal_tree(path)
+
+
+def canonical_adapter_config(adapter_dir: Path) -> None:
+    """peft writes ``target_modules`` (a set) in hash-seed order: sort every list of names so two
+    identical runs write byte-identical adapters (and every downstream model hash agrees)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    for key, value in cfg.items():
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            cfg[key] = sorted(value)
+    atomic_write_json(path, cfg)
 
 
 class Telemetry(TrainerCallback):
@@ -232,6 +242,7 @@ class Telemetry(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        canonical_adapter_config(path)
         fsync_tree(path)
         self.ctx.checkpoint(state.global_step, path)
 
@@ -316,6 +327,7 @@ def publish_adapter(ctx: StageContext, trainer, tokenizer, name: str = "adapter"
     out = ctx.work_dir / name
     shutil.rmtree(out, ignore_errors=True)
     trainer.model.save_pretrained(out)
+    canonical_adapter_config(out)
     tokenizer.save_pretrained(out)
     return ctx.publish(name, out)
 
