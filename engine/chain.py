@@ -13,6 +13,7 @@ writer killed mid-``write``) is ignored by readers and cut off by the next appen
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -143,7 +144,9 @@ def append_chained(path: Path, records: list[dict[str, Any]],
         if data:
             if before_write is not None:
                 before_write(digests)
-            os.write(fd, b"".join(data))
+            blob = b"".join(data)
+            if os.write(fd, blob) != len(blob):  # a disk that filled mid-write: the torn tail is cut next time
+                raise OSError(errno.ENOSPC, "short write (disk full?)", str(path))
             os.fsync(fd)
     finally:
         os.close(fd)  # closing releases the lock
