@@ -1,4 +1,6 @@
-"""Snapshots of every view at 80x24 and 160x48 from fixed fixture logs and a frozen clock.
+"""Snapshots of every view at 80x24 and 160x48 from fixed fixture logs and a frozen clock: the
+header's summary, DAG rows with progress bars, the detail panes of a sampling and a training
+stage, jobs, memory bars, gates, the log for people, and the dialogs.
 
 Update after a deliberate change with ``pytest tests/test_tui_snapshots.py --snapshot-update``
 and look at the SVGs under tests/__snapshots__/ before committing them.
@@ -21,6 +23,7 @@ SIZES = [(80, 24), (160, 48)]
 def fixture_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PmatApp:
     monkeypatch.setenv("TZ", "UTC")
     monkeypatch.setenv("USER", "tester")
+    monkeypatch.setattr("pmat_tui.screens.approve.user_name", lambda: "tester")  # the approver's name
     time.tzset()
     ws = write_fixture(tmp_path / "fx")
     app = PmatApp(ws, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
@@ -28,12 +31,16 @@ def fixture_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PmatApp:
     return app
 
 
-def _before(*keys: str, log: str | None = None):
+def _before(*keys: str, log: str | None = None, stage: str | None = None):
     async def run_before(pilot) -> None:
         while not pilot.app.loaded:
             await pilot.pause(0.01)
         if log:
             pilot.app.log_target = log
+        if stage:
+            from pmat_tui.widgets.dag_tree import DagTree
+
+            pilot.app.screen.query_one(DagTree).select_stage(stage)
         for key in keys:
             await pilot.press(key)
         await pilot.pause()
@@ -45,6 +52,7 @@ def _before(*keys: str, log: str | None = None):
 
 VIEWS = {
     "dag": _before(),
+    "dag-training": _before(stage="sft"),  # a running training stage: bar, ETA, curves first
     "jobs": _before("2"),
     "memory": _before("3"),
     "gates": _before("4", "down"),

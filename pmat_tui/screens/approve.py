@@ -64,7 +64,8 @@ class ApproveScreen(ModalScreen[str | None]):
         for g in self.failing:  # first: what does not pass
             sym, style = GATE_STYLE.get(g.status, ("?", ""))
             value = f" ({g.value} vs {g.threshold})" if g.value and g.threshold else ""
-            head.append(Text(f"{sym} {g.ac} {g.status.upper()}{value}: {g.detail}", style=f"bold {style}"))
+            detail = g.detail.removeprefix(f"{g.status}: ").removeprefix(f"{g.status.replace(' ', '_')}: ")
+            head.append(Text(f"{sym} {g.ac} {g.status.upper()}{value}: {detail}", style=f"bold {style}"))
         meaning = (f"Approving lets {self.stage} run on exactly the evidence below; if it changes, the approval "
                    "lapses. Journaled as approved by " + user_name() + ", with the time.")
         if self.failing:

@@ -11,14 +11,17 @@ from textual.widgets import Static
 
 KEYS = [
     ("1 2 3 4 5", "views: DAG, Jobs, Memory, Gates, Log"),
-    ("tab / arrows", "move between and within panels (no mouse needed)"),
+    ("j k / arrows", "move in every view (no mouse needed); tab moves between panels"),
+    ("Enter", "open what is under the cursor: a stage's or job's log, a gate's stage, a work item's fold"),
+    ("Esc", "back: closes a dialog or the log filter, else returns to the view before"),
+    ("space", "DAG: fold or unfold a work item (done ones fold by themselves)"),
     ("r", "run the selected stage (with its upstream)"),
-    ("a", "approve the selected gated stage (shows its evidence)"),
+    ("a", "approve the selected gated stage (failing criteria need a typed override reason)"),
     ("c", "cancel the selected stage's job (asks first)"),
     ("t", "retry a failed, crashed or cancelled stage"),
-    ("l", "open the selected stage's log"),
+    ("l / o", "the selected stage's log / its job's stdout and stderr (tracebacks)"),
     ("ctrl+p", "command palette: every action on every stage"),
-    ("Log view: f / p [ ] s", "follow/pause, filter, pretty JSON, prev/next job, journal"),
+    ("Log view: f / p [ ] s v", "follow/pause, filter, pretty JSON, prev/next job, journal, every event"),
     ("q", "quit (jobs keep running; the supervisor keeps working)"),
 ]
 

@@ -14,7 +14,16 @@ from textual.widgets import Static
 
 from engine.overview import StageRow
 from engine.state import Attempt
-from pmat_tui.fmt import event_text, fmt_bytes, fmt_clock, fmt_duration, fmt_rate, short_hash
+from pmat_tui.fmt import (
+    KIND_STYLE,
+    fmt_bytes,
+    fmt_clock,
+    fmt_duration,
+    fmt_rate,
+    parse_event,
+    short_hash,
+)
+from pmat_tui.logfmt import human_lines
 from pmat_tui.logtail import LogTail
 from pmat_tui.model import ConsoleModel, status_mark
 from pmat_tui.spark import bar, eta_text, sparkline
@@ -172,11 +181,11 @@ class StageDetail(VerticalScroll):
                 parts += [Text("Artifacts", style="bold underline"), at]
             log = m.ws.job_log(st.latest.job_id)
             if log.exists():
-                tail = LogTail(log, initial=LOG_LINES)
-                lines = [event_text(tail.line(i)) for i in range(len(tail))]
-                for line in lines:  # one row each, whatever their length: the panel keeps its height
-                    line.no_wrap, line.overflow = True, "ellipsis"
+                tail = LogTail(log, initial=LOG_LINES * 8)  # a step is a progress and its metrics
+                events = [ev for ev in (parse_event(tail.line(i)) for i in range(len(tail))) if ev]
                 tail.close()
+                lines = [Text(text, style=KIND_STYLE.get(kind, ""), no_wrap=True, overflow="ellipsis")
+                         for kind, text in list(human_lines(events))[-LOG_LINES:]]
                 parts += [Text(f"Log {st.latest.job_id} (l or Enter: open, o: stdout/stderr)", style="bold underline"),
                           *lines]
         if running:
