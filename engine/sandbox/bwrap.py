@@ -52,7 +52,23 @@ def _binds() -> list[str]:
     engine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args += ["--ro-bind", os.path.dirname(os.path.abspath(__file__)), os.path.join(engine, "sandbox"),
              "--ro-bind", os.path.join(engine, "__init__.py"), os.path.join(engine, "__init__.py")]
-    return args
+    return _parents(args, base) + args
+
+
+def _parents(args: list[str], base: str) -> list[str]:
+    """Traversable (0755) directories above each mount point: bubblewrap would make them 0700,
+    and a child under its own uid could not reach the interpreter's files beneath /root."""
+    dests = [args[i + 2] for i, a in enumerate(args) if a in ("--ro-bind", "--ro-bind-try", "--symlink")]
+    dirs: set[str] = set()
+    for dest in dests:
+        parent = os.path.dirname(dest)
+        while parent not in ("/", "") and parent != base and not parent.startswith(base + "/"):
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    out = []
+    for d in sorted(dirs, key=lambda d: (d.count("/"), d)):
+        out += ["--perms", "0755", "--dir", d]
+    return out
 
 
 def _packages() -> list[str]:

@@ -193,7 +193,8 @@ def child_main(sock: socket.socket, viol_fd: int, workdir: str, limits: dict[str
         root = confine([sock.fileno(), viol_fd], workdir, limits, uid)
         for name in _blocked_loaded():
             sys.modules.pop(name, None)
-        hook.install(viol_fd, root, *(_PREPARED.get("reads") or hook.read_roots()))
+        hook.install(viol_fd, root, *(_PREPARED.get("reads") or hook.read_roots()),
+                     kernel_refuses_processes=seccomp.supported() and limits["nproc"] <= 1)
         sys.setrecursionlimit(3000)
         _Server(sock).serve()
     except BaseException:  # noqa: BLE001 - a child must never fall back into the template's loop

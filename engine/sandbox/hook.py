@@ -54,6 +54,7 @@ def read_roots() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib") if k in paths} | set(_SYSTEM_READS)
     roots |= {p for p in sys.path if p.endswith("lib-dynload")}
+    roots.add(os.path.dirname(os.path.abspath(__file__)))  # the harness's own source, for tracebacks
     packages = set()
     for name in _PACKAGES:
         module = sys.modules.get(name)
@@ -65,17 +66,20 @@ def read_roots() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
 
 
 def install(viol_fd: int, root: str, roots: tuple[str, ...], packages: tuple[str, ...],
-            listable: frozenset[str]) -> None:
-    """Arm the permanent hook: a forbidden operation is named on the pipe, then the process exits."""
+            listable: frozenset[str], *, kernel_refuses_processes: bool = False) -> None:
+    """Arm the permanent hook: a forbidden operation is named on the pipe, then the process exits.
+    With ``kernel_refuses_processes`` (seccomp) ``subprocess`` may be imported: using it fails."""
     exit_now, write, lstat, readlink, getcwd = posix._exit, posix.write, posix.lstat, posix.readlink, posix.getcwd
     t_type, t_str, t_bytes, t_int, t_len, t_any = type, str, bytes, int, len, any
     t_issubclass, t_base = issubclass, BaseException
-    proc_events, path_events, blocked = PROC_EVENTS, dict(PATH_EVENTS), BLOCKED_IMPORTS
+    proc_events, path_events = PROC_EVENTS, dict(PATH_EVENTS)
+    blocked = BLOCKED_IMPORTS - {"_posixsubprocess"} if kernel_refuses_processes else BLOCKED_IMPORTS
     files, roots, packages = _FILES, tuple(r + "/" for r in roots), tuple(p + "/" for p in packages)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     path_types = (pathlib.PurePosixPath, pathlib.PosixPath)
     orig_fspath, orig_str = pathlib.PurePath.__fspath__, pathlib.PurePath.__str__
     prefix = root + "/"
+    listable = frozenset(p for p in listable if not prefix.startswith(p.rstrip("/") + "/"))  # not its parents
 
     def violate(what: str) -> None:
         try:
