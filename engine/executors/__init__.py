@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.events import EventWriter
 from engine.procs import ProcIdentity, spawn_detached
+from engine.workspace import Workspace
 
 EXECUTORS = ("local", "slurm")
 
@@ -74,8 +76,58 @@ class LocalExecutor:
         return LocalJob(ident.pid, ident.start_ticks, ident.boot_id)
 
 
+@dataclass(frozen=True)
+class Unsubmitted:
+    """A job its executor refused (sbatch's error): never alive; its log says why it failed."""
+
+    executor: str
+    error: str
+
+    def alive(self) -> bool:
+        return False
+
+    def signal_group(self, sig: int) -> bool:
+        return False
+
+    def status(self) -> str | None:
+        return "not submitted"
+
+    def end_reason(self) -> str | None:
+        return self.error
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"executor": self.executor, "unsubmitted": self.error}
+
+
+def launch_job(spec: Any, stage: str, job_id: str, argv: list[str], *, ws: Workspace, reservation: int,
+               gpus: list[int]) -> JobHandle:
+    """Start a job through its stage's executor (``stages.X.executor``, else ``settings.executor``)
+    with the spec's resources. A submission the executor refuses ends the job's log with
+    ``job_finished failed`` in the executor's words, so the attempt fails visibly and is retried
+    once the spec is fixed."""
+    entry, settings = spec.stages[stage], spec.settings
+    name = entry.executor or settings.executor
+    procs = entry.gpus or 1  # ranks or engines, each with the stage's per-process estimate
+    res = Resources(
+        memory_bytes=reservation * procs,
+        time_limit_s=3600 * (entry.time_limit_h or entry.duration_h * settings.slurm.time_factor),
+        gpus=(entry.gpus or 0) if entry.device != "cpu" else 0,
+        partition=entry.partition,
+        env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {},
+    )
+    executor = get_executor(name, settings)
+    try:
+        return executor.submit(job_id, argv, cwd=ws.root, log_path=ws.logs_dir / "jobs" / f"{job_id}.out", res=res)
+    except RuntimeError as exc:
+        with EventWriter(ws.job_log(job_id)) as events:
+            events.emit("job_finished", outcome="failed", error=f"{name} executor: {exc}")
+        return Unsubmitted(name, str(exc))
+
+
 def job_handle(identity: dict[str, Any]) -> JobHandle:
     """The handle of a journaled identity (a dict without ``executor`` is a local process)."""
+    if "unsubmitted" in identity:
+        return Unsubmitted(str(identity.get("executor")), str(identity["unsubmitted"]))
     if identity.get("executor") == "slurm":
         from engine.executors.slurm import SlurmJob
 

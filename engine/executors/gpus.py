@@ -11,8 +11,9 @@ what it knows, the tests pass what they like.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from engine.memory import GIB, GpuInfo
+from engine.memory import GIB, GpuInfo, gpu_info
 
 
 def uses_cuda(device: str, gpus: list[GpuInfo]) -> bool:
@@ -52,3 +53,16 @@ def pick_gpus(want: int, need: int, gpus: list[GpuInfo], held: dict[int, int], m
                 f"{len(fits)} have it (GiB free: {seen})")
     fits.sort(key=lambda fi: (-(fi[0] if fi[0] is not None else float("inf")), fi[1]))
     return sorted(i for _, i in fits[:want])
+
+
+def admit_gpus(entry: Any, executor: str, running: Iterable[Any], need: int, margin: int) -> list[int] | str:
+    """The supervisor's question for a ready stage: the GPU indices it gets (``[]``: no per-GPU
+    admission: ``gpus`` unset, a CPU device, or Slurm, which allocates GPUs itself), or why it
+    waits. ``running`` holds the running attempts (their identity names their GPUs)."""
+    if executor != "local" or not entry.gpus:
+        return []
+    gpus = gpu_info()
+    if not uses_cuda(entry.device, gpus):
+        return []
+    held = held_bytes((a.identity.get("gpus") or [], a.reservation, a.gpu) for a in running if a.identity)
+    return pick_gpus(entry.gpus, need, gpus, held, margin)

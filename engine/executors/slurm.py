@@ -142,12 +142,13 @@ class SlurmJob:
             f" ({reason})" if reason and reason != "None" else "")
 
     def signal_group(self, sig: int) -> bool:
-        """SIGTERM/SIGINT: signal the job's processes (they save and log their end); SIGKILL, or a
-        job still pending: cancel it outright."""
+        """Signal every process of the job (SIGTERM: they save and log their end; SIGKILL, the
+        supervisor's kill after the grace period: Slurm cancels the job, SIGKILL after its
+        KillWait); a job still pending is removed from the queue."""
         state = self.query()[0]
         if state not in ACTIVE:
             return False
-        if sig == signal.SIGKILL or state == "PENDING":
+        if state == "PENDING":
             argv = ["scancel", self.slurm_id]
         else:
             argv = ["scancel", f"--signal={signal.Signals(sig).name.removeprefix('SIG')}", "--full", self.slurm_id]

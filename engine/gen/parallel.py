@@ -2,7 +2,7 @@
 interface, so `sample`, `eval` and `distill` shard their prompts by asking for ``gpus: N``.
 
 Each engine is a spawned process that loads the model once (``load_backend``: transformers,
-vLLM, any backend). ``generate`` deals a call's requests round-robin over the engines (request i to engine i mod N), and puts
+vLLM, llama.cpp: any backend). ``generate`` deals a call's requests round-robin over the engines (request i to engine i mod N), and puts
 the outputs back in request order. A sample's text depends only on its request (prompt,
 parameters, per-task seed, sample index), never on its batch, so the merged outputs are the
 ones one engine gives: greedy evaluation scores the same per task, sampling writes the same
@@ -22,7 +22,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from engine.gen.base import Backend, GenOutput, GenRequest, load_backend
+from engine.gen.base import Backend, GenOutput, GenRequest, load_backend, load_tokenizer
 from engine.workspace import append_jsonl
 
 
@@ -48,8 +48,9 @@ def load_engines(model_dir: Path | str, backend: str = "transformers", *, device
 
 def model_stamp(model_dir: Path) -> str:
     """Cheap identity of a checkpoint for the shard cache: its files' names, sizes and mtimes."""
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
-    stat = [(str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    root = Path(model_dir)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())  # a GGUF is one file
+    stat = [(str(p.relative_to(root.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps([str(Path(model_dir).resolve()), stat]).encode()).hexdigest()
 
 
@@ -92,9 +93,7 @@ class ParallelBackend:
 
     def __init__(self, model_dir: Path, backend: str, devices: list[str], dtype: str = "auto",
                  cache_dir: Path | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
         self.backend, self.dtype, self.max_rows = backend, dtype, None
         self.stamp = model_stamp(model_dir)
         self.cache_dir = cache_dir
