@@ -221,6 +221,6 @@ def score_lines(records: list[dict[str, Any]]) -> list[str]:
         m = rec.get("metrics", {})
         base = f" base {m['base_pass@1']:.3f}" if "base_pass@1" in m else ""
         data = "pinned data" if rec.get("data_pinned_by") == "project" else "user-pinned data (not the release)"
-        lines.append(f"{stage:<22} {rec['benchmark']:<15} {rec['protocol_id']:<17} pass@1 {m.get('pass@1', 0):.3f}"
+        lines.append(f"{stage:<24} {rec['benchmark']:<15} {rec['protocol_id']:<17} pass@1 {m.get('pass@1', 0):.3f}"
                      f"{base}  {rec.get('n_problems')} tasks, {data}, {rec.get('backend')}")
     return lines
