@@ -46,7 +46,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     per_task: dict[str, list[dict]] = {}
     for (_, solution), v in zip(pairs, verdicts, strict=True):
         per_task.setdefault(v["task_id"], []).append({**v, "solution": solution})
-        isolation = scoring.isolation(pool)
+        isolation = pool.isolation()
     report = scoring.report(bench, per_task, sandbox=isolation)
     out = args.out or args.samples.with_name(args.samples.stem + "_pmat_results.json")
     atomic_write_json(out, report)

@@ -191,12 +191,6 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return samples
 
 
-def isolation(pool: SandboxPool) -> dict[str, Any]:
-    """The sandbox's isolation layers as the pool reports them."""
-    layers = getattr(pool, "isolation", None)
-    return layers() if callable(layers) else {"network": pool.network, "filesystem": pool.filesystem}
-
-
 def report(bench: Benchmark, per_task: dict[str, list[dict[str, Any]]], ks: Iterable[int] = KS,
            **extra: Any) -> dict[str, Any]:
     """The scored samples as ``pmat score`` writes them and the eval stage records them: the effective

@@ -110,7 +110,7 @@ def run(ctx: StageContext, params: Params) -> None:
     ctx.progress(len(bench.tasks) - len(todo), len(bench.tasks), "problems")
     backend = load_backend(model_dir, params.backend, device=ctx.device, dtype=params.dtype)
     with SandboxPool(workers=params.exec_workers, limits=scoring.pool_limits(proto, params.memory_mb)) as pool:
-        sandbox = scoring.isolation(pool)
+        sandbox = pool.isolation()
         for start in range(0, len(todo), params.unit_problems):
             ctx.check_cancelled()
             unit = todo[start:start + params.unit_problems]
