@@ -3,9 +3,10 @@
 Each of the 164 HumanEval problems is turned into a training row in each disguise below,
 and the row counts as caught when the check refuses it *for that problem* (a hit on
 another task does not count). Clean rows are MBPP's train, validation and prompt splits
-(statement, asserts and reference code in one row); a clean row refused for a HumanEval
-problem is a false refusal. MBPP's test split against those rows is reported too: MBPP
-has near-duplicate tasks across its splits, so those hits are measured, not targeted.
+(statement, asserts and reference code in one row), and 4,000 functions of Python's standard
+library; a clean row refused for a HumanEval problem is a false refusal. MBPP's test split
+against those MBPP rows is reported too: MBPP has near-duplicate tasks across its splits, so
+those hits are measured, not targeted.
 
     .venv/bin/python bench/decontam.py [--mbpp engine/pipelines/data/mbpp] [--show 12]
         [--humaneval-plus FILE] [--mbpp-plus FILE] [--plusgen]
@@ -329,6 +330,35 @@ def plusgen_files(mbpp_dir: Path, into: Path) -> tuple[Path, Path]:
     return paths
 
 
+def stdlib_functions(limit: int = 4000) -> list[tuple[str, str]]:
+    """Functions of the Python standard library (under 60 lines), a fixed sample: clean code from elsewhere."""
+    import random
+    import sysconfig
+
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            src = path.read_text(encoding="utf-8")
+            tree = ast.parse(src)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        out += [(f"{path.name}:{node.name}", ast.get_source_segment(src, node) or "") for node in ast.walk(tree)
+                if isinstance(node, ast.FunctionDef) and (node.end_lineno or node.lineno) - node.lineno < 60]
+    return random.Random(0).sample(out, min(limit, len(out)))
+
+
+def stdlib_false_refusals(index: DecontamIndex, show: int) -> None:
+    rows = stdlib_functions()
+    found = index.scan([code for _, code in rows])
+    he = {rows[k][0]: sorted({f"{h.task_id}({h.reason})" for h in hits if h.source.startswith("humaneval")})
+          for k, hits in found.rows.items()}
+    he = {k: v for k, v in he.items() if v}
+    share = len(he) / len(rows)
+    bench_line("decontam_stdlib_functions_refused_for_humaneval", share, f"<={FALSE_REFUSALS}", share <= FALSE_REFUSALS)
+    listed = [f"{k}->{','.join(v)}" for k, v in sorted(he.items())]
+    print(f"  {len(he)} of {len(rows)}: {', '.join(listed[:show])}" + (" ..." if len(listed) > show else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mbpp", type=Path, default=ROOT / "engine/pipelines/data/mbpp")
@@ -349,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     recall(index, problems, args.show)
     false_refusals(index, args.mbpp, args.show)
+    stdlib_false_refusals(index, args.show)
     print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows + MBPP rows",
           file=sys.stderr)
     return 0
