@@ -330,3 +330,44 @@ def test_per_call_deadline(pool: SandboxPool) -> None:
     v = run(pool, program, slow, timeout=5.0)
     assert v.status == "timeout" and v.wall_s < 2.0, v
     assert run(pool, "def __pmat_deadline__(s):\n    return 1\n" + program, fast).passed  # not the program's
+
+
+def test_isolation_layers_are_reported_and_missing_ones_named(pool: SandboxPool) -> None:
+    from engine.sandbox import check_line, isolation_layers
+    from engine.sandbox.pool import missing_layers
+
+    info = pool.isolation()
+    assert "audit-hook" in info["layers"] and info["missing"] == missing_layers(info["layers"])
+    assert run(pool, ADD).isolation == info["layers"]
+    host = isolation_layers()
+    assert (check_line() is None) == (host["missing"] == [])
+    assert any("bubblewrap" in m for m in missing_layers(["net-ns", "landlock-abi-7", "seccomp"]))
+
+
+def test_private_tmpdir_still_runs_programs(tmp_path: Path) -> None:
+    """Issue 15 class 8: a 0700 TMPDIR must not turn every program into EarlyExit."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    code = ("import tempfile, json\nfrom engine.sandbox.pool import Job, SandboxPool\n"
+            f"assert tempfile.gettempdir() == {str(private)!r}\n"
+            "for outer in ('auto', 'none'):\n    with SandboxPool(workers=1, outer=outer) as p:\n"
+            "        print(p.run(Job('def add(a, b):\\n    return a + b\\n', 'assert add(1, 2) == 3\\n')).status)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(private)}, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["passed", "passed"]
+
+
+def test_decoding_is_budgeted_before_it_builds() -> None:
+    """Issue 15 class 5: a frame of brackets is refused on a count of its bytes, not decoded."""
+    import time
+
+    from engine.sandbox import wire
+
+    frame = b"[" * (wire.MAX_CONTAINERS + 1)
+    start = time.monotonic()
+    with pytest.raises(wire.ProtocolError, match="containers"):
+        wire.loads(frame)
+    assert time.monotonic() - start < 0.5
+    with pytest.raises(wire.ProtocolError, match="items"):
+        wire.decode({"l": [0] * (wire.MAX_ITEMS + 1)}, lambda h, t: None)

@@ -2,21 +2,45 @@
 
 Processes, per pool slot:
 
-- the manager (``pool.SandboxPool``, in the caller) dispatches jobs and enforces the
-  wall clock by SIGKILL of process groups;
-- a warm template (``template.py``), started in its own network namespace where the OS
-  allows, pre-imports what programs use and runs each check's tests itself
+- the manager (``pool.SandboxPool``, in the caller) dispatches jobs, enforces the wall
+  clock by SIGKILL, and turns anything that goes wrong into a verdict;
+- a warm template (``template.py``), started inside bubblewrap (``bwrap.py``: its own
+  root without site-packages, home or workspace; pid, network and IPC namespaces; the
+  work area a size-limited tmpfs) where the host has it, else in a network namespace. It
+  pre-imports what programs use (numpy included) and runs each check's tests itself
   (``runner.py``): it never executes program code;
 - its zygote (``zygote.py``), forked from the warm template once, forks one confined
-  child per check as soon as the previous one is reaped: it never sees a job, so no
-  child can find its own job in memory;
-- the child (``child.py``): own session and group, temp cwd, rlimits, its own uid when
-  the pool runs as root (RLIMIT_NPROC 1: no fork, no threads), Landlock where the kernel
-  has it (``landlock.py``: writes only beneath its directory, no exec, no signals out),
-  an audit hook that ends it on a forbidden operation. It loads the program and answers
-  calls.
+  child per check as soon as the previous one is reaped and its tree removed
+  (``tree.py``: any depth, any modes): it never sees a job;
+- the child (``child.py``): own session, temp cwd, rlimits, its own uid when the pool runs
+  as root, no-new-privs, Landlock (``landlock.py``: writes only beneath its directory, no
+  exec, no signals out), a seccomp filter (``seccomp.py``: no processes, threads, sockets,
+  memfd, ptrace, pidfd, namespaces), a scrubbed environment, and an audit hook
+  (``hook.py``) that the program cannot reconfigure. It loads the program and answers calls.
 
-Only plain data crosses the socket (``wire.py``), so asserts compare values the trusted
-side built itself, with its own builtins and modules. A verdict counts only when the
-template's report carries the nonce the manager gave it for that job.
+Only plain data crosses the socket (``wire.py``), materialised as the types the program
+returned and decoded under budgets, so asserts compare values the trusted side built
+itself. A verdict counts only when the template's report carries the nonce the manager
+gave it for that job; each names the isolation layers that were active.
+
+Tests that come with a ``pmat sandbox`` file are read as data (``literal.py``), never run.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def isolation_layers() -> dict[str, Any]:
+    """The isolation layers a pool started now on this host would have (``layers``), and what
+    is missing (``missing``), without starting one."""
+    from engine.sandbox.pool import isolation_layers as layers
+
+    return layers()
+
+
+def check_line() -> str | None:
+    """One line for ``pmat check`` when an isolation layer is missing here; None when all are."""
+    from engine.sandbox.pool import check_line as line
+
+    return line()
