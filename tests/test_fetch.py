@@ -34,6 +34,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.startswith("/redirect/"):  # as GitHub's release assets do (to a storage host)
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/redirect"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = self.server.files.get(self.path)
         rng = self.headers.get("Range")
         self.server.ranges.append(rng)
@@ -132,6 +138,15 @@ def test_a_local_file_url_works_offline(tmp_path: Path) -> None:
     rec = fetch(tmp_path, "humaneval", default_path().as_uri())
     assert rec["pinned_by"] == "project" and rec["url"].startswith("file://")
     assert fetch(tmp_path, "humaneval") == rec  # already here: nothing downloaded, provenance kept
+
+
+def test_a_redirected_download_resumes_through_the_redirect(server: _Server, tmp_path: Path) -> None:
+    server.cut_at["/HumanEval.jsonl.gz"] = 20_000
+    with pytest.raises(ConnectionCut, match="after 20000 bytes"):
+        fetch(tmp_path, "humaneval", _url(server, "/redirect/HumanEval.jsonl.gz"))
+    rec = fetch(tmp_path, "humaneval", _url(server, "/redirect/HumanEval.jsonl.gz"))
+    assert server.ranges == [None, "bytes=20000-"]
+    assert (tmp_path / rec["path"]).read_bytes() == HUMANEVAL
 
 
 def test_server_ignoring_range_restarts_from_zero(server: _Server, tmp_path: Path) -> None:
