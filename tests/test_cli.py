@@ -74,6 +74,19 @@ def test_refusals_exit_2_with_did_you_mean_without_a_supervisor(tmp_path):
         res = pmat(*args, "-w", ws.root, check=False)
         assert res.returncode == 2 and said in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
     assert list(ws.commands_dir.iterdir()) == []  # nothing was queued for a supervisor
+    pmat("supervise", "--detach", "-w", ws.root)  # the same refusals with a supervisor running
+    try:
+        for args in (("run", "gatd"), ("approve", "AC-01"), ("cancel", "first")):
+            res = pmat(*args, "-w", ws.root, check=False)
+            assert res.returncode == 2 and res.stderr.count("\n") == 1, (args, res.stderr)
+        res = pmat("approve", "gated", "-w", ws.root, check=False)  # its criterion has no data
+        assert res.returncode == 2 and "--override" in res.stderr
+    finally:
+        from engine.supervisor import supervisor_identity
+
+        ident = supervisor_identity(ws)
+        if ident is not None:
+            ident.terminate(grace_s=5)
 
 
 def test_json_errors_are_json(tmp_path):

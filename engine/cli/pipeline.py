@@ -91,8 +91,8 @@ def summary_line(ov: Overview) -> str:
 
 
 def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
-    spec = quick_spec(ws)
-    ov = build_overview(ws, spec, load_state(ws))
+    spec, state = quick_spec(ws), load_state(ws)
+    ov = build_overview(ws, spec, state)
     sup = f"supervisor pid {ov.supervisor_pid}" if ov.supervisor_pid else "supervisor NOT running (pmat supervise)"
     lines = [
         f"{spec.name} · {ws.root} · {sup}",
@@ -109,6 +109,10 @@ def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
         eta = fmt_duration(r.eta_s) + (f"±{fmt_duration(r.eta_pm_s)}" if r.eta_pm_s else "")
         lines.append(f"{mark}{r.stage:<21} {r.work_item or '-':<9} {r.status:<10} {prog:<18} {rate:>8} "
                      f"{eta:>12} {fmt_bytes(r.rss or None):>9}  {why}")
+    if state.approvals:
+        from engine.approvals import describe_approval  # says an override out loud
+
+        lines += ["approvals:", *(f"  {describe_approval(s, a)}" for s, a in sorted(state.approvals.items()))]
     return lines, ov.as_dict()
 
 

@@ -43,7 +43,8 @@ class GatesScreen(ViewScreen):
             row = self.model.rows.get(stage)
             if grant:
                 lapsed = "" if row and row.approval == "approved" else ", lapsed: the evidence changed"
-                approvals[stage] = f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{lapsed}"
+                over = f" by OVERRIDE ({grant['override']})" if grant.get("override") else ""
+                approvals[stage] = f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{over}{lapsed}"
         self.query_one(GateDetail).show(g, approvals)
         if g and g.gated_stages:
             self.papp.selected_stage = g.gated_stages[0]

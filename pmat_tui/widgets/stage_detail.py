@@ -145,7 +145,8 @@ class StageDetail(VerticalScroll):
         grant = m.state.approvals.get(stage)
         if entry.approval == "required" and grant:
             current = row is not None and row.approval == "approved"
-            parts.append(Text(f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}"
+            over = f" by OVERRIDE ({grant['override']})" if grant.get("override") else ""
+            parts.append(Text(f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{over}"
                               + ("" if current else " — lapsed: the evidence changed since"),
                               style="cyan" if current else "yellow"))
         deps = m.spec.deps(stage)
