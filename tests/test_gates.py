@@ -3,6 +3,7 @@ approvals lapse with their evidence and refuse a failing gate without an overrid
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ def commit_as_job(ws: Workspace, stage: str, *records: dict[str, Any]) -> list[d
     job_id = f"{stage}.{n}"
     append_chained(ws.journal_path, [{"ts": time.time(), "kind": "launched", "stage": stage, "job_id": job_id,
                                       "identity": None}])
-    keyed = [{"job_id": job_id, "stage": stage, **r, "key": record_key(stage, "eval", str(n), {}, i, r)}
+    # a job's parameters decide its key: here the numbers stand for them (the same numbers: a re-run)
+    keyed = [{"job_id": job_id, "stage": stage, **r, "key": record_key(stage, "eval", json.dumps(r["metrics"]), {}, i, r)}
              for i, r in enumerate(records)]
     with EventWriter(ws.job_log(job_id)) as ev:
         ev.emit("job_started", job_id=job_id, stage=stage)
