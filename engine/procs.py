@@ -91,11 +91,13 @@ class ProcIdentity:
         self.signal_group(signal.SIGKILL)
 
 
-def spawn_detached(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> ProcIdentity:
+def spawn_detached(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None,
+                   keep_fds: tuple[int, ...] = ()) -> ProcIdentity:
     """Start ``argv`` in its own session and process group, stdout/stderr to ``log_path``.
 
     The child survives the parent's exit, a closed terminal and SIGHUP. Its umask is 077:
-    whatever it writes (trainer checkpoints, logs, outputs) is owner-only.
+    whatever it writes (trainer checkpoints, logs, outputs) is owner-only. ``keep_fds`` are
+    inherited (a lock the child holds for as long as it lives).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -109,6 +111,7 @@ def spawn_detached(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str,
             stderr=fd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=keep_fds,
             umask=0o077,
         )
     finally:

@@ -388,10 +388,24 @@ class Supervisor:
                 self.emit("waiting", stage=stage, reason=b.text)
                 st.waiting = b.text
 
-    def launch(self, stage: str, reservation: int) -> str:
-        entry = self.spec.stages[stage]
+    def launch(self, stage: str, reservation: int) -> str | None:
+        """Start the stage's next attempt, or None when a process of that very attempt still runs
+        (a supervisor killed between spawning it and journaling 'launched'): each job holds an
+        flock on ``jobs/<job_id>.lock`` from before it exists, inherited from the supervisor."""
         attempt = len(self.state.stage(stage).attempts) + 1
         job_id = f"{stage}.{attempt}"
+        lock = os.open(self.ws.job_file(job_id).with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # its job_started shows it as running soon
+            return self._spawn(stage, job_id, attempt, reservation, lock)
+        finally:
+            os.close(lock)
+
+    def _spawn(self, stage: str, job_id: str, attempt: int, reservation: int, lock: int) -> str:
+        entry = self.spec.stages[stage]
         module = load_stage(entry.kind)
         params = resolve_params(self.spec, self.ws, dict(entry.params), self.ws.spec_path.parent)
         job = JobSpec(
@@ -410,7 +424,7 @@ class Supervisor:
         job.save(self.ws.job_file(job_id))
         self.emit("admitted", stage=stage, job_id=job_id, reservation=reservation)
         argv = [sys.executable, "-m", "engine.stages.run", str(self.ws.job_file(job_id))]
-        ident = spawn_detached(argv, log_path=self.ws.logs_dir / "jobs" / f"{job_id}.out", cwd=self.ws.root)
+        ident = spawn_detached(argv, log_path=self.ws.logs_dir / "jobs" / f"{job_id}.out", cwd=self.ws.root, keep_fds=(lock,))
         try:
             self.emit("launched", stage=stage, job_id=job_id, attempt=attempt, identity=ident.as_dict(), reservation=reservation)
         except OSError:

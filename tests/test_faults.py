@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from test_supervisor import journal, make_ws, stage, start, supervisors, wait_for  # noqa: F401 - fixture
+from test_supervisor import JOB, journal, make_ws, stage, start, supervisors, wait_for  # noqa: F401 - fixture
 
 from engine.chain import append_chained
 from engine.procs import boot_id, spawn_detached
@@ -290,3 +290,52 @@ def test_stage_with_a_broken_model_input_is_held_naming_the_file(tmp_path, tiny_
     assert reasons["ppl"] == f"bad input: inputs.model: {model}: no tokenizer (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)"
     assert reasons["gone"].startswith(f"bad input: inputs.model: {tmp_path / 'nowhere'}: does not exist")
     assert not journal(ws, "launched")
+
+
+# -- zero lost or duplicated work under repeated kill -9 of the supervisor --------------------
+def test_supervisor_killed_again_and_again_loses_and_repeats_nothing(tmp_path, supervisors):  # noqa: F811 - the fixture
+    stages = {"a": stage(3, 0.1), "b": stage(3, 0.1, after=["a"]), "c": stage(3, 0.1, after=["a"]),
+              "d": stage(2, 0.1, after=["b", "c"]), "e": stage(2, 0.1)}
+    ws = make_ws(tmp_path, stages, poll_interval_s=0.05)
+    sent = [send_command(ws, "run", targets=[s]) for s in ("d", "e")]
+    rng = __import__("random").Random(21)
+    deadline = time.monotonic() + 90
+    while not done(ws, *stages) and time.monotonic() < deadline:
+        sup = start(ws, supervisors)
+        time.sleep(rng.uniform(0.05, 0.6))
+        sent.append(send_command(ws, "run", targets=["all"]))
+        time.sleep(rng.uniform(0.0, 0.1))
+        os.kill(sup.pid, signal.SIGKILL)
+        wait_for(lambda s=sup: not s.alive(), 10, "supervisor death")
+    start(ws, supervisors)
+    wait_for(lambda: done(ws, *stages) and not list(ws.commands_dir.glob("*.json")), 60, "every stage and command")
+    for s in stages:  # each stage's program completed exactly once, in one attempt
+        assert (ws.root / "work" / s / "completions").read_text() == "x", s
+        assert len(load_state(ws).stage(s).attempts) == 1, s
+    applied = [e["id"] for e in journal(ws, "command_applied")]
+    assert sorted(applied) == sorted(sent)  # every command applied, none twice
+
+
+def test_job_spawned_but_not_journaled_is_not_launched_twice(tmp_path, supervisors):  # noqa: F811 - the fixture
+    """A supervisor killed between spawning x.1 and journaling 'launched': the job lives on (here
+    slow to write its first event) and the next supervisor must not start x.1 a second time."""
+    import fcntl
+
+    from engine.stages.base import JobSpec
+
+    ws = make_ws(tmp_path, {"x": stage(2, 0.1)})
+    params = {"argv": [sys.executable, "-c", JOB, "2", "0.1"]}
+    JobSpec(job_id="x.1", stage="x", kind="command", attempt=1, workspace=str(ws.root), params=params, inputs={},
+            params_hash="-").save(ws.job_file("x.1"))
+    append_chained(ws.journal_path, [{"ts": time.time(), "kind": "queued", "stage": "x", "reason": "requested"},
+                                     {"ts": time.time(), "kind": "admitted", "stage": "x", "job_id": "x.1", "reservation": 0}])
+    lock = os.open(ws.job_file("x.1").with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    spawn_detached(["sh", "-c", f'sleep 2; exec "{sys.executable}" -m engine.stages.run "{ws.job_file("x.1")}"'],
+                   log_path=ws.logs_dir / "jobs" / "x.1.out", cwd=ws.root, keep_fds=(lock,))
+    os.close(lock)
+    start(ws, supervisors)
+    wait_for(lambda: done(ws, "x"), 60, "x")
+    time.sleep(0.5)
+    assert (ws.root / "work" / "x" / "completions").read_text() == "x"
+    assert not journal(ws, "launched") and len(load_state(ws).stage("x").attempts) == 1

@@ -25,7 +25,14 @@ import torch
 from safetensors import safe_open
 
 from engine.models.files import INDEX_FILE, SINGLE_FILE, read_layout
-from engine.workspace import atomic_write_json, content_hash, ensure_dir, fsync_dir, sha256_file
+from engine.workspace import (
+    atomic_write_json,
+    content_hash,
+    ensure_dir,
+    fsync_dir,
+    named,
+    sha256_file,
+)
 
 # Files a checkpoint needs besides its weights; copied byte for byte when present.
 SIDE_FILES = (
@@ -328,7 +335,7 @@ class ShardedWriter:
             else [self.out_dir / f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
         for (tmp, _), final in zip(self._shards, finals, strict=True):
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)
             os.replace(tmp, final)
         if n > 1:
             weight_map = {name: final.name for (_, names), final in zip(self._shards, finals, strict=True) for name in names}
@@ -352,6 +359,8 @@ class ShardedWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError) and not exc.filename:  # ENOSPC from pwrite names nothing
+                raise named(exc, self.out_dir) from None
         elif not self._closed:
             try:
                 self.close()
