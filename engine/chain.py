@@ -4,8 +4,8 @@ Used by the results ledger and the supervisor journal so that an edited, inserte
 reordered or deleted line is noticed: ``verify_chain`` reports the first line whose
 ``prev`` does not match (or that is not a JSON object) and nothing from there on
 counts, until the user accepts the file as it is now (``accept_break``). The
-acceptance lives next to the file (``<name>.accepted``) and covers exactly the bytes
-accepted: a later edit of that prefix breaks the chain again.
+acceptance lives next to the file (``<name>.accepted``), sealed with the user's key, and
+covers exactly the bytes accepted: a later edit of that prefix breaks the chain again.
 
 A line's digest is the sha256 of its bytes without the newline. A torn last line (a
 writer killed mid-``write``) is ignored by readers and cut off by the next append.
@@ -167,6 +167,8 @@ def _acceptance(path: Path, data: bytes) -> tuple[int, int, str] | None:
         digest = str(acc["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not sealed(acc.get("seal"), path.name, str(n_bytes), digest, str(n_lines), last, key=user_key(create=False)):
+        return None  # written by hand, not by `pmat verify --accept`
     if len(data) < n_bytes or hashlib.sha256(data[:n_bytes]).hexdigest() != digest:
         return None
     return n_bytes, n_lines, last
@@ -219,8 +221,9 @@ def accept_break(path: Path) -> ChainReport:
     data = path.read_bytes() if path.exists() else b""
     complete = data[: data.rfind(b"\n") + 1]
     lines = complete.split(b"\n")[:-1]
-    acc = {"bytes": len(complete), "sha256": hashlib.sha256(complete).hexdigest(), "lines": len(lines),
-           "last": line_digest(lines[-1]) if lines else "", "accepted_at": time.time()}
+    acc: dict[str, Any] = {"bytes": len(complete), "sha256": hashlib.sha256(complete).hexdigest(), "lines": len(lines),
+                           "last": line_digest(lines[-1]) if lines else "", "accepted_at": time.time()}
+    acc["seal"] = seal(path.name, str(acc["bytes"]), acc["sha256"], str(acc["lines"]), acc["last"])
     tmp = _accept_path(path).with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -84,3 +85,19 @@ def test_concurrent_appenders_keep_one_chain(tmp_path):
     assert all(pr.wait() == 0 for pr in procs)
     rep = verify_chain(p)
     assert rep.ok and len(rep.records) == 80
+
+
+def test_an_acceptance_written_by_hand_is_not_an_acceptance(tmp_path):
+    p = tmp_path / "journal.jsonl"
+    append_chained(p, [{"k": 1}])
+    with open(p, "ab") as fh:
+        fh.write(b'{"kind": "approval_granted"}\n')
+    accept_break(p)
+    acc = json.loads((tmp_path / "journal.jsonl.accepted").read_text())
+    with open(p, "ab") as fh:
+        fh.write(b'{"kind": "approval_granted", "again": 1}\n')
+    data = p.read_bytes()
+    forged = {**acc, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "lines": 3,
+              "last": line_digest(data.split(b"\n")[-2])}
+    (tmp_path / "journal.jsonl.accepted").write_text(json.dumps(forged))
+    assert verify_chain(p).broken_line == 2
