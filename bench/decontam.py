@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
+import copy
 import json
 import re
 import sys
@@ -263,22 +264,32 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
 
 
 # --- measurement -------------------------------------------------------------------------------
+RESULTS: list[str] = []
+
+
 def bench_line(name: str, value: float, target: str, ok: bool) -> None:
-    print(f"BENCH {name} {value:.4g} {target} {'PASS' if ok else 'MISS'}", flush=True)
+    """Kept for the end of the output, after the details."""
+    RESULTS.append(f"BENCH {name} {value:.4g} {target} {'PASS' if ok else 'MISS'}")
+
+
+def caught(index: DecontamIndex, rows: list[tuple[str, object]]) -> list[str]:
+    """Task ids of the rows the index refuses for their own task."""
+    found = index.scan([r for _, r in rows])
+    return [t for k, (t, _) in enumerate(rows) if any(h.task_id == t for h in found.rows.get(k, []))]
 
 
 def recall(index: DecontamIndex, problems: list[humaneval.Problem], show: int) -> None:
+    """Each disguise against the index, and against its prose signals alone (the check before code signals)."""
+    baseline = copy.copy(index)
+    baseline.code_signals = []
     for name, make in DISGUISES.items():
-        rows = [(p, make(p)) for p in problems]
-        rows = [(p, r) for p, r in rows if r]
-        found = index.scan([r for _, r in rows])
-        missed = [p.task_id for k, (p, _) in enumerate(rows)
-                  if not any(h.task_id == p.task_id for h in found.rows.get(k, []))]
-        share = 1 - len(missed) / len(rows)
+        rows = [(p.task_id, row) for p in problems if (row := make(p))]
+        hit = set(caught(index, rows))
+        missed = [t for t, _ in rows if t not in hit]
+        share = len(hit) / len(rows)
         bench_line(f"decontam_recall_{name}", share, f">={RECALL}", share >= RECALL)
-        if missed:
-            print(f"  {name}: {len(rows) - len(missed)}/{len(rows)} caught; missed {', '.join(missed[:show])}"
-                  + (" ..." if len(missed) > show else ""))
+        print(f"  {name}: {len(hit)}/{len(rows)} caught (prose signals alone: {len(caught(baseline, rows))})"
+              + (f"; missed {', '.join(missed[:show])}" + (" ..." if len(missed) > show else "") if missed else ""))
 
 
 def mbpp_rows(data_dir: Path) -> list[tuple[str, dict]]:
@@ -380,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     recall(index, problems, args.show)
     false_refusals(index, args.mbpp, args.show)
     stdlib_false_refusals(index, args.show)
-    print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows + MBPP rows",
-          file=sys.stderr)
+    print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows and the clean sets")
+    print("\n".join(RESULTS))
     return 0
 
 
