@@ -7,8 +7,8 @@ checks that the GGUF's tokenizer (rebuilt by transformers from the GGUF alone, a
 llama.cpp loads the file, when llama-cpp-python is installed) encodes a test text to the
 source tokenizer's ids. Per-tensor error statistics go to the metrics;
 a ledger record (benchmark "quant") carries the size ratio, bits per weight and errors.
-A dequantized HF checkpoint (for comparisons with transformers; AC-023 reads the GGUF's own
-scores on llama.cpp) is published when the job asks for output "dequantized".
+The GGUF itself is what gets evaluated (on llama.cpp, AC-022/AC-023), so no dequantized
+copy is written (``gguf_to_hf`` makes one where a comparison with transformers needs it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from engine.models.checkpoint import checkpoint_hash, open_checkpoint
-from engine.models.gguf_export import export_gguf, gguf_to_hf, plan
+from engine.models.gguf_export import export_gguf, plan
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
 from kernels.quant.formats import QType
@@ -38,21 +38,19 @@ class Params(StageParams):
     mix: Literal["q8_0", "q4_k", "q4_k_m"]  # llama.cpp's Q8_0, pure Q4_K, or the Q4_K_M policy
     backend: Literal["auto", "torch", "triton"] = "auto"  # auto: triton on cuda, torch on cpu
     check_text: str = CHECK_TEXT
-    dequantized_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
 INPUTS = {"model": "HF checkpoint dir (qwen2, safetensors, tokenizer.json)"}
 OUTPUTS = {
     "gguf": "dir with model-<MIX>.gguf (llama.cpp qwen2, tokenizer and chat template embedded)",
     "gguf_f16": "dir with model-F16.gguf (the size baseline of AC-009)",
-    "dequantized": "HF checkpoint of the dequantized GGUF weights (published only when requested)",
 }
 
 
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     reader = open_checkpoint(inputs["model"])
     biggest = max(math.prod(reader.shape(n)) for n in reader.names())
-    return 6 * 4 * biggest + (2 << 30)  # f32 copy, dequantized copy, error, bytes; + torch
+    return 6 * 4 * biggest + (2 << 30)  # f32 copy, dequantized check copy, error, bytes; + torch
 
 
 def _export(ctx: StageContext, model: Path, source: str, mix: str, backend: str,
@@ -161,14 +159,8 @@ def run(ctx: StageContext, params: Params) -> None:
     ctx.metric("size_ratio_vs_f16", q_bytes / f_bytes)
     ctx.metric("bits_per_weight", 8 * q_bytes / numel)
 
-    deq_dir = None
-    if "dequantized" in ctx.job.outputs:
-        deq_dir = ctx.work_dir / "dequantized"
-        gguf_to_hf(qfile, deq_dir, model, dtype=getattr(torch, params.dequantized_dtype))
     ctx.publish("gguf", qdir, mix=params.mix)
     ctx.publish("gguf_f16", fdir)
-    if deq_dir is not None:
-        ctx.publish("dequantized", deq_dir, mix=params.mix, dtype=params.dequantized_dtype)
     manifest = ctx.workspace.manifest(ctx.stage, "gguf") or {}
     ctx.record_result({
         "benchmark": "quant",
