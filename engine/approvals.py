@@ -15,8 +15,10 @@ wherever the approval is.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from engine.chain import seal, sealed
 from engine.gates import CorruptArtifact, HashCache, checkpoint_hash, evaluate_gates
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
@@ -83,12 +85,21 @@ def evidence_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def approval_seal(stage: str, by: str, evidence: dict[str, Any], override: str | None) -> str:
+    """The supervisor's seal on an approval (user key): a journal line added by hand, even
+    correctly chained, carries none and approves nothing."""
+    return seal(stage, str(by), json.dumps(evidence, sort_keys=True), override or "")
+
+
 def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> str | None:
     """Why a gated stage's output is revoked (its approval lapsed), or None when it stands."""
     if spec.stages[stage].approval != "required":
         return None
     if approval is None:
         return f"{stage} has no approval"
+    if not sealed(approval.get("seal"), stage, str(approval.get("by")),
+                  json.dumps(approval.get("evidence"), sort_keys=True), approval.get("override") or ""):
+        return f"the approval of {stage} carries no valid seal (not granted by the supervisor): revoked"
     now = stage_evidence(spec, ws, stage)
     if approval.get("evidence") == now:
         return None

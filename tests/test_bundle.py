@@ -37,9 +37,7 @@ def test_submit_bundle_and_validation(tmp_path, tiny_model_dir):
 
 
 def test_the_card_shows_the_override_and_each_record_once_and_a_lapsed_approval_stops_the_stage(tmp_path, tiny_model_dir):
-    import time
-
-    from test_gates import commit_as_job, eval_record
+    from test_gates import commit_as_job, eval_record, grant
 
     from engine.approvals import check_approvable
     from engine.chain import append_chained
@@ -65,8 +63,7 @@ def test_the_card_shows_the_override_and_each_record_once_and_a_lapsed_approval_
     commit_as_job(ws, "ev", rec)  # a re-run of the same job: adopted, not a second line
     evidence, refusal = check_approvable(spec, ws, "submit", override="tiny models")
     assert refusal is None
-    append_chained(ws.journal_path, [{"ts": time.time(), "kind": "approval_granted", "target": "submit", "by": "me",
-                                      "evidence": evidence, "override": "tiny models"}])
+    append_chained(ws.journal_path, [grant("submit", evidence, "tiny models")])
     inputs = {"gguf": tmp_path / "gguf", "model": model}
     assert run_inline(ws, "submit", "submit", {"model_name": "tiny"}, inputs, outputs=["bundle"]) == "ok"
     card = (ws.artifact_path("submit", "bundle") / "MODEL_CARD.md").read_text()

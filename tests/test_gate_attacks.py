@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from test_gates import HE, commit_as_job, eval_record, publish_model, record, setup_ws
+from test_gates import HE, commit_as_job, eval_record, grant, publish_model, record, setup_ws
 
 from engine.approvals import approval_current, check_approvable, revoked
 from engine.chain import append_chained, line_digest, verify_chain
@@ -74,7 +74,7 @@ def test_a_forged_job_log_and_journal_line_give_no_provenance(failing):
 def test_weights_replaced_in_place_after_approval(failing, tmp_path, restore_mtime):
     ws, spec, m, path = failing
     evidence, _ = check_approvable(spec, ws, "submit", override="reviewed")
-    approval = {"evidence": evidence, "override": "reviewed"}
+    approval = grant("submit", evidence, "reviewed")
     assert approval_current(spec, ws, "submit", approval)
     HashCache(ws, persist=True).content_hash(path)  # a warm, persisted cache
     weights = path / "model.safetensors"
@@ -163,12 +163,11 @@ def test_submit_must_wait_for_the_evaluations_its_criteria_read():
 def test_a_lapsed_approval_revokes_the_bundle_and_upload_refuses(failing, tmp_path, capsys):
     ws, spec, m, path = failing
     evidence, _ = check_approvable(spec, ws, "submit", override="reviewed")
-    append_chained(ws.journal_path, [{"ts": time.time(), "kind": "approval_granted", "target": "submit", "by": "me",
-                                      "evidence": evidence, "override": "reviewed"}])
+    append_chained(ws.journal_path, [grant("submit", evidence, "reviewed")])
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     record(ws, "humaneval", m["sha256"], 0.6, path)  # new evidence: the approval lapses
-    assert "revoked" in revoked(spec, ws, "submit", {"evidence": evidence})
+    assert "revoked" in revoked(spec, ws, "submit", grant("submit", evidence, "reviewed"))
     code = pmat(["submit", "--workspace", str(ws.root), "--bundle", str(bundle), "--upload", "me/x", "--token", "t"])
     out = capsys.readouterr().out
     assert code != 0 and "REVOKED" in out and "uploaded" not in out
@@ -220,7 +219,7 @@ def test_redefining_the_gate_after_an_override_lapses_the_approval(failing):
     data = yaml.safe_load(ws.spec_path.read_text())
     data["acceptance"]["AC-022"]["expr"] += " and 1 > 0"  # still FAIL: only the definition changed
     ws.spec_path.write_text(yaml.safe_dump(data))
-    assert not approval_current(load_spec(ws.spec_path), ws, "submit", {"evidence": evidence})
+    assert not approval_current(load_spec(ws.spec_path), ws, "submit", grant("submit", evidence, "reviewed"))
 
 
 def test_pmat_check_refuses_a_submit_that_could_run_before_its_evaluations(tmp_path, capsys):

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.approvals import approval_current, check_approvable, revoked, stage_evidence
+from engine.approvals import (
+    approval_current,
+    approval_seal,
+    check_approvable,
+    revoked,
+    stage_evidence,
+)
 from engine.chain import append_chained
 from engine.data import protocols
 from engine.events import EventWriter
@@ -83,6 +89,12 @@ def commit_as_job(ws: Workspace, stage: str, *records: dict[str, Any]) -> list[d
         results = commit_results(ws, job_id, stage, keyed, lambda e: ev.emit("result", results=e))
         ev.emit("job_finished", outcome="ok", error=None, results=results)
     return results
+
+
+def grant(stage: str, evidence: dict[str, Any], override: str | None = None, by: str = "me") -> dict[str, Any]:
+    """An approval as the supervisor journals it (sealed)."""
+    return {"ts": time.time(), "kind": "approval_granted", "target": stage, "by": by, "evidence": evidence,
+            "override": override, "seal": approval_seal(stage, by, evidence, override)}
 
 
 def record(ws: Workspace, bench: str, model_hash: str, value: float, path: Path | str, **kw: Any) -> None:
@@ -174,10 +186,11 @@ def test_approval_lapses_on_new_checkpoint_and_revokes_the_stage(tmp_path):
     record(ws, "mbpp", m["sha256"], 0.9, path)
     evidence, refusal = check_approvable(spec, ws, "submit")
     assert refusal is None and evidence == stage_evidence(spec, ws, "submit")
-    approval = {"target": "submit", "evidence": evidence}
+    approval = grant("submit", evidence)
     assert evidence["gates"]["AC-022"]["outcome"] == "pass"
     assert approval_current(spec, ws, "submit", approval) and revoked(spec, ws, "submit", approval) is None
     assert not approval_current(spec, ws, "submit", None)
+    assert "no valid seal" in revoked(spec, ws, "submit", {**approval, "override": "added by hand"})
     publish_model(ws, tmp_path, "final", b"v2, retrained after the approval")
     assert not approval_current(spec, ws, "submit", approval)
     assert "inputs.model" in revoked(spec, ws, "submit", approval) and "revoked" in revoked(spec, ws, "submit", approval)
