@@ -251,6 +251,20 @@ def sweep_orphans(tmp: str | None = None) -> list[str]:
     return gone
 
 
+def _work_area() -> str:
+    """A fresh host directory for the children's work dirs (without bubblewrap): in TMPDIR, or
+    the first of the usual places where one can be made; orphans of killed pools swept first."""
+    for root in dict.fromkeys([tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]):
+        sweep_orphans(root)
+        try:
+            base = tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-", dir=root)
+        except OSError:
+            continue
+        os.chmod(base, 0o711)
+        return base
+    raise RuntimeError("sandbox: no directory can be made for programs' work (TMPDIR, /tmp, /var/tmp, /dev/shm)")
+
+
 class SandboxPool:
     """Run many checks through ``workers`` warm templates; use as a context manager.
 
@@ -275,9 +289,7 @@ class SandboxPool:
         self.slots: list[_Slot] = []
         self.base = ""
         if not self.bwrap:
-            sweep_orphans()
-            self.base = tempfile.mkdtemp(prefix=f"pmat-sandbox-{os.getpid()}-")
-            os.chmod(self.base, 0o711)
+            self.base = _work_area()
         try:
             self.slots = [_Slot(i, self) for i in range(self.workers)]  # all start at once
             for slot in self.slots:

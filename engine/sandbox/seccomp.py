@@ -9,7 +9,8 @@ started) makes these calls fail with EPERM whatever the program does in Python:
 - sockets of any kind, ``memfd_create`` (memory outside ``RLIMIT_AS``), System V shared
   memory, message queues and semaphores, POSIX message queues (they outlive the process);
 - other processes: ``ptrace``, ``process_vm_*``, ``pidfd_*``, ``kcmp``, signals to any
-  process but itself, ``prlimit64`` on another process;
+  process but itself, ``prlimit64`` on another process, priorities, affinities and pages of
+  any process (a same-uid program could slow the harness down);
 - namespaces and mounts (``unshare``, ``setns``, ``mount`` and the new mount API),
   ``io_uring``, ``userfaultfd``, ``bpf``, ``perf_event_open``, keyrings, ``mknod``.
 
@@ -43,7 +44,10 @@ _CALLS = {
     "io_uring_register": (427, 427), "userfaultfd": (323, 282), "bpf": (321, 280),
     "perf_event_open": (298, 241), "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
     "mknod": (133, None), "mknodat": (259, 33), "name_to_handle_at": (303, 264),
-    "open_by_handle_at": (304, 265),
+    "open_by_handle_at": (304, 265), "setpriority": (141, 140), "sched_setparam": (142, 118),
+    "sched_setscheduler": (144, 119), "sched_setaffinity": (203, 122), "ioprio_set": (251, 30),
+    "migrate_pages": (256, 238), "move_pages": (279, 239), "process_madvise": (440, 440),
+    "process_mrelease": (448, 448),
 }
 _PROCESS_CALLS = ("fork", "vfork", "clone", "clone3")
 # signals: allowed only to itself (kill also to its own group, 0: it leads a group of one)

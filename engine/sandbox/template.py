@@ -155,13 +155,21 @@ class Template:
 
 def main() -> None:
     import ctypes
+    import resource
 
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: go when the pool goes
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/fd|mem for others
     out = os.dup(1)  # protocol lines only; anything the tests print goes to /dev/null
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
-    Template(json.loads(sys.argv[1]), out).serve()
+    cfg = json.loads(sys.argv[1])
+    # `-m` put the cwd first on the import path: not the work area (a program's import would list it)
+    sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd(), cfg["base"])]
+    # the trusted side holds what the program returns: a `list(range(10**9))` in a test is an
+    # oom verdict, not the host's memory
+    limit = max(4096, 2 * int(cfg["limits"]["memory_mb"])) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    Template(cfg, out).serve()
 
 
 if __name__ == "__main__":
