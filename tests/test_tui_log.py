@@ -293,3 +293,25 @@ async def test_pictures_curves_where_data_is_bars_for_memory(tmp_path: Path) -> 
         text = "\n".join(_screen(app))
         assert "host" in text and "GPU0" in text and "20.0 GB/80.0 GB on GPU0" in text
         assert text.count("█") > 10
+
+
+async def test_done_items_fold_and_running_stages_stay_in_view(tmp_path: Path) -> None:
+    """200 stages in 20 work items, the running three in the last: at 80x24 the done items are one
+    line each and the running stages are on screen with their bars; Enter unfolds an item."""
+    from pmat_tui.fixture import write_bench
+    from pmat_tui.widgets.dag_tree import DagTree
+
+    ws = write_bench(tmp_path / "big", jobs=200, events=4000)
+    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: app.loaded)
+        await pilot.pause(0.1)
+        tree = app.screen.query_one(DagTree)
+        assert len(tree.folded) == 19 and len(tree.keys) == 20 + 10
+        text = _screen(app)
+        assert any(t.startswith("▸ W-0") and "✔ 10/10 done" in t for t in text)  # one line per done item
+        shown = [t for t in text if "s19" in t and "%" in t and "█" in t]
+        assert len(shown) >= 1, text  # a running stage, its bar on screen
+        tree.focus()
+        await pilot.press("home", "enter")
+        assert "W-000" not in tree.folded and len(tree.keys) == 40
