@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.approvals import approval_current, check_approvable
+from engine.approvals import approval_current, approval_seal, check_approvable
 from engine.chain import append_chained
 from engine.dag import topo_order, why_not_running
 from engine.memory import GIB, admission_headroom, meminfo
@@ -148,7 +148,8 @@ class Supervisor:
         self.spec = spec or load_spec(ws.spec_path)
         self.state = PipelineState(ws)
         self._batch: list[dict[str, Any]] | None = None
-        self._reported: set[str] = set()  # errors printed and journaled once each
+        self._printed: set[str] = set()  # problems printed, and journaled, once each
+        self._reported: set[str] = set()
         self._disk_wait: dict[str, int] = {}  # stage -> free bytes when its disk-full failure was seen
         self._inputs_checked: dict[str, float] = {}  # stage -> when its inputs were last found bad
         self._lock_fd: int | None = None
@@ -245,10 +246,12 @@ class Supervisor:
             self.release()
 
     def report(self, message: str) -> None:
-        """Print a problem (once) and journal it (once it can be journaled)."""
+        """Print a problem once, and journal it once it can be journaled."""
+        if message not in self._printed:
+            self._printed.add(message)
+            self._say(f"pmat supervise: {message}")
         if message in self._reported:
             return
-        self._say(f"pmat supervise: {message}")
         try:
             self.emit("supervisor_error", message=message)
             self._reported.add(message)
@@ -550,7 +553,8 @@ class Supervisor:
                 return f"evidence for {s} changed since it was shown; review it again"
             granted.append((s, current))
         for s, current in granted:
-            self.emit("approval_granted", target=s, by=by, evidence=current, note=args.get("note", ""), override=override)
+            self.emit("approval_granted", target=s, by=by, evidence=current, note=args.get("note", ""), override=override,
+                      seal=approval_seal(s, by, current, override))
         return None
 
     def _job_of(self, target: str) -> str | None:

@@ -339,3 +339,12 @@ def test_job_spawned_but_not_journaled_is_not_launched_twice(tmp_path, superviso
     time.sleep(0.5)
     assert (ws.root / "work" / "x" / "completions").read_text() == "x"
     assert not journal(ws, "launched") and len(load_state(ws).stage("x").attempts) == 1
+
+
+def test_demo_ends_when_a_failure_blocks_everything_left(tmp_path):
+    fail = {**stage(1, 0.01), "params": {"argv": ["{python}", "-c", "raise SystemExit(3)"]}}
+    ws = make_ws(tmp_path, {"a": fail, "b": stage(1, 0.05, after=["a"]), "c": stage(1, 0.05)})
+    t0 = time.monotonic()
+    res = pmat("demo", "--headless", "-w", str(ws.root), "--timeout", "120", timeout=150)
+    assert res.returncode == 1 and "pipeline: NOT every stage finished" in res.stdout, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 60 and done(ws, "c")

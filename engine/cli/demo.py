@@ -21,7 +21,7 @@ from engine.approvals import check_approvable, describe_approval
 from engine.cli._common import BadInput, fmt_duration
 from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
-from engine.overview import build_overview
+from engine.overview import Overview, build_overview
 from engine.results import read_ledger
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
@@ -51,17 +51,19 @@ def prepare(root: Path) -> Workspace:
     return ws
 
 
-def stuck(spec: PipelineSpec, state: PipelineState, root: Path) -> bool:
-    """Some stage ended for good (or waits for an input the user must fix) and nothing else can
-    move: no stage runs, is queued, or ended in a way the supervisor takes up again by itself
-    (a resumable crash, a full disk)."""
+def stuck(spec: PipelineSpec, state: PipelineState, ov: Overview, root: Path) -> bool:
+    """Some stage ended for good and nothing else can move: every stage is done, failed for good,
+    held for an input the user must fix, or waits on such a stage; none runs, and none ended in
+    a way the supervisor takes up again by itself (a resumable crash, a full disk)."""
     ended = False
-    for name, entry in spec.stages.items():
-        st = state.stage(name)
-        held = st.status == "queued" and (st.waiting or "").startswith(BAD_INPUT)
-        if st.status == "running" or st.status == "queued" and not held or will_resume(entry, st) or waits_for_space(st, root):
+    for row in ov.rows:
+        st = state.stage(row.stage)
+        if will_resume(spec.stages.get(row.stage), st) or waits_for_space(st, root):
             return False
-        ended |= held or st.status in ("failed", "crashed", "cancelled")
+        held = row.status == "queued" and ((st.waiting or "").startswith(BAD_INPUT) or row.reason_kind == "failed_dependency")
+        if row.status in ("running", "queued", "pending") and not held:
+            return False
+        ended |= held or row.status in ("failed", "crashed", "cancelled")
     return ended
 
 
@@ -77,6 +79,7 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
     approved: set[str] = set()
     t0 = time.monotonic()
     stuck_since: float | None = None
+    said: set[tuple[float, str | None]] = set()
     try:
         while True:
             if (down := supervisor_down(ws)) and (started is None or not started.alive()):
@@ -88,6 +91,10 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
                 print(f"pmat demo: started the supervisor again (pid {started.pid}, restart {restarts} of "
                       f"{SUPERVISOR_RESTARTS})", file=sys.stderr, flush=True)
             moved = state.refresh()
+            for ev in state.journal:  # what the supervisor could not do (I/O errors, damaged logs), said once
+                if ev.get("kind") == "supervisor_error" and (ev["ts"], ev.get("message")) not in said:
+                    said.add((ev["ts"], ev.get("message")))
+                    print(f"pmat demo: supervisor: {ev.get('message')}", file=sys.stderr, flush=True)
             ov = build_overview(ws, spec, state)
             for row in ov.rows:
                 line = row.status if row.status in ("running", "done") else f"{row.status}: {row.reason}"
@@ -105,7 +112,7 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
             if all(r.status == "done" for r in ov.rows):
                 break
             now = time.monotonic()
-            stuck_since = None if moved or not stuck(spec, state, ws.root) else stuck_since or now
+            stuck_since = None if moved or not stuck(spec, state, ov, ws.root) else stuck_since or now
             if stuck_since is not None and now - stuck_since >= SETTLE_S:
                 break
             if now - t0 > timeout_s:
