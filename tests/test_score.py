@@ -69,6 +69,12 @@ def test_score_checks_the_pin_and_the_samples(tmp_path: Path, capsys: pytest.Cap
     assert "pinned by the project" in capsys.readouterr().out
     rep = json.loads(out.read_text())
     assert rep["protocol_digest"] == protocols.get("humaneval").digest() and rep["metrics"] == {"pass@1": 1.0}
+    folder = tmp_path / "samples"  # evalplus's other layout: <task_id with _>/<n>.py, whole solutions
+    for i, body in enumerate((he[2].canonical_solution, "    return 0.5\n")):
+        (folder / "HumanEval_2").mkdir(parents=True, exist_ok=True)
+        (folder / "HumanEval_2" / f"{i}.py").write_text(he[2].prompt + body)
+    assert main(["score", "--protocol", "humaneval", "--samples", str(folder), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"] == {"pass@1": 0.5}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "HumanEval/0", "completion": "x"}\nnot json\n')
     for argv, needle in (

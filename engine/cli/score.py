@@ -48,7 +48,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         per_task.setdefault(v["task_id"], []).append({**v, "solution": solution})
         isolation = pool.isolation()
     report = scoring.report(bench, per_task, sandbox=isolation)
-    out = args.out or args.samples.with_name(args.samples.stem + "_pmat_results.json")
+    out = args.out or args.samples.with_name(args.samples.name.split(".")[0] + "_pmat_results.json")
     atomic_write_json(out, report)
     p = bench.protocol
     pinned = "pinned by the project" if p.data_pinned_by == "project" else "NOT the pinned release (unpinned)"
@@ -64,7 +64,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("score", help="score an evalplus-format samples file under a protocol")
     p.add_argument("--protocol", required=True, help=f"protocol id ({', '.join(protocols.PROTOCOLS)})")
-    p.add_argument("--samples", required=True, type=Path, help="JSONL: task_id with solution or completion")
+    p.add_argument("--samples", required=True, type=Path,
+                   help="JSONL (or .jsonl.gz): task_id with solution or completion; or evalplus's sample directory")
     p.add_argument("--data", type=Path, help="the protocol's data file (checked against its sha256 pin)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--unpinned", action="store_true", help="accept a data file that is not the pinned one")

@@ -11,6 +11,7 @@ category beside them.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -170,11 +171,19 @@ def pool_limits(protocol: Protocol, memory_mb: int) -> Limits:
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    """An evalplus samples file: one JSON object a line with ``task_id`` and ``solution`` or ``completion``."""
+    """evalplus's samples: a JSONL file (or ``.jsonl.gz``), one object a line with ``task_id`` and
+    ``solution`` or ``completion``; or a directory of ``<task_id with / as _>/<n>.py`` solutions."""
+    path = Path(path)
+    if path.is_dir():
+        return [{"task_id": d.name.replace("_", "/"), "solution": f.read_text(encoding="utf-8")}
+                for d in sorted(path.iterdir()) if d.is_dir()
+                for f in sorted(d.glob("*.py"), key=lambda f: (len(f.stem), f.stem))]
     samples = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: unreadable samples file ({exc})") from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
