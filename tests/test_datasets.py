@@ -195,12 +195,3 @@ def test_references_survive_the_model_output_path(pool: SandboxPool) -> None:
         raw = p.canonical_solution + "\n\ndef test():\n    assert False\n\ntest()\n"
         jobs.append(humaneval.make_job(p, postprocess.clean(raw, chat=False, body=True)))
     assert all(v.passed for v in pool.run_many(jobs))
-
-
-def test_sanitize_drops_demo_code_only() -> None:
-    reply = ("```python\nimport math\nTABLE = [i * i for i in range(3)]\n\ndef f(x):\n    \"\"\"Doc.\"\"\"\n"
-             "    return TABLE[x]\n\nprint(f(2))\nassert f(1) == 5\nif __name__ == \"__main__\":\n    f(input())\n```")
-    code = postprocess.clean(reply, chat=True, body=False, sanitize=True)
-    assert code == "import math\nTABLE = [i * i for i in range(3)]\n\ndef f(x):\n    \"\"\"Doc.\"\"\"\n    return TABLE[x]\n"
-    assert "print" in postprocess.clean(reply, chat=True, body=False)  # off by default: the reference protocol
-    assert postprocess.drop_demo_code("def broken(:\n") == "def broken(:\n"

@@ -1,10 +1,12 @@
-"""Turn a model's raw output into the code that gets executed (REFERENCE.md, Evaluation protocol).
+"""Turn a model's raw output into the code that gets executed.
 
-Order: keep the text after ``</think>``; cut at the first chat trailer line (``Human:``,
-``Assistant:``, ``User:``, ``###``) or few-shot ``[DONE]`` marker; take the code of a fenced
-block (fence lines dropped); in completion mode for a function body, stop at the first
-line back at column 0 (the body has ended: Codex's stop sequences). The raw text is kept
-by the caller beside the cleaned one.
+Evaluation (``evalplus_solution``) does what evalplus 0.3.1's codegen does: cut at the first
+stop string, tabs to spaces, the prompt in front for a base model, then ``sanitize`` (evalplus's
+sanitizer, reimplemented on Python's ast: the longest parsing span, reduced to the entry point
+and what it reaches). Training-time stages use ``clean``: keep the text after ``</think>``,
+cut at the first chat trailer line (``Human:``, ``Assistant:``, ``User:``, ``###``) or few-shot
+``[DONE]`` marker, take the code of a fenced block, and in completion mode for a function body
+stop at the first line back at column 0.
 """
 
 from __future__ import annotations
@@ -61,36 +63,13 @@ def cut_body(text: str) -> str:
     return text
 
 
-def drop_demo_code(code: str) -> str:
-    """Without the top-level statements a reply adds to show its code off: bare expressions
-    (``print(f(3))``), its own asserts, and ``if __name__ == "__main__":`` blocks. Code that
-    does not parse is returned as it is (the sandbox reports the syntax error)."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return code
-
-    def demo(node: ast.stmt) -> bool:
-        if isinstance(node, ast.Assert) or (isinstance(node, ast.Expr) and not isinstance(node.value, ast.Constant)):
-            return True
-        return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
-
-    lines = code.split("\n")
-    for node in reversed(tree.body):
-        if demo(node):
-            del lines[node.lineno - 1:node.end_lineno]
-    return "\n".join(lines)
-
-
-def clean(raw: str, *, chat: bool, body: bool, sanitize: bool = False) -> str:
-    """The code to run from a raw completion; ``body`` when the prompt ends inside a function;
-    ``sanitize`` also drops the reply's demo code (an opt-in beyond the reference protocol)."""
+def clean(raw: str, *, chat: bool, body: bool) -> str:
+    """The code to run from a raw completion (training-time stages); ``body`` when the prompt ends
+    inside a function. Evaluation uses ``evalplus_solution`` instead."""
     text = cut_trailers(strip_think(raw))
     text = extract_fenced(text)
     if body and not chat:
         text = cut_body(text)
-    if sanitize:
-        text = drop_demo_code(text)
     return text.rstrip() + "\n"
 
 
