@@ -29,7 +29,7 @@ from engine.overview import Overview, build_overview, load_spec_fast, summary
 from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
 from engine.state import PipelineState, load_state
 from engine.supervisor import send_command, supervisor_identity
-from engine.workspace import Workspace
+from engine.workspace import UnsafeWorkspace, Workspace
 
 COMMANDS = ("init", "check", "status", "run", "approve", "cancel", "retry", "logs", "supervise")
 FOLLOW_POLL_S = 0.5
@@ -59,7 +59,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     src = pipeline_path(args.pipeline) if not Path(args.pipeline).exists() else Path(args.pipeline)
     if not src.exists():
         raise BadInput(f"{args.pipeline}: no such pipeline (shipped: pmat, demo) or spec file")
-    ws.init()
+    try:
+        ws.init()
+    except UnsafeWorkspace as exc:
+        raise BadInput(str(exc)) from None
     shutil.copyfile(src, ws.spec_path)
     ws.spec_path.chmod(0o600)
     spec_of(ws)
