@@ -256,6 +256,9 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "after_prose_with_an_unclosed_bracket": lambda p: "Notes (draft, see below:\n" + rename(bare(p)),
     "inside_a_string_literal": lambda p: f'SOURCE = """\n{rename(bare(p))}"""\nexec(SOURCE)\n',
     "json_escaped_in_text": lambda p: '{"code": ' + json.dumps(rename(bare(p))) + "}",
+    "repl_transcript": lambda p: "".join((">>> " if not line.startswith((" ", "\t")) else "... ") + line + "\n"
+                                         for line in rename(bare(p)).splitlines() if line.strip()),
+    "numbered_listing": lambda p: "".join(f"{k + 1:3d}. {line}\n" for k, line in enumerate(rename(bare(p)).splitlines())),
     "dead_code_between_statements": lambda p: insert_dead_code(bare(p)),
     "comprehension_unrolled_to_loop": lambda p: unroll_comprehensions(bare(p)),
     "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),

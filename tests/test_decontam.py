@@ -116,8 +116,8 @@ def test_every_evaluation_problem_is_caught_verbatim(index: DecontamIndex) -> No
 # fingerprints: measured by bench/decontam.py, not held here.
 CODE_DISGUISES = [name for name in DISGUISES if name not in ("paraphrased_statement", "comprehension_unrolled_to_loop")]
 # A solution body alone, with no name and no statement, is evidence only when it carries structure:
-# 15 HumanEval bodies are one-line expressions (`return x + y`, `return len(string)`) that clean code
-# shares, so that disguise is held to 90% (measured 149 of 164); junk statements between every two
+# 14 HumanEval bodies are one-line expressions (`return x + y`, `return len(string)`) that clean code
+# shares, so that disguise is held to 90% (measured 150 of 164); junk statements between every two
 # statements leave short functions too little to match (measured 150 of 164); every other to 95%.
 RECALL = {"solution_alone": 0.90, "dead_code_between_statements": 0.90}
 

@@ -47,7 +47,8 @@ def _vocabulary() -> tuple[frozenset[str], frozenset[str]]:
 BARE, ATTRS = _vocabulary()
 MODULES = BARE | frozenset(_MODULES)
 _LEX = re.compile(r'''
-  (?P<str>(?:[rRbBuUfF]{1,2}(?=['"]))?(?:"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
+  (?P<margin>(?m:^)[ \t]*(?:>>>|\.\.\.|>+|\d+[.:)|]?)(?=[ \t]))  # REPL prompts, quote marks, line numbers
+| (?P<str>(?:[rRbBuUfF]{1,2}(?=['"]))?(?:"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
 | (?P<comment>\#[^\n]*)
 | (?P<num>(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)[jJ]?)
 | (?P<name>[A-Za-z_]\w*)
@@ -63,9 +64,10 @@ STATEMENT_ONLY = frozenset("def class return import while try elif raise pass br
 
 
 def raw_tokens(text: str) -> list[tuple[str, str]]:
-    """(kind, text) pairs; comments, line continuations, unmatched quotes and stray characters dropped."""
+    """(kind, text) pairs; comments, line continuations, margins (``>>>``, ``12.``), unmatched quotes
+    and stray characters dropped."""
     return [(m.lastgroup, m.group()) for m in _LEX.finditer(text)
-            if m.lastgroup not in ("skip", "comment", "cont")]
+            if m.lastgroup not in ("skip", "comment", "cont", "margin")]
 
 
 def _skip_to(toks: list[tuple[str, str]], i: int, stops: str) -> int:

@@ -14,7 +14,7 @@ problem's task id:
 * ``code``: the row holds most of the problem's code as normalised token n-grams
   (engine/data/codegrams.py: names, literals, comments, docstrings, annotations and layout
   abstracted), with enough rare structure to be evidence; a one-line solution counts only
-  under the problem's own function name;
+  with a function name the problem defines (5+ characters: ``strlen``, ``encode_cyclic``);
 * ``statements``: the row holds most of the problem's normalised statements, in any order
   and with anything between them.
 
@@ -37,6 +37,7 @@ from engine.data.codegrams import CodeIndex, normalise
 
 WORD = re.compile(r"[a-z0-9_]+")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEF = re.compile(r"\bdef\s+([A-Za-z_][A-Za-z0-9_]*)")
 CALLED = re.compile(r"(?:\b([A-Za-z_][A-Za-z0-9_]*)\s*\()|`([A-Za-z_][A-Za-z0-9_]*)`")
 STOP = frozenset("""a an the of to in on for and or is are be by as at it its if than that this with from into
 each any all not no do does return returns write function python given list lists number numbers string strings
@@ -45,7 +46,7 @@ print example examples input output result those these their them they there the
 only more most same other others one two goal task here have has had was were been being like make made
 contain contains containing multiple properly within into onto after before every some many much very
 note assume suppose following follows below above""".split())
-NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there under the same name
+NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,11 @@ class DecontamIndex:
         ]
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
         self.names: dict[str, set[int]] = defaultdict(set)
+        self.defines: dict[str, set[int]] = defaultdict(set)  # functions the problem's code defines (5+ chars)
+        for i, it in enumerate(items):
+            for name in DEF.findall(it.code):
+                if len(name) >= 5:
+                    self.defines[name].add(i)
         self.statements = [" ".join(words(it.statement)) for it in items]
         self.content: list[Counter[str]] = []
         df: Counter[str] = Counter()
@@ -245,11 +251,11 @@ class DecontamIndex:
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
-        hits.update(self.code_hits(text, named))
+        hits.update(self.code_hits(text, set().union(*(self.defines.get(nm, set()) for nm in names))))
         return list(hits.values())
 
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
-        """Hits of the code signals; ``named``: the problems whose function name the row uses."""
+        """Hits of the code signals; ``named``: the problems one of whose functions the row defines or calls."""
         hits: dict[tuple[int, str], Hit] = {}
         stream = normalise(text, unpack=True)
         for sig in self.code_signals:
@@ -257,10 +263,10 @@ class DecontamIndex:
                 i = sig.index.owners[m.unit]
                 it = self.items[i]
                 strong = m.coverage >= sig.coverage and m.weight >= sig.weight and m.grams >= sig.count
-                if strong or (sig.name == "code" and i in named and m.coverage >= NAMED_CODE and len(it.name) >= 5):
+                if strong or (sig.name == "code" and i in named and m.coverage >= NAMED_CODE):
                     hits[(i, sig.name)] = Hit(it.source, it.task_id, sig.name, m.coverage,
                                               f"{m.grams} {sig.what}, rarity {m.weight:.0f}"
-                                              + ("" if strong else f", defines or calls {it.name}"))
+                                              + ("" if strong else ", under a function name the problem defines"))
         return hits
 
     def scan(self, rows: Iterable[Any]) -> Contamination:
