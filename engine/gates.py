@@ -261,8 +261,11 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
             if r.get("benchmark") != bench or not any(metric_key(k) == metric for k in (r.get("metrics") or {})):
                 continue
             if h is None or r.get("model_hash") != h:
-                if r.get("model_path") == paths[alias] and not r["ignored"]:
-                    stale[dotted] = "results are of an older version of the checkpoint"
+                if r.get("model_path") == paths[alias]:
+                    res.ignored.append(f"{r['id']} ({bench}): ignored: "
+                                       f"{r['ignored'] or 'measured another version of the checkpoint'}")
+                    if not r["ignored"]:
+                        stale[dotted] = "results are of an older version of the checkpoint"
                 continue
             why = (("provenance", r["ignored"]) if r["ignored"] else incomparable(r, proto) if proto else None)
             if why is None:
