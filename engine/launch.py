@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
         return work(Path(argv[1]))
-    if len(argv) != 3 or argv[0] != "--ranks" or not argv[1].isdigit() or int(argv[1]) < 2:
-        print("usage: python -m engine.launch --ranks N JOBFILE.json  (N >= 2)", file=sys.stderr)
+    if len(argv) != 3 or argv[0] != "--ranks" or not argv[1].isdigit() or int(argv[1]) < 1:
+        print("usage: python -m engine.launch --ranks N JOBFILE.json", file=sys.stderr)
         return 2
     return lead(Path(argv[2]), int(argv[1]))
 

@@ -49,7 +49,7 @@ def _munge_up() -> bool:
     return shutil.which("munge") is not None and _run(["munge", "-n"], timeout=10).returncode == 0
 
 
-def _start_munge() -> str | None:
+def _start_munge(started: list[int]) -> str | None:
     if _munge_up():
         return None
     key = Path("/etc/munge/munge.key")
@@ -61,6 +61,10 @@ def _start_munge() -> str | None:
     res = _run(["runuser", "-u", "munge", "--", "munged"])
     if res.returncode != 0 or not _munge_up():
         return f"munged did not start: {res.stderr.strip()}"
+    try:
+        started.append(int(Path("/run/munge/munged.pid").read_text()))
+    except (OSError, ValueError):
+        pass
     return None
 
 
@@ -117,14 +121,14 @@ def _pid(base: Path, daemon: str) -> int | None:
 
 def start_cluster(base: Path = BASE) -> tuple[dict[str, str], list[int], str | None]:
     """(environment for the client tools, pids this call started, reason it cannot run or None)."""
-    reason = _install() or _start_munge()
+    started: list[int] = []
+    reason = _install() or _start_munge(started)
     if reason:
-        return {}, [], reason
+        return {}, started, reason
     env = {**os.environ, "SLURM_CONF": str(base / "slurm.conf")}
     if (base / "slurm.conf").exists() and _cluster_up(env):
-        return env, [], None
+        return env, started, None
     write_conf(base)
-    started = []
     for daemon in DAEMONS:
         old = _pid(base, daemon)
         if old and Path(f"/proc/{old}").exists():
@@ -148,7 +152,7 @@ def start_cluster(base: Path = BASE) -> tuple[dict[str, str], list[int], str | N
 
 
 def stop(pids: list[int]) -> None:
-    for pid in pids:
+    for pid in reversed(pids):  # slurmd, slurmctld, then munged
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

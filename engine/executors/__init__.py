@@ -111,9 +111,10 @@ def launch_job(spec: Any, stage: str, job_id: str, argv: list[str], *, ws: Works
     res = Resources(
         memory_bytes=reservation * procs,
         time_limit_s=3600 * (entry.time_limit_h or entry.duration_h * settings.slurm.time_factor),
-        gpus=(entry.gpus or 0) if entry.device != "cpu" else 0,
+        gpus=0 if entry.device == "cpu" else entry.gpus or int(entry.device.startswith("cuda")),
         partition=entry.partition,
-        env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {},
+        # NVML's indices (admission) are PCI bus order; CUDA's default order may differ
+        env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {},
     )
     executor = get_executor(name, settings)
     try:
