@@ -35,10 +35,8 @@ def plus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A HumanEval+-format file of four tasks, built here (not the pinned release)."""
     from engine.data import humaneval, plusgen
 
-    path = tmp_path_factory.mktemp("plus") / "HumanEvalPlus-mini.jsonl"
     rows = plusgen.humaneval_plus_records(humaneval.load()[0][:4], n_plus=3, extra=False)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return plusgen.write_jsonl(tmp_path_factory.mktemp("plus") / "HumanEvalPlus-mini.jsonl", rows)
 
 
 def _error(ws: Workspace, job_id: str) -> str:

@@ -118,11 +118,6 @@ def corpus(task: evalplus.PlusTask, code: str, heavy: bool) -> list[dict]:
     return out
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _verdicts(protocol: str, data: Path, samples: Path, tmp: Path) -> tuple[dict, dict]:
     """(pmat's, evalplus's) {task_id: [(base_status, plus_status), ...]}, the two run side by side."""
     dataset = "mbpp" if protocol == "mbpp_plus" else "humaneval"
@@ -158,13 +153,13 @@ def _compare(ours: dict, theirs: dict, samples: list[dict]) -> None:
 def test_humaneval_plus_verdicts_match_evalplus(tmp_path: Path) -> None:
     problems, _ = humaneval.load()
     chosen = [problems[i] for i in HE_TASKS]
-    data = _write_jsonl(tmp_path / "HumanEvalPlus-fixture.jsonl", list(plusgen.humaneval_plus_records(chosen)))
+    data = plusgen.write_jsonl(tmp_path / "HumanEvalPlus-fixture.jsonl", list(plusgen.humaneval_plus_records(chosen)))
     tasks = evalplus.load(data, mbpp=False)
     samples = []
     for i, t in enumerate(tasks):
         samples += corpus(t, t.prompt + t.canonical_solution, heavy=i == 0 or t.task_id == "HumanEval/902")
         samples.append({"task_id": t.task_id, "completion": t.canonical_solution})
-    path = _write_jsonl(tmp_path / "samples.jsonl", samples)
+    path = plusgen.write_jsonl(tmp_path / "samples.jsonl", samples)
     ours, theirs = _verdicts("humaneval_plus", data, path, tmp_path)
     assert {("pass", "pass"), ("fail", "fail"), ("pass", "fail")} <= {v for vs in ours.values() for v in vs}
     _compare(ours, theirs, samples)
@@ -172,12 +167,12 @@ def test_humaneval_plus_verdicts_match_evalplus(tmp_path: Path) -> None:
 
 def test_mbpp_plus_verdicts_match_evalplus(tmp_path: Path) -> None:
     chosen = [p for p in mbpp.problems_of(MBPP_FILE, 1, 1000) if int(p.task_id.split("/")[1]) in plusgen.MBPP_SPECIAL]
-    data = _write_jsonl(tmp_path / "MbppPlus-fixture.jsonl", list(plusgen.mbpp_plus_records(chosen)))
+    data = plusgen.write_jsonl(tmp_path / "MbppPlus-fixture.jsonl", list(plusgen.mbpp_plus_records(chosen)))
     tasks = evalplus.load(data, mbpp=True)
     samples = []
     for i, t in enumerate(tasks):
         samples += corpus(t, t.canonical_solution, heavy=i == 0)
-    path = _write_jsonl(tmp_path / "samples.jsonl", samples)
+    path = plusgen.write_jsonl(tmp_path / "samples.jsonl", samples)
     ours, theirs = _verdicts("mbpp_plus", data, path, tmp_path)
     assert {("pass", "pass"), ("fail", "fail")} <= {v for vs in ours.values() for v in vs}
     _compare(ours, theirs, samples)

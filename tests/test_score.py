@@ -16,20 +16,13 @@ from engine.workspace import Workspace, sha256_file
 
 @pytest.fixture(scope="module")
 def plus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "HumanEvalPlus-mini.jsonl"
     rows = plusgen.humaneval_plus_records(humaneval.load()[0][:3], n_plus=4, extra=False)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return plusgen.write_jsonl(tmp_path_factory.mktemp("data") / "HumanEvalPlus-mini.jsonl", rows)
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PMAT_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def _samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_score_plus_samples_on_an_unpinned_file(tmp_path: Path, plus_file: Path, capsys: pytest.CaptureFixture) -> None:
@@ -41,7 +34,7 @@ def test_score_plus_samples_on_an_unpinned_file(tmp_path: Path, plus_file: Path,
             {"task_id": "HumanEval/1", "completion": "    return [paren_string]\n"},
             {"task_id": "HumanEval/1", "completion": "    while True:\n        pass\n"},
             {"task_id": "HumanEval/999", "completion": "    return 1\n"}]
-    samples, out = _samples(tmp_path / "s.jsonl", rows), tmp_path / "v.json"
+    samples, out = plusgen.write_jsonl(tmp_path / "s.jsonl", rows), tmp_path / "v.json"
     argv = ["score", "--protocol", "humaneval_plus", "--samples", str(samples), "--data", str(plus_file)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -63,7 +56,7 @@ def test_score_plus_samples_on_an_unpinned_file(tmp_path: Path, plus_file: Path,
 
 def test_score_checks_the_pin_and_the_samples(tmp_path: Path, capsys: pytest.CaptureFixture, plus_file: Path) -> None:
     he = humaneval.load()[0]
-    good = _samples(tmp_path / "good.jsonl", [{"task_id": "HumanEval/2", "completion": he[2].canonical_solution}])
+    good = plusgen.write_jsonl(tmp_path / "good.jsonl", [{"task_id": "HumanEval/2", "completion": he[2].canonical_solution}])
     out = tmp_path / "he.json"
     assert main(["score", "--protocol", "humaneval", "--samples", str(good), "--out", str(out)]) == 0
     assert "pinned by the project" in capsys.readouterr().out
@@ -100,7 +93,7 @@ def test_eval_stage_and_score_give_the_same_verdicts(tmp_path: Path, tiny_model_
     lines = [json.loads(x) for x in ws.artifact_path("ev", "results").read_text().splitlines()]
     rows = [{"task_id": r["task_id"], "solution": s["solution"]} for r in lines for s in r["samples"]]
     out = tmp_path / "again.json"
-    samples = _samples(tmp_path / "s.jsonl", rows)
+    samples = plusgen.write_jsonl(tmp_path / "s.jsonl", rows)
     assert main(["score", "--protocol", "humaneval_plus", "--samples", str(samples), "--data", str(plus_file),
                  "--sha256", sha, "--out", str(out)]) == 0
     again = json.loads(out.read_text())

@@ -84,31 +84,43 @@ def mbpp_deserialize_inputs(task_id: str, inputs: list) -> list:
     return inputs
 
 
-def load(path: Path, *, mbpp: bool) -> list[PlusTask]:
-    """The records of an evalplus file (``.jsonl`` or ``.jsonl.gz``), in file order."""
+def jsonl_objects(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line
+    that is not a JSON object, or an unreadable file, is a one-line error naming ``what`` it is."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    tasks = []
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
-                missing = [k for k in REQUIRED if k not in r]
-                if missing:
-                    raise ValueError(f"{path}:{lineno}: record lacks {', '.join(missing)} (not evalplus format)")
-                tid = str(r["task_id"])
-                base, plus = r["base_input"], r["plus_input"]
-                if mbpp:
-                    base, plus = mbpp_deserialize_inputs(tid, base), mbpp_deserialize_inputs(tid, plus)
-                tasks.append(PlusTask(tid, r["prompt"], r["entry_point"], r["canonical_solution"], base, plus,
-                                      float(r.get("atol") or 0)))
+            lines = fh.read().splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable evalplus file ({exc})") from None
+        raise ValueError(f"{path}: unreadable {what} ({exc})") from None
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: not a JSON object ({what})")
+        out.append((lineno, obj))
+    return out
+
+
+def load(path: Path, *, mbpp: bool) -> list[PlusTask]:
+    """The records of an evalplus file (``.jsonl`` or ``.jsonl.gz``), in file order."""
+    tasks = []
+    for lineno, r in jsonl_objects(path, "evalplus file"):
+        missing = [k for k in REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record lacks {', '.join(missing)} (not evalplus format)")
+        tid = str(r["task_id"])
+        base, plus = r["base_input"], r["plus_input"]
+        if mbpp:
+            base, plus = mbpp_deserialize_inputs(tid, base), mbpp_deserialize_inputs(tid, plus)
+        tasks.append(PlusTask(tid, r["prompt"], r["entry_point"], r["canonical_solution"], base, plus,
+                              float(r.get("atol") or 0)))
     return tasks
 
 

@@ -175,6 +175,12 @@ def mbpp_plus_records(mbpp_problems: list[Problem], *, n_plus: int = 6, seed: in
 
 
 
+def write_jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
+    """Write records one JSON object a line (evalplus's layout)."""
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Path(path)
+
+
 def write_demo_files(out_dir: Path, mbpp_file: Path) -> list[Path]:
     """The demo's HumanEval+/MBPP+-format files (HumanEval 0-15, MBPP 11-30), deterministic."""
     from engine.data import humaneval, mbpp
@@ -182,9 +188,7 @@ def write_demo_files(out_dir: Path, mbpp_file: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"HumanEvalPlus-demo.jsonl": humaneval_plus_records(humaneval.load()[0][:16], extra=False),
              "MbppPlus-demo.jsonl": mbpp_plus_records(mbpp.problems_of(mbpp_file, 11, 30))}
-    for name, rows in files.items():
-        (out_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return [out_dir / name for name in files]
+    return [write_jsonl(out_dir / name, rows) for name, rows in files.items()]
 
 
 if __name__ == "__main__":

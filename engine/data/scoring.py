@@ -11,8 +11,6 @@ category beside them.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,20 +177,8 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
                 for d in sorted(path.iterdir()) if d.is_dir()
                 for f in sorted(d.glob("*.py"), key=lambda f: (len(f.stem), f.stem))]
     samples = []
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable samples file ({exc})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
-        if not isinstance(s, dict) or not isinstance(s.get("task_id"), str):
+    for lineno, s in evalplus.jsonl_objects(path, "samples file"):
+        if not isinstance(s.get("task_id"), str):
             raise ValueError(f"{path}:{lineno}: a sample needs a string 'task_id'")
         if not isinstance(s.get("solution", s.get("completion")), str):
             raise ValueError(f"{path}:{lineno}: sample of {s['task_id']} needs a 'solution' or 'completion' string")
