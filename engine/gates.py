@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from engine.chain import seal, sealed, user_key
 from engine.data import protocols
 from engine.data.protocols import Protocol
+from engine.data.protocols import diff as protocol_diff
 from engine.refs import resolve_ref
 from engine.results import DEFAULT_PROTOCOL, incomparable, ledger_entries
 from engine.spec import REF_RE, Criterion, PipelineSpec
@@ -221,6 +222,33 @@ def read_ledger(ws: Workspace) -> list[dict[str, Any]]:
     return ledger_entries(ws)
 
 
+_DATA_FIELDS = ("data_sha256", "data_sha256_decompressed", "data_pinned_by")
+
+
+def _fields(proto: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in proto.items() if k not in _DATA_FIELDS}
+
+
+def spec_protocols(spec: PipelineSpec, ref: str, bench: str) -> list[dict[str, Any]]:
+    """The protocols (data fields aside) the spec's eval stages measuring ``ref`` on ``bench``
+    would record now: a record under none of them predates a protocol change in the spec."""
+    want, out = _canonical_ref(spec, ref), []
+    for entry in spec.stages.values():
+        params = entry.params
+        if entry.kind != "eval" or _measures(entry.kind, params) != bench or not any(
+                _canonical_ref(spec, r) == want for r in entry.inputs.values()):
+            continue
+        try:
+            official = protocols.get(str(params.get("protocol")))
+            overrides = dict(params.get("overrides") or {})
+            if params.get("limit"):
+                overrides["n_tasks"] = min(int(params["limit"]), official.n_tasks)
+            out.append(_fields(protocols.resolve(official.id, overrides=overrides).as_dict()))
+        except (ValueError, TypeError):
+            continue  # pmat check names a bad protocol or override
+    return out
+
+
 def criterion_protocol(crit: Criterion, bench: str) -> Protocol | None:
     """The protocol a criterion reads ``bench`` under: its pin (an id, or {id, overrides}),
     else the official protocol of a code benchmark, else none (no protocol to match)."""
@@ -256,6 +284,7 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
             raise ValueError(f"{name}: name {dotted!r} is not CHECKPOINT.BENCHMARK.METRIC")
         bench, metric = parts
         h, proto = hashes[alias], criterion_protocol(crit, bench)
+        now = spec_protocols(spec, refs[alias], bench) if proto else []
         mine = []
         for r in ledger:
             if r.get("benchmark") != bench or not any(metric_key(k) == metric for k in (r.get("metrics") or {})):
@@ -267,7 +296,10 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
                     if not r["ignored"]:
                         stale[dotted] = "results are of an older version of the checkpoint"
                 continue
-            why = (("provenance", r["ignored"]) if r["ignored"] else incomparable(r, proto) if proto else None)
+            have = _fields(r["protocol"]) if isinstance(r.get("protocol"), dict) else {}
+            why = (("provenance", r["ignored"]) if r["ignored"]
+                   else ("protocol", f"protocol differs: {'; '.join(protocol_diff(have, now[0]))}")
+                   if now and have not in now else incomparable(r, proto) if proto else None)
             if why is None:
                 mine.append(r)
             elif why[0] == "protocol":

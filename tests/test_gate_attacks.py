@@ -229,3 +229,17 @@ def test_pmat_check_refuses_a_submit_that_could_run_before_its_evaluations(tmp_p
     ws.spec_path.write_text(yaml.safe_dump(data))
     assert pmat(["check", "--workspace", str(ws.root)]) == 2
     assert "its approval answers for AC-0" in capsys.readouterr().err
+
+
+def test_an_eval_parameter_changed_in_the_spec_after_results_makes_them_stale(failing):
+    ws, _, _, _ = failing
+    data = yaml.safe_load(ws.spec_path.read_text())
+    data["stages"]["eval_mbpp"] = {"kind": "eval", "inputs": {"model": "final.model"}, "memory_gb": 0.1, "duration_h": 0.1,
+                                   "params": {"protocol": "mbpp_leaderboard", "seed": 0}}
+    data["stages"]["submit"]["after"] = ["eval_mbpp"]
+    ws.spec_path.write_text(yaml.safe_dump(data))
+    assert _ac022(ws).outcome == "fail" and "stale" not in _ac022(ws).reason  # the stage records what was recorded
+    data["stages"]["eval_mbpp"]["params"]["overrides"] = {"max_new_tokens": 1024}
+    ws.spec_path.write_text(yaml.safe_dump(data))
+    g = _ac022(ws)
+    assert "stale: mbpp.pass_at_1 (protocol changed: max_new_tokens 768 -> 1024)" in g.reason
