@@ -123,12 +123,15 @@ def _snapshot(root: str) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-CONFIGS = [("root", "shared", "auto"), ("root", "private", "auto"), ("user", "shared", "auto"),
-           ("user", "private", "auto"), ("root", "private", "none"), ("user", "shared", "none")]
+# (who, TMPDIR, outer layer, Landlock): the last is issue 15's "without Landlock and its own uid"
+CONFIGS = [("root", "shared", "auto", "landlock"), ("root", "private", "auto", "landlock"),
+           ("user", "shared", "auto", "landlock"), ("user", "private", "auto", "landlock"),
+           ("root", "private", "none", "landlock"), ("user", "shared", "none", "landlock"),
+           ("user", "private", "none", "no-landlock")]
 
 
-@pytest.mark.parametrize(("who", "tmp", "outer"), CONFIGS, ids=["-".join(c) for c in CONFIGS])
-def test_hostile_programs_are_contained(who: str, tmp: str, outer: str, outside: str, unprivileged: int,
+@pytest.mark.parametrize(("who", "tmp", "outer", "ll"), CONFIGS, ids=["-".join(c) for c in CONFIGS])
+def test_hostile_programs_are_contained(who: str, tmp: str, outer: str, ll: str, outside: str, unprivileged: int,
                                         bwrap_reason: str | None, tmp_path: Path) -> None:
     uid = unprivileged if who == "user" else None
     if who == "root" and os.geteuid() != 0:
@@ -143,7 +146,7 @@ def test_hostile_programs_are_contained(who: str, tmp: str, outer: str, outside:
         if uid is not None:
             os.chown(tmpdir, uid, uid)
     before, tmp_before = _snapshot(outside), set(os.listdir(tmpdir))
-    cfg = {"outside": outside, "dataset": _dataset(), "repo": str(REPO), "outer": outer}
+    cfg = {"outside": outside, "dataset": _dataset(), "repo": str(REPO), "outer": outer, "landlock": ll == "landlock"}
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "TMPDIR": tmpdir, SECRET_ENV: SECRET_VALUE}
     res = subprocess.run([*_as_user(uid), sys.executable, str(REPO / "tests/redteam/suite.py"), json.dumps(cfg)],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
@@ -165,5 +168,5 @@ def test_hostile_programs_are_contained(who: str, tmp: str, outer: str, outside:
     assert ("own-uid" in layers) == (uid is None and os.geteuid() == 0)
     assert ("bwrap-mount-ns" in layers) == (outer == "auto")
     assert ("seccomp" in layers) == seccomp.supported()
-    assert any(lay.startswith("landlock") for lay in layers) == (landlock.abi() > 0)
+    assert any(lay.startswith("landlock") for lay in layers) == (landlock.abi() > 0 and ll == "landlock")
     assert all(v["isolation"] == layers for v in hostile.values())

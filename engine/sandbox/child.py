@@ -85,7 +85,8 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
         os.setgid(uid)
         os.setuid(uid)
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing (and Landlock, seccomp may apply)
-    landlock.restrict(here)  # kernel: writes only beneath workdir, no exec, no signals out (if present)
+    # kernel: writes only beneath workdir, no exec, no signals out (if present, and not switched off)
+    _PREPARED["landlocked"] = landlock.restrict(here) if limits.get("landlock", True) else 0
     os.close(here)
     seccomp.install(_LIBC, os.getpid(), allow_processes=not forks_refused)
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote (after setuid, which clears it)
@@ -194,7 +195,8 @@ def child_main(sock: socket.socket, viol_fd: int, workdir: str, limits: dict[str
         for name in _blocked_loaded():
             sys.modules.pop(name, None)
         hook.install(viol_fd, root, *(_PREPARED.get("reads") or hook.read_roots()),
-                     kernel_refuses_processes=seccomp.supported() and limits["nproc"] <= 1)
+                     kernel_refuses_processes=seccomp.supported() and limits["nproc"] <= 1,
+                     kernel_confines_writes=bool(_PREPARED.get("landlocked")))
         sys.setrecursionlimit(3000)
         _Server(sock).serve()
     except BaseException:  # noqa: BLE001 - a child must never fall back into the template's loop

@@ -43,6 +43,10 @@ PATH_EVENTS = {
 }
 BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "cffi", "_posixsubprocess", "_xxsubinterpreters", "_testcapi",
                              "_testinternalcapi", "_xxinterpchannels"})
+# C modules that open files (or sockets) without an audited Python open: refused where no kernel
+# layer confines writes (sqlite's ATTACH, dbm files, readline's history, POSIX semaphores...)
+UNAUDITED_FILE_IMPORTS = frozenset({"_sqlite3", "_dbm", "_gdbm", "readline", "syslog", "_multiprocessing",
+                                    "_posixshmem", "ossaudiodev", "_curses", "_tkinter"})
 _FILES = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/etc/localtime"})
 _SYSTEM_READS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo")
 _PACKAGES = ("numpy",)
@@ -66,14 +70,18 @@ def read_roots() -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
 
 
 def install(viol_fd: int, root: str, roots: tuple[str, ...], packages: tuple[str, ...],
-            listable: frozenset[str], *, kernel_refuses_processes: bool = False) -> None:
+            listable: frozenset[str], *, kernel_refuses_processes: bool = False,
+            kernel_confines_writes: bool = False) -> None:
     """Arm the permanent hook: a forbidden operation is named on the pipe, then the process exits.
-    With ``kernel_refuses_processes`` (seccomp) ``subprocess`` may be imported: using it fails."""
+    With ``kernel_refuses_processes`` (seccomp) ``subprocess`` may be imported: using it fails;
+    without ``kernel_confines_writes`` (Landlock) C modules that write files unaudited may not."""
     exit_now, write, lstat, readlink, getcwd = posix._exit, posix.write, posix.lstat, posix.readlink, posix.getcwd
     t_type, t_str, t_bytes, t_int, t_len, t_any = type, str, bytes, int, len, any
     t_issubclass, t_base = issubclass, BaseException
     proc_events, path_events = PROC_EVENTS, dict(PATH_EVENTS)
     blocked = BLOCKED_IMPORTS - {"_posixsubprocess"} if kernel_refuses_processes else BLOCKED_IMPORTS
+    if not kernel_confines_writes:
+        blocked |= UNAUDITED_FILE_IMPORTS
     files, roots, packages = _FILES, tuple(r + "/" for r in roots), tuple(p + "/" for p in packages)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     path_types = (pathlib.PurePosixPath, pathlib.PosixPath)
@@ -190,6 +198,10 @@ def install(viol_fd: int, root: str, roots: tuple[str, ...], packages: tuple[str
             name = args[0]
             if t_type(name) is not t_str or name.split(".")[0] in blocked:
                 violate(f"import {name}"[:200] if t_type(name) is t_str else "import of a non-str name")
+            if t_len(args) > 1 and args[1] is not None:  # native code loaded from a file
+                p = checked(args[1], "import")
+                if inside(p) or not readable(p):
+                    violate(f"import of native code from {p}")
 
     def hook(event: str, args: tuple) -> None:
         try:

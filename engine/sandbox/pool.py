@@ -90,16 +90,21 @@ class Verdict:
 
 
 def network_prefix() -> list[str] | None:
-    """The ``unshare`` command that gives a template a network namespace of its own, if any."""
+    """The ``unshare`` command that gives a template (without bubblewrap) a network namespace of
+    its own, and a mount namespace where it can put a size-limited tmpfs on its work area; the
+    first of those that works here, or None."""
     root = os.geteuid() == 0
     if root not in _NET_PROBE:
-        cmd = ["unshare", "--net"] + ([] if root else ["--map-root-user"])
-        try:
-            ok = shutil.which("unshare") and subprocess.run(
-                [*cmd, "true"], capture_output=True, timeout=10).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-        _NET_PROBE[root] = cmd if ok else None
+        _NET_PROBE[root] = None
+        for extra in (["--mount"], []):
+            cmd = ["unshare", "--net", *extra] + ([] if root else ["--map-root-user"])
+            try:
+                if shutil.which("unshare") and subprocess.run([*cmd, "true"], capture_output=True,
+                                                              timeout=10).returncode == 0:
+                    _NET_PROBE[root] = cmd
+                    break
+            except (OSError, subprocess.SubprocessError):
+                continue
     return _NET_PROBE[root]
 
 
@@ -119,7 +124,9 @@ class _Slot:
         uid = pool.uid_base + self.index if os.geteuid() == 0 and pool.isolate_uid else None
         if pool.net_prefix and os.geteuid() != 0:
             uid = None  # inside a user namespace the template is "root" without real uids to switch to
-        cfg = {"base": bwrap.BASE if pool.bwrap else pool.base, "uid": uid, "limits": asdict(pool.limits)}
+        cfg = {"base": bwrap.BASE if pool.bwrap else pool.base, "uid": uid,
+               "limits": {**asdict(pool.limits), "landlock": pool.landlock},
+               "mount_tmpfs": not pool.bwrap and "--mount" in (pool.net_prefix or [])}
         argv = [sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)]
         prefix = bwrap.command(pool.limits.disk_mb, TEMPLATE_ENV) if pool.bwrap else (pool.net_prefix or [])
         self.proc = subprocess.Popen(
@@ -134,6 +141,7 @@ class _Slot:
             raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
         self.landlock = int(ready.get("landlock") or 0)
         self.seccomp = bool(ready.get("seccomp"))
+        self.tmpfs = bool(ready.get("tmpfs"))
 
     def restart(self) -> bool:
         """A fresh template after this one died or was killed; False if it would not start."""
@@ -269,15 +277,17 @@ class SandboxPool:
     """Run many checks through ``workers`` warm templates; use as a context manager.
 
     ``outer``: "auto" (bubblewrap when it works here, else a network namespace when that
-    works), "bwrap" (required: refuse to start without it) or "none"."""
+    works), "bwrap" (required: refuse to start without it) or "none". ``landlock=False``
+    leaves Landlock out, as on a kernel without it (to test the layers under it)."""
 
     def __init__(self, workers: int | None = None, limits: Limits = Limits(), *, isolate_uid: bool = True,
-                 network: str = "auto", outer: str = "auto") -> None:
+                 network: str = "auto", outer: str = "auto", landlock: bool = True) -> None:
         # two slots per core: a template and its child take turns. More would hide sleeping programs
         # better but starve CPU-bound correct ones into wall-clock timeouts (MBPP 123 at 10 s on 8 slots)
         self.workers = max(1, workers or min(32, 2 * (os.cpu_count() or 1)))
         self.limits = limits
         self.isolate_uid = isolate_uid
+        self.landlock = landlock
         # unnamed uids, random per pool: two pools never share one (a slot's cleanup kills its uid's all)
         self.uid_base = 1_000_000 + secrets.randbelow(1 << 24) * 64
         why_not = bwrap.available() if outer in ("auto", "bwrap") and network == "auto" else "not asked for"
@@ -347,6 +357,8 @@ class SandboxPool:
             on += ["bwrap-mount-ns", "bwrap-pid-ns", "net-ns", "ipc-ns", f"tmpfs-quota-{self.limits.disk_mb}mb"]
         elif self.net_prefix:
             on.append("net-ns")
+            if self.slots and all(s.tmpfs for s in self.slots):
+                on.append(f"tmpfs-quota-{self.limits.disk_mb}mb")
         abi = min((s.landlock for s in self.slots), default=0)
         if abi:
             on.append(f"landlock-abi-{abi}")
@@ -458,6 +470,8 @@ def isolation_layers() -> dict[str, Any]:
         on += ["bwrap-mount-ns", "bwrap-pid-ns", "net-ns", "ipc-ns", f"tmpfs-quota-{Limits().disk_mb}mb"]
     elif network_prefix():
         on.append("net-ns")
+        if "--mount" in (network_prefix() or []):
+            on.append(f"tmpfs-quota-{Limits().disk_mb}mb")
     if landlock.abi():
         on.append(f"landlock-abi-{landlock.abi()}")
     if seccomp.supported():
@@ -474,7 +488,8 @@ def missing_layers(layers: list[str]) -> list[str]:
     want = {"bwrap-mount-ns": "bubblewrap (programs could read host files: apt-get install bubblewrap)",
             "landlock": "Landlock (kernel >= 5.13: writes outside the work dir stopped by the audit hook alone)",
             "seccomp": "seccomp (x86-64/aarch64 only: processes, sockets and memfd stopped by the audit hook alone)",
-            "net-ns": "a network namespace (sockets stopped by the audit hook and seccomp alone)"}
+            "net-ns": "a network namespace (sockets stopped by the audit hook and seccomp alone)",
+            "tmpfs-quota": "a mount namespace (no total disk quota per program, RLIMIT_FSIZE per file only)"}
     return [why for key, why in want.items() if not any(layer.startswith(key) for layer in layers)]
 
 

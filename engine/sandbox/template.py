@@ -107,6 +107,16 @@ def _warm_up() -> None:
     gc.freeze()
 
 
+def _mount_tmpfs(path: str, size_mb: int) -> bool:
+    """In the template's own mount namespace (``unshare --mount``, without bubblewrap): a tmpfs of
+    ``size_mb`` on the work area, the total disk quota of a program, private to this slot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    opts = f"size={size_mb}m,mode=0711".encode()
+    return libc.mount(b"tmpfs", path.encode(), b"tmpfs", 2 | 4, opts) == 0  # MS_NOSUID | MS_NODEV
+
+
 class Template:
     """One slot's template: run each job's tests against the zygote's pre-forked child."""
 
@@ -114,6 +124,7 @@ class Template:
         self.base: str = cfg["base"]
         self.uid: int | None = cfg.get("uid")
         self.limits: dict[str, int] = cfg["limits"]
+        self.cfg = cfg
         self.out = out
 
     def run_job(self, job: dict[str, Any], warm: zygote.Warm) -> zygote.Warm:
@@ -132,12 +143,14 @@ class Template:
         return zygote.next_child(self.ctl)
 
     def serve(self) -> None:
+        tmpfs = self.cfg.get("mount_tmpfs") and _mount_tmpfs(self.base, int(self.limits["disk_mb"]))
         _warm_up()
         self.zygote_pid, self.ctl = zygote.start(self.base, self.limits, self.uid)
         self.ctl.send(b"next")
         warm = zygote.next_child(self.ctl)
         wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid,
-                                   "landlock": landlock.abi(), "seccomp": seccomp.supported()})
+                                   "landlock": landlock.abi() if self.limits.get("landlock", True) else 0,
+                                   "seccomp": seccomp.supported(), "tmpfs": bool(tmpfs)})
         buf = b""
         while True:
             chunk = os.read(0, 1 << 20)

@@ -156,6 +156,13 @@ def hostile(outside: str, dataset: str, repo: str, secret_env: str) -> dict[str,
         "ctypes_via_harness_module": "import sys\nsys.modules['engine.sandbox.child']._LIBC.system(b'true')\n" + WRONG,
         "ctypes_via_numpy": "import numpy\nnumpy._core._internal.ctypes.CDLL(None).system(b'true')\n" + WRONG,
         "gc_walk_for_harness": "import gc\nobjs = gc.get_objects()\n" + WRONG,
+        "native_module_from_workdir": ("import shutil, importlib.util, os\n"
+                                       "src = importlib.util.find_spec('_bisect').origin\nshutil.copyfile(src, 'evil.so')\n"
+                                       "spec = importlib.util.spec_from_file_location('_bisect', 'evil.so')\n"
+                                       "importlib.util.module_from_spec(spec)\n" + WRONG),
+        "sqlite_attach_outside": (f"import sqlite3\nc = sqlite3.connect(':memory:')\n"
+                                  f"c.execute(\"ATTACH DATABASE '{outside}/pwned.db' AS x\")\n"
+                                  f"c.execute('CREATE TABLE x.t (a)')\nc.commit()\n{WRONG}"),
         "reload_os_then_system": "import importlib, os\nos = importlib.reload(os)\nos.system('true')\n" + WRONG,
         # -- reads --------------------------------------------------------------------------------
         "read_secret_outside": f"{_READ}_try({secret!r})\n{WRONG}",

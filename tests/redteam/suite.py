@@ -28,7 +28,8 @@ def main() -> None:
     programs = hostile(cfg["outside"], cfg["dataset"], cfg["repo"], SECRET_ENV)
     limits = Limits(memory_mb=256, cpu_s=4, fsize_mb=8, nofile=64, disk_mb=32)
     t0 = time.monotonic()
-    with SandboxPool(workers=4, limits=limits, outer=cfg.get("outer", "auto")) as pool:
+    with SandboxPool(workers=4, limits=limits, outer=cfg.get("outer", "auto"),
+                     landlock=cfg.get("landlock", True)) as pool:
         startup_s = time.monotonic() - t0
         names = list(programs)
         jobs = []
