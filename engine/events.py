@@ -175,14 +175,18 @@ class EventReader:
         self.inode = st.st_ino
 
     def poll_lines(self) -> Iterator[bytes]:
-        """Yield complete raw lines (without newline) past the current offset."""
+        """The complete raw lines (without newline) past the current offset. The rotation check
+        runs at once, so ``line + 1`` read right after this call numbers the first line yielded."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return
+            return iter(())
         self._check_rotation(st)
         if st.st_size == self.offset:
-            return
+            return iter(())
+        return self._read_lines()
+
+    def _read_lines(self) -> Iterator[bytes]:
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
             carry = b""
@@ -196,11 +200,10 @@ class EventReader:
                     carry = block
                     continue
                 carry = block[end + 1 :]
-                complete = block[:end]
+                lines = block[:end].split(b"\n")
                 self.offset += end + 1  # block starts at the old offset
-                for raw in complete.split(b"\n"):
-                    self.line += 1
-                    yield raw
+                self.line += len(lines)
+                yield from lines
             # carry (a partial line) is left for the next poll
 
     def poll(self) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ PROGRESS_HISTORY = 512
 METRIC_HISTORY = 4096
 RATE_WINDOW_S = 900.0
 DAMAGE_HISTORY = 100
+_NUM = (int, float)
+_NUM_OR_NONE = (int, float, type(None))
 _scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its per-call wrappers
 
 
@@ -204,14 +206,15 @@ class PipelineState:
         changed = False
         reader = self._journal_reader
         resets = reader.resets
-        for line in reader.poll_lines():
-            if reader.resets != resets:  # the journal was replaced or truncated: fold it again
-                resets, self._journal_prev = reader.resets, None
+        lines = reader.poll_lines()
+        if reader.resets != resets:  # the journal was replaced or truncated: fold it again
+            self._journal_prev = None
+        for number, line in enumerate(lines, reader.line + 1):
             ev = _parse(line)
-            self._check_chain(line, ev)
+            self._check_chain(line, ev, number)
             why = invalid(ev) if line else None
             if why:
-                self._damaged(self.ws.journal_path, reader.line, why)
+                self._damaged(self.ws.journal_path, number, why)
             elif ev is not None:
                 self._apply_journal(ev)
                 changed = True
@@ -222,7 +225,7 @@ class PipelineState:
         self.bad_events += 1
         self.damage.append(f"{path}:{line}: {why}")
 
-    def _check_chain(self, line: bytes, ev: Any) -> None:
+    def _check_chain(self, line: bytes, ev: Any, number: int) -> None:
         """Follow the journal's hash chain (engine/chain.py); at the first line that does not
         follow, ask ``verify_chain`` (which honours a break the user accepted) once."""
         if not line or self.chain_break:
@@ -230,7 +233,7 @@ class PipelineState:
         prev = ev.get("prev") if isinstance(ev, dict) else None
         if self._journal_prev is not None and prev != self._journal_prev or self._journal_prev is None and prev not in ("", None):
             report = verify_chain(self.ws.journal_path)
-            if not report.ok and report.broken_line is not None and report.broken_line <= self._journal_reader.line:
+            if not report.ok and report.broken_line is not None and report.broken_line <= number:
                 self.chain_break = report.reason
         self._journal_prev = line_digest(line)
 
@@ -262,24 +265,28 @@ class PipelineState:
             apply = self._apply_job
             if not job_id_ok(job_id):
                 continue
-            for line in reader.poll_lines():  # streamed: a 1 GB log is never held as one list
+            lines = reader.poll_lines()
+            for number, line in enumerate(lines, reader.line + 1):  # streamed: a 1 GB log is never held as one list
                 ev = _parse(line)
+                if type(ev) is dict and ev.get("kind") == "progress" and type(ts := ev.get("ts")) in _NUM \
+                        and type(done := ev.get("done")) in _NUM and type(total := ev.get("total")) in _NUM_OR_NONE \
+                        and type(unit := ev.get("unit", "items")) is str:
+                    # most events, checked and folded inline (the fold of 100k events is a console's first frame)
+                    if a is None:
+                        a = self.attempt(job_id)
+                    a.last_event_at = ts
+                    a.done, a.total, a.unit = done, total, unit
+                    a.progress.append((ts, done))
+                    continue
                 why = invalid(ev) if line else None
                 if why or not isinstance(ev, dict):
                     reader.bad_lines += bool(line)
                     if why:
-                        self._damaged(reader.path, reader.line, why)
+                        self._damaged(reader.path, number, why)
                     continue
                 if a is None:
                     a = self.attempt(job_id)
-                if ev["kind"] == "progress":  # most events: inlined (the fold of 100k events is a console's first frame)
-                    a.last_event_at = ts = ev["ts"]
-                    a.done = done = ev["done"]
-                    a.total = ev.get("total")
-                    a.unit = ev.get("unit", a.unit)
-                    a.progress.append((ts, done))
-                else:
-                    apply(a, ev)
+                apply(a, ev)
             if a is not None:
                 changed = True
                 if a.finished_at is not None:

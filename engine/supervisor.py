@@ -220,8 +220,9 @@ class Supervisor:
         self.state.refresh()
 
     def run_forever(self) -> None:
-        """Rounds until SIGTERM. An I/O error in a round is reported and the next round tries
-        again; anything else stops the supervisor with its reason printed and journaled."""
+        """Rounds until SIGTERM. An error in a round (I/O or other) is printed and journaled once
+        and the next round tries again; an error outside the rounds (the lock, the first fold)
+        stops the supervisor with its reason printed and journaled."""
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         reason = "stopped by SIGTERM"
@@ -232,6 +233,8 @@ class Supervisor:
                     self.tick()
                 except OSError as exc:
                     self.report(f"I/O error: {exc}")
+                except Exception as exc:  # noqa: BLE001 - one bad round must not stop every job's supervision
+                    self.report(f"error in a round, carrying on: {type(exc).__name__}: {exc}")
                 self.stop.wait(self.spec.settings.poll_interval_s)
         except BaseException as exc:
             reason = f"stopped by an error: {type(exc).__name__}: {exc}"
