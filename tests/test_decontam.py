@@ -154,8 +154,8 @@ def test_refusal_names_the_signal_and_the_evaluation_task(index: DecontamIndex) 
 
     p = {x.task_id: x for x in humaneval.load()[0]}["HumanEval/129"]
     row = chat(DISGUISES["all_code_disguises_at_once"](p))
-    with pytest.raises(ContaminatedData, match=r"row 1: humaneval HumanEval/129 \((statements|code), score [^\n]*"
-                                               r"code, score \d\.\d\d, \d+ normalised code 8-grams"):
+    with pytest.raises(ContaminatedData, match=r"row 1: humaneval HumanEval/129 \(code, score \d\.\d\d, \d+ normalised "
+                                               r"code 8-grams, rarity \d+; statements, score "):
         require_clean([CLEAN[0], row], index, what="sft rows")
 
 

@@ -228,7 +228,7 @@ class CodeIndex:
             kept = [x for x in g if x in self.weight]
             for x in kept:
                 self.postings[x].append(u)
-            self.total.append(sum(self.weight[x] for x in kept))
+            self.total.append(math.fsum(self.weight[x] for x in kept))  # exact: no hash-order noise
 
     def matches(self, stream: list[str], min_coverage: float) -> list[CodeMatch]:
         """Units whose grams the row's normalised ``stream`` covers at least ``min_coverage`` of, in one window."""
@@ -238,7 +238,7 @@ class CodeIndex:
                 found[u].setdefault(gram, k)
         out = []
         for u, hit in found.items():
-            if sum(self.weight[g] for g in hit) < min_coverage * self.total[u]:
+            if math.fsum(self.weight[g] for g in hit) < min_coverage * self.total[u]:
                 continue
             weight, count = self._densest(u, hit)
             if weight >= min_coverage * self.total[u]:

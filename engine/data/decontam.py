@@ -84,9 +84,9 @@ class Contamination:
         lines = []
         for row, hits in list(sorted(self.rows.items()))[:limit]:
             by_task: dict[tuple[str, str], list[Hit]] = defaultdict(list)
-            for h in sorted(hits, key=lambda x: -x.score):
+            for h in sorted(hits, key=lambda x: (-round(x.score, 2), x.reason)):  # as printed, ties by name
                 by_task[(h.source, h.task_id)].append(h)
-            (source, task), top = next(iter(by_task.items()))
+            (source, task), top = min(by_task.items(), key=lambda kv: (-len(kv[1]), -round(kv[1][0].score, 2), kv[0]))
             why = "; ".join(f"{h.reason}, score {h.score:.2f}{', ' + h.detail if h.detail else ''}" for h in top)
             others = f" and {len(by_task) - 1} more problems" if len(by_task) > 1 else ""
             lines.append(f"row {row}: {source} {task} ({why}){others}")
@@ -259,7 +259,8 @@ class DecontamIndex:
         hits: dict[tuple[int, str], Hit] = {}
         stream = normalise(text, unpack=True)
         for sig in self.code_signals:
-            for m in sorted(sig.index.matches(stream, min(sig.coverage, NAMED_CODE)), key=lambda m: m.coverage):
+            matches = sig.index.matches(stream, min(sig.coverage, NAMED_CODE))
+            for m in sorted(matches, key=lambda m: (round(m.coverage, 6), round(m.weight, 6), -m.unit)):  # best last
                 i = sig.index.owners[m.unit]
                 it = self.items[i]
                 strong = m.coverage >= sig.coverage and m.weight >= sig.weight and m.grams >= sig.count
