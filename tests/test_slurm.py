@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from slurm_fixture import slurm_env  # noqa: F401 - the session fixture
+from test_supervisor import JOB as UNITS  # units of work, each recorded once in the work dir
 
 from engine.events import read_events
 from engine.executors import Resources, job_handle
@@ -90,3 +91,72 @@ def test_pending_reason_and_cancel(env, tmp_path: Path) -> None:
     wait_for(lambda: not big.alive(), what="the running job to end")
     ev = read_events(ws.job_log("a.1"))
     assert ev[-1]["kind"] == "job_finished" and ev[-1]["outcome"] == "cancelled", ev[-1]
+
+
+def test_a_submission_slurm_refuses_fails_the_job_in_its_words(env, tmp_path: Path) -> None:
+    from engine.executors import launch_job
+    from engine.spec import parse_spec
+
+    spec = parse_spec({"name": "t", "settings": {"executor": "slurm"}, "stages": {"a": {
+        "kind": "command", "params": {"argv": ["true"]}, "memory_gb": 0.1, "duration_h": 0.1, "partition": "nosuch"}}})
+    ws = Workspace(tmp_path / "ws").init()
+    h = launch_job(spec, "a", "a.1", command_job(ws, "a.1", "print(1)"), ws=ws, reservation=1 << 20, gpus=[])
+    assert not h.alive() and job_handle(h.as_dict()).end_reason() == h.end_reason()
+    end = read_events(ws.job_log("a.1"))[-1]
+    assert end["kind"] == "job_finished" and end["outcome"] == "failed"
+    assert end["error"].startswith("slurm executor: sbatch for a.1 failed: ") and "partition" in end["error"]
+
+
+# -- the supervisor with `executor: slurm` ----------------------------------------------------------
+
+
+def test_supervisor_runs_stages_on_slurm_and_resubmits_a_lost_job(env, tmp_path: Path) -> None:
+    """Two stages that each fill the node: one runs, the other shows ``PENDING (Resources)``; the
+    running one's batch job is killed outright (no end in its log): crashed, with Slurm's end state
+    in the reason, and resumed by a new submission that continues its units."""
+    import yaml
+
+    from engine.state import load_state
+    from engine.supervisor import Supervisor, send_command
+
+    ws = Workspace(tmp_path / "ws").init()
+    stage = {"kind": "command", "params": {"argv": ["{python}", "-c", UNITS, "30", "0.2"]}, "memory_gb": 0.1,
+             "duration_h": 0.05, "device": "cpu"}
+    spec = {"name": "t", "settings": {"poll_interval_s": 0.2, "cancel_grace_s": 2, "executor": "slurm",
+                                      "slurm": {"cpus_per_task": os.cpu_count()}},
+            "stages": {"a": stage, "b": {**stage, "params": {"argv": ["{python}", "-c", UNITS, "2", "0.1"]}}}}
+    ws.spec_path.write_text(yaml.safe_dump(spec))
+    sup = Supervisor(ws)
+    sup.start()
+    try:
+        send_command(ws, "run", targets=["all"])
+
+        def ticked(cond):
+            sup.tick()
+            return cond()
+
+        def journal(kind: str) -> list[dict]:
+            return [e for e in read_events(ws.journal_path) if e["kind"] == kind]
+
+        wait_for(lambda: ticked(lambda: len(journal("launched")) == 2), what="both stages submitted")
+        first = {e["stage"]: e["identity"] for e in journal("launched")}
+        assert {i["executor"] for i in first.values()} == {"slurm"}
+        states = lambda: {(e["stage"], e["state"]) for e in journal("executor_state")}  # noqa: E731
+        wait_for(lambda: ticked(lambda: any(s.startswith("RUNNING on ") for _, s in states())), what="one running")
+        running = next(st for st, s in states() if s.startswith("RUNNING"))
+        waiting = "b" if running == "a" else "a"
+        wait_for(lambda: ticked(lambda: (waiting, "PENDING (Resources)") in states()), what="PENDING (Resources)")
+        assert load_state(ws).stage(waiting).latest.executor_state == "PENDING (Resources)"
+        wait_for(lambda: ticked(lambda: (ws.work_dir("a") / "units").exists()), 120, what="a's first unit")
+        pid = next(e["pid"] for e in read_events(ws.job_log("a.1")) if e["kind"] == "job_started")
+        os.kill(pid, signal.SIGKILL)  # the job's process dies without a word (an OOM kill, a lost node)
+        wait_for(lambda: ticked(lambda: journal("crashed")), 60, what="the crash")
+        assert f"; slurm job {first['a']['slurm_id']} " in journal("crashed")[0]["reason"]
+        wait_for(lambda: ticked(lambda: load_state(ws).stage("a").done and load_state(ws).stage("b").done), 180,
+                 what="both stages done")
+    finally:
+        sup.release()
+    st = load_state(ws).stage("a")
+    assert [x.outcome for x in st.attempts] == ["crashed", "ok"]
+    assert st.attempts[1].identity["slurm_id"] != first["a"]["slurm_id"]  # resumed by resubmitting
+    assert sorted(map(int, (ws.work_dir("a") / "units").read_text().split())) == list(range(30))  # each unit once

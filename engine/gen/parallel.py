@@ -112,6 +112,7 @@ class ParallelBackend:
             child.close()
             self.conns.append(parent)
             self.procs.append(p)
+        self.done = self.cached()  # read once: later outputs are added as they come back
         names = [self._recv(k) for k in range(len(devices))]
         self.name = names[0][1]
         self.device = ",".join(n[2] for n in names)
@@ -147,18 +148,21 @@ class ParallelBackend:
 
     def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         keys = [request_key(self.stamp, self.backend, self.dtype, r) for r in requests]
-        done = self.cached()
+        done = self.done
         # request i always goes to engine i mod N: a resumed call redoes exactly the shards lost
         shards = [[i for i in range(k, len(requests), self.engines) if keys[i] not in done]
                   for k in range(self.engines)]
         for k, idx in enumerate(shards):
             if idx:
                 self.conns[k].send(([requests[i] for i in idx], [keys[i] for i in idx], self.max_rows))
-        results: dict[int, GenOutput] = {}
         for k, idx in enumerate(shards):
             if idx:
-                results.update(zip(idx, self._recv(k)[1], strict=True))
-        return [results[i] if i in results else done[keys[i]] for i in range(len(requests))]
+                done.update(zip([keys[i] for i in idx], self._recv(k)[1], strict=True))
+        return [done[k] for k in keys]
+
+    def __del__(self) -> None:
+        for c in getattr(self, "conns", ()):  # the engines see EOF and exit
+            c.close()
 
     def close(self) -> None:
         for c in self.conns:
