@@ -183,6 +183,9 @@ def test_check_file_accepts_the_pin_or_an_explicit_user_pin(tmp_path: Path) -> N
     assert check_file(other, "humaneval", digest).pinned_by == "user"
     with pytest.raises(FetchError, match="the spec pins"):
         check_file(other, "humaneval", "1" * 64)
+    assert check_file(other, "humaneval", digest.upper()).pinned_by == "user"
+    with pytest.raises(FetchError, match="humaneval: pinned sha256: 'abc' is not a sha256"):
+        check_file(other, "humaneval", "abc")
     with pytest.raises(ValueError, match="unknown dataset id 'nope' \\(known: humaneval, "):
         check_file(other, "nope")
 

@@ -51,10 +51,21 @@ class DataFile:
     pinned_by: str
 
 
+def _sha256_arg(value: str | None, what: str) -> str | None:
+    """A user's sha256 as lowercase hex, or a one-line error naming where it came from."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise FetchError(f"{what}: {value!r} is not a sha256 (64 hex digits)")
+    return v
+
+
 def check_file(path: Path, dataset_id: str, pinned_sha256: str | None = None) -> DataFile:
     """Verify ``path`` as dataset ``dataset_id``: it must match the project's pin, or the
     sha256 the user pinned explicitly; anything else is refused with one line."""
     pin = pin_for(dataset_id)
+    pinned_sha256 = _sha256_arg(pinned_sha256, f"{dataset_id}: pinned sha256")
     path = Path(path)
     if not path.is_file():
         raise FetchError(f"{dataset_id}: {path} does not exist (pmat data fetch {dataset_id})")
@@ -171,7 +182,7 @@ def fetch(ws_root: Path, dataset_id: str, url: str | None = None, *, sha256: str
     release); it is recorded as pinned by the user.
     """
     pin = pin_for(dataset_id)
-    expected = sha256 or pin.sha256
+    expected = _sha256_arg(sha256, f"{dataset_id}: --sha256") or pin.sha256
     if expected is None:
         raise FetchError(f"{dataset_id}: no sha256 is pinned for {pin.filename} (engine/data/pins.py: "
                          f"{pin.source}); pass --sha256 to pin it yourself; refused")
