@@ -33,7 +33,7 @@ from typing import Any
 
 from engine.approvals import approval_current, approval_seal, check_approvable
 from engine.chain import append_chained
-from engine.dag import topo_order, why_not_running
+from engine.dag import expand_targets, topo_order, why_not_running
 from engine.memory import GIB, admission_headroom, meminfo
 from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children, spawn_detached
@@ -502,24 +502,10 @@ class Supervisor:
         return handler(args, by)
 
     def expand_targets(self, targets: list[str]) -> list[str] | str:
-        """Stages named by stage names, work item ids or 'all', with their upstream."""
-        chosen: list[str] = []
-        for t in targets:
-            if t == "all":
-                chosen.extend(self.spec.stages)
-            elif t in self.spec.stages:
-                chosen.append(t)
-            elif t in self.spec.work_items:
-                chosen.extend(self.spec.stages_of(t))
-            else:
-                return f"unknown stage or work item {t!r}"
-        closure: set[str] = set()
-        todo = list(chosen)
-        while todo:
-            s = todo.pop()
-            if s not in closure:
-                closure.add(s)
-                todo.extend(self.spec.deps(s))
+        """Stages named by stage names, work item ids or 'all', with their upstream, in DAG order."""
+        closure = expand_targets(self.spec, [str(t) for t in targets])
+        if isinstance(closure, str):
+            return f"unknown stage or work item {closure!r}"
         return [s for s in self._order if s in closure]
 
     def _cmd_run(self, args: dict[str, Any], by: str) -> str | None:
