@@ -19,7 +19,8 @@ import json
 from typing import Any
 
 from engine.chain import seal, sealed
-from engine.gates import CorruptArtifact, HashCache, checkpoint_hash, evaluate_gates
+from engine.content_id import CorruptArtifact, HashCache, checkpoint_hash
+from engine.gates import evaluate_gates
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
 

@@ -106,12 +106,6 @@ def read_ledger(workspace: Workspace | Path) -> list[dict[str, Any]]:
     return records
 
 
-def results_for(workspace: Workspace | Path, *, model_hash: str, benchmark: str | None = None) -> list[dict]:
-    """Records of exactly one model (by content hash), optionally one benchmark."""
-    return [r for r in read_ledger(workspace)
-            if r["model_hash"] == model_hash and (benchmark is None or r["benchmark"] == benchmark)]
-
-
 # -- exactly-once commit ------------------------------------------------------------------
 # A stage's records are held until its job ends; then, under the ledger lock, each is
 # appended (or an existing line with the same key is adopted) and its digest announced in

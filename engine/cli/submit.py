@@ -14,7 +14,8 @@ from pathlib import Path
 from engine.approvals import gated_criteria, revoked
 from engine.bundle import validate_bundle
 from engine.cli._common import BadInput, add_workspace_arg, spec_of, workspace_of
-from engine.gates import CorruptArtifact, HashCache, artifact_hash, evaluate_gates
+from engine.content_id import CorruptArtifact, HashCache, artifact_hash
+from engine.gates import evaluate_gates
 from engine.state import load_state
 
 
