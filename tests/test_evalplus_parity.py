@@ -7,7 +7,8 @@ and so is a corpus of completions: correct, off by one, wrong type, float noise 
 outside atol, namedtuple for tuple, generator for list, numpy values, NaN, float for int,
 wrong only on plus inputs,
 stateful, crash, syntax error, missing function, SystemExit, infinite loop, slow but in
-time, one input over its limit, printing, mutating its arguments. evalplus runs offline in
+time, one input over its limit, a hang while loading, os._exit, printing, mutating its
+arguments. Statuses compare as evalplus writes them (pass, fail, timeout). evalplus runs offline in
 a subprocess (HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH).
 """
 
@@ -108,12 +109,14 @@ def corpus(task: evalplus.PlusTask, code: str, heavy: bool) -> list[dict]:
         f"def {e}(*args:\n    return 1\n",
         f"def other_{e}(*args):\n    return 1\n",
         f"{code}\nimport sys\nsys.exit(0)\n",
+        _wrap(code, e, "r", base, "    import os\n    os._exit(0) if _calls else _calls.append(1)\n"),
     )]
     if heavy:
         out += [{"task_id": task.task_id, "solution": s} for s in (
             f"def {e}(*args):\n    while True:\n        pass\n",
             _wrap(code, e, "r", base, "    import time\n    time.sleep(0.05)\n"),
             _wrap(code, e, "r", base, "    import time\n    time.sleep(1.6 if not _calls else 0)\n    _calls.append(1)\n"),
+            f"{code}\nwhile True:\n    pass\n",  # a hang while loading: evalplus reports "timeout"
         )]
     return out
 
@@ -161,7 +164,8 @@ def test_humaneval_plus_verdicts_match_evalplus(tmp_path: Path) -> None:
         samples.append({"task_id": t.task_id, "completion": t.canonical_solution})
     path = plusgen.write_jsonl(tmp_path / "samples.jsonl", samples)
     ours, theirs = _verdicts("humaneval_plus", data, path, tmp_path)
-    assert {("pass", "pass"), ("fail", "fail"), ("pass", "fail")} <= {v for vs in ours.values() for v in vs}
+    kinds = {v for vs in ours.values() for v in vs}
+    assert {("pass", "pass"), ("fail", "fail"), ("pass", "fail"), ("timeout", "timeout")} <= kinds
     _compare(ours, theirs, samples)
 
 

@@ -121,15 +121,25 @@ def jobs_for(bench: Benchmark, task: Task, solution: str) -> list[tuple[str, Job
             for s in suites]
 
 
-def _suite(v: Verdict) -> dict[str, Any]:
-    return {"status": "pass" if v.passed else "fail", "pmat": v.status, "error_type": v.error_type,
-            "detail": v.detail[-300:]}
+def evalplus_status(v: Verdict, job: Job) -> str:
+    """The verdict in evalplus's words: "timeout" where evalplus's process would never report back
+    (the program's process died, as with ``os._exit``, or the whole run's clock ran out, as with a
+    hang while loading), "fail" for every other failure (a late input is interrupted there)."""
+    if v.passed:
+        return "pass"
+    if v.error_type == "EarlyExit" or v.status == "timeout" and (v.wall_s == 0 or v.wall_s >= job.timeout - 0.25):
+        return "timeout"
+    return "fail"
+
+
+def _suite(v: Verdict, job: Job) -> dict[str, Any]:
+    return {"status": evalplus_status(v, job), "pmat": v.status, "error_type": v.error_type, "detail": v.detail[-300:]}
 
 
 def score(bench: Benchmark, samples: list[tuple[str, str]], pool: SandboxPool,
           on_result: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """One verdict per (task_id, solution): ``base_status``/``plus_status`` ("pass"/"fail"; plus None
-    without plus inputs), ``status`` (pmat's category of the first failing suite, else "passed")."""
+    """One verdict per (task_id, solution): ``base_status``/``plus_status`` ("pass", "fail" or "timeout";
+    plus None without plus inputs), ``status`` (pmat's category of the first failing suite, else "passed")."""
     tasks = bench.by_id()
     jobs: list[Job] = []
     owners: list[tuple[int, str]] = []
@@ -139,8 +149,8 @@ def score(bench: Benchmark, samples: list[tuple[str, str]], pool: SandboxPool,
             owners.append((i, suite))
     verdicts = pool.run_many(jobs)
     out: list[dict[str, Any]] = [{"task_id": t, "base": None, "plus": None} for t, _ in samples]
-    for (i, suite), v in zip(owners, verdicts, strict=True):
-        out[i][suite] = _suite(v)
+    for (i, suite), job, v in zip(owners, jobs, verdicts, strict=True):
+        out[i][suite] = _suite(v, job)
     for i, rec in enumerate(out):
         suites = [rec[s] for s in ("base", "plus") if rec[s]]
         rec["base_status"] = rec["base"]["status"]
