@@ -287,6 +287,8 @@ class PmatApp(App):
                 self.notify(message, severity="error", timeout=10)
             return
         self._last_error = None
+        if not self._screen_stacks.get(self._current_mode):
+            return  # the app is closing (a timer ticked after the last screen left): nothing to show
         for sent, what, reason in self.model.answers():
             if what == "rejected":
                 self.notify(f"{sent.command} {sent.target} rejected: {reason}", severity="error", timeout=8)
