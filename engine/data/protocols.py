@@ -57,7 +57,7 @@ class Protocol:
     postprocess: str            # "evalplus-sanitize": cut at a stop, tabs to spaces, base: prompt + text; sanitize
     n: int
     temperature: float
-    top_p: float
+    top_p: float                # used when sampling (temperature > 0), as evalplus; greedy ignores it
     max_new_tokens: int
     tests: str                  # "check" (HumanEval's check(entry_point)), "asserts" (MBPP), "evalplus"
     plus: bool                  # evalplus: plus inputs too; a sample passes when base and plus pass
@@ -92,7 +92,7 @@ def _evalplus_family(**kw: Any) -> Protocol:
     common = dict(version=1, data_pinned_by="project", task_prompt="dataset", prompt_mode="auto",
                   base_prompt="task prompt stripped, then a newline (evalplus codegen)",
                   instruction_prefix=INSTRUCTION_PREFIX, response_prefix=RESPONSE_PREFIX, stop_instruct=_CHAT_STOP,
-                  postprocess="evalplus-sanitize", n=1, temperature=0.0, top_p=1.0, max_new_tokens=768,
+                  postprocess="evalplus-sanitize", n=1, temperature=0.0, top_p=0.95, max_new_tokens=768,
                   min_time_limit_s=1.0, gt_time_factor=4.0, task_timeout_s=60.0, atol_float_default=1e-6)
     common.update(kw)
     pin = pin_for(common["dataset"])
