@@ -18,10 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import pwd
-import re
 import signal
-import stat
 import sys
 import threading
 import time
@@ -34,21 +31,25 @@ from typing import Any
 from engine.approvals import approval_current, approval_seal, check_approvable
 from engine.chain import append_chained
 from engine.dag import expand_targets, topo_order, why_not_running
+from engine.inbox import read_command
 from engine.memory import GIB, admission_headroom, meminfo
 from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children, spawn_detached
 from engine.refs import resolve_params, resolve_ref
-from engine.spec import PipelineSpec, StageEntry, load_spec
+from engine.resume import (
+    DISK_FULL_BELOW,
+    DiskWatch,
+    free_bytes,
+    resumable,
+    waits_for_space,
+    will_resume,
+)
+from engine.spec import PipelineSpec, load_spec
 from engine.stages.base import JobSpec, load_stage
 from engine.stages.run import params_hash
-from engine.state import Attempt, PipelineState, StageState
+from engine.state import PipelineState
 from engine.workspace import Workspace, atomic_write_json
 
-# How a lack of space shows in a job's error: errno 28 from Python, Rust (safetensors) or C++ (torch).
-DISK_FULL_RE = re.compile(r"\[Errno 28\]|No space left on device|os error 28|file write failed")
-_NAMED_PATH_RE = re.compile(r"\[Errno 28\][^:]*: '([^']+)'")
-MIN_SPACE_BACK = 256 << 20  # "space is back": this much more free than when the failure was seen (or 5% of the disk)
-DISK_FULL_BELOW = 16 << 20  # a crash while less than this is free is taken for a disk-full failure
 BAD_INPUT = "bad input: "  # the waiting reason of a stage whose inputs a run would fail on
 RECHECK_INPUTS_S = 5.0
 
@@ -99,46 +100,10 @@ def _last_stop_reason(ws: Workspace) -> str | None:
     return tail[-1][:300] if tail else None
 
 
-def resumable(entry: StageEntry | None, st: StageState) -> bool:
-    """The stage resumes after a crash: it allows it, has attempts left and was not cancelled."""
-    return entry is not None and entry.resume and len(st.attempts) < entry.max_attempts and not st.cancel_requested
-
-
-def will_resume(entry: StageEntry | None, st: StageState) -> bool:
-    """True when the supervisor resumes this stage's crashed latest attempt by itself."""
-    a = st.latest
-    return a is not None and a.outcome == "crashed" and resumable(entry, st)
-
-
-def waits_for_space(st: StageState, root: Path) -> bool:
-    """The stage's latest attempt failed for lack of space: its error says so, the supervisor
-    said so, or it failed while the workspace's disk is (nearly) full. It resumes by itself."""
-    a = st.latest
-    if a is None or a.outcome not in ("failed", "crashed") or st.retry_pending:
-        return False
-    return (bool(DISK_FULL_RE.search(a.error or "")) or (st.waiting or "").startswith("disk full")
-            or a.outcome == "failed" and free_bytes(root) < DISK_FULL_BELOW)
-
-
-def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def start_supervisor_detached(ws: Workspace) -> ProcIdentity:
     """Start ``pmat supervise`` for a workspace in its own session."""
     argv = [sys.executable, "-m", "engine.cli.main", "supervise", "--workspace", str(ws.root)]
     return spawn_detached(argv, log_path=ws.logs_dir / "supervisor.out", cwd=ws.root)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # -- the daemon --------------------------------------------------------------------
@@ -150,7 +115,7 @@ class Supervisor:
         self._batch: list[dict[str, Any]] | None = None
         self._printed: set[str] = set()  # problems printed, and journaled, once each
         self._reported: set[str] = set()
-        self._disk_wait: dict[str, int] = {}  # stage -> free bytes when its disk-full failure was seen
+        self.disk = DiskWatch()
         self._inputs_checked: dict[str, float] = {}  # stage -> when its inputs were last found bad
         self._lock_fd: int | None = None
         self._kill_deadlines: dict[str, float] = {}
@@ -302,27 +267,15 @@ class Supervisor:
         """A stage that failed for lack of space is queued again once its disk has room."""
         for stage in self.spec.stages:
             st = self.state.stage(stage)
-            a = st.latest
-            if a is None or not waits_for_space(st, self.ws.root) or st.cancel_requested or not st.requested:
-                self._disk_wait.pop(stage, None)
+            if st.cancel_requested or not st.requested or not waits_for_space(st, self.ws.root):
+                self.disk.forget(stage)
                 continue
-            where = self._disk_of(a)
-            free = free_bytes(where)
-            if stage not in self._disk_wait:
-                self._disk_wait[stage] = free
-                if (st.waiting or "").startswith("disk full"):
-                    continue  # said before a restart; its free figure is the one seen now
-                self.emit("waiting", stage=stage, reason=f"disk full under {where} ({free >> 20} MiB free): "
-                          f"{a.job_id} failed with: {a.error}; resumes when space returns")
-            vfs = os.statvfs(where)
-            if free >= self._disk_wait[stage] + min(MIN_SPACE_BACK, max(1 << 20, vfs.f_blocks * vfs.f_frsize // 20)):
-                self._disk_wait.pop(stage)
-                self.emit("queued", stage=stage, reason=f"resume after {a.job_id}: space is back under {where} ({free >> 20} MiB free)")
+            said, back = self.disk.look(stage, st, self.ws.root)
+            if said:
+                self.emit("waiting", stage=stage, reason=said)
+            if back:
+                self.emit("queued", stage=stage, reason=back)
                 self.state.refresh()
-
-    def _disk_of(self, a: Attempt) -> Path:
-        m = _NAMED_PATH_RE.search(a.error or "")
-        return Path(m.group(1)) if m else self.ws.root
 
     def _watch_running(self) -> None:
         now = time.monotonic()
@@ -448,7 +401,7 @@ class Supervisor:
             return
         for name in names:
             path = self.ws.commands_dir / name
-            cmd, by, error = self._read_command(path)
+            cmd, by, error = read_command(path, os.stat(self.ws.root).st_uid)
             cid = str(cmd.get("id") or path.stem)
             if cid not in self.state.processed_commands:
                 with self.atomic():
@@ -466,31 +419,6 @@ class Supervisor:
                         self.emit("command_applied", id=cid)
                 self.state.refresh()
             path.unlink(missing_ok=True)
-
-    def _read_command(self, path: Path) -> tuple[dict[str, Any], str, str | None]:
-        """(command, who sent it, why it is refused). Only a regular file owned by the workspace's
-        owner and writable by nobody else counts; the sender is that owner, whatever the file says."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            return {}, "?", f"{path}: cannot open: {exc.strerror}"
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            owner = os.stat(self.ws.root).st_uid
-            by = _user_name(st.st_uid)
-            if not stat.S_ISREG(st.st_mode):
-                return {}, by, f"{path}: not a regular file"
-            if st.st_uid != owner:
-                return {}, by, f"{path}: owned by {by}, not by the workspace owner {_user_name(owner)}"
-            if st.st_mode & 0o022:
-                return {}, by, f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-            try:
-                cmd = json.loads(fh.read(1 << 20))
-            except ValueError as exc:
-                return {}, by, f"{path}: unreadable command file: {exc}"
-        if not isinstance(cmd, dict):
-            return {}, by, f"{path}: expected a JSON object"
-        return cmd, by, None
 
     def _execute(self, cmd: dict[str, Any], by: str) -> str | None:
         args = cmd.get("args") or {}

@@ -23,6 +23,7 @@ from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
 from engine.overview import Overview, build_overview
 from engine.results import read_ledger
+from engine.resume import waits_for_space, will_resume
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
 from engine.supervisor import (
@@ -31,8 +32,6 @@ from engine.supervisor import (
     start_supervisor_detached,
     supervisor_down,
     supervisor_identity,
-    waits_for_space,
-    will_resume,
 )
 from engine.workspace import UnsafeWorkspace, Workspace
 
