@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,29 +50,40 @@ class ChainReport:
         return self.broken_line is None
 
 
-def user_key(create: bool = True) -> bytes:
-    """A per-user secret kept outside every workspace (``$XDG_STATE_HOME/pmat/key``, 0600).
+def _key_dirs() -> list[Path]:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return [Path(state) / "pmat", Path(tempfile.gettempdir()) / f"pmat-{os.getuid()}"]
 
-    Seals made with it bind records to the jobs that committed them, so hand edits inside a
-    workspace cannot mint a valid one. Without a writable state directory it is empty and
-    seals still match (they then prove nothing beyond the hash chains).
+
+def user_key(create: bool = True) -> bytes:
+    """A per-user secret kept outside every workspace (``$XDG_STATE_HOME/pmat/key``, 0600;
+    a private temp directory when that cannot be written).
+
+    Seals made with it bind records and approvals to the processes that made them, so hand
+    edits inside a workspace cannot mint a valid one. Empty when there is none (and
+    ``create`` is off, or nowhere can hold one): then no seal verifies.
     """
-    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmat"
-    path = home / "key"
-    try:
-        if create and not path.exists():
+    for home in _key_dirs():
+        path = home / "key"
+        try:
+            if path.is_file() and path.stat().st_uid == os.getuid():
+                return path.read_bytes()
+            if not create:
+                continue
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            except FileExistsError:
+            except FileExistsError:  # another process made it just now
+                time.sleep(0.05)
                 return path.read_bytes()
             with os.fdopen(fd, "wb") as fh:
                 fh.write(os.urandom(32))
                 fh.flush()
                 os.fsync(fh.fileno())
-        return path.read_bytes()
-    except OSError:
-        return b""
+            return path.read_bytes()
+        except OSError:
+            continue
+    return b""
 
 
 def seal(*parts: str, key: bytes | None = None) -> str:
@@ -80,8 +92,9 @@ def seal(*parts: str, key: bytes | None = None) -> str:
 
 
 def sealed(mac: object, *parts: str, key: bytes | None = None) -> bool:
-    """True when ``mac`` is the seal of ``parts``."""
-    return isinstance(mac, str) and hmac.compare_digest(mac, seal(*parts, key=key))
+    """True when ``mac`` is the seal of ``parts`` under the user's (existing, non-empty) key."""
+    key = user_key(create=False) if key is None else key
+    return bool(key) and isinstance(mac, str) and hmac.compare_digest(mac, seal(*parts, key=key))
 
 
 def _accept_path(path: Path) -> Path:

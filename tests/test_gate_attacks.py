@@ -244,3 +244,13 @@ def test_an_eval_parameter_changed_in_the_spec_after_results_makes_them_stale(fa
     ws.spec_path.write_text(yaml.safe_dump(data))
     g = _ac022(ws)
     assert "stale: mbpp.pass_at_1 (protocol changed: max_new_tokens 768 -> 1024)" in g.reason
+
+
+def test_without_the_users_key_nothing_is_sealed(failing, monkeypatch, tmp_path):
+    ws, spec, _, _ = failing
+    evidence, _ = check_approvable(spec, ws, "submit", override="reviewed")
+    approval = grant("submit", evidence, "reviewed")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "elsewhere"))  # the key deleted, or another user's
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    assert _ac022(ws).outcome == "no_data"  # commits cannot be checked: nothing counts
+    assert "no valid seal" in revoked(spec, ws, "submit", approval)
