@@ -173,7 +173,7 @@ class PmatApp(App):
         self.loaded = True
         self.do_refresh(force=self.model.overview is None, redraw=True)
         if self._watch_enabled:
-            self.set_interval(MIN_REFRESH_S, self._flush)
+            self.set_interval(MIN_REFRESH_S, self._refresh_tick)
             self.call_after_refresh(self._start_background)  # behind the first frame, not ahead of it
         if self._notice:
             self.notify(self._notice, severity="warning", timeout=10)
@@ -249,7 +249,7 @@ class PmatApp(App):
         else:
             self._pending = True
 
-    def _flush(self) -> None:
+    def _refresh_tick(self) -> None:
         """Every ``MIN_REFRESH_S`` (one timer, not one per change): fold what is pending, keep
         polling while the last fold found events (the watcher then stays quiet: no message per
         change), and poll once a second anyway (ETAs count down; file systems without inotify)."""
