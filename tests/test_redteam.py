@@ -170,3 +170,23 @@ def test_hostile_programs_are_contained(who: str, tmp: str, outer: str, ll: str,
     assert ("seccomp" in layers) == seccomp.supported()
     assert any(lay.startswith("landlock") for lay in layers) == (landlock.abi() > 0 and ll == "landlock")
     assert all(v["isolation"] == layers for v in hostile.values())
+
+
+# `pmat sandbox FILE`: the file's own tests, wherever they are, never run as written (issue 15
+# classes 1-2). file -> the status it must get (never "passed" for a wrong program)
+CLI_FILES = {"cli_main_guard_wrong.py": "failed", "cli_main_guard_right.py": "passed",
+             "cli_loop_and_function_tests_wrong.py": "failed", "cli_patches_reporting.py": "failed",
+             "cli_reads_frames.py": "error", "cli_runs_a_command.py": "error", "cli_falsy_truthy_test.py": "failed",
+             "cli_shadowed_builtin_exec.py": "failed", "cli_no_tests.py": "error"}
+
+
+@pytest.mark.parametrize("name", sorted(CLI_FILES))
+def test_pmat_sandbox_files_tests_are_data(name: str) -> None:
+    marker = Path("/tmp/pmat-redteam-cli-pwned")
+    marker.unlink(missing_ok=True)
+    out = subprocess.run([sys.executable, "-m", "engine.cli.main", "sandbox", str(REPO / "tests/redteam/files" / name),
+                          "--timeout", "5"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    verdict = json.loads(out.stdout)
+    assert verdict["status"] == CLI_FILES[name], verdict
+    assert out.returncode == (0 if CLI_FILES[name] == "passed" else 1)
+    assert not marker.exists()

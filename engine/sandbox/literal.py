@@ -139,8 +139,14 @@ class _Reader:
             if name in WRAPPERS or name in TYPES or name == "math" or name.startswith("__"):
                 raise _fail(stmt, f"a test may not rebind {name!r}")
             value = self.expr(stmt.value, env)
-            self.bound.add(name)
             env.pop(name, None)
+            try:  # a literal: substituted where used (loops may run over it)
+                self.literals[name] = ast.literal_eval(value)
+                self.bound.discard(name)
+                return
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                self.literals.pop(name, None)
+            self.bound.add(name)
             self.emit(ast.Assign([ast.Name(name, ast.Store())], value))
         elif isinstance(stmt, ast.For) and not stmt.orelse:
             for item in self.iterate(stmt.iter, env):
