@@ -211,3 +211,17 @@ def test_approving_a_gate_that_does_not_pass_needs_an_override(tmp_path, state):
     assert refusal and f"AC-022 is {state.upper().replace('_', ' ')}" in refusal and "--override" in refusal
     assert check_approvable(spec, ws, "submit", override="   ")[1] == refusal
     assert check_approvable(spec, ws, "submit", override="tiny demo models")[1] is None
+
+
+def test_read_only_callers_write_no_hash_cache_and_approval_rehashes_in_full(tmp_path):
+    ws, spec, _ = setup_ws(tmp_path)
+    m = publish_model(ws, tmp_path, "final", b"weights")
+    record(ws, "humaneval", m["sha256"], 0.9, ws.artifact_path("final", "model"))
+    cache = ws.root / "state" / "hash-cache.json"
+    evaluate_gates(spec, ws)
+    stage_evidence(spec, ws, "submit")
+    assert not cache.exists()  # status and the console only read
+    check_approvable(spec, ws, "submit", override="x")
+    entry = json.loads(cache.read_text())[str(ws.artifact_path("final", "model") / "model.safetensors")]
+    st = (ws.artifact_path("final", "model") / "model.safetensors").stat()
+    assert entry[0] == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
