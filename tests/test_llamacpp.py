@@ -153,6 +153,35 @@ def test_k_quants_of_a_7b_shaped_model_agree(tie: bool, tmp_path: Path) -> None:
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
 
 
+@pytest.mark.parametrize(("hidden", "layers", "tie"), [(64, 2, False), (256, 8, False), (256, 8, True)])
+def test_q4_k_m_export_is_byte_identical_to_llama_quantize(hidden: int, layers: int, tie: bool, tmp_path: Path) -> None:
+    """llama.cpp's own quantizer (llama-quantize's API, no imatrix) on our F16 GGUF gives every
+    tensor the type and the bytes of our Q4_K_M export: fallbacks, use_more_bits layers, tied output."""
+    import ctypes
+
+    from gguf import GGUFReader
+    from safetensors.torch import load_file, save_file
+
+    from engine.models.tiny import TinyConfig, build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", TinyConfig(hidden_size=hidden, intermediate_size=2 * hidden,
+                                                            num_hidden_layers=layers, tie_word_embeddings=tie))
+    weights = model / "model.safetensors"  # f16-exact weights: both quantizers then see the same numbers
+    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    export_gguf(model, tmp_path / "ours.gguf", "q4_k_m", backend="torch", device="cpu", name="t")
+    export_gguf(model, tmp_path / "f16.gguf", "f16", backend="torch", device="cpu", name="t")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, 1
+    assert llama_cpp.llama_model_quantize(str(tmp_path / "f16.gguf").encode(), str(tmp_path / "theirs.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    ours = {t.name: t for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    theirs = {t.name: t for t in GGUFReader(str(tmp_path / "theirs.gguf")).tensors}
+    assert list(ours) == list(theirs)
+    for name, t in ours.items():
+        assert t.tensor_type == theirs[name].tensor_type, name
+        assert np.asarray(t.data).tobytes() == np.asarray(theirs[name].data).tobytes(), name
+
+
 def test_sampling_stops_and_counts(backend: LlamaCppBackend) -> None:
     prompt = "def f(x):\n    return"
     greedy = backend.generate([GenRequest("g", prompt, NEW)])[0]
