@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.data.pins import pin_for
@@ -30,6 +30,8 @@ _MBPP_BASE_STOP = _EOS + ('\n"""', "\nassert")
 _CHAT_STOP = _EOS + ("\n```\n",)
 # the task text of mbpp_leaderboard (the original roadmap: the function name and all asserts)
 MBPP_TASK = '"""\n{text}\nThe function must be named `{entry_point}`. Your code should pass these tests:\n\n{asserts}\n"""\n'
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One evaluation protocol; ``as_dict()`` is what results carry and ``digest()`` names.
@@ -112,8 +114,10 @@ PROTOCOLS: dict[str, Protocol] = {p.id: p for p in (
     _evalplus_family(id="mbpp_plus", benchmark="mbpp_plus", dataset="mbpp_plus", task_ids="all", n_tasks=378,
                      stop_base=_MBPP_BASE_STOP, tests="evalplus", plus=True),
 )}
-_OVERRIDABLE = {f.name for f in fields(Protocol)} - {"id", "version", "benchmark", "dataset", "data_sha256",
-                                                     "data_sha256_decompressed", "data_pinned_by"}
+# what a spec (or a criterion) may change, each honoured by the code that scores; the rest is fixed
+_OVERRIDABLE = {"prompt_mode", "n", "temperature", "top_p", "max_new_tokens", "stop_base", "stop_instruct",
+                "instruction_prefix", "response_prefix", "min_time_limit_s", "gt_time_factor", "task_timeout_s",
+                "n_tasks"}
 
 
 def _same_kind(current: Any, value: Any) -> bool:
