@@ -185,7 +185,8 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
         now = spec_protocols(spec, refs[alias], bench) if proto else []
         mine = []
         for r in ledger:
-            if r.get("benchmark") != bench or not any(metric_key(k) == metric for k in (r.get("metrics") or {})):
+            if (r.get("benchmark") != bench or not isinstance(r.get("metrics"), dict)
+                    or not any(metric_key(str(k)) == metric for k in r["metrics"])):
                 continue
             if h is None or r.get("model_hash") != h:
                 if r.get("model_path") == paths[alias]:

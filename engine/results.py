@@ -203,6 +203,18 @@ def committed_digests(ws: Workspace) -> dict[str, str]:
     return out
 
 
+def malformed(rec: dict[str, Any]) -> str | None:
+    """Why a ledger line is not a record readers can use (None when it is one)."""
+    metrics = rec.get("metrics")
+    if not isinstance(rec.get("benchmark"), str) or not isinstance(metrics, dict):
+        return "malformed record (no benchmark or metrics)"
+    if not all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()):
+        return "malformed record (metrics must be numbers by name)"
+    if not isinstance(rec.get("model_hash"), str | None) or not isinstance(rec.get("model_path"), str | None):
+        return "malformed record (model_hash/model_path)"
+    return None
+
+
 def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
     """Every ledger line as a record with ``id`` (ledger:LINE), ``digest`` and ``ignored``.
 
@@ -213,7 +225,8 @@ def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
     committed = committed_digests(ws)
     out = []
     for rec, line, digest in zip(chain.records, chain.lines, chain.digests, strict=True):
-        why = None if digest in committed else "not committed by a job of this workspace (edited or written by hand)"
+        why = malformed(rec) or (None if digest in committed else
+                                 "not committed by a job of this workspace (edited or written by hand)")
         out.append({**rec, "id": f"ledger:{line}", "digest": digest, "ignored": why})
     if chain.broken_line is not None:
         tail = ws.ledger_path.read_bytes().split(b"\n")[chain.broken_line - 1:-1]
@@ -222,7 +235,7 @@ def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
                 rec = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and not malformed(rec):
                 out.append({**rec, "id": f"ledger:{line}", "digest": line_digest(raw),
                             "ignored": f"after the break of the ledger's chain at line {chain.broken_line} "
                                        "(`pmat verify --accept` once checked)"})

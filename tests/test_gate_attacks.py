@@ -254,3 +254,21 @@ def test_without_the_users_key_nothing_is_sealed(failing, monkeypatch, tmp_path)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     assert _ac022(ws).outcome == "no_data"  # commits cannot be checked: nothing counts
     assert "no valid seal" in revoked(spec, ws, "submit", approval)
+
+
+@pytest.mark.parametrize("line", [
+    {"benchmark": "humaneval", "metrics": [1, 2]},
+    {"benchmark": "humaneval", "metrics": {"pass@1": "0.99"}, "model_hash": None, "model_path": None},
+    {"benchmark": "humaneval", "metrics": {"pass@1": True}},
+    {"benchmark": ["humaneval"], "metrics": {}},
+    {"benchmark": "humaneval", "metrics": {"pass@1": 1.0}, "model_hash": 7, "protocol": "x", "per_problem": [1]},
+    [1, 2, 3], "text", None,
+])
+def test_hostile_ledger_lines_neither_crash_nor_move_the_verdict(failing, line):
+    ws, _, m, path = failing
+    for rec in (line, {**line, "model_path": str(path)} if isinstance(line, dict) else line):
+        with open(ws.ledger_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        append_chained(ws.ledger_path, [rec] if isinstance(rec, dict) else [{"junk": rec}])
+    g = _ac022(ws)
+    assert g.outcome == "fail" and g.values == {"humaneval.pass_at_1": 0.5, "mbpp.pass_at_1": 0.9}
