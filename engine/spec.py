@@ -62,8 +62,8 @@ class StageEntry(_Strict):
     after: list[str] = Field(default_factory=list)
     inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
-    memory_gb: float = Field(ge=0)
-    duration_h: float = Field(gt=0)
+    memory_gb: float = Field(ge=0, allow_inf_nan=False)
+    duration_h: float = Field(gt=0, allow_inf_nan=False)
     approval: Literal["required", "none"] = "none"
     resume: bool = True
     max_attempts: int = Field(default=3, ge=1)
@@ -92,10 +92,10 @@ class Criterion(_Strict):
 
 
 class Settings(_Strict):
-    memory_margin_gb: float = Field(default=2.0, ge=0)
-    memory_budget_gb: float | None = Field(default=None, gt=0)
-    poll_interval_s: float = Field(default=0.5, gt=0)
-    cancel_grace_s: float = Field(default=10.0, ge=0)
+    memory_margin_gb: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    memory_budget_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    poll_interval_s: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+    cancel_grace_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
 
 
 class PipelineSpec(_Strict):
@@ -181,7 +181,14 @@ def _describe(err: dict[str, Any], model: Any = None) -> str:
     return f"{err['msg']}{got_s}"
 
 
+STAGE_NAME_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
 def _check_refs(spec: PipelineSpec, where: str) -> None:
+    for name in spec.stages:
+        if not STAGE_NAME_RE.fullmatch(name):
+            raise SpecError(f"{where}: stages.{name}: a stage name is letters, digits and '_' "
+                            "(it names directories, job ids and STAGE.ARTIFACT references)")
     for name, st in spec.stages.items():
         for dep in st.after:
             if dep not in spec.stages:
@@ -381,6 +388,8 @@ def load_spec(path: Path | str) -> PipelineSpec:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

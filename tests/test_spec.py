@@ -67,6 +67,8 @@ def test_valid_spec_loads(tmp_path):
         (lambda d: d["work_items"]["W-1"].update(depends_on=["W-2"]), "work_items: dependency cycle"),
         (lambda d: d["acceptance"]["AC-1"].update(expr="x >= "), "acceptance.AC-1.expr"),
         (lambda d: d.pop("stages"), "stages: required key is missing"),
+        (lambda d: d["stages"].update({"../x": d["stages"]["a"]}), "stages.../x: a stage name is letters, digits and '_'"),
+        (lambda d: d["stages"]["a"].update(duration_h=float("inf")), "stages.a.duration_h: Input should be a finite number"),
     ],
 )
 def test_bad_input_names_key(tmp_path, mutate, expected):
@@ -82,6 +84,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_spec(p)
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "absent.yaml")
+    p.write_bytes(b"name: \xff\n")
+    with pytest.raises(SpecError, match="not UTF-8 text"):
+        load_spec(p)
 
 
 def test_cli_check_exit_codes(tmp_path):
