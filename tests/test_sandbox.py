@@ -371,3 +371,17 @@ def test_decoding_is_budgeted_before_it_builds() -> None:
     assert time.monotonic() - start < 0.5
     with pytest.raises(wire.ProtocolError, match="items"):
         wire.decode({"l": [0] * (wire.MAX_ITEMS + 1)}, lambda h, t: None)
+
+
+def test_cli_separate_tests_file_with_entry_point(tmp_path: Path) -> None:
+    """HumanEval's shape: the program file whole, a tests file with METADATA and check(candidate)."""
+    prog, tests = tmp_path / "p.py", tmp_path / "t.py"
+    prog.write_text(ADD)
+    tests.write_text("METADATA = {'author': 'x'}\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n"
+                     "    assert candidate(-1, 1) == 0\n")
+    cmd = [sys.executable, "-m", "engine.cli.main", "sandbox", str(prog), "--tests", str(tests), "--entry-point", "add"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "passed", out.stdout
+    prog.write_text("def add(a, b):\n    return a * b\n")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "failed"

@@ -249,8 +249,8 @@ def split(source: str, tests: str | None = None, entry_point: str | None = None)
             continue
         start = node.lineno - 1 - len(getattr(node, "decorator_list", []))
         program.append("".join(lines[start:node.end_lineno]))
-    if test_tree is not None:
-        test_nodes = list(test_tree.body)
+    if test_tree is not None:  # a separate tests file: the whole source is the program
+        test_nodes, program = list(test_tree.body), [source]
     for node in tree.body + test_nodes:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
