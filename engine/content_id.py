@@ -39,6 +39,8 @@ class HashCache:
             self.data: dict[str, list[Any]] = json.loads(self.path.read_text()) if self.key else {}
         except (OSError, ValueError):
             self.data = {}
+        if not isinstance(self.data, dict):
+            self.data = {}
 
     def _mac(self, key: str, fp: list[int], digest: str) -> str:
         return seal(key, json.dumps(fp), digest, key=self.key)
@@ -108,6 +110,8 @@ def artifact_hash(ws: Workspace, stage: str, name: str, cache: HashCache) -> str
         raise CorruptArtifact(f"{mpath}: unreadable manifest ({exc}): a corrupt artifact") from None
     if manifest is None:
         return None
+    if not isinstance(manifest, dict):
+        raise CorruptArtifact(f"{mpath}: not a manifest (a JSON object): a corrupt artifact")
     path = ws.artifact_path(stage, name)
     if not path.exists():
         raise CorruptArtifact(f"{path}: missing, though {mpath.name} lists it: a corrupt artifact")

@@ -272,3 +272,14 @@ def test_hostile_ledger_lines_neither_crash_nor_move_the_verdict(failing, line):
         append_chained(ws.ledger_path, [rec] if isinstance(rec, dict) else [{"junk": rec}])
     g = _ac022(ws)
     assert g.outcome == "fail" and g.values == {"humaneval.pass_at_1": 0.5, "mbpp.pass_at_1": 0.9}
+
+
+@pytest.mark.parametrize("manifest", ["[1, 2]", "{not json", '{"sha256": 5}'])
+def test_a_damaged_manifest_is_a_corrupt_artifact_not_a_crash(failing, manifest):
+    ws, spec, _, _ = failing
+    ws.manifest_path("final", "model").write_text(manifest)
+    (ws.root / "state").mkdir(exist_ok=True)
+    (ws.root / "state" / "hash-cache.json").write_text("[]")
+    g = _ac022(ws)
+    assert g.outcome == "no_data" and "corrupt artifact" in g.reason
+    assert "corrupt artifact" in check_approvable(spec, ws, "submit", override="x")[1]
