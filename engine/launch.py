@@ -66,19 +66,16 @@ def job_argv(job_file: Path, kind: str, gpus: int) -> list[str]:
 
 
 def rank_log(ws: Workspace, job_id: str, rank: int) -> Path:
-    return ws.logs_dir / "ranks" / f"{job_id}.rank{rank}.jsonl"
+    """Rank 0 writes the job's log; the others their own."""
+    return ws.job_log(job_id) if rank == 0 else ws.logs_dir / "ranks" / f"{job_id}.rank{rank}.jsonl"
 
 
 # -- the leader -------------------------------------------------------------------------
 def lost_ranks(ws: Workspace, job: JobSpec, n: int) -> list[int]:
-    """Ranks whose log has no end: rank 0's is the job log, the others' are under logs/ranks."""
-    out = []
-    for r in range(n):
-        path = ws.job_log(job.job_id) if r == 0 else rank_log(ws, job.job_id, r)
-        ends = [e for e in read_events(path) if e.get("kind") in ("job_finished", "rank_finished")]
-        if not ends:
-            out.append(r)
-    return out
+    """Ranks that died without a word: no end and no stop (a rank torchrun stopped says so) in
+    their log (rank 0's is the job log, the others' are under logs/ranks)."""
+    ends = ("job_finished", "rank_finished", "rank_stopped")
+    return [r for r in range(n) if not any(e.get("kind") in ends for e in read_events(rank_log(ws, job.job_id, r)))]
 
 
 def lead(job_file: Path, n: int) -> int:
@@ -135,17 +132,25 @@ def work(job_file: Path) -> int:
 
     from engine.stages.run import run_job
 
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a peer is lost or the job is cancelled: stop now
-        signal.signal(sig, lambda s, _f: os._exit(128 + s))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     job = JobSpec.load(job_file)
     rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    ws = Workspace(Path(job.workspace))
+
+    def stop(sig: int, _frame: Any) -> None:  # a peer is lost or the job is cancelled: say so, stop now
+        try:
+            with EventWriter(rank_log(ws, job.job_id, rank)) as events:
+                events.emit("rank_stopped", rank=rank, signal=signal.Signals(sig).name)
+        finally:
+            os._exit(128 + sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if job.device.startswith("cuda") or (job.device == "auto" and torch.cuda.is_available()):
         torch.cuda.set_device(local)
         job.device = f"cuda:{local}"
     if rank == 0:
         return {"ok": 0, "cancelled": 3}.get(run_job(job, install_signals=False), 1)
-    ws = Workspace(Path(job.workspace))
     with EventWriter(rank_log(ws, job.job_id, rank)) as events:
         events.emit("rank_started", rank=rank, pid=os.getpid(), attempt=job.attempt)
         try:
