@@ -46,7 +46,8 @@ class JobHandle(Protocol):
 class Executor(Protocol):
     name: str
 
-    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources) -> JobHandle: ...
+    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources,
+               keep_fds: tuple[int, ...] = ()) -> JobHandle: ...
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,13 @@ class LocalJob(ProcIdentity):
 class LocalExecutor:
     name = "local"
 
-    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources) -> LocalJob:
+    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources,
+               keep_fds: tuple[int, ...] = ()) -> LocalJob:
+        """``keep_fds``: inherited by the job (the supervisor's per-job lock, held while it lives)."""
         import os
 
         env = {**os.environ, **res.env} if res.env else None
-        ident = spawn_detached(argv, log_path=log_path, cwd=cwd, env=env)
+        ident = spawn_detached(argv, log_path=log_path, cwd=cwd, env=env, keep_fds=keep_fds)
         return LocalJob(ident.pid, ident.start_ticks, ident.boot_id)
 
 
@@ -100,7 +103,7 @@ class Unsubmitted:
 
 
 def launch_job(spec: Any, stage: str, job_id: str, argv: list[str], *, ws: Workspace, reservation: int,
-               gpus: list[int]) -> JobHandle:
+               gpus: list[int], keep_fds: tuple[int, ...] = ()) -> JobHandle:
     """Start a job through its stage's executor (``stages.X.executor``, else ``settings.executor``)
     with the spec's resources. A submission the executor refuses ends the job's log with
     ``job_finished failed`` in the executor's words, so the attempt fails visibly and is retried
@@ -118,7 +121,8 @@ def launch_job(spec: Any, stage: str, job_id: str, argv: list[str], *, ws: Works
     )
     executor = get_executor(name, settings)
     try:
-        return executor.submit(job_id, argv, cwd=ws.root, log_path=ws.logs_dir / "jobs" / f"{job_id}.out", res=res)
+        return executor.submit(job_id, argv, cwd=ws.root, log_path=ws.logs_dir / "jobs" / f"{job_id}.out", res=res,
+                               keep_fds=keep_fds)
     except RuntimeError as exc:
         with EventWriter(ws.job_log(job_id)) as events:
             events.emit("job_finished", outcome="failed", error=f"{name} executor: {exc}")

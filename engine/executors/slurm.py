@@ -76,8 +76,11 @@ class SlurmExecutor:
     def __init__(self, settings: SlurmSettings | None = None) -> None:
         self.settings = settings or SlurmSettings()
 
-    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources) -> SlurmJob:
-        """Write the batch script beside the job's log and submit it; the handle names the job id."""
+    def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources,
+               keep_fds: tuple[int, ...] = ()) -> SlurmJob:
+        """Write the batch script beside the job's log and submit it; the handle names the job id.
+        ``keep_fds`` cannot follow a job to another node: Slurm's job id, journaled at once, is what
+        keeps an attempt from being submitted twice."""
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         script = log_path.with_suffix(".sbatch")
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(res.env.items()))
