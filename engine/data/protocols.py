@@ -131,7 +131,7 @@ def _same_kind(current: Any, value: Any) -> bool:
 def get(protocol_id: str) -> Protocol:
     """The official protocol ``protocol_id``; an unknown id is a one-line error."""
     if protocol_id not in PROTOCOLS:
-        near = difflib.get_close_matches(str(protocol_id), PROTOCOLS, n=1)
+        near = difflib.get_close_matches(str(protocol_id).lower().replace("+", "_plus"), PROTOCOLS, n=1, cutoff=0.5)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"unknown protocol {protocol_id!r} (known: {', '.join(PROTOCOLS)}){hint}")
     return PROTOCOLS[protocol_id]
