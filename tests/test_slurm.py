@@ -68,6 +68,8 @@ def test_job_runs_on_slurm_and_logs_to_the_shared_workspace(env, tmp_path: Path)
     assert [e for e in ev if e["kind"] == "progress"][-1]["done"] == 3
     assert ev[-1]["kind"] == "job_finished" and ev[-1]["outcome"] == "ok"
     assert again.status() == "COMPLETED" and again.end_reason() == f"slurm job {h.slurm_id} COMPLETED"
+    # a second submission of a finished attempt is a new job; of a queued one, that job (adopted)
+    assert submit(ws, "train.1", "pass").slurm_id != h.slurm_id
     script = (ws.logs_dir / "jobs" / "train.1.sbatch").read_text()
     assert "engine.stages.run" in script and "PYTHONPATH=" in script
 
@@ -84,6 +86,7 @@ def test_pending_reason_and_cancel(env, tmp_path: Path) -> None:
     small = submit(ws, "b.1", STEP.format(n=1, dt=0), cpus_per_task=1)
     wait_for(lambda: small.query()[1] not in ("None", ""), what="a pending reason")
     assert small.status() == "PENDING (Resources)"
+    assert submit(ws, "b.1", "pass").slurm_id == small.slurm_id  # resubmitted after a lost journal: adopted
     assert small.signal_group(signal.SIGTERM)  # pending: cancelled outright
     wait_for(lambda: not small.alive(), what="the pending job to leave")
     assert not ws.job_log("b.1").exists()

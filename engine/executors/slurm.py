@@ -9,6 +9,7 @@ dir. The client tools honour ``SLURM_CONF`` and the usual ``SBATCH_*``/``SLURM_*
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
 import signal
@@ -55,9 +56,14 @@ def _tool(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
         raise SlurmError(f"{shlex.join(argv)}: no answer within {timeout:.0f} s") from None
 
 
+def job_name(job_id: str, cwd: Path) -> str:
+    """``pmat-<workspace digest>-<job id>``: unique per workspace and attempt."""
+    return f"pmat-{hashlib.sha256(str(cwd).encode()).hexdigest()[:8]}-{job_id}"
+
+
 def sbatch_args(job_id: str, *, cwd: Path, log_path: Path, res: Resources, settings: SlurmSettings) -> list[str]:
     """The sbatch options for one job: resources from the spec, output to the job's .out file."""
-    out = ["--parsable", f"--job-name=pmat-{job_id}", f"--output={log_path}", f"--chdir={cwd}",
+    out = ["--parsable", f"--job-name={job_name(job_id, cwd)}", f"--output={log_path}", f"--chdir={cwd}",
            "--nodes=1", "--ntasks=1", f"--mem={max(1, math.ceil(res.memory_bytes / (1 << 20)))}M",
            f"--time={max(1, math.ceil(res.time_limit_s / 60))}"]
     if res.gpus:
@@ -79,8 +85,12 @@ class SlurmExecutor:
     def submit(self, job_id: str, argv: list[str], *, cwd: Path, log_path: Path, res: Resources,
                keep_fds: tuple[int, ...] = ()) -> SlurmJob:
         """Write the batch script beside the job's log and submit it; the handle names the job id.
-        ``keep_fds`` cannot follow a job to another node: Slurm's job id, journaled at once, is what
-        keeps an attempt from being submitted twice."""
+        ``keep_fds`` cannot follow a job to another node: a job of this attempt already queued or
+        running (a supervisor killed between sbatch and journaling it) is adopted instead."""
+        queued = _tool(["squeue", "--noheader", "--format=%i", f"--name={job_name(job_id, cwd)}",
+                        "--states=PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED"])
+        if queued.returncode == 0 and queued.stdout.split():
+            return SlurmJob(queued.stdout.split()[0], time.time())
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         script = log_path.with_suffix(".sbatch")
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(res.env.items()))
