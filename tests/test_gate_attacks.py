@@ -9,7 +9,16 @@ import time
 
 import pytest
 import yaml
-from test_gates import HE, commit_as_job, eval_record, grant, publish_model, record, setup_ws
+from test_gates import (
+    HE,
+    commit_as_job,
+    eval_record,
+    grant,
+    publish_model,
+    record,
+    scored,
+    setup_ws,
+)
 
 from engine.approvals import approval_current, check_approvable, revoked
 from engine.chain import append_chained, line_digest, verify_chain
@@ -25,11 +34,7 @@ from engine.workspace import Workspace
 @pytest.fixture()
 def failing(tmp_path):
     """A workspace whose final checkpoint honestly fails AC-022 (humaneval 0.5, mbpp 0.9)."""
-    ws, spec, _ = setup_ws(tmp_path)
-    m = publish_model(ws, tmp_path, "final", b"7B final weights")
-    path = ws.artifact_path("final", "model")
-    record(ws, "humaneval", m["sha256"], 0.5, path)
-    record(ws, "mbpp", m["sha256"], 0.9, path)
+    ws, spec, m, path = scored(tmp_path, 0.5, 0.9, b"7B final weights")
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "fail"
     return ws, spec, m, path
 
@@ -97,7 +102,7 @@ def test_weights_replaced_in_place_after_approval(failing, tmp_path, restore_mti
     ({"n_tasks": 8}, "8 of 164 tasks"),
     ({"protocol_id": "humaneval_plus"}, "protocol 'humaneval_plus' is not 'humaneval'"),
     ({"n": 5, "temperature": 0.8}, "protocol differs: n 5 -> 1; temperature 0.8 -> 0.0"),
-    ({"base_prompt": "instruct"}, "protocol differs: base_prompt"),
+    ({"prompt_mode": "base"}, "protocol differs: prompt_mode base -> auto"),
     ({"unpinned": True}, "protocol differs: data_pinned_by user -> project"),
 ])
 def test_results_of_another_protocol_subset_or_data_file_do_not_count(tmp_path, variant, why):

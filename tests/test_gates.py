@@ -101,6 +101,16 @@ def record(ws: Workspace, bench: str, model_hash: str, value: float, path: Path 
     commit_as_job(ws, f"eval_{bench}", eval_record(bench, model_hash, value, path, **kw))
 
 
+def scored(tmp_path: Path, humaneval: float, mbpp: float, weights: bytes = b"v1"):
+    """A workspace whose final checkpoint has committed humaneval and mbpp results."""
+    ws, spec, _ = setup_ws(tmp_path)
+    m = publish_model(ws, tmp_path, "final", weights)
+    path = ws.artifact_path("final", "model")
+    record(ws, "humaneval", m["sha256"], humaneval, path)
+    record(ws, "mbpp", m["sha256"], mbpp, path)
+    return ws, spec, m, path
+
+
 def test_expression_language():
     vals = {"a.x": 1.0, "b.y": 2.0}
     assert evaluate_expr("a.x < b.y and max(a.x, b.y) == 2", vals.get)
@@ -142,11 +152,7 @@ def test_a_gate_failing_on_present_data_fails_despite_missing_data(tmp_path):
 
 
 def test_results_of_an_older_checkpoint_are_stale(tmp_path):
-    ws, spec, _ = setup_ws(tmp_path)
-    old = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "model")
-    record(ws, "humaneval", old["sha256"], 0.9, path)
-    record(ws, "mbpp", old["sha256"], 0.9, path)
+    ws, spec, _, _ = scored(tmp_path, 0.9, 0.9)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "pass"
     publish_model(ws, tmp_path, "final", b"v2 retrained")
     g = evaluate_gates(spec, ws)["AC-022"]
@@ -154,11 +160,7 @@ def test_results_of_an_older_checkpoint_are_stale(tmp_path):
 
 
 def test_a_protocol_change_in_the_spec_makes_results_stale_with_the_difference(tmp_path):
-    ws, spec, _ = setup_ws(tmp_path)
-    m = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "model")
-    record(ws, "humaneval", m["sha256"], 0.9, path)
-    record(ws, "mbpp", m["sha256"], 0.9, path)
+    ws, spec, _, _ = scored(tmp_path, 0.9, 0.9)
     assert evaluate_gates(spec, ws)["AC-022"].outcome == "pass"
     ws2, spec2, _ = setup_ws(tmp_path / "b", {**HE, "humaneval": {"id": "humaneval", "max_new_tokens": 512}})
     ws.spec_path.write_text(ws2.spec_path.read_text())
@@ -179,11 +181,7 @@ def test_comparison_across_checkpoints(tmp_path):
 
 
 def test_approval_lapses_on_new_checkpoint_and_revokes_the_stage(tmp_path):
-    ws, spec, _ = setup_ws(tmp_path)
-    m = publish_model(ws, tmp_path, "final", b"v1")
-    path = ws.artifact_path("final", "model")
-    record(ws, "humaneval", m["sha256"], 0.9, path)
-    record(ws, "mbpp", m["sha256"], 0.9, path)
+    ws, spec, _, _ = scored(tmp_path, 0.9, 0.9)
     evidence, refusal = check_approvable(spec, ws, "submit")
     assert refusal is None and evidence == stage_evidence(spec, ws, "submit")
     approval = grant("submit", evidence)
