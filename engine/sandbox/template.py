@@ -107,14 +107,41 @@ def _warm_up() -> None:
     gc.freeze()
 
 
-def _mount_tmpfs(path: str, size_mb: int) -> bool:
-    """In the template's own mount namespace (``unshare --mount``, without bubblewrap): a tmpfs of
-    ``size_mb`` on the work area, the total disk quota of a program, private to this slot."""
+def _mount(source: str, target: str, fstype: str | None, flags: int, opts: str | None = None) -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    opts = f"size={size_mb}m,mode=0711".encode()
-    return libc.mount(b"tmpfs", path.encode(), b"tmpfs", 2 | 4, opts) == 0  # MS_NOSUID | MS_NODEV
+    return libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      opts.encode() if opts else None) == 0
+
+
+def _mount_tmpfs(path: str, size_mb: int) -> bool:
+    """In the template's own mount namespace (``unshare --mount``, without bubblewrap): a tmpfs of
+    ``size_mb`` on the work area, the total disk quota of a program, private to this slot."""
+    return _mount("tmpfs", path, "tmpfs", 2 | 4, f"size={size_mb}m,mode=0711")  # MS_NOSUID | MS_NODEV
+
+
+def _expose_prefix() -> None:
+    """In that namespace, when children switch uid: an interpreter under a directory others cannot
+    enter (``/root/.pyenv``) is bound onto a traversable tmpfs that hides the rest of that
+    directory, so every standard-library module imports in a child (bubblewrap does this itself)."""
+    prefix = os.path.realpath(sys.base_prefix)
+    closed = [d for d in _ancestors(prefix) if not os.stat(d).st_mode & 0o001]
+    if not closed:
+        return
+    top = closed[0]
+    keep = os.open(prefix, os.O_PATH)
+    try:
+        if _mount("tmpfs", top, "tmpfs", 2 | 4, "size=1m,mode=0755"):
+            os.makedirs(prefix, 0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{keep}", prefix, None, 4096 | 16384)  # MS_BIND | MS_REC
+    finally:
+        os.close(keep)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:i + 1]) for i in range(len(parts))]
 
 
 class Template:
@@ -144,6 +171,8 @@ class Template:
 
     def serve(self) -> None:
         tmpfs = self.cfg.get("mount_tmpfs") and _mount_tmpfs(self.base, int(self.limits["disk_mb"]))
+        if tmpfs and self.uid is not None:
+            _expose_prefix()
         _warm_up()
         self.zygote_pid, self.ctl = zygote.start(self.base, self.limits, self.uid)
         self.ctl.send(b"next")
