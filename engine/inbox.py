@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+MAX_COMMAND_BYTES = 1 << 20
+
 
 def _user_name(uid: int) -> str:
     try:
@@ -26,8 +28,8 @@ def read_command(path: Path, owner: int) -> tuple[dict[str, Any], str, str | Non
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         return {}, "?", f"{path}: cannot open: {exc.strerror}"
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         by = _user_name(st.st_uid)
         if not stat.S_ISREG(st.st_mode):
             return {}, by, f"{path}: not a regular file"
@@ -36,9 +38,11 @@ def read_command(path: Path, owner: int) -> tuple[dict[str, Any], str, str | Non
         if st.st_mode & 0o022:
             return {}, by, f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
         try:
-            cmd = json.loads(fh.read(1 << 20))
+            cmd = json.loads(os.read(fd, MAX_COMMAND_BYTES))
         except ValueError as exc:
             return {}, by, f"{path}: unreadable command file: {exc}"
+    finally:
+        os.close(fd)
     if not isinstance(cmd, dict):
         return {}, by, f"{path}: expected a JSON object"
     return cmd, by, None

@@ -418,7 +418,10 @@ class Supervisor:
                     else:
                         self.emit("command_applied", id=cid)
                 self.state.refresh()
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # a directory or an immutable file in the inbox must not stop the rounds
+                self.report(f"cannot remove command file {path}: {exc.strerror}")
 
     def _execute(self, cmd: dict[str, Any], by: str) -> str | None:
         args = cmd.get("args") or {}

@@ -72,6 +72,7 @@ def test_commands_only_from_owner_files_and_sender_is_the_owner(tmp_path, superv
     os.chown(ws.commands_dir / f"{other}.json", 65534, 65534)
     loose = send_command(ws, "run", targets=["a"])
     os.chmod(ws.commands_dir / f"{loose}.json", 0o622)
+    (ws.commands_dir / "0-a-dir.json").mkdir()  # not a file: refused once, and the rounds go on
     good = ws.commands_dir / "0-forged.json"
     good.write_text(json.dumps({"id": "forged", "command": "run", "args": {"targets": ["b"]}, "by": "mallory"}))
     good.chmod(0o600)
@@ -79,6 +80,7 @@ def test_commands_only_from_owner_files_and_sender_is_the_owner(tmp_path, superv
     wait_for(lambda: done(ws, "b"), 60, "b")
     rejected = {e["id"]: e["reason"] for e in journal(ws, "command_rejected")}
     assert "not by the workspace owner" in rejected[other] and "writable by group or others" in rejected[loose]
+    assert "not a regular file" in rejected["0-a-dir"]
     received = {e["id"]: e for e in journal(ws, "command_received")}
     assert received["forged"]["by"] == "root"  # from the file's owner, not its content
     assert load_state(ws).stage("a").status == "pending"
