@@ -385,3 +385,14 @@ def test_cli_separate_tests_file_with_entry_point(tmp_path: Path) -> None:
     prog.write_text("def add(a, b):\n    return a * b\n")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and json.loads(out.stdout)["status"] == "failed"
+
+
+@pytest.mark.parametrize("outer", ["auto", "none"])
+def test_every_stdlib_module_imports_in_any_mode(outer: str) -> None:
+    """Not only the preloaded ones: an own-uid child must reach the interpreter's files (the
+    interpreter may live under a 0700 home), with bubblewrap and without."""
+    mods = "gzip zipfile tarfile shlex glob uuid asyncio email.utils xml.etree.ElementTree csv secrets".split()
+    program = "".join(f"import {m}\n" for m in mods) + ADD
+    with SandboxPool(workers=1, outer=outer) as p:
+        v = p.run(Job(program, TEST, timeout=10.0))
+    assert v.passed, v
