@@ -30,6 +30,7 @@ from textual.screen import Screen
 from engine.memory import MemorySnapshot
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
+from pmat_tui.guard import Guarded
 from pmat_tui.model import ConsoleModel
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.screens.dag import DagScreen
@@ -80,7 +81,7 @@ def _view(mode: str) -> Callable[[], Screen]:
     return lambda: getattr(importlib.import_module(f"pmat_tui.screens.{mode}"), LAZY_VIEWS[mode])()
 
 
-class PmatApp(App):
+class PmatApp(Guarded, App):
     CSS_PATH = Path(__file__).parent / "app.tcss"
     TITLE = "pmat"
     MODES = {"dag": DagScreen, **{mode: _view(mode) for mode in LAZY_VIEWS}}
@@ -305,14 +306,16 @@ class PmatApp(App):
     def view_failed(self, view: str, exc: BaseException) -> None:
         """A view's code failed: one line on screen (once per distinct error), the traceback in
         the console's own error log, and the console goes on with the next refresh."""
+        message = f"{view} view: {type(exc).__name__}: {str(exc)[:160]} (traceback in {console_error_log()})"
+        if message in self.view_errors:
+            return  # a line drawn at every repaint fails the same way each time: told once
+        self.view_errors.append(message)
         path = console_error_log()
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as fh:
                 fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {view} view\n")
                 traceback.print_exception(exc, file=fh)
-        message = f"{view} view: {type(exc).__name__}: {str(exc)[:160]} (traceback in {path})"
-        self.view_errors.append(message)
         if message != self._last_error:
             self._last_error = message
             self.notify(message, severity="error", timeout=10)

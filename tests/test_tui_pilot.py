@@ -298,6 +298,14 @@ async def test_a_failing_view_is_a_notice_not_an_exit(ws: Workspace, monkeypatch
         print("a library printing while the console runs", flush=True)  # once ended it: App._flush clashed
         await pilot.pause(0.3)
         assert app.is_running
+
+        def broken_move(self, delta: int) -> None:
+            raise ValueError("cursor fell over")
+
+        monkeypatch.setattr(DagTree, "action_move", broken_move)  # a widget's own handler fails
+        await pilot.press("j", "j")
+        await pilot.pause(0.2)
+        assert app.is_running and sum("cursor fell over" in e for e in app.view_errors) == 1
         assert app.view_errors[0].startswith("Gates view: RuntimeError: gates fell over")
         assert "gates fell over" in (ws.root.parent / "state" / "pmat" / "console-errors.log").read_text()
         assert isinstance(app.screen.query_one(DagTree), DagTree)

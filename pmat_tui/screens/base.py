@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from asyncio import CancelledError
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
+from pmat_tui.guard import Guarded
 from pmat_tui.widgets.header_bar import HeaderBar
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ class KeyFooter(Footer):
         super().bindings_changed(screen)
 
 
-class ViewScreen(Screen):
+class ViewScreen(Guarded, Screen):
     """A mode of the console. Subclasses compose ``body()`` and implement ``update_view``."""
 
     VIEW = "view"
@@ -81,21 +80,11 @@ class ViewScreen(Screen):
     def body(self) -> ComposeResult:
         yield from ()
 
-    async def _dispatch_message(self, message: Message) -> None:
-        """Every handler of the view (keys, its widgets' messages, mount): a failure becomes a
-        one-line notice, and the view keeps answering (Textual would end the app)."""
-        try:
-            await super()._dispatch_message(message)
-        except CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever a view does wrong, the console stays up
-            self.papp.view_failed(self.VIEW, exc)
-
     def safe_update(self, structural: bool) -> None:
         """``update_view`` from outside the view's own handlers (the app's refresh)."""
         try:
             self.update_view(structural)
-        except Exception as exc:  # noqa: BLE001 - see _dispatch_message
+        except Exception as exc:  # noqa: BLE001 - see pmat_tui.guard
             self.papp.view_failed(self.VIEW, exc)
 
     def on_screen_resume(self) -> None:

@@ -23,6 +23,7 @@ from textual.strip import Strip
 from engine.dag import topo_order, work_item_order
 from engine.overview import StageRow
 from pmat_tui.fmt import fmt_num
+from pmat_tui.guard import Guarded, safe_lines
 from pmat_tui.model import ConsoleModel, status_mark
 from pmat_tui.spark import bar, eta_text
 
@@ -68,7 +69,7 @@ def needs_eye(row: StageRow) -> bool:
     return row.status in ("running", "failed", "crashed") or row.reason_kind in ATTENTION
 
 
-class DagTree(ScrollView, can_focus=True):
+class DagTree(Guarded, ScrollView, can_focus=True):
     """One line per work item and per shown stage; the cursor selects a stage."""
 
     BINDINGS = [
@@ -265,6 +266,7 @@ class DagTree(ScrollView, can_focus=True):
         if 0 <= y < self.size.height:
             self.refresh(Region(0, y, self.size.width, 1))
 
+    @safe_lines
     def render_line(self, y: int) -> Strip:
         line = self.scroll_offset.y + y
         width = self.scrollable_content_region.width

@@ -8,10 +8,11 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from pmat_tui.fmt import fmt_num
+from pmat_tui.guard import Guarded
 from pmat_tui.model import GATE_STYLE, GateRow
 
 
-class GatesTable(DataTable):
+class GatesTable(Guarded, DataTable):
     """One row per criterion; the row key is the AC id. j/k move like everywhere else."""
 
     BINDINGS = [Binding("j", "cursor_down", "down", show=False), Binding("k", "cursor_up", "up", show=False)]

@@ -10,13 +10,14 @@ from textual.widgets import Label, ProgressBar
 from engine.overview import estimate
 from engine.state import Attempt, StageState
 from pmat_tui.fmt import fmt_bytes, fmt_duration, fmt_num, fmt_rate
+from pmat_tui.guard import Guarded
 from pmat_tui.spark import eta_text, sparkline
 from pmat_tui.widgets.stage_detail import CURVES
 
 SPARK_CELLS = 56
 
 
-class JobCard(Vertical, can_focus=True):
+class JobCard(Guarded, Vertical, can_focus=True):
     """A job's live numbers; rate and ETA come from event timestamps, never from the widget."""
 
     def __init__(self, job_id: str, **kw) -> None:

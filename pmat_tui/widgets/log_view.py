@@ -23,6 +23,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from pmat_tui.fmt import event_text, parse_event
+from pmat_tui.guard import Guarded, safe_lines
 from pmat_tui.logfmt import QUIET_KINDS
 from pmat_tui.logtail import LogTail
 
@@ -32,7 +33,7 @@ STEP_SPAN = 64  # a step's metric lines are looked for this many lines around it
 CURSOR = Style(bgcolor="#264f78", bold=True)
 
 
-class LogView(ScrollView, can_focus=True):
+class LogView(Guarded, ScrollView, can_focus=True):
     """Line-API view over a ``LogTail``: memory is the offset index plus what is on screen."""
 
     BINDINGS = [
@@ -232,6 +233,7 @@ class LogView(ScrollView, can_focus=True):
             return json.dumps([self._event(i), *metrics]).encode()
         return self.tail.line(i)
 
+    @safe_lines
     def render_line(self, y: int) -> Strip:
         row = self.scroll_offset.y + y
         width = self.scrollable_content_region.width

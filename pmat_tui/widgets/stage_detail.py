@@ -23,6 +23,7 @@ from pmat_tui.fmt import (
     parse_event,
     short_hash,
 )
+from pmat_tui.guard import Guarded
 from pmat_tui.logfmt import human_lines
 from pmat_tui.logtail import LogTail
 from pmat_tui.model import ConsoleModel, status_mark
@@ -69,7 +70,7 @@ def _table(*cols: str) -> Table:
     return t
 
 
-class StageDetail(VerticalScroll):
+class StageDetail(Guarded, VerticalScroll):
     """Details of the stage selected in the DAG."""
 
     def __init__(self, model: ConsoleModel, **kw) -> None:
