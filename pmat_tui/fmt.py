@@ -9,7 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from engine.cli._common import fmt_bytes, fmt_duration
-from pmat_tui.logfmt import describe, fmt_value
+from pmat_tui.logfmt import describe, metrics_text
 
 __all__ = ["fmt_bytes", "fmt_duration", "fmt_clock", "fmt_rate", "fmt_num", "event_text", "short_hash"]
 
@@ -75,6 +75,5 @@ def event_text(raw: bytes, metrics: list[dict[str, Any]] | None = None, *, raw_f
         return out
     out.append(describe(ev))
     if metrics:
-        out.append("  " + " · ".join(f"{m.get('name')} {fmt_value('value', m.get('value'))}" for m in metrics),
-                   style="blue")
+        out.append("  " + metrics_text(metrics), style="blue")
     return out

@@ -14,7 +14,15 @@ from typing import Any
 
 from engine.cli._common import fmt_bytes, fmt_duration
 
-QUIET_KINDS = frozenset({"resource"})  # shown only with --all (console: the `a` key)
+QUIET_KINDS = frozenset({"resource"})  # shown only with --all (console: the `v` key)
+FIRST_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "learning_rate", "grad_norm",
+                 "tokens_per_s")  # a step's line leads with these; the rest follow in logged order
+BRIEF = {  # kind -> the fields a person reads (--raw and the console's `v` show every field)
+    "job_started": ("job_id", "attempt", "pid"),
+    "job_finished": ("outcome", "error", "peak_rss", "peak_gpu"),
+    "artifact": ("name", "bytes", "sha256", "path"),
+    "checkpoint": ("step", "path"),
+}
 BYTE_KEYS = ("rss", "peak_rss", "gpu", "bytes", "reservation", "memory", "available", "need", "headroom")
 SECOND_KEYS = ("wall_s", "elapsed_s", "seconds", "duration_s", "grace_s")
 
@@ -48,7 +56,20 @@ def describe(ev: dict[str, Any]) -> str:
     if kind == "metric":
         step = ev.get("step")
         return f"{ev.get('name')} {fmt_value('value', ev.get('value'))}" + (f" (step {step})" if step is not None else "")
-    return " ".join(f"{k}={fmt_value(k, v)}" for k, v in ev.items() if k not in ("ts", "kind"))
+    if kind == "result" and isinstance(ev.get("results"), list):
+        return f"{len(ev['results'])} result(s) recorded in the ledger"
+    keys = BRIEF.get(str(kind)) or [k for k in ev if k not in ("ts", "kind")]
+    shown = {k: ev[k] for k in keys if ev.get(k) is not None}
+    if isinstance(shown.get("sha256"), str):
+        shown["sha256"] = shown["sha256"][:12]
+    return " ".join(f"{k}={fmt_value(k, v)}" for k, v in shown.items())
+
+
+def metrics_text(metrics: list[dict[str, Any]]) -> str:
+    """``loss 0.6931 · rewards/margins 0.18 · ...``: the usual ones first."""
+    rank = {name: i for i, name in enumerate(FIRST_METRICS)}
+    ordered = sorted(metrics, key=lambda m: rank.get(str(m.get("name")), len(rank)))
+    return " · ".join(f"{m.get('name')} {fmt_value('value', m.get('value'))}" for m in ordered)
 
 
 class _Step:
@@ -61,11 +82,11 @@ class _Step:
 
     def line(self) -> tuple[str, str]:
         first = self.progress or self.metrics[0]
-        head = describe(self.progress) if self.progress else f"step {self.step}"
         if not self.metrics:
-            return "progress", f"{clock(first.get('ts'))} {'progress':<12} {head}"
-        body = " · ".join(f"{m.get('name')} {fmt_value('value', m.get('value'))}" for m in self.metrics)
-        return "step", f"{clock(first.get('ts'))} {'step':<12} {head}  {body}"
+            return "progress", f"{clock(first.get('ts'))} {'progress':<12} {describe(first)}"
+        if self.progress is None:  # metrics logged at a step after its progress (a run's summary)
+            return "metrics", f"{clock(first.get('ts'))} {'metrics':<12} step {self.step}  {metrics_text(self.metrics)}"
+        return "step", f"{clock(first.get('ts'))} {'step':<12} {describe(self.progress)}  {metrics_text(self.metrics)}"
 
 
 def human_lines(events: Iterable[dict[str, Any]], *, show_all: bool = False) -> Iterator[tuple[str, str]]:

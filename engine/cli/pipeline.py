@@ -96,13 +96,14 @@ def summary_line(ov: Overview) -> str:
 def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
     spec, state = quick_spec(ws), load_state(ws)
     ov = build_overview(ws, spec, state)
+    w = max(21, *(len(s) for s in spec.stages))
     sup = f"supervisor pid {ov.supervisor_pid}" if ov.supervisor_pid else "supervisor NOT running (pmat supervise)"
     lines = [
         f"{spec.name} · {ws.root} · {sup}",
         summary_line(ov),
         f"critical path ({fmt_duration(ov.critical_hours * 3600)}, {fmt_duration(ov.left_s)} to go): "
         f"{' -> '.join(ov.critical_path)}",
-        f"{'STAGE':<22} {'ITEM':<9} {'STATUS':<10} {'PROGRESS':<18} {'RATE/h':>8} {'ETA':>12} {'RSS':>9}  WHY",
+        f"{'STAGE':<{w + 1}} {'ITEM':<9} {'STATUS':<10} {'PROGRESS':<18} {'RATE/h':>8} {'ETA':>12} {'RSS':>9}  WHY",
     ]
     for r in ov.rows:
         prog = f"{r.done:g}/{r.total:g} {r.unit}" if r.total else "-"
@@ -110,7 +111,7 @@ def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
         mark = "*" if r.critical else " "
         why = "" if r.status in ("running", "done") else r.reason
         eta = fmt_duration(r.eta_s) + (f"±{fmt_duration(r.eta_pm_s)}" if r.eta_pm_s else "")
-        lines.append(f"{mark}{r.stage:<21} {r.work_item or '-':<9} {r.status:<10} {prog:<18} {rate:>8} "
+        lines.append(f"{mark}{r.stage:<{w}} {r.work_item or '-':<9} {r.status:<10} {prog:<18} {rate:>8} "
                      f"{eta:>12} {fmt_bytes(r.rss or None):>9}  {why}")
     if state.approvals:
         from engine.approvals import describe_approval  # says an override out loud
