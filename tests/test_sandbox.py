@@ -396,3 +396,13 @@ def test_every_stdlib_module_imports_in_any_mode(outer: str) -> None:
     with SandboxPool(workers=1, outer=outer) as p:
         v = p.run(Job(program, TEST, timeout=10.0))
     assert v.passed, v
+
+
+def test_literal_unrolling_is_bounded() -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(Unsupported, match="visited"):
+        split("def f():\n    pass\nfor i in range(10 ** 6):\n    for j in range(10 ** 6):\n        pass\n"
+              "    assert f() is None\n")
+    assert time.monotonic() - start < 5.0

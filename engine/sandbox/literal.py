@@ -8,7 +8,7 @@ syntax tree it validated) as the trusted runner's code:
   also ``range``/``enumerate``/``zip`` of literals, or a name bound to a literal at top
   level), ``pass``, ``print(...)`` and imports (dropped);
 - expressions: literals, names bound by those statements, calls of the program's functions
-  (by name), comparisons, ``and``/``or``/``not``, ``+ - / // %``, subscripts, and calls of
+  (by name), comparisons, ``and``/``or``/``not``, ``+ - / //``, subscripts, and calls of
   ``abs all any bool float frozenset int isinstance len list max min round set sorted str
   sum tuple`` and ``math.isclose/fabs/floor/ceil/sqrt``.
 
@@ -30,9 +30,10 @@ WRAPPERS = frozenset("abs all any bool float frozenset int isinstance len list m
                      "tuple".split())
 TYPES = frozenset("int float str bool list tuple dict set frozenset complex bytes".split())
 MATH = frozenset({"isclose", "fabs", "floor", "ceil", "sqrt"})
-_OPS = (ast.Add, ast.Sub, ast.Div, ast.FloorDiv, ast.Mod, ast.USub, ast.UAdd, ast.Not, ast.And, ast.Or, ast.Eq,
+_OPS = (ast.Add, ast.Sub, ast.Div, ast.FloorDiv, ast.USub, ast.UAdd, ast.Not, ast.And, ast.Or, ast.Eq,
         ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn)
 MAX_STATEMENTS = 20_000
+MAX_STEPS = 200_000  # statements visited while unrolling (nested loops of `pass` included)
 
 
 class Unsupported(ValueError):
@@ -68,6 +69,7 @@ class _Reader:
         self.literals = literals  # top-level names bound to literals
         self.bound: set[str] = set()  # names the emitted tests assign
         self.out: list[ast.stmt] = []
+        self.steps = 0
 
     def expr(self, node: ast.expr, env: dict[str, Any]) -> ast.expr:
         """A validated copy of ``node`` with loop variables replaced by constants."""
@@ -132,6 +134,9 @@ class _Reader:
             self.statement(stmt, env)
 
     def statement(self, stmt: ast.stmt, env: dict[str, Any]) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise _fail(stmt, f"more than {MAX_STEPS} test statements visited while unrolling loops")
         if isinstance(stmt, ast.Assert):
             self.emit(ast.Assert(self.expr(stmt.test, env), None))
         elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
