@@ -60,23 +60,29 @@ class ApproveScreen(ModalScreen[str | None]):
         self.failing = [g for g in gates if g.status != "pass"]
 
     def compose(self) -> ComposeResult:
+        """The title, one line per failing criterion and what approving means stay in sight; the
+        full verdicts and the evidence scroll; the reason and the buttons stay at the bottom."""
         head = [Text(f"Approve stage {self.stage}?", style="bold")]
-        for g in self.failing:  # first: what does not pass
+        details: list[Text] = []
+        for g in self.failing:
             sym, style = GATE_STYLE.get(g.status, ("?", ""))
             value = f" ({g.value} vs {g.threshold})" if g.value and g.threshold else ""
+            head.append(Text(f"{sym} {g.ac} {g.status.upper()}{value}", style=f"bold {style}", no_wrap=True,
+                             overflow="ellipsis"))
             detail = g.detail.removeprefix(f"{g.status}: ").removeprefix(f"{g.status.replace(' ', '_')}: ")
-            head.append(Text(f"{sym} {g.ac} {g.status.upper()}{value}: {detail}", style=f"bold {style}"))
-        meaning = (f"Approving lets {self.stage} run on exactly the evidence below; if it changes, the approval "
-                   "lapses. Journaled as approved by " + user_name() + ", with the time.")
+            details.append(Text(f"{sym} {g.ac} {g.status.upper()}: {detail}", style=style))
         if self.failing:
-            meaning += (" A criterion does not pass: approving anyway is an OVERRIDE, recorded with your reason "
-                        "and shown in the status, the model card and the bundle.")
-        head.append(Text(meaning, style="yellow" if self.failing else "dim"))
-        passing = [g for g in self.gates if g.status == "pass"]
-        details = [Text(f"{GATE_STYLE['pass'][0]} {g.ac}: {g.detail}", style=GATE_STYLE["pass"][1]) for g in passing]
-        with Vertical(classes="modal-box"):
+            head.append(Text(f"Approving anyway is an OVERRIDE: type why. It is journaled as approved by {user_name()} "
+                             "with your reason, and shown in status, the model card and the bundle.", style="yellow"))
+        else:
+            head.append(Text(f"Every criterion passes. Journaled as approved by {user_name()}.", style="green"))
+        head.append(Text(f"{self.stage} then runs on exactly the evidence below; if it changes, the approval lapses.",
+                         style="dim"))
+        details += [Text(f"{GATE_STYLE['pass'][0]} {g.ac}: {g.detail}", style=GATE_STYLE["pass"][1])
+                    for g in self.gates if g.status == "pass"]
+        with Vertical(classes="modal-box", id="approve-box"):
             yield Static(Group(*head), id="approve-head")
-            with VerticalScroll(classes="modal-scroll"):
+            with VerticalScroll(classes="modal-scroll", id="approve-scroll"):
                 yield Static(Group(*details, *evidence_lines(self.evidence)), id="approve-evidence")
             if self.failing:
                 yield Input(placeholder="reason for the override (required)", id="override-reason")
