@@ -36,6 +36,7 @@ JOURNAL_KINDS = (
     "reattached",
     "crashed",
     "cancelled",
+    "finished",
     "cancel_requested",
     "unrequested",
     "approval_granted",
@@ -64,7 +65,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "supervisor_started": ("pid", "start_ticks", "boot_id"),
     "queued": ("stage",), "waiting": ("stage",), "admitted": ("stage", "job_id"),
     "launched": ("stage", "job_id", "identity"), "reattached": ("job_id",),
-    "crashed": ("job_id",), "cancelled": ("job_id",), "cancel_requested": ("stage",), "unrequested": ("stage",),
+    "crashed": ("job_id",), "cancelled": ("job_id",), "finished": ("job_id", "outcome"), "cancel_requested": ("stage",), "unrequested": ("stage",),
     "approval_granted": ("target",), "approval_revoked": ("target",),
     "command_received": ("id",), "command_applied": ("id",), "command_rejected": ("id",),
     "supervisor_error": ("message",), "supervisor_stopped": ("reason",),
@@ -100,8 +101,8 @@ def invalid(ev: Any) -> str | None:
         return f"{kind}: job_id {ev['job_id']!r} is not STAGE.ATTEMPT"
     if kind == "launched" and ev["identity"] is not None and not all(_is(ev["identity"].get(k), FIELD_TYPES[k]) for k in _IDENTITY):
         return "launched: identity needs pid, start_ticks and boot_id"
-    if kind == "job_finished" and ev["outcome"] not in _OUTCOMES:
-        return f"job_finished: outcome {ev['outcome']!r} is not one of {', '.join(_OUTCOMES)}"
+    if kind in ("job_finished", "finished") and ev["outcome"] not in _OUTCOMES:
+        return f"{kind}: outcome {ev['outcome']!r} is not one of {', '.join(_OUTCOMES)}"
     return None
 
 

@@ -168,6 +168,7 @@ class PipelineState:
         self.journal: deque = deque(maxlen=2000)
         self.processed_commands: set[str] = set()  # applied or rejected: never run again
         self.received_commands: set[str] = set()
+        self.ended_in_journal: set[str] = set()  # jobs whose end the journal holds (a lost job log loses nothing)
         self.bad_events = 0  # lines of any log that broke their schema and were skipped
         self.damage: deque[str] = deque(maxlen=DAMAGE_HISTORY)  # "FILE:LINE: why" of the latest
         self.chain_break: str | None = None  # the journal's first broken line; approvals after it do not count
@@ -349,12 +350,14 @@ class PipelineState:
             st = self.stage(a.stage)
             st.waiting = None
             st.retry_pending = False
-        elif kind in ("crashed", "cancelled"):
+        elif kind in ("crashed", "cancelled", "finished"):
             a = self.attempt(ev["job_id"])
+            self.ended_in_journal.add(a.job_id)
             if a.outcome is None:
-                a.outcome = kind
-                a.error = ev.get("reason")
+                a.outcome = ev["outcome"] if kind == "finished" else kind
+                a.error = ev.get("error" if kind == "finished" else "reason")
                 a.finished_at = ev["ts"]
+                a.peak_rss = max(a.peak_rss, ev.get("peak_rss") or 0)
         elif kind == "approval_granted":
             if self.chain_break is None:
                 self.approvals[ev["target"]] = ev

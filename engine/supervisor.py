@@ -239,9 +239,22 @@ class Supervisor:
         self._process_commands()
         self.state.refresh()
         self._watch_running()
+        self._journal_ends()
         self._resume_after_disk_full()
         self._report_damage()
         self._schedule()
+
+    def _journal_ends(self) -> None:
+        """Copy each job's end from its log into the journal (one append for all), so that a job
+        log deleted or truncated later neither loses the outcome nor makes a finished stage run again."""
+        ended = [a for a in self.state.jobs.values()
+                 if a.outcome in ("ok", "failed", "cancelled") and a.job_id not in self.state.ended_in_journal]
+        if ended:
+            with self.atomic():
+                for a in ended:
+                    self.emit("finished", job_id=a.job_id, stage=a.stage, outcome=a.outcome, error=a.error,
+                              peak_rss=a.peak_rss)
+            self.state.refresh()
 
     def _report_damage(self) -> None:
         if self.state.chain_break:

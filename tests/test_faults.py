@@ -350,3 +350,20 @@ def test_demo_ends_when_a_failure_blocks_everything_left(tmp_path):
     res = pmat("demo", "--headless", "-w", str(ws.root), "--timeout", "120", timeout=150)
     assert res.returncode == 1 and "pipeline: NOT every stage finished" in res.stdout, res.stdout + res.stderr
     assert time.monotonic() - t0 < 60 and done(ws, "c")
+
+
+def test_deleted_or_truncated_job_log_does_not_rerun_a_finished_stage(tmp_path, supervisors):  # noqa: F811 - the fixture
+    ws = make_ws(tmp_path, {"a": stage(1, 0.05), "b": stage(1, 0.05)})
+    sup = start(ws, supervisors)
+    send_command(ws, "run", targets=["a", "b"])
+    wait_for(lambda: done(ws, "a", "b") and len(journal(ws, "finished")) == 2, 60, "a and b, their ends journaled")
+    sup.terminate(grace_s=5)
+    ws.job_log("a.1").unlink()
+    log = ws.job_log("b.1")
+    log.write_bytes(log.read_bytes()[: len(log.read_bytes()) // 2])
+    start(ws, supervisors)
+    send_command(ws, "run", targets=["a", "b"])
+    time.sleep(2.0)
+    st = load_state(ws)
+    assert [a.outcome for a in st.stage("a").attempts] == ["ok"] and [a.outcome for a in st.stage("b").attempts] == ["ok"]
+    assert (ws.root / "work" / "a" / "completions").read_text() == "x" and not journal(ws, "crashed")
