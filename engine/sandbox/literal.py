@@ -13,8 +13,8 @@ syntax tree it validated) as the trusted runner's code:
   sum tuple`` and ``math.isclose/fabs/floor/ceil/sqrt``.
 
 Where tests are found: top-level asserts and loops of asserts, the body of ``if __name__ ==
-"__main__":``, functions named ``check`` (with ``check(f)`` calls, or ``--entry-point``) or
-``test_*``. Anything else in a test is refused with its line, and the program part (the
+"__main__":``, functions that assert and are named ``check`` (with ``check(f)`` calls, or
+``--entry-point``) or ``test*``, or are called at top level or under that guard. Anything else in a test is refused with its line, and the program part (the
 rest of the file) runs confined as usual.
 """
 
@@ -222,6 +222,18 @@ def _has_assert(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Assert) for n in ast.walk(node))
 
 
+def _test_functions(body: list[ast.stmt]) -> set[str]:
+    """Functions whose body is tests: ``check``, ``test*``, and any other that asserts and is
+    called at top level or under the ``__main__`` guard (``def run(): assert ...; run()``)."""
+    calls = set()
+    for node in body:
+        for stmt in node.body if _is_main_guard(node) else [node]:
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name):
+                calls.add(stmt.value.func.id)
+    return {n.name for n in body if isinstance(n, ast.FunctionDef) and _has_assert(n) and (
+        n.name == "check" or n.name.startswith("test") or n.name in calls)}
+
+
 def split(source: str, tests: str | None = None, entry_point: str | None = None) -> tuple[str, str, dict[str, str]]:
     """(program, trusted test code, aliases): the program part of ``source``, pmat's own
     rendering of the tests in ``source`` (or in ``tests``, a separate file), and the program
@@ -242,13 +254,13 @@ def split(source: str, tests: str | None = None, entry_point: str | None = None)
     literals: dict[str, Any] = {}
     checks: dict[str, ast.FunctionDef] = {}
     test_nodes: list[ast.stmt] = []
+    test_fns = _test_functions(tree.body if test_tree is None else test_tree.body)
     for node in ([] if test_tree is not None else tree.body):
         is_test = isinstance(node, ast.Assert) or _is_main_guard(node) or (
-            isinstance(node, ast.FunctionDef) and (node.name == "check" or node.name.startswith("test_"))) or (
+            isinstance(node, ast.FunctionDef) and node.name in test_fns) or (
             isinstance(node, (ast.For, ast.While)) and _has_assert(node)) or (
             isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
-            and node.value.func.id in ("check", *(n.name for n in tree.body if isinstance(n, ast.FunctionDef)
-                                                  and n.name.startswith("test_"))))
+            and node.value.func.id in test_fns)
         if is_test:
             test_nodes.append(node)
             continue
@@ -272,7 +284,7 @@ def split(source: str, tests: str | None = None, entry_point: str | None = None)
     for node in test_nodes:
         flat += node.body if _is_main_guard(node) else [node]
     for node in flat:
-        if isinstance(node, ast.FunctionDef) and (node.name == "check" or node.name.startswith("test_")):
+        if isinstance(node, ast.FunctionDef) and node.name in test_fns:
             checks[node.name] = node
     for node in flat:
         if isinstance(node, ast.FunctionDef) and node.name in checks:
@@ -287,13 +299,17 @@ def split(source: str, tests: str | None = None, entry_point: str | None = None)
             continue
         reader.statement(node, {})
     for name, fn in checks.items():
-        if name.startswith("test_") and name not in called and not fn.args.args:
-            reader.body(fn.body, {})
-        elif name == "check" and name not in called:
+        if name in called:
+            continue
+        if name == "check":
             if not entry_point:
                 raise _fail(fn, "check() is defined but never called (name the function with --entry-point)")
             _expand(reader, fn, ast.Call(ast.Name("check", ast.Load()), [ast.Name(entry_point, ast.Load())], []))
             reader.functions.add(entry_point)
+        elif fn.args.args:
+            raise _fail(fn, f"test function {name}() takes arguments and is never called")
+        else:
+            reader.body(fn.body, {})
     if not reader.out:
         raise Unsupported("no tests found (top-level asserts, check(), test_* or an if __name__ == '__main__' block)")
     module = ast.Module(body=[copy.deepcopy(s) for s in reader.out], type_ignores=[])
