@@ -406,3 +406,10 @@ def test_literal_unrolling_is_bounded() -> None:
         split("def f():\n    pass\nfor i in range(1000000):\n    for j in range(1000000):\n        pass\n"
               "    assert f() is None\n")
     assert time.monotonic() - start < 5.0
+
+
+def test_unparsable_files_never_crash_the_reader() -> None:
+    assert split("def f():\n    return 1\x00\nassert f() == 1\n")[1] == ""  # the sandbox reports it
+    with pytest.raises(Unsupported, match="does not parse"):
+        split(ADD, "assert add(1, 2) == 3\x00\n")
+    assert split(ADD + "assert add(1, 2) == " + "-" * 100_000 + "3\n")[1] == ""  # too deep for the parser

@@ -40,7 +40,11 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(Verdict("error", "UnsupportedTest", f"{where}: {exc}").to_dict(), indent=2))
         return 1
     limits = Limits(memory_mb=args.memory_mb, cpu_s=int(args.timeout) + 2)
-    with SandboxPool(workers=1, limits=limits) as pool:
+    try:
+        pool = SandboxPool(workers=1, limits=limits)
+    except (RuntimeError, OSError) as exc:  # the self-check refused, or no template could start
+        raise BadInput(f"sandbox cannot run programs here: {exc}") from None
+    with pool:
         verdict = pool.run(Job(program=program, runner_code=tests, aliases=aliases, timeout=args.timeout))
         out = {**verdict.to_dict(), "network": pool.network, "filesystem": pool.filesystem}
     print(json.dumps(out, indent=2))

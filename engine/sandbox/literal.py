@@ -242,12 +242,20 @@ def split(source: str, tests: str | None = None, entry_point: str | None = None)
     reports its syntax error)."""
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # null bytes, absurd nesting
         return source, "", {}
     try:
         test_tree = ast.parse(tests) if tests is not None else None
-    except SyntaxError as exc:
-        raise Unsupported(f"tests file: line {exc.lineno}: {exc.msg}") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise Unsupported(f"tests file does not parse: {type(exc).__name__}: {str(exc)[:200]}") from None
+    try:
+        return _split(source, tree, test_tree, entry_point)
+    except RecursionError:
+        raise Unsupported("tests nested too deeply") from None
+
+
+def _split(source: str, tree: ast.Module, test_tree: ast.Module | None,
+           entry_point: str | None) -> tuple[str, str, dict[str, str]]:
     lines = source.splitlines(keepends=True)
     program: list[str] = []
     functions = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
