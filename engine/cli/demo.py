@@ -151,7 +151,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except UnsafeWorkspace as exc:
         raise BadInput(str(exc)) from None
     if args.headless:
-        return run_headless(ws, args.timeout)
+        try:
+            return run_headless(ws, args.timeout)
+        except OSError as exc:  # the workspace cannot be written (read-only, full): one line, not a traceback
+            print(f"pmat demo: stopped: {exc}", file=sys.stderr)
+            return 1
     from engine.cli.tui import cmd_tui
 
     send_command(ws, "run", targets=["all"])  # the console starts the supervisor that carries it out
