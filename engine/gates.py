@@ -23,9 +23,8 @@ from typing import Any
 from engine.content_id import CorruptArtifact, HashCache, checkpoint_hash
 from engine.data import protocols
 from engine.data.protocols import Protocol
-from engine.data.protocols import diff as protocol_diff
 from engine.refs import resolve_ref
-from engine.results import DEFAULT_PROTOCOL, incomparable, ledger_entries
+from engine.results import DEFAULT_PROTOCOL, incomparable, ledger_entries, short_diff
 from engine.spec import REF_RE, Criterion, PipelineSpec
 from engine.workspace import Workspace
 
@@ -197,7 +196,7 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
                 continue
             have = _fields(r["protocol"]) if isinstance(r.get("protocol"), dict) else {}
             why = (("provenance", r["ignored"]) if r["ignored"]
-                   else ("protocol", f"protocol differs: {'; '.join(protocol_diff(have, now[0]))}")
+                   else ("protocol", f"protocol differs: {'; '.join(short_diff(have, now[0]))}")
                    if now and have not in now else incomparable(r, proto) if proto else None)
             if why is None:
                 mine.append(r)

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -260,6 +261,11 @@ def sample_passed(sample: Any) -> bool:
     return False
 
 
+def short_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``protocols.diff`` lines with sha256 values cut to 12 digits (readable in one line)."""
+    return [re.sub(r"\b([0-9a-f]{12})[0-9a-f]{52}\b", r"\1", line) for line in protocol_diff(old, new)]
+
+
 def incomparable(record: dict[str, Any], proto: Protocol) -> tuple[str, str] | None:
     """Why a record cannot stand for ``proto`` (kind, reason), or None when it can.
 
@@ -272,7 +278,7 @@ def incomparable(record: dict[str, Any], proto: Protocol) -> tuple[str, str] | N
     if record.get("protocol_id") != proto.id:
         return "protocol", f"protocol {record.get('protocol_id')!r} is not {proto.id!r}"
     if record.get("protocol_digest") != proto.digest() or digest_of(have) != proto.digest():
-        return "protocol", f"protocol differs: {'; '.join(protocol_diff(have, want)) or 'digest'}"
+        return "protocol", f"protocol differs: {'; '.join(short_diff(have, want)) or 'digest'}"
     if not isinstance(record.get("dataset_hash"), str) or not proto.accepts_data(record["dataset_hash"]):
         return "data", f"dataset sha256 {str(record.get('dataset_hash'))[:12]} is not the pinned {str(proto.data_sha256)[:12]}"
     per = record.get("per_problem") or record.get("eval")  # {task: [sample outcome, ...]}
