@@ -69,6 +69,7 @@ class StageEntry(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     device: str = "auto"
     seed: int = 0
+    keep: bool = False  # outputs stay after every consumer finished (engine/disk.py retention)
 
 
 class Criterion(_Strict):
@@ -96,6 +97,7 @@ class Settings(_Strict):
     memory_budget_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     poll_interval_s: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     cancel_grace_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    disk_margin_gb: float = Field(default=2.0, ge=0, allow_inf_nan=False)  # kept free on the workspace's disk
 
 
 class PipelineSpec(_Strict):
