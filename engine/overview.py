@@ -187,14 +187,19 @@ def pending_runs(ws: Workspace, spec: PipelineSpec) -> set[str]:
     return out
 
 
+def time_left(spec: PipelineSpec, state: PipelineState, eta_s: dict[str, float | None]) -> float:
+    """Seconds to the end of the remaining critical path: stages under way by their ETA."""
+    left_h = {name: eta / 3600 for name, eta in eta_s.items() if eta is not None}
+    return critical_path(spec, state, remaining=True, left_h=left_h)[1] * 3600
+
+
 def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now: float | None = None) -> Overview:
     now = now or time.time()
     ident = supervisor_identity(ws)
     inbox = pending_runs(ws, spec)
     etas = {name: estimate(st, now) for name, st in state.stages.items() if st.status == "running"}
     path, hours = critical_path(spec, state)
-    left_h = {name: e.eta_s / 3600 for name, e in etas.items() if e.eta_s is not None}
-    _, remaining = critical_path(spec, state, remaining=True, left_h=left_h)
+    remaining = time_left(spec, state, {name: e.eta_s for name, e in etas.items()}) / 3600
     on_path = set(path)
     rows = []
     for name in topo_order(spec):

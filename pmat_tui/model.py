@@ -20,7 +20,7 @@ from engine.approvals import stage_evidence
 from engine.cli._common import fmt_duration
 from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
-from engine.overview import Overview, StageRow, build_overview, estimate, load_spec_fast
+from engine.overview import Overview, StageRow, build_overview, estimate, load_spec_fast, time_left
 from engine.spec import GIB, PipelineSpec
 from engine.state import Attempt, PipelineState
 from engine.supervisor import send_command, supervisor_identity
@@ -163,6 +163,9 @@ class ConsoleModel:
             row.eta_s, row.eta_pm_s = e.eta_s, e.pm_s
             row.elapsed_s = now - a.started_at if a.started_at else None
             row.rss, row.peak_rss, row.gpu = a.rss, a.peak_rss, a.gpu
+        if self.overview is not None and any(a.running for a in self.watched):  # the header's "left" counts down
+            self.overview.left_s = time_left(self.spec, self.state, {r.stage: r.eta_s for r in self.rows.values()
+                                                                      if r.status == "running"})
 
     def answers(self) -> list[tuple[Sent, str, str | None]]:
         """(command, 'done'|'rejected', reason) for commands the journal answered since the last call."""

@@ -91,6 +91,6 @@ class ViewScreen(Guarded, Screen):
         self.update_view(True)
 
     def update_view(self, structural: bool) -> None:
-        """Show the model's current state; ``structural`` when the overview was rebuilt."""
-        if structural:
-            self.query_one(HeaderBar).show(self.model, self.VIEW)
+        """Show the model's current state; ``structural`` when the overview was rebuilt. The
+        header redraws only when its text changed (the time left counts down with the ETAs)."""
+        self.query_one(HeaderBar).show(self.model, self.VIEW)
