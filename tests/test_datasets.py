@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -141,6 +142,17 @@ def test_mbpp_plus_deserialisation_is_evalplus_own() -> None:
                580: [[[1, [2, [3]]]]], 9: [[[1, 2]]]}
     for tid, inputs in samples.items():
         assert evalplus.mbpp_deserialize_inputs(f"Mbpp/{tid}", inputs) == theirs(f"Mbpp/{tid}", inputs), tid
+
+
+def test_evalplus_file_errors_are_one_line(tmp_path: Path) -> None:
+    rec = {"task_id": "Mbpp/63", "prompt": "", "entry_point": "f", "canonical_solution": "", "base_input": [[1]],
+           "plus_input": []}
+    path = tmp_path / "MbppPlus.jsonl"
+    for text, needle in ((json.dumps(rec), ":1: inputs of Mbpp/63 are not MBPP+'s"), ("{}", ":1: record lacks"),
+                         ("\n[1]", ":2: not a JSON object"), ("{", ":1: not JSON")):
+        path.write_text(text + "\n")
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            evalplus.load(path, mbpp=True)
 
 
 def test_prompts_chat_and_completion(tiny_model_dir: Path) -> None:

@@ -118,7 +118,10 @@ def load(path: Path, *, mbpp: bool) -> list[PlusTask]:
         tid = str(r["task_id"])
         base, plus = r["base_input"], r["plus_input"]
         if mbpp:
-            base, plus = mbpp_deserialize_inputs(tid, base), mbpp_deserialize_inputs(tid, plus)
+            try:
+                base, plus = mbpp_deserialize_inputs(tid, base), mbpp_deserialize_inputs(tid, plus)
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                raise ValueError(f"{path}:{lineno}: inputs of {tid} are not MBPP+'s for that task ({exc})") from None
         tasks.append(PlusTask(tid, r["prompt"], r["entry_point"], r["canonical_solution"], base, plus,
                               float(r.get("atol") or 0)))
     return tasks

@@ -161,7 +161,10 @@ def mbpp_plus_records(mbpp_problems: list[Problem], *, n_plus: int = 6, seed: in
             continue
         prompt = f'"""\n{p.text}\n{asserts[0]}\n"""\n'
         fn = _reference("", p.canonical_solution.replace("\r\n", "\n"), p.entry_point)
-        live = mbpp_deserialize_inputs(p.task_id, base)
+        try:
+            live = mbpp_deserialize_inputs(p.task_id, base)
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue  # MBPP+ reshaped this task's inputs
         if not all(_runs(fn, b, 2.0) for b in live):
             continue
         plus = []
