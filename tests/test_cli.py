@@ -93,6 +93,8 @@ def test_json_errors_are_json(tmp_path):
     res = pmat("status", "--json", "-w", tmp_path / "nowhere", check=False)
     assert res.returncode == 2 and res.stderr == ""
     assert "no pipeline spec" in json.loads(res.stdout)["error"]
+    res = pmat("stauts", check=False)
+    assert res.returncode == 2 and "did you mean status?" in res.stderr and res.stderr.count("\n") == 1
 
 
 def test_status_imports_no_ml_library(tmp_path):

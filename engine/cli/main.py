@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import importlib
 import json
 import os
@@ -76,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(first)
     if not argv:
         argv = ["tui"] if "tui" in parser._subparsers._group_actions[0].choices else ["--help"]  # noqa: SLF001
+        first = argv[0]
     args = None
+    choices = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    if first is not None and first not in choices and argv and argv[0] == first:
+        close = difflib.get_close_matches(first, list(choices), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else f"; commands: {', '.join(sorted(choices))}"
+        return _error(None, f"unknown command {first!r}{hint}", 2)
     try:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
