@@ -42,12 +42,9 @@ def _binds() -> list[str]:
     if venv != base:  # a virtual environment: its interpreter link and pyvenv.cfg, not its packages
         for part in ("bin", "pyvenv.cfg"):
             args += ["--ro-bind-try", os.path.join(venv, part), os.path.join(venv, part)]
-    paths = sysconfig.get_paths()
-    masked = {os.path.realpath(p) for p in [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
-              if os.path.isdir(p) and os.path.realpath(p).startswith(base + "/")}
-    for path in sorted(masked):
+    for path in site_dirs(under=base):
         args += ["--tmpfs", path]
-    for pkg in _packages():
+    for pkg in packages():
         args += ["--ro-bind", pkg, pkg]
     engine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args += ["--ro-bind", os.path.dirname(os.path.abspath(__file__)), os.path.join(engine, "sandbox"),
@@ -71,7 +68,15 @@ def _parents(args: list[str], base: str) -> list[str]:
     return out
 
 
-def _packages() -> list[str]:
+def site_dirs(under: str = "/") -> list[str]:
+    """The interpreter's site-packages directories (beneath ``under``): what a program's view masks."""
+    paths = sysconfig.get_paths()
+    found = {os.path.realpath(p) for p in [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
+             if os.path.isdir(p)}
+    return sorted(p for p in found if p.startswith(under.rstrip("/") + "/"))
+
+
+def packages() -> list[str]:
     """Directories of the third-party packages preloaded in templates (and their bundled libs)."""
     from engine.sandbox.template import OPTIONAL
 

@@ -358,7 +358,7 @@ class SandboxPool:
         elif self.net_prefix:
             on.append("net-ns")
             if self.slots and all(s.tmpfs for s in self.slots):
-                on.append(f"tmpfs-quota-{self.limits.disk_mb}mb")
+                on += ["mount-ns-site-packages-masked", f"tmpfs-quota-{self.limits.disk_mb}mb"]
         abi = min((s.landlock for s in self.slots), default=0)
         if abi:
             on.append(f"landlock-abi-{abi}")
@@ -471,7 +471,7 @@ def isolation_layers() -> dict[str, Any]:
     elif network_prefix():
         on.append("net-ns")
         if "--mount" in (network_prefix() or []):
-            on.append(f"tmpfs-quota-{Limits().disk_mb}mb")
+            on += ["mount-ns-site-packages-masked", f"tmpfs-quota-{Limits().disk_mb}mb"]
     if landlock.abi():
         on.append(f"landlock-abi-{landlock.abi()}")
     if seccomp.supported():

@@ -23,7 +23,7 @@ import traceback
 import types
 from typing import Any
 
-from engine.sandbox import landlock, seccomp, wire, zygote
+from engine.sandbox import bwrap, landlock, seccomp, wire, zygote
 from engine.sandbox.runner import run_tests
 
 # What benchmark programs import, loaded once here so no check pays for it (and so a child
@@ -121,22 +121,28 @@ def _mount_tmpfs(path: str, size_mb: int) -> bool:
     return _mount("tmpfs", path, "tmpfs", 2 | 4, f"size={size_mb}m,mode=0711")  # MS_NOSUID | MS_NODEV
 
 
-def _expose_prefix() -> None:
-    """In that namespace, when children switch uid: an interpreter under a directory others cannot
-    enter (``/root/.pyenv``) is bound onto a traversable tmpfs that hides the rest of that
-    directory, so every standard-library module imports in a child (bubblewrap does this itself)."""
+def _private_view(switch_uid: bool) -> None:
+    """In that namespace, what bubblewrap does for its templates: every site-packages directory
+    masked by an empty tmpfs, the preloaded packages bound back (datasets ship in packages);
+    and when children switch uid, an interpreter under a directory others cannot enter
+    (``/root/.pyenv``) bound onto a traversable tmpfs that hides the rest of that directory,
+    so every standard-library module imports in a child."""
     prefix = os.path.realpath(sys.base_prefix)
-    closed = [d for d in _ancestors(prefix) if not os.stat(d).st_mode & 0o001]
-    if not closed:
-        return
-    top = closed[0]
-    keep = os.open(prefix, os.O_PATH)
+    keep = {p: os.open(p, os.O_PATH) for p in [prefix, *bwrap.packages()]}  # before anything is covered
     try:
-        if _mount("tmpfs", top, "tmpfs", 2 | 4, "size=1m,mode=0755"):
+        closed = [d for d in _ancestors(prefix) if not os.stat(d).st_mode & 0o001]
+        if switch_uid and closed and _mount("tmpfs", closed[0], "tmpfs", 2 | 4, "size=1m,mode=0755"):
             os.makedirs(prefix, 0o755, exist_ok=True)
-            _mount(f"/proc/self/fd/{keep}", prefix, None, 4096 | 16384)  # MS_BIND | MS_REC
+            _mount(f"/proc/self/fd/{keep[prefix]}", prefix, None, 4096 | 16384)  # MS_BIND | MS_REC
+        masked = [d for d in bwrap.site_dirs() if os.path.isdir(d)
+                  and _mount("tmpfs", d, "tmpfs", 2 | 4, "size=1m,mode=0755")]
+        for pkg, fd in keep.items():
+            if any(pkg.startswith(d + "/") for d in masked):
+                os.makedirs(pkg, 0o755, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", pkg, None, 4096 | 16384)
     finally:
-        os.close(keep)
+        for fd in keep.values():
+            os.close(fd)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -171,8 +177,8 @@ class Template:
 
     def serve(self) -> None:
         tmpfs = self.cfg.get("mount_tmpfs") and _mount_tmpfs(self.base, int(self.limits["disk_mb"]))
-        if tmpfs and self.uid is not None:
-            _expose_prefix()
+        if tmpfs:
+            _private_view(self.uid is not None)
         _warm_up()
         self.zygote_pid, self.ctl = zygote.start(self.base, self.limits, self.uid)
         self.ctl.send(b"next")
