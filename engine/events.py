@@ -59,7 +59,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "identity": (dict, type(None)), "params": (dict,), "reservation": (int,), "attempt": (int,),
     "done": _NUM, "total": (*_NUM, type(None)), "unit": (str,), "value": (*_NUM, type(None)),
     "step": (int, type(None)), "rss": (int,), "peak_rss": (int, type(None)), "gpu": (int, type(None)),
-    "pid": (int,), "start_ticks": (int,), "boot_id": (str,), "evidence": (dict, type(None)),
+    "pid": (int,), "start_ticks": (int,), "since": _NUM, "boot_id": (str,), "evidence": (dict, type(None)),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "supervisor_started": ("pid", "start_ticks", "boot_id"),

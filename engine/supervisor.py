@@ -113,8 +113,9 @@ class Supervisor:
         self.spec = spec or load_spec(ws.spec_path)
         self.state = PipelineState(ws)
         self._batch: list[dict[str, Any]] | None = None
-        self._printed: set[str] = set()  # problems printed, and journaled, once each
-        self._reported: set[str] = set()
+        self._printed: set[str] = set()  # problems printed
+        self._reported: set[str] = set()  # problems journaled
+        self._pending: dict[str, float] = {}  # problems not journaled yet -> when first seen
         self.disk = DiskWatch()
         self._inputs_checked: dict[str, float] = {}  # stage -> when its inputs were last found bad
         self._lock_fd: int | None = None
@@ -196,6 +197,7 @@ class Supervisor:
             while not self.stop.is_set():
                 try:
                     self.tick()
+                    self.flush_reports()
                 except OSError as exc:
                     self.report(f"I/O error: {exc}")
                 except Exception as exc:  # noqa: BLE001 - one bad round must not stop every job's supervision
@@ -214,24 +216,34 @@ class Supervisor:
             self.release()
 
     def report(self, message: str) -> None:
-        """Print a problem once, and journal it once it can be journaled."""
-        if message not in self._printed:
-            self._printed.add(message)
-            self._say(f"pmat supervise: {message}")
-        if message in self._reported:
+        """Print and journal a problem once each; what the failing disk did not take (stderr is a
+        file in logs/, the journal too) is printed and journaled once it does, with when it began."""
+        if message in self._reported or message in self._pending:
             return
-        try:
-            self.emit("supervisor_error", message=message)
+        self._pending[message] = time.time()
+        if self._say(f"pmat supervise: {message}"):
+            self._printed.add(message)
+        self.flush_reports()
+
+    def flush_reports(self) -> None:
+        for message, since in list(self._pending.items()):
+            try:
+                self.emit("supervisor_error", message=message, since=since)
+            except OSError:
+                return
+            del self._pending[message]
             self._reported.add(message)
-        except OSError:
-            pass
+            if message not in self._printed:
+                stamp = time.strftime("%H:%M:%S", time.localtime(since))
+                self._say(f"pmat supervise: (since {stamp}) {message}")
 
     @staticmethod
-    def _say(line: str) -> None:
+    def _say(line: str) -> bool:
         try:
             print(line, file=sys.stderr, flush=True)
         except OSError:
-            pass  # stderr is a file on the very disk that fails
+            return False  # stderr is a file on the very disk that fails
+        return True
 
     # -- one round --------------------------------------------------------------
     def tick(self) -> None:

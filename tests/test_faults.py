@@ -88,23 +88,25 @@ def test_commands_only_from_owner_files_and_sender_is_the_owner(tmp_path, superv
 
 # -- item 3: loud failures -------------------------------------------------------------------
 @pytest.mark.skipif(not ROOT or not shutil.which("chattr"), reason="needs chattr +i")
-def test_io_error_is_reported_with_the_path_and_survived(tmp_path, supervisors):  # noqa: F811 - the fixture
-    ws = make_ws(tmp_path, {"a": stage(1, 0.05)})
-    jobs = ws.root / "jobs"
-    if subprocess.run(["chattr", "+i", str(jobs)], capture_output=True).returncode:
+def test_immutable_workspace_is_survived_and_reported_with_the_path(tmp_path, supervisors):  # noqa: F811 - the fixture
+    """The whole workspace immutable for a while, a job running: the supervisor lives on, the job
+    (which cannot write its log) crashes and is resumed, and the error is journaled afterwards."""
+    ws = make_ws(tmp_path, {"long": stage(12, 0.3), "after": stage(1, 0.05, after=["long"])})
+    sup = start(ws, supervisors)
+    send_command(ws, "run", targets=["after"])
+    wait_for(lambda: load_state(ws).stage("long").status == "running", 30, "long running")
+    if subprocess.run(["chattr", "-R", "+i", str(ws.root)], capture_output=True).returncode:
         pytest.skip("this filesystem has no immutable flag")
     try:
-        sup = start(ws, supervisors)
-        send_command(ws, "run", targets=["a"])
-        wait_for(lambda: journal(ws, "supervisor_error"), 30, "the error journaled")
-        time.sleep(1.0)
+        time.sleep(4)
         assert sup.alive()
     finally:
-        subprocess.run(["chattr", "-i", str(jobs)], check=True)
-    wait_for(lambda: done(ws, "a"), 60, "a, once the directory is writable again")
-    err = journal(ws, "supervisor_error")[0]["message"]
-    assert "I/O error" in err and str(jobs) in err
-    assert str(jobs) in (ws.logs_dir / "supervisor.out").read_text()
+        subprocess.run(["chattr", "-R", "-i", str(ws.root)], check=True)
+    wait_for(lambda: done(ws, "after"), 90, "the pipeline, once the workspace is writable again")
+    assert [a.outcome for a in load_state(ws).stage("long").attempts] == ["crashed", "ok"]
+    err = journal(ws, "supervisor_error")[0]
+    assert "Operation not permitted" in err["message"] and str(ws.journal_path) in err["message"]
+    assert str(ws.journal_path) in (ws.logs_dir / "supervisor.out").read_text()
 
 
 def test_dead_supervisor_is_noticed_with_how_to_restart(tmp_path, supervisors):  # noqa: F811 - the fixture
