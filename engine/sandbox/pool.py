@@ -129,8 +129,10 @@ class _Slot:
                "mount_tmpfs": not pool.bwrap and "--mount" in (pool.net_prefix or [])}
         argv = [sys.executable, "-m", "engine.sandbox.template", json.dumps(cfg)]
         prefix = bwrap.command(pool.limits.disk_mb, TEMPLATE_ENV) if pool.bwrap else (pool.net_prefix or [])
+        # what a template says before it is ready (it silences itself then): why it did not start
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - read and closed by wait_ready
         self.proc = subprocess.Popen(
-            [*prefix, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [*prefix, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
             start_new_session=True, env={**TEMPLATE_ENV, "PYTHONPATH": REPO}, cwd=REPO)
         self.buf = b""
 
@@ -138,7 +140,11 @@ class _Slot:
         ready = self.read_line(timeout=60)
         if not ready or ready.get("type") != "ready":
             self.stop()
-            raise RuntimeError(f"sandbox template {self.index} failed to start: {ready}")
+            self.errors.seek(0)
+            said = self.errors.read().decode(errors="replace").strip().splitlines()[-3:]
+            self.errors.close()
+            raise RuntimeError(f"sandbox template {self.index} failed to start: {ready or ' | '.join(said)}")
+        self.errors.close()
         self.landlock = int(ready.get("landlock") or 0)
         self.seccomp = bool(ready.get("seccomp"))
         self.tmpfs = bool(ready.get("tmpfs"))

@@ -183,6 +183,9 @@ class Template:
         self.zygote_pid, self.ctl = zygote.start(self.base, self.limits, self.uid)
         self.ctl.send(b"next")
         warm = zygote.next_child(self.ctl)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)  # ready: nothing more for the start-up log
+        os.close(devnull)
         wire.write_line(self.out, {"type": "ready", "pid": os.getpid(), "uid": self.uid,
                                    "landlock": landlock.abi() if self.limits.get("landlock", True) else 0,
                                    "seccomp": seccomp.supported(), "tmpfs": bool(tmpfs)})
