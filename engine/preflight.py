@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.gen.base import gguf_problem, is_gguf
 from engine.models.files import check_model_dir, safetensors_header
+from engine.random_source import is_random_source
 from engine.refs import resolve_ref
 from engine.spec import REF_RE, DatasetEntry, PipelineSpec, param_refs
 from engine.stages.base import load_stage
@@ -78,6 +79,8 @@ def path_problem(path: Path, must_be_model: bool) -> str | None:
         return f"{path}: does not exist"
     if must_be_model and is_gguf(path):  # a GGUF model runs on llama.cpp (engine/gen/llamacpp.py)
         return gguf_problem(path)
+    if is_random_source(path):  # weights drawn at load time (engine/rehearsal.py): no files to check
+        return None
     if must_be_model or (path.is_dir() and (path / "config.json").exists()):
         try:
             check_model_dir(path)

@@ -25,9 +25,9 @@ from engine.models.checkpoint import ShardedWriter
 from engine.models.synthetic import SHAPES as _SYNTHETIC
 from engine.models.synthetic import Shape, qwen2_config, tensor_shapes
 from engine.models.tiny import train_tokenizer
+from engine.random_source import RANDOM_MARKER
 from engine.workspace import atomic_write_json
 
-RANDOM_MARKER = "pmat-random-weights.json"
 SHAPES: dict[str, Shape] = {
     **_SYNTHETIC,
     # Qwen2.5-Coder-32B: 32.8 B parameters, ~65.5 GB in bf16.
@@ -85,11 +85,6 @@ def build_model(out_dir: Path, shape_name: str, *, materialise: str, seed: int, 
             if progress is not None:
                 progress(i + 1, len(names))
     return out_dir
-
-
-def is_random_source(model_dir: Path | str) -> bool:
-    """The directory describes weights drawn at load time (no weight files)."""
-    return (Path(model_dir) / RANDOM_MARKER).is_file()
 
 
 def materialise(model_dir: Path | str, device: str, dtype: torch.dtype | None = None):

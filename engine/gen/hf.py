@@ -65,6 +65,9 @@ class HFBackend:
                  model=None, tokenizer=None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from engine.random_source import is_random_source
+        from engine.rehearsal import materialise
+
         dev = resolve_device(device)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
         model_loaded_here = model is None
@@ -72,8 +75,11 @@ class HFBackend:
             # Straight onto the device when accelerate is there (transformers needs it for device_map):
             # no transient CPU copy of the weights, which unified memory would count twice.
             direct = dev != "cpu" and importlib.util.find_spec("accelerate") is not None
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev),
-                                                         device_map=dev if direct else None)
+            if is_random_source(model_dir):  # a rehearsal's teacher: weights drawn on the device
+                model = materialise(model_dir, dev, resolve_dtype(dtype, dev))
+            else:
+                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev),
+                                                             device_map=dev if direct else None)
             model.to(dev)
         self.model = model.eval()
         # A model loaded here only generates: its q|k|v and gate|up weights are concatenated in
