@@ -4,9 +4,10 @@ The program runs confined. Its tests are untrusted too, so they never run as wri
 reads them as data in a literal shape and runs its own rendering of them on the trusted side
 (``engine/sandbox/literal.py``): asserts over calls of the program's functions, literals,
 comparisons and a few builtins; loops over literals are unrolled. They are found at top level,
-under ``if __name__ == "__main__":``, in ``check(...)`` (called, or with ``--entry-point``) and in
-``test_*`` functions. A test in another shape is refused with its line (status ``error``,
-``UnsupportedTest``), never run.
+under ``if __name__ == "__main__":``, in ``check(...)`` (called, or with ``--entry-point``), in
+``test*`` functions and in any function that asserts and is called at top level or under that
+guard. A test in another shape is refused with its line (status ``error``, ``UnsupportedTest``),
+never run; so is a file with no tests.
 """
 
 from __future__ import annotations
