@@ -1,6 +1,6 @@
 """The product's main job: `pmat demo --headless` runs the whole PMAT DAG on tiny models,
-with one stage killed mid-run and resumed by the supervisor; and its deterministic core gives
-byte-identical artifacts when run twice (docs/REPRODUCIBILITY.md)."""
+with one stage killed mid-run and resumed by the supervisor; and its deterministic core, run
+again in another process, gives byte-identical artifacts (docs/REPRODUCIBILITY.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+
+import pytest
 
 from engine.events import read_events
 from engine.state import load_state
@@ -18,8 +21,18 @@ from engine.workspace import Workspace
 VICTIM = "sample"
 
 
-def test_demo_end_to_end_with_a_killed_stage(tmp_path):
-    ws = Workspace(tmp_path / "demo")
+@dataclass
+class DemoRun:
+    ws: Workspace
+    out: str
+    returncode: int
+    killed: str | None
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One headless demo, its VICTIM stage killed -9 mid-run (one unit done, more to go)."""
+    ws = Workspace(tmp_path_factory.mktemp("e2e") / "demo")
     demo = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "demo", "--headless", "-w", str(ws.root),
                              "--timeout", "900"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
@@ -28,12 +41,17 @@ def test_demo_end_to_end_with_a_killed_stage(tmp_path):
         if ws.journal_path.exists():
             a = load_state(ws).stage(VICTIM).latest
             if a is not None and a.outcome is None and a.done > 0 and a.identity:
-                os.killpg(a.identity["pid"], signal.SIGKILL)  # mid-run: one unit done, more to go
+                os.killpg(a.identity["pid"], signal.SIGKILL)
                 killed = a.job_id
         time.sleep(0.1)
     out, _ = demo.communicate(timeout=900)
+    return DemoRun(ws, out, demo.returncode, killed)
+
+
+def test_demo_end_to_end_with_a_killed_stage(demo_run: DemoRun) -> None:
+    ws, out, killed = demo_run.ws, demo_run.out, demo_run.killed
     assert killed == f"{VICTIM}.1", out
-    assert demo.returncode == 0, out
+    assert demo_run.returncode == 0, out
     crashed = [e for e in read_events(ws.journal_path) if e["kind"] == "crashed"]
     assert [e["job_id"] for e in crashed] == [killed], out
     state = load_state(ws)
@@ -48,9 +66,11 @@ def test_demo_end_to_end_with_a_killed_stage(tmp_path):
     assert (ws.artifact_path("submit", "bundle") / "model.gguf").is_file()
 
 
-# The demo's deterministic core (tiny base -> SFT -> merge, the demo spec's own parameters), run
-# in a fresh process; prints {artifact/file: sha256}. PYTHONHASHSEED differs between the two
-# runs, so anything ordered by a set (peft's target_modules) would show.
+# The demo's deterministic core (tiny base -> SFT on the demo's distilled data -> merge, the demo
+# spec's own parameters) in a fresh process whose PYTHONHASHSEED differs from the demo's jobs, so
+# anything ordered by a set (peft's target_modules) would show. With one argument it only prints
+# the digests of a workspace's core artifacts; JSON and Markdown files are compared as text with
+# the workspace path replaced (an adapter names its base by absolute path).
 CORE = """
 import json, sys, yaml
 from pathlib import Path
@@ -59,35 +79,34 @@ from engine.spec import pipeline_path
 from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file, tree_files
 
-root = Path(sys.argv[1])
-root.mkdir(parents=True)
-stages = yaml.safe_load(pipeline_path("demo").read_text())["stages"]
-ws = Workspace(root / "ws")
-data = root / "data.jsonl"
-data.write_text("".join(json.dumps({"prompt": f"Write function number {i}.\\n", "completion": f"def f{i}(x):\\n    return x * {i}\\n"})
-                        + "\\n" for i in range(8)))
-assert run_inline(ws, "tiny_base", "tiny_model", stages["tiny_base"]["params"], outputs=["model"]) == "ok"
-base = ws.artifact_path("tiny_base", "model")
-sft = {**stages["sft"]["params"], "eval_data_dir": str(PACKAGE_ROOT / "pipelines/data/mbpp")}
-assert run_inline(ws, "sft", "sft", sft, {"model": base, "data": data}, outputs=["adapter"]) == "ok"
-adapter = ws.artifact_path("sft", "adapter")
-assert run_inline(ws, "merge_sft", "merge", {}, {"model": base, "adapter": adapter}, outputs=["model"]) == "ok"
+ws = Workspace(Path(sys.argv[1]))
+if len(sys.argv) > 2:
+    stages = yaml.safe_load(pipeline_path("demo").read_text())["stages"]
+    assert run_inline(ws, "tiny_base", "tiny_model", stages["tiny_base"]["params"], outputs=["model"]) == "ok"
+    base = ws.artifact_path("tiny_base", "model")
+    sft = {**stages["sft"]["params"], "eval_data_dir": str(PACKAGE_ROOT / "pipelines/data/mbpp")}
+    assert run_inline(ws, "sft", "sft", sft, {"model": base, "data": sys.argv[2]}, outputs=["adapter"]) == "ok"
+    adapter = ws.artifact_path("sft", "adapter")
+    assert run_inline(ws, "merge_sft", "merge", {}, {"model": base, "adapter": adapter}, outputs=["model"]) == "ok"
 out = {}
 for stage, name in (("tiny_base", "model"), ("sft", "adapter"), ("merge_sft", "model")):
     art = ws.artifact_path(stage, name)
-    for f in tree_files(art):  # the adapter names its base by absolute path: compared without the root
-        out[f"{stage}.{name}/{f.relative_to(art)}"] = sha256_file(f) if f.suffix not in (".json", ".md") else \\
-            f.read_text().replace(str(root), "ROOT")
+    for f in tree_files(art):
+        text = f.suffix in (".json", ".md")
+        out[f"{stage}.{name}/{f.relative_to(art)}"] = f.read_text().replace(str(ws.root), "WS") if text else sha256_file(f)
 print(json.dumps(out))
 """
 
 
-def test_deterministic_core_twice_gives_identical_artifacts(tmp_path):
-    runs = [subprocess.Popen([sys.executable, "-c", CORE, str(tmp_path / f"r{i}")], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": str(i + 1)})
-            for i in range(2)]
-    outs = [r.communicate(timeout=600) for r in runs]
-    assert all(r.returncode == 0 for r in runs), [err[-2000:] for _, err in outs]
-    first, second = (json.loads(out) for out, _ in outs)
-    assert "sft.adapter/adapter_config.json" in first and "merge_sft.model/model.safetensors" in first
-    assert {k for k in first if first[k] != second.get(k)} == set()
+def core_digests(*args: str) -> dict[str, str]:
+    res = subprocess.run([sys.executable, "-c", CORE, *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def test_deterministic_core_again_gives_the_demos_artifacts(demo_run: DemoRun, tmp_path) -> None:
+    demo = core_digests(str(demo_run.ws.root))
+    assert "sft.adapter/adapter_config.json" in demo and "merge_sft.model/model.safetensors" in demo, demo_run.out
+    again = core_digests(str(tmp_path / "ws"), str(demo_run.ws.artifact_path("distill", "data")))
+    assert {k for k in demo if demo[k] != again.get(k)} == set()
