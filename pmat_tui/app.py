@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,8 +29,9 @@ from textual.screen import Screen
 from engine.memory import MemorySnapshot
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
-from pmat_tui.guard import Guarded
+from pmat_tui.guard import Guarded, console_error_log, log_failure
 from pmat_tui.model import ConsoleModel
+from pmat_tui.palette import palette_commands
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.screens.dag import DagScreen
 from pmat_tui.widgets.header_bar import HeaderBar
@@ -43,13 +43,6 @@ CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
 READONLY_KEYS = {"r": "run", "a": "approve", "c": "cancel", "t": "retry"}
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
-
-
-def console_error_log() -> Path:
-    """Where the console keeps the tracebacks of its views: outside the workspace (a read-only
-    console writes nothing there, and the watcher would wake for each one)."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "pmat" / "console-errors.log"
 
 
 class FilesChanged(Message):
@@ -304,18 +297,13 @@ class PmatApp(Guarded, App):
                     s.safe_update(True)
 
     def view_failed(self, view: str, exc: BaseException) -> None:
-        """A view's code failed: one line on screen (once per distinct error), the traceback in
-        the console's own error log, and the console goes on with the next refresh."""
+        """A view's code failed: one line on screen, once per distinct error (a line drawn at
+        every repaint fails the same way each time); the traceback goes to the error log."""
         message = f"{view} view: {type(exc).__name__}: {str(exc)[:160]} (traceback in {console_error_log()})"
         if message in self.view_errors:
-            return  # a line drawn at every repaint fails the same way each time: told once
+            return
         self.view_errors.append(message)
-        path = console_error_log()
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as fh:
-                fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {view} view\n")
-                traceback.print_exception(exc, file=fh)
+        log_failure(view, exc)
         if message != self._last_error:
             self._last_error = message
             self.notify(message, severity="error", timeout=10)
@@ -433,19 +421,7 @@ class PmatApp(Guarded, App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for mode in self.MODES:
-            yield SystemCommand(f"View: {mode}", f"switch to the {mode} view", lambda m=mode: self.switch_mode(m))
-        yield SystemCommand("Log: supervisor journal", "the supervisor's journal", lambda: self._log("supervisor"))
-        for stage, entry in self.model.spec.stages.items():
-            if self.model.job_of(stage):
-                yield SystemCommand(f"Log: {stage}", f"log of {self.model.job_of(stage)}", lambda s=stage: self.action_open_log(s))
-            if self.model.readonly:
-                continue
-            yield SystemCommand(f"Run: {stage}", "request the stage with its upstream", lambda s=stage: self.action_run(s))
-            yield SystemCommand(f"Cancel: {stage}", "cancel its job (asks first)", lambda s=stage: self.action_cancel(s))
-            yield SystemCommand(f"Retry: {stage}", "run it again after a failure", lambda s=stage: self.action_retry(s))
-            if entry.approval == "required":
-                yield SystemCommand(f"Approve: {stage}", "review the evidence and approve", lambda s=stage: self.action_approve(s))
+        yield from palette_commands(self)
 
     def _log(self, target: str) -> None:
         self.log_target = target

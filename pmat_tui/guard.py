@@ -8,13 +8,35 @@ which runs in the compositor: a line that cannot be drawn is drawn blank.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import time
+import traceback
 from asyncio import CancelledError
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from textual.message import Message
 from textual.strip import Strip
+
+
+def console_error_log() -> Path:
+    """Where the console keeps the tracebacks of its views: outside the workspace (a read-only
+    console writes nothing there, and the watcher would wake for each one)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "pmat" / "console-errors.log"
+
+
+def log_failure(view: str, exc: BaseException) -> None:
+    """Append ``exc``'s traceback to the console's error log (best effort)."""
+    path = console_error_log()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {view} view\n")
+            traceback.print_exception(exc, file=fh)
 
 
 def report(node: Any, exc: BaseException) -> None:
