@@ -163,6 +163,16 @@ def hostile(outside: str, dataset: str, repo: str, secret_env: str) -> dict[str,
         "sqlite_attach_outside": (f"import sqlite3\nc = sqlite3.connect(':memory:')\n"
                                   f"c.execute(\"ATTACH DATABASE '{outside}/pwned.db' AS x\")\n"
                                   f"c.execute('CREATE TABLE x.t (a)')\nc.commit()\n{WRONG}"),
+        "open_root_o_path": "import os\nd = os.open('/', os.O_PATH)\nos.open('tmp/pwned', os.O_CREAT | os.O_WRONLY, dir_fd=d)\n"
+                            + WRONG,
+        "scandir_root": "import os\nprint('LEAKED', [e.name for e in os.scandir('/')])\n" + WRONG,
+        "junk_on_the_call_socket": ("import os\ndef add(a, b):\n    for fd in (3, 4, 5):\n        try:\n"
+                                    "            os.write(fd, b'\\x00\\x00\\x00\\x05{\"ok\"')\n        except OSError:\n"
+                                    "            pass\n    return 3\n"),
+        "close_the_call_socket": "import os\ndef add(a, b):\n    os.closerange(3, 10)\n    return 3\n",
+        "exception_whose_str_raises": ("class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
+                                       "def add(a, b):\n    raise E()\n"),
+        "generator_that_raises": "def add(a, b):\n    return (1 / 0 for _ in [1])\n",
         "reload_os_then_system": "import importlib, os\nos = importlib.reload(os)\nos.system('true')\n" + WRONG,
         # -- reads --------------------------------------------------------------------------------
         "read_secret_outside": f"{_READ}_try({secret!r})\n{WRONG}",
