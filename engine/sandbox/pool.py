@@ -304,6 +304,20 @@ class SandboxPool:
         self.network = "namespace" if self.bwrap or self.net_prefix else "in-process"
         self.slots: list[_Slot] = []
         self.base = ""
+        try:
+            self._start()
+        except RuntimeError as exc:
+            if not (self.bwrap and outer == "auto"):
+                raise
+            # bubblewrap probed fine but its templates did not come up (namespace limits...)
+            log.warning("sandbox: bubblewrap templates failed (%s); starting without bubblewrap", exc)
+            self.bwrap = False
+            self.net_prefix = network_prefix() if network == "auto" else None
+            self.network = "namespace" if self.net_prefix else "in-process"
+            self._start()
+        self.layers = self._layers()
+
+    def _start(self) -> None:
         if not self.bwrap:
             self.base = _work_area()
         try:
@@ -314,7 +328,6 @@ class SandboxPool:
         except BaseException:
             self.close()
             raise
-        self.layers = self._layers()
 
     def _self_check(self) -> None:
         """Each slot runs a known-correct and a known-wrong program: a host where programs cannot
