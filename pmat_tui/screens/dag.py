@@ -10,7 +10,7 @@ from pmat_tui.screens.base import ViewScreen
 from pmat_tui.widgets.dag_tree import DagTree
 from pmat_tui.widgets.stage_detail import StageDetail
 
-DETAIL_EVERY_S = 2.0  # a running stage's details (bar, curves, log tail) redraw at most this often
+DETAIL_EVERY_S = 3.0  # a running stage's details (bar, curves, log tail) redraw at most this often
 
 
 class DagScreen(ViewScreen):
