@@ -13,6 +13,7 @@ import json
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from engine.cli._common import (
@@ -178,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     todo = [s for s in closure if not state.stage(s).requested and state.stage(s).status in ("pending", "queued")]
     if not todo:
         named = [s for t in args.targets for s in ([t] if t in spec.stages else spec.stages_of(t) or spec.stages)]
-        states = sorted({f"{s} {state.stage(s).status}" for s in named})
+        states = (f"{s} is {state.stage(s).status}" for s in named) if len(named) <= 3 else (
+            f"{n} {status}" for status, n in sorted(Counter(state.stage(s).status for s in named).items()))
         raise BadInput(f"run: nothing to start ({', '.join(states)}); `pmat retry STAGE` runs a finished stage again")
     return _send(args, "run", targets=args.targets)
 
