@@ -42,9 +42,26 @@ def shape_of(name: str) -> Shape:
     return SHAPES[name]
 
 
+def _pad_vocab(tok, size: int):
+    """The tokenizer with plain word tokens (" w1234") up to the model's vocabulary: every id a
+    random model emits decodes to text (an unknown id would decode to nothing, and empty
+    completions are not what the real model writes). Encoding never produces them (no merges)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(tok.backend_tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    for i in range(len(vocab), size):
+        vocab[f"\u0120w{i}"] = i
+    padded = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token=tok.eos_token,
+                                     pad_token=tok.pad_token, additional_special_tokens=["<|im_start|>"])
+    padded.chat_template, padded.padding_side = tok.chat_template, tok.padding_side
+    return padded
+
+
 def _write_side_files(out_dir: Path, shape: Shape, dtype: torch.dtype) -> None:
     """Tokenizer (trained here) and a config whose special ids are the tokenizer's."""
-    tok = train_tokenizer(min(TOKENIZER_VOCAB, shape.vocab_size))
+    tok = _pad_vocab(train_tokenizer(min(TOKENIZER_VOCAB, shape.vocab_size)), shape.vocab_size)
     tok.save_pretrained(out_dir)
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     atomic_write_json(out_dir / "config.json", qwen2_config(shape, dtype) | {
