@@ -31,8 +31,10 @@ from typing import Any
 from engine.approvals import approval_current, approval_seal, check_approvable
 from engine.chain import append_chained
 from engine.dag import expand_targets, topo_order, why_not_running
+from engine.disk import apply_retention, disk_wait_reason
+from engine.hardware import current_pool
 from engine.inbox import read_command
-from engine.memory import GIB, admission_headroom, meminfo
+from engine.memory import GIB, admission_headroom
 from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children, spawn_detached
 from engine.refs import resolve_params, resolve_ref
@@ -252,9 +254,15 @@ class Supervisor:
         self.state.refresh()
         self._watch_running()
         self._journal_ends()
+        self._retain()
         self._resume_after_disk_full()
         self._report_damage()
         self._schedule()
+
+    def _retain(self) -> None:
+        """Remove checkpoints every consumer has finished with (engine/disk.py), journaled."""
+        for rec in apply_retention(self.spec, self.ws, self.state):
+            self.emit("artifact_removed", **rec)
 
     def _journal_ends(self) -> None:
         """Copy each job's end from its log into the journal (one append for all), so that a job
@@ -338,7 +346,7 @@ class Supervisor:
         s = self.spec.settings
         running = [(a.reservation, a.rss) for a in self.state.running()]
         budget = int(s.memory_budget_gb * GIB) if s.memory_budget_gb else None
-        avail = meminfo().get("MemAvailable", 0)
+        avail = current_pool().available  # GPU and host separately on a discrete GPU, the shared pool on unified
         return admission_headroom(avail, running, int(s.memory_margin_gb * GIB), budget)
 
     def resolve(self, ref: str) -> str:
@@ -365,6 +373,11 @@ class Supervisor:
                     if st.waiting != BAD_INPUT + problem:
                         self.emit("waiting", stage=stage, reason=BAD_INPUT + problem)
                         st.waiting = BAD_INPUT + problem
+                    continue
+                if (full := disk_wait_reason(self.spec, self.ws, self.state, stage)) is not None:
+                    if st.waiting != full:  # its outputs would not fit: it waits, and says why
+                        self.emit("waiting", stage=stage, reason=full)
+                        st.waiting = full
                     continue
                 self.launch(stage, need or 0)
                 self.state.refresh()
