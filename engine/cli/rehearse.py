@@ -1,0 +1,112 @@
+"""`pmat rehearse`: the PMAT DAG at real shapes on random weights, measured stage by stage.
+
+It runs engine/pipelines/rehearsal.yaml under a real detached supervisor exactly as
+`pmat demo --headless` drives the demo (gated stages approved on a visible override), with a
+``Monitor`` sampling every job's GPU memory, RSS, the console's ETA, the reservations admitted
+together and the free disk. At the end it writes ``<ws>/rehearsal/measured.json`` (the data
+the spec's memory_gb/duration_h derive from) and prints a table.
+
+``--shape STUDENT,TEACHER`` (e.g. ``tiny,tiny``) rehearses the same DAG on small shapes: the
+tests run it on a CPU. ``--report`` only folds an existing workspace's measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from engine.cli._common import BadInput
+from engine.spec import load_spec, pipeline_path
+from engine.workspace import UnsafeWorkspace, Workspace
+
+COMMANDS = ("rehearse",)
+
+
+def rehearsal_spec_text(shapes: tuple[str, str] | None) -> str:
+    """The shipped rehearsal spec; with ``shapes``, its models at those shapes and every stage
+    declared at 1 GB under a 16 GB budget (small shapes on a small box)."""
+    text = pipeline_path("rehearsal").read_text()
+    if shapes is None:
+        return text
+    data = yaml.safe_load(text)
+    data["stages"]["student"]["params"]["shape"], data["stages"]["teacher"]["params"]["shape"] = shapes
+    for entry in data["stages"].values():
+        entry["memory_gb"] = 1
+    data["settings"] |= {"memory_budget_gb": 16, "memory_margin_gb": 1}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def prepare(root: Path, shapes: tuple[str, str] | None) -> Workspace:
+    ws = Workspace(root).init()
+    if not ws.spec_path.exists():
+        ws.spec_path.write_text(rehearsal_spec_text(shapes))
+        ws.spec_path.chmod(0o600)
+    return ws
+
+
+def table(measured: dict) -> list[str]:
+    lines = [f"{'stage':<22} {'status':<8} {'gpu GB':>7} {'rss GB':>7} {'foot GB':>7} {'decl GB':>7} "
+             f"{'disk GB':>7} {'wall s':>7} {'throughput':>14} {'eta err':>7}"]
+    for name, m in measured["stages"].items():
+        if m.get("status") != "done":
+            lines.append(f"{name:<22} {m.get('status', '?'):<8}")
+            continue
+        thr = f"{m['throughput']:.2f} {m['unit']}/s" if m.get("throughput") else "-"
+        eta = f"{100 * m['eta_rel_error']:.0f}%" if m.get("eta_rel_error") is not None else "-"
+        lines.append(f"{name:<22} done     {m['gpu_peak_gb']:>7.1f} {m['rss_peak_gb']:>7.1f} {m['footprint_gb']:>7.1f} "
+                     f"{m['declared_memory_gb']:>7.1f} {m['disk_written_gb']:>7.1f} {m['wall_s'] or 0:>7.0f} "
+                     f"{thr:>14} {eta:>7}")
+    lines.append(f"together: at most {measured['max_reserved_together_gb']:.1f} GB reserved, "
+                 f"{measured['max_footprint_together_gb']:.1f} GB used (budget {measured['budget_gb']} GB); "
+                 f"least free disk {measured['min_disk_free_gb']:.1f} GB")
+    return lines
+
+
+def finish(ws: Workspace) -> int:
+    from engine.measure import check, derive, report, save
+
+    spec = load_spec(ws.spec_path)
+    measured = report(ws, spec)
+    measured["derived"] = derive(measured)
+    measured["declaration_problems"] = check(measured)
+    save(ws.root / "rehearsal" / "measured.json", measured)
+    print("\n".join(table(measured)))
+    for line in measured["declaration_problems"]:
+        print(f"declaration outside [measured, 1.25 x measured]: {line}")
+    return 0
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    shapes = tuple(args.shape.split(",")) if args.shape else None
+    if shapes is not None and len(shapes) != 2:
+        raise BadInput(f"--shape: expected STUDENT,TEACHER (e.g. tiny,tiny), got {args.shape!r}")
+    try:
+        ws = prepare(args.workspace, shapes)
+    except UnsafeWorkspace as exc:
+        raise BadInput(str(exc)) from None
+    if args.report:
+        return finish(ws)
+    from engine.cli.demo import run_headless
+    from engine.measure import Monitor
+
+    monitor = Monitor(ws, load_spec(ws.spec_path))
+    monitor.start()
+    try:
+        rc = run_headless(ws, args.timeout)
+    finally:
+        monitor.stop.set()
+        monitor.join(timeout=5)
+    finish(ws)
+    return rc
+
+
+def register(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("rehearse", help="run the PMAT DAG at real shapes on random weights and measure each stage")
+    p.add_argument("--workspace", "-w", type=Path, default=Path("rehearsal-workspace"))
+    p.add_argument("--shape", help="STUDENT,TEACHER model shapes (default: the spec's 7b,32b; tiny,tiny on a CPU)")
+    p.add_argument("--timeout", type=float, default=1500.0, help="give up waiting after this many seconds")
+    p.add_argument("--report", action="store_true", help="only fold the workspace's measurements into a report")
+    p.set_defaults(func=cmd_rehearse)
+

@@ -1,0 +1,192 @@
+"""Per-stage measurements of a run, stored as data the spec's memory_gb/duration_h derive from.
+
+A ``Monitor`` thread samples, once a second, every running job's process tree: host RSS
+(/proc) and device memory (NVML per process: what the driver holds, the caching allocator's
+reserve and the CUDA context included), the console's ETA for the stage, the sum of the
+running jobs' reservations (admission must keep it within the budget) and the disk's free
+space. ``report`` folds the samples and the journal into one record per stage: peak GPU,
+peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
+throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
+the declarations: memory_gb = footprint x 1.1 rounded up to 0.5 GB (so that the measured peak
+<= declared <= 1.25 x measured), duration_h = wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.resume import free_bytes
+from engine.spec import PipelineSpec
+from engine.state import PipelineState
+from engine.workspace import Workspace, append_jsonl, atomic_write_json
+
+GB = 1e9
+HEADROOM = 1.1  # declared / measured
+SAMPLE_S = 1.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except Exception:  # noqa: BLE001 - a process gone between two reads
+        return [pid]
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def gpu_by_pid() -> dict[int, int]:
+    """Device bytes per process over every GPU (empty without NVML or on unified memory)."""
+    from engine.memory import gpu_info
+
+    out: dict[int, int] = {}
+    for g in gpu_info():
+        for pid, used in g.per_process.items():
+            out[pid] = out.get(pid, 0) + used
+    return out
+
+
+class Monitor(threading.Thread):
+    """Samples the running jobs of a workspace into ``<ws>/rehearsal/samples.jsonl``."""
+
+    def __init__(self, ws: Workspace, spec: PipelineSpec) -> None:
+        super().__init__(daemon=True)
+        self.ws, self.spec = ws, spec
+        self.path = ws.root / "rehearsal" / "samples.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+
+    def sample(self, state: PipelineState) -> dict[str, Any]:
+        from engine.overview import build_overview
+
+        state.refresh()
+        etas = {r.stage: (r.eta_s, r.done, r.total) for r in build_overview(self.ws, self.spec, state).rows
+                if r.status == "running"}
+        gpu = gpu_by_pid()
+        jobs = {}
+        for a in state.running():
+            pid = (a.identity or {}).get("pid")
+            if not pid:
+                continue
+            tree = _children(int(pid))
+            eta = etas.get(a.stage, (None, None, None))
+            jobs[a.stage] = {"rss": sum(_rss(p) for p in tree), "gpu": sum(gpu.get(p, 0) for p in tree),
+                             "reservation": a.reservation, "eta_s": eta[0], "done": eta[1], "total": eta[2]}
+        return {"t": time.time(), "jobs": jobs, "disk_free": free_bytes(self.ws.root),
+                "reserved": sum(j["reservation"] or 0 for j in jobs.values()),
+                "footprint": sum(j["rss"] + j["gpu"] for j in jobs.values())}
+
+    def run(self) -> None:
+        state = PipelineState(self.ws)
+        while not self.stop.wait(SAMPLE_S):
+            try:
+                append_jsonl(self.path, [self.sample(state)])
+            except Exception as exc:  # noqa: BLE001 - a failed sample is a gap, not the end
+                append_jsonl(self.path, [{"t": time.time(), "error": repr(exc)}])
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if "jobs" in rec:
+            out.append(rec)
+    return out
+
+
+def _eta_error(points: list[tuple[float, float | None, float | None, float | None]], end: float) -> float | None:
+    """Relative error of the console's ETA, read when a quarter to half of the work was done
+    (the ETA a user plans by): |predicted end - actual end| / actual remaining time."""
+    errs = []
+    for t, eta, done, total in points:
+        if eta is None or not total or done is None or not 0.25 <= done / total <= 0.5:
+            continue
+        actual = end - t
+        if actual > 0:
+            errs.append(abs(eta - actual) / actual)
+    return max(errs) if errs else None
+
+
+def report(ws: Workspace, spec: PipelineSpec) -> dict[str, Any]:
+    """One record per stage from the journal, the job logs and the monitor's samples."""
+    state = PipelineState(ws)
+    state.refresh()
+    samples = read_samples(ws.root / "rehearsal" / "samples.jsonl")
+    stages: dict[str, Any] = {}
+    for name, entry in spec.stages.items():
+        a = state.stage(name).latest
+        if a is None or a.outcome != "ok":
+            stages[name] = {"kind": entry.kind, "status": state.stage(name).status}
+            continue
+        mine = [s["jobs"][name] for s in samples if name in s["jobs"]]
+        gpu = max((j["gpu"] for j in mine), default=0)
+        rss = max([a.peak_rss, *(j["rss"] for j in mine)])
+        start, end = a.started_at or a.launched_at, a.finished_at
+        wall = (end - start) if start and end else None
+        written = sum(int(v.get("bytes") or 0) for v in a.artifacts.values())
+        stages[name] = {
+            "kind": entry.kind, "status": "done", "gpu_peak_gb": gpu / GB, "rss_peak_gb": rss / GB,
+            "footprint_gb": (gpu + rss) / GB, "disk_written_gb": written / GB, "wall_s": wall,
+            "units": a.total, "unit": a.unit,
+            "throughput": (a.total / wall) if a.total and wall else None,
+            "declared_memory_gb": entry.memory_gb, "declared_duration_h": entry.duration_h,
+            "eta_rel_error": _eta_error([(s["t"], s["jobs"][name]["eta_s"], s["jobs"][name]["done"],
+                                          s["jobs"][name]["total"]) for s in samples if name in s["jobs"]], end),
+        }
+    budget = spec.settings.memory_budget_gb
+    return {
+        "stages": stages,
+        "max_reserved_together_gb": max((s["reserved"] for s in samples), default=0) / GB,
+        "max_footprint_together_gb": max((s["footprint"] for s in samples), default=0) / GB,
+        "budget_gb": budget,
+        "min_disk_free_gb": min((s["disk_free"] for s in samples), default=0) / GB,
+        "samples": len(samples),
+    }
+
+
+def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The declarations a measured run gives: memory_gb and duration_h per stage that finished."""
+    out = {}
+    for name, m in measured["stages"].items():
+        if m.get("status") != "done" or m.get("wall_s") is None:
+            continue
+        out[name] = {"memory_gb": max(0.5, math.ceil(m["footprint_gb"] * HEADROOM * 2) / 2),
+                     "duration_h": max(0.001, round(m["wall_s"] / 3600, 4))}
+    return out
+
+
+def check(measured: dict[str, Any]) -> list[str]:
+    """Stages whose declaration is not within [measured peak, 1.25 x measured peak]."""
+    bad = []
+    for name, m in measured["stages"].items():
+        if m.get("status") != "done":
+            continue
+        peak, declared = m["footprint_gb"], m["declared_memory_gb"]
+        if not peak <= declared <= 1.25 * max(peak, 0.4):
+            bad.append(f"{name}: declared {declared:g} GB, measured {peak:.2f} GB")
+    return bad
+
+
+def save(path: Path, measured: dict[str, Any]) -> None:
+    atomic_write_json(path, measured)
