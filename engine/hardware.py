@@ -1,8 +1,10 @@
 """Which memory admission counts against: the GPU's own memory per device, or one shared pool.
 
 On a discrete GPU (H200) a job's weights live in device memory and its Python heap in host
-memory: admission must find room in both (the smaller headroom decides, per the emptiest
-device). On unified memory (GB10: NVML answers NOT_SUPPORTED for device memory) CPU and GPU
+memory: admission finds room on the emptiest device (NVML), and the budget counts host and
+device bytes together (a job's RSS plus its CUDA allocations). Host memory is shown beside it,
+not used to admit: on the rehearsal box it starts small and grows as it is used, so
+MemAvailable would refuse jobs that fit. On unified memory (GB10: NVML answers NOT_SUPPORTED for device memory) CPU and GPU
 draw on one pool, MemAvailable. Without a GPU, host memory alone.
 """
 
@@ -33,9 +35,9 @@ def admission_pool(snap: MemorySnapshot) -> Pool:
     if not gpus:
         return Pool("host", host, f"host memory: {host / GIB:.0f} GiB available (no GPU seen by NVML)")
     gpu_free = max(g.total - g.used for g in gpus)
-    return Pool("discrete", min(host, gpu_free),
-                f"discrete GPU: {gpu_free / GIB:.0f} GiB free on the emptiest of {len(gpus)} device(s), "
-                f"host {host / GIB:.0f} GiB available; the smaller admits")
+    return Pool("discrete", gpu_free,
+                f"discrete GPU: {gpu_free / GIB:.0f} GiB free on the emptiest of {len(gpus)} device(s) admits; "
+                f"host {host / GIB:.0f} GiB available beside it")
 
 
 def current_pool() -> Pool:

@@ -344,7 +344,7 @@ class Supervisor:
 
     def headroom(self) -> int:
         s = self.spec.settings
-        running = [(a.reservation, a.rss) for a in self.state.running()]
+        running = [(a.reservation, a.rss + (a.gpu or 0)) for a in self.state.running()]  # host + device bytes in use
         budget = int(s.memory_budget_gb * GIB) if s.memory_budget_gb else None
         avail = current_pool().available  # GPU and host separately on a discrete GPU, the shared pool on unified
         return admission_headroom(avail, running, int(s.memory_margin_gb * GIB), budget)
