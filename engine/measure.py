@@ -7,7 +7,7 @@ running jobs' reservations (admission must keep it within the budget) and the di
 space. ``report`` folds the samples and the journal into one record per stage: peak GPU,
 peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
 throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
-the declarations: memory_gb = footprint x 1.1 rounded up to 0.5 GB (so that the measured peak
+the declarations: memory_gb = footprint x 1.1 rounded up to 0.1 GB (so that the measured peak
 <= declared <= 1.25 x measured), duration_h = wall time.
 """
 
@@ -171,7 +171,7 @@ def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
     for name, m in measured["stages"].items():
         if m.get("status") != "done" or m.get("wall_s") is None:
             continue
-        out[name] = {"memory_gb": max(0.5, math.ceil(m["footprint_gb"] * HEADROOM * 2) / 2),
+        out[name] = {"memory_gb": max(0.1, math.ceil(m["footprint_gb"] * HEADROOM * 10) / 10),
                      "duration_h": max(0.001, round(m["wall_s"] / 3600, 4))}
     return out
 

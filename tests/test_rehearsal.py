@@ -1,0 +1,94 @@
+"""Rehearsal: random models at real shapes (tiny here), the teacher drawn at load, the shipped
+spec's coverage of the real DAG, hardware-aware admission pools and derived declarations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine.cli.rehearse import rehearsal_spec_text
+from engine.gen.base import GenRequest
+from engine.gen.hf import HFBackend
+from engine.hardware import admission_pool
+from engine.measure import check, derive
+from engine.memory import GIB, GpuInfo, MemorySnapshot
+from engine.preflight import path_problem
+from engine.random_source import is_random_source
+from engine.rehearsal import SHAPES, build_model, materialise
+from engine.spec import load_spec, parse_spec, pipeline_path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("t") / "m", "tiny", materialise="memory", seed=3, device="cpu")
+
+
+def test_disk_model_is_a_checkpoint_of_the_shape_and_every_id_decodes(tmp_path: Path) -> None:
+    out = build_model(tmp_path / "m", "tiny", materialise="disk", seed=0, device="cpu")
+    assert path_problem(out, must_be_model=True) is None and not is_random_source(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == SHAPES["tiny"].vocab_size == len(tok)
+    assert all(tok.decode([i]) for i in range(3, len(tok)))  # no id decodes to nothing
+    assert tok.eos_token_id == model.config.eos_token_id
+
+
+def test_memory_source_holds_no_weights_and_is_drawn_the_same_each_load(teacher: Path) -> None:
+    assert is_random_source(teacher) and not list(teacher.glob("*.safetensors"))
+    assert path_problem(teacher, must_be_model=True) is None
+    a, b = materialise(teacher, "cpu"), materialise(teacher, "cpu")
+    assert a.dtype == torch.bfloat16
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_sampler_loads_a_random_source(teacher: Path) -> None:
+    backend = HFBackend(teacher, device="cpu", dtype="float32")
+    out = backend.generate([GenRequest("r", "def f(x):", n=2, max_new_tokens=8, temperature=0.8, seed=0)])
+    assert len(out[0].texts) == 2 and all(1 <= c <= 8 for c in out[0].token_counts)
+
+
+def test_rehearsal_spec_is_the_real_dag_at_real_shapes() -> None:
+    spec, real = load_spec(pipeline_path("rehearsal")), load_spec(pipeline_path("pmat"))
+    assert spec.settings.memory_budget_gb == 110
+    assert spec.stages["student"].params["shape"] == "7b" and spec.stages["teacher"].params["shape"] == "32b"
+    left_out = {"slerp", "q4_humaneval", "q4_humaneval_plus", "q4_mbpp", "q4_mbpp_plus"}
+    assert set(real.stages) - set(spec.stages) == left_out
+    assert {e.kind for e in real.stages.values()} <= {e.kind for e in spec.stages.values()}
+    assert len(spec.stages["baseline_humaneval"].params.get("overrides", {})) == 1  # all 164 prompts: no limit
+    assert "limit" not in spec.stages["baseline_humaneval"].params
+    assert spec.stages["sample"].params["n"] == 10 and spec.stages["sft"].params["lora_rank"] == 16
+    assert spec.stages["sft"].params["max_length"] == real.stages["sft"].params["max_length"]
+
+
+def test_small_shapes_variant_keeps_the_dag() -> None:
+    spec = parse_spec(yaml.safe_load(rehearsal_spec_text(("tiny", "small"))), "x")
+    assert spec.stages["student"].params["shape"] == "tiny" and spec.stages["teacher"].params["shape"] == "small"
+    assert set(spec.stages) == set(load_spec(pipeline_path("rehearsal")).stages)
+
+
+def test_admission_pool_by_hardware() -> None:
+    host = MemorySnapshot(total=128 * GIB, available=60 * GIB, psi=None, gpus=[])
+    assert admission_pool(host).mode == "host" and admission_pool(host).available == 60 * GIB
+    h200 = MemorySnapshot(128 * GIB, 60 * GIB, None, [GpuInfo("H200", False, 140 * GIB, 20 * GIB)])
+    pool = admission_pool(h200)
+    assert (pool.mode, pool.available) == ("discrete", 120 * GIB) and "120 GiB free" in pool.detail
+    gb10 = MemorySnapshot(119 * GIB, 100 * GIB, None, [GpuInfo("GB10", True, None, None)])
+    assert admission_pool(gb10).mode == "unified" and admission_pool(gb10).available == 100 * GIB
+    assert json.dumps(admission_pool(gb10).as_dict())
+
+
+@pytest.mark.parametrize("peak", [0.3, 1.0, 3.37, 15.2, 22.9, 71.4])
+def test_derived_declarations_bracket_the_measurement(peak: float) -> None:
+    measured = {"stages": {"s": {"status": "done", "footprint_gb": peak, "wall_s": 90.0}}}
+    d = derive(measured)["s"]
+    assert peak <= d["memory_gb"] <= 1.25 * max(peak, 0.4) and d["duration_h"] == 0.025
+    measured["stages"]["s"]["declared_memory_gb"] = d["memory_gb"]
+    assert check(measured) == []
+    measured["stages"]["s"]["declared_memory_gb"] = peak * 0.9
+    assert check(measured) and "declared" in check(measured)[0]
