@@ -88,12 +88,10 @@ def confine(keep: list[int], workdir: str, limits: dict[str, int], uid: int | No
     # kernel: writes only beneath workdir, no exec, no signals out (if present, and not switched off)
     _PREPARED["landlocked"] = landlock.restrict(here) if limits.get("landlock", True) else 0
     os.close(here)
-    seccomp.install(_LIBC, os.getpid(), allow_processes=not forks_refused)
+    seccomp.install(_LIBC, os.getpid(), _PREPARED.get(f"seccomp-{forks_refused}"), allow_processes=not forks_refused)
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote (after setuid, which clears it)
-    os.environ.clear()  # nothing of the harness's environment
-    os.environ.update(TMPDIR=root, HOME=root, LANG="C.UTF-8")
-    if "tempfile" in sys.modules:
-        sys.modules["tempfile"].tempdir = None
+    if not _PREPARED.get("environ"):
+        _scrub_environ()
     sys.stdout = _PREPARED.get("stdout") or open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = sys.stdout  # print goes to .output, by line
     return root
@@ -107,6 +105,19 @@ def prepare() -> None:
     _PREPARED["modules"] = len(sys.modules)
     _PREPARED["blocked"] = hook.blocked_loaded()
     _PREPARED["reads"] = hook.read_roots()
+    for refused in (True, False):
+        _PREPARED[f"seccomp-{refused}"] = seccomp.build(allow_processes=not refused)
+    _PREPARED["environ"] = _scrub_environ()
+
+
+def _scrub_environ() -> bool:
+    """Nothing of the harness's environment; temporary files and home in the cwd (the work dir:
+    relative, so one environment serves every child)."""
+    os.environ.clear()
+    os.environ.update(TMPDIR=".", HOME=".", LANG="C.UTF-8")
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None
+    return True
 
 
 def _blocked_loaded() -> list[str]:

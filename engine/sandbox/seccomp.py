@@ -92,14 +92,31 @@ class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(libc: ctypes.CDLL, pid: int, *, allow_processes: bool = False) -> bool:
-    """Install the filter on this process (no_new_privs must be set); False where unsupported."""
+_PID = 0x7FFFFFFE  # placeholder for the child's pid in a prebuilt filter (no real pid is this high)
+
+
+def build(*, allow_processes: bool = False) -> tuple[bytearray, list[int]] | None:
+    """The filter's bytes with a placeholder pid, and where it is (built once, in the zygote);
+    None where unsupported."""
     arch = platform.machine()
     if arch not in _ARCHES:
+        return None
+    prog = _program(arch, _PID, allow_processes)
+    code = bytearray(b"".join(struct.pack("=HBBI", *ins) for ins in prog))
+    return code, [i * 8 + 4 for i, ins in enumerate(prog) if ins[3] == _PID]
+
+
+def install(libc: ctypes.CDLL, pid: int, prebuilt: tuple[bytearray, list[int]] | None = None, *,
+            allow_processes: bool = False) -> bool:
+    """Install the filter on this process (no_new_privs must be set); False where unsupported."""
+    built = prebuilt or build(allow_processes=allow_processes)
+    if built is None:
         return False
-    prog = _program(arch, pid, allow_processes)
-    buf = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *ins) for ins in prog))
-    fprog = _Fprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
+    code, where = built
+    for offset in where:
+        struct.pack_into("=I", code, offset, pid)
+    buf = (ctypes.c_char * len(code)).from_buffer(code)
+    fprog = _Fprog(len(code) // 8, ctypes.addressof(buf))
     if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp filter: {errno.errorcode.get(err, err)}")
