@@ -121,28 +121,52 @@ def test_dead_supervisor_is_noticed_with_how_to_restart(tmp_path, supervisors): 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 32 MiB tmpfs, mounted for the test (root only)."""
-    mnt = tmp_path / "disk"
+    """A 1.3 GB ext4 on a sparse loop image (root only): room to admit a stage, and a disk that
+    ``fallocate`` fills at once without writing (or holding in memory) the bytes."""
+    image, mnt = tmp_path / "disk.img", tmp_path / "disk"
     mnt.mkdir(mode=0o700)
-    if not ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mnt)],
-                                  capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+    if not ROOT or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4")
+    with open(image, "wb") as fh:
+        fh.truncate(1300 << 20)
+    ok = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True).returncode == 0 and \
+        subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True).returncode == 0
+    if not ok:
+        pytest.skip("cannot mount a loop device here")
+    mnt.chmod(0o700)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+# the stage: waits for the test's go, writes 2 MiB (removing a partial file, as careful writers do)
+FILL = """
+import os, time
+work = os.environ['PMAT_WORK_DIR']
+while not os.path.exists(os.path.join(work, '..', '..', 'go')):
+    time.sleep(0.05)
+blob = os.path.join(work, 'blob')
+try:
+    open(blob, 'wb').write(os.urandom(2 << 20))
+except OSError:
+    os.remove(blob)
+    raise
+"""
+
+
 def test_stage_failed_for_lack_of_space_resumes_when_space_returns(small_disk, supervisors):  # noqa: F811 - the fixture
-    write_mb = "import os; open(os.environ['PMAT_WORK_DIR'] + '/blob', 'wb').write(os.urandom(2 << 20))"
-    ws = make_ws(small_disk, {"w": {**stage(1, 0.01), "params": {"argv": ["{python}", "-c", write_mb]}}})
-    filler = small_disk / "filler"
-    with open(filler, "wb") as fh:  # leave about 1 MiB
-        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-        fh.write(b"\0" * (free - (1 << 20)))
+    ws = make_ws(small_disk, {"w": {**stage(1, 0.01), "params": {"argv": ["{python}", "-c", FILL]}}}, disk_margin_gb=0)
     start(ws, supervisors)
     send_command(ws, "run", targets=["w"])
+    wait_for(lambda: load_state(ws).stage("w").status == "running", 60, "w admitted and running")
+    filler = small_disk / "filler"  # another writer takes the disk, all but 1 MiB
+    vfs = os.statvfs(small_disk)
+    subprocess.run(["fallocate", "-l", str(vfs.f_bavail * vfs.f_frsize - (1 << 20)), str(filler)], check=True)
+    (ws.root / "go").touch()
     wait_for(lambda: any(e["reason"].startswith("disk full") for e in journal(ws, "waiting")), 60, "disk-full wait")
     reason = next(e["reason"] for e in journal(ws, "waiting") if e["reason"].startswith("disk full"))
     assert str(ws.root) in reason and "resumes when space returns" in reason
+    time.sleep(1.0)
+    assert len(load_state(ws).stage("w").attempts) == 1  # no retry while the disk is full
     filler.unlink()
     wait_for(lambda: done(ws, "w"), 60, "w after space returned")
     assert [a.outcome for a in load_state(ws).stage("w").attempts] == ["failed", "ok"]
