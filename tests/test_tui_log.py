@@ -309,7 +309,7 @@ async def test_done_items_fold_and_running_stages_stay_in_view(tmp_path: Path) -
         tree = app.screen.query_one(DagTree)
         assert len(tree.folded) == 19 and len(tree.keys) == 20 + 10
         text = _screen(app)
-        assert any(t.startswith("▸ W-0") and "✔ 10/10 done" in t for t in text)  # one line per done item
+        assert tree.guides[0] == "▸ " and "✔ 10/10 done" in tree.labels["item:W-000"].plain  # one line per done item
         shown = [t for t in text if "s19" in t and "%" in t and "█" in t]
         assert len(shown) >= 1, text  # a running stage, its bar on screen
         tree.focus()

@@ -73,3 +73,15 @@ def test_approve_modal(snap_compare, fixture_app: PmatApp) -> None:
 
 def test_help(snap_compare, fixture_app: PmatApp) -> None:
     assert snap_compare(fixture_app, terminal_size=(80, 24), run_before=_before("question_mark"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dag_folds_done_items(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size) -> None:
+    """Forty stages in four work items, three running in the last: done items fold to one line."""
+    from pmat_tui.fixture import write_bench
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    ws = write_bench(tmp_path / "bench", jobs=40, events=2000)
+    app = PmatApp(ws, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
+    assert snap_compare(app, terminal_size=size, run_before=_before())

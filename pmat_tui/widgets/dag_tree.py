@@ -178,18 +178,20 @@ class DagTree(Guarded, ScrollView, can_focus=True):
             self.keep_in_view()
 
     def keep_in_view(self) -> None:
-        """Scroll (the cursor stays) so that the first stage needing an eye is visible, unless
-        the user moved the cursor lately or such a stage is already in sight."""
+        """Scroll (the cursor stays) so that the stages needing an eye are in sight, as many as
+        fit from the first, unless the user moved the cursor lately."""
         h = self.scrollable_content_region.height
         if h <= 0 or time.monotonic() - self._moved_at < FOLLOW_AFTER_S:
             return
-        rows = self.model.rows
-        lines = [self.line_of[s] for s, r in rows.items() if needs_eye(r) and s in self.line_of]
-        y = self.scroll_offset.y
-        if not lines or any(y <= n < y + h for n in lines):
+        lines = sorted(self.line_of[s] for s, r in self.model.rows.items() if needs_eye(r) and s in self.line_of)
+        if not lines:
             return
-        first = min(lines)
-        self.scroll_to(y=max(0, first - 1), animate=False, force=True)
+        first = lines[0]
+        last = max(n for n in lines if n < first + h)  # the last one that fits with the first
+        y = self.scroll_offset.y
+        if y <= first and last < y + h:
+            return
+        self.scroll_to(y=max(0, min(first - 1, last - h + 1)), animate=False, force=True)
 
     # -- cursor -----------------------------------------------------------------------
     @property
@@ -291,6 +293,7 @@ class DagTree(Guarded, ScrollView, can_focus=True):
         # comes after several resizes to the same size)
         self.virtual_size = Size(self.size.width, len(self.keys))
         self._scroll_to_cursor()
+        self.call_after_refresh(self.keep_in_view)  # once laid out: the first frame shows the running stages
 
     def on_focus(self) -> None:
         self._repaint(self.cursor)
