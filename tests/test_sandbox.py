@@ -53,6 +53,15 @@ def test_blocked_names_the_operation(pool: SandboxPool) -> None:
     assert v.status == "blocked" and v.blocked_op == "os.system"
 
 
+def test_ordinary_file_use_inside_the_work_dir(pool: SandboxPool) -> None:
+    """What correct programs do with files must not be 'blocked': /dev/null, temp files, pathlib."""
+    program = ("import os, sys, tempfile, pathlib\nsys.stdout = open(os.devnull, 'w')\n"
+               "def add(a, b):\n    with tempfile.NamedTemporaryFile('w+') as f:\n        f.write(str(a + b))\n"
+               "        f.seek(0)\n        v = int(f.read())\n    pathlib.Path('x.txt').write_text('y')\n"
+               "    os.makedirs('d/e', exist_ok=True)\n    os.rename('x.txt', 'd/e/x.txt')\n    return v\n")
+    assert run(pool, program).passed
+
+
 def test_missing_function_and_wrong_type(pool: SandboxPool) -> None:
     assert run(pool, "def other(a, b):\n    return 3\n").error_type == "NameError"
     assert run(pool, "def add(a, b):\n    return '3'\n").status == "failed"
