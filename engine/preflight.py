@@ -16,10 +16,11 @@ from engine.gen.base import gguf_problem, is_gguf
 from engine.models.files import check_model_dir, safetensors_header
 from engine.random_source import is_random_source
 from engine.refs import resolve_ref
-from engine.spec import REF_RE, DatasetEntry, PipelineSpec, param_refs
+from engine.spec import PARAM_REF_RE, REF_RE, DatasetEntry, PipelineSpec, param_refs
 from engine.stages.base import load_stage
 from engine.workspace import Workspace, content_hash, tree_files
 
+PATH_KEYS = ("_path", "_dir", "_file")  # parameters that name a file or directory
 _HASHES: dict[tuple, str] = {}  # content hashes of dataset paths, keyed by their files' stat identity
 
 
@@ -99,6 +100,12 @@ def check_spec_files(spec: PipelineSpec, ws: Workspace, spec_dir: Path) -> list[
     for name, entry in spec.datasets.items():
         problem = dataset_problem(name, entry, resolve_ref(spec, ws, f"dataset:{name}", spec_dir))
         out += [problem] if problem else []
+    for name, entry in spec.stages.items():  # a parameter naming a file by path (not dataset:NAME) must exist
+        for key, value in entry.params.items():
+            if key.endswith(PATH_KEYS) and isinstance(value, str) and not PARAM_REF_RE.match(value):
+                path = Path(value).expanduser()
+                path = path if path.is_absolute() else ws.root / path  # a job's working directory
+                out += [] if path.exists() else [f"stages.{name}.params.{key}: {path} does not exist"]
     return out
 
 

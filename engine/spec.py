@@ -67,7 +67,7 @@ class StageEntry(_Strict):
     approval: Literal["required", "none"] = "none"
     resume: bool = True
     max_attempts: int = Field(default=3, ge=1)
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # a typo fails here, not in torch
     seed: int = 0
     keep: bool = False  # outputs stay after every consumer finished (engine/disk.py retention)
 

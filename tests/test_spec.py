@@ -69,6 +69,7 @@ def test_valid_spec_loads(tmp_path):
         (lambda d: d.pop("stages"), "stages: required key is missing"),
         (lambda d: d["stages"].update({"../x": d["stages"]["a"]}), "stages.../x: a stage name is letters, digits and '_'"),
         (lambda d: d["stages"]["a"].update(duration_h=float("inf")), "stages.a.duration_h: Input should be a finite number"),
+        (lambda d: d["stages"]["a"].update(device="cdua"), "stages.a.device: String should match pattern"),
     ],
 )
 def test_bad_input_names_key(tmp_path, mutate, expected):
@@ -260,3 +261,10 @@ def test_check_reads_model_dirs_and_datasets(tmp_path, model_copy):
     (model_copy / "tokenizer.json").write_text("{}")
     code, err = check(_spec_with(tmp_path, {"base": {"path": "model"}}))
     assert code == 2 and f"{weights}: tensor" in err and "truncated or corrupt" in err
+
+
+def test_check_finds_a_parameter_naming_a_missing_path(tmp_path):
+    data = yaml.safe_load(pipeline_path("demo").read_text())
+    data["stages"]["sft"]["params"]["eval_data_dir"] = str(tmp_path / "no-mbpp")
+    code, err = check(write(tmp_path, data))
+    assert code == 2 and f"stages.sft.params.eval_data_dir: {tmp_path / 'no-mbpp'} does not exist" in err, err
