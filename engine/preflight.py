@@ -100,13 +100,22 @@ def check_spec_files(spec: PipelineSpec, ws: Workspace, spec_dir: Path) -> list[
     for name, entry in spec.datasets.items():
         problem = dataset_problem(name, entry, resolve_ref(spec, ws, f"dataset:{name}", spec_dir))
         out += [problem] if problem else []
-    for name, entry in spec.stages.items():  # a parameter naming a file by path (not dataset:NAME) must exist
-        for key, value in entry.params.items():
-            if key.endswith(PATH_KEYS) and isinstance(value, str) and not PARAM_REF_RE.match(value):
-                path = Path(value).expanduser()
-                path = path if path.is_absolute() else ws.root / path  # a job's working directory
-                out += [] if path.exists() else [f"stages.{name}.params.{key}: {path} does not exist"]
+    for name in spec.stages:
+        problem = param_path_problem(spec, ws, name)
+        out += [f"stages.{name}.{problem}"] if problem else []
     return out
+
+
+def param_path_problem(spec: PipelineSpec, ws: Workspace, stage: str) -> str | None:
+    """A parameter naming a file by path (``*_path``, ``*_dir``, ``*_file``; not dataset:NAME)
+    that does not exist; relative paths are taken from the workspace (a job's working directory)."""
+    for key, value in spec.stages[stage].params.items():
+        if key.endswith(PATH_KEYS) and isinstance(value, str) and not PARAM_REF_RE.match(value):
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else ws.root / path
+            if not path.exists():
+                return f"params.{key}: {path} does not exist"
+    return None
 
 
 def stage_input_problem(spec: PipelineSpec, ws: Workspace, stage: str) -> str | None:
@@ -119,6 +128,8 @@ def stage_input_problem(spec: PipelineSpec, ws: Workspace, stage: str) -> str | 
         problem = dataset_problem(name, spec.datasets[name], resolve_ref(spec, ws, f"dataset:{name}", ws.spec_path.parent))
         if problem:
             return problem
+    if problem := param_path_problem(spec, ws, stage):
+        return problem
     for key, ref in sorted(entry.inputs.items()):
         if ref.startswith("dataset:"):
             continue
