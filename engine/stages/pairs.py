@@ -139,7 +139,7 @@ def run(ctx: StageContext, params: Params) -> None:
         chosen, rejected, seen = [], [], set()
         for r in samples:
             key = normalize_code(r["code"])
-            if key in seen:
+            if key in seen or not r["completion"].strip():  # an empty completion is no text to prefer against
                 continue
             seen.add(key)
             (chosen if r["verdict"]["status"] == "passed" else rejected).append(dict(r, norm=key))
