@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.data.pins import DATASETS
+from engine.executors.slurm import SlurmSettings
+from engine.launch import check_ranks
 
 REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
 PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)(\.sha256)?$")  # .sha256: its pinned hash
@@ -58,6 +60,10 @@ class WorkItem(_Strict):
 
 class StageEntry(_Strict):
     kind: str
+    gpus: int | None = Field(default=None, ge=1)  # DDP ranks (sft, dpo) or generation engines: docs/SCALEOUT.md
+    executor: Literal["local", "slurm"] | None = None  # default settings.executor
+    partition: str | None = None  # slurm; default settings.slurm.partition
+    time_limit_h: float | None = Field(default=None, gt=0)  # slurm --time; default duration_h x slurm.time_factor
     work_item: str | None = None
     after: list[str] = Field(default_factory=list)
     inputs: dict[str, str] = Field(default_factory=dict)
@@ -93,6 +99,8 @@ class Criterion(_Strict):
 
 
 class Settings(_Strict):
+    executor: Literal["local", "slurm"] = "local"  # where stages run: docs/SCALEOUT.md
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     memory_margin_gb: float = Field(default=2.0, ge=0, allow_inf_nan=False)
     memory_budget_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     poll_interval_s: float = Field(default=0.5, gt=0, allow_inf_nan=False)
@@ -299,6 +307,8 @@ def _check_stage_params(spec: PipelineSpec, where: str) -> None:
             check_input_names(module, params, set(st.inputs))
         except ValueError as exc:
             raise SpecError(f"{where}: stages.{name}.{exc}") from None
+        if why := check_ranks(st.kind, st.gpus or 1, st.params):
+            raise SpecError(f"{where}: stages.{name}.gpus: {why}")
         outputs[name] = set(getattr(module, "OUTPUTS", {})) | ({"output"} if getattr(params, "publish_output", False) else set())
     for key, ref in _artifact_refs(spec):
         stage, _, artifact = ref.partition(".")
