@@ -99,7 +99,7 @@ def invalid(ev: Any) -> str | None:
             return f"{kind}: field {key!r} has type {type(value).__name__}"
     if "job_id" in ev and not job_id_ok(ev["job_id"]):
         return f"{kind}: job_id {ev['job_id']!r} is not STAGE.ATTEMPT"
-    if kind == "launched" and ev["identity"] is not None and not all(_is(ev["identity"].get(k), FIELD_TYPES[k]) for k in _IDENTITY):
+    if kind == "launched" and ev["identity"] is not None and ev["identity"].get("executor", "local") == "local" and not all(_is(ev["identity"].get(k), FIELD_TYPES[k]) for k in _IDENTITY):
         return "launched: identity needs pid, start_ticks and boot_id"
     if kind in ("job_finished", "finished") and ev["outcome"] not in _OUTCOMES:
         return f"{kind}: outcome {ev['outcome']!r} is not one of {', '.join(_OUTCOMES)}"
