@@ -82,6 +82,7 @@ class JobSpec:
     outputs: list[str] = field(default_factory=list)
     device: str = "auto"
     seed: int = 0
+    gpus: int = 1  # DDP ranks or generation engines (engine/launch.py, engine/gen/parallel.py)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.__dict__)
