@@ -74,6 +74,7 @@ class Attempt:
     checkpoints: int = 0
     warnings: list[str] = field(default_factory=list)
     last_event_at: float | None = None
+    executor_state: str | None = None  # the scheduler's word on the job: "PENDING (Resources)" (slurm)
 
     @property
     def running(self) -> bool:
@@ -358,6 +359,8 @@ class PipelineState:
                 a.error = ev.get("error" if kind == "finished" else "reason")
                 a.finished_at = ev["ts"]
                 a.peak_rss = max(a.peak_rss, ev.get("peak_rss") or 0)
+        elif kind == "executor_state":
+            self.attempt(ev["job_id"]).executor_state = ev.get("state")
         elif kind == "approval_granted":
             if self.chain_break is None:
                 self.approvals[ev["target"]] = ev
