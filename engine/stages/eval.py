@@ -19,8 +19,9 @@ from typing import Any
 
 from engine.data import postprocess, prompts, protocols, scoring
 from engine.data.humaneval import default_path
-from engine.gen.base import GenRequest, load_backend, load_tokenizer
+from engine.gen.base import GenRequest, load_tokenizer
 from engine.gen.memory import sampling_bytes
+from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
 from engine.results import make_record
 from engine.sandbox.pool import SandboxPool
@@ -108,7 +109,8 @@ def run(ctx: StageContext, params: Params) -> None:
     done = read_done(results_path)
     todo = [t for t in bench.tasks if t.task_id not in done]
     ctx.progress(len(bench.tasks) - len(todo), len(bench.tasks), "problems")
-    backend = load_backend(model_dir, params.backend, device=ctx.device, dtype=params.dtype)
+    backend = load_engines(model_dir, params.backend, device=ctx.device, dtype=params.dtype, engines=ctx.job.gpus,
+                           cache_dir=work / "shards")
     with SandboxPool(workers=params.exec_workers, limits=scoring.pool_limits(proto, params.memory_mb)) as pool:
         sandbox = pool.isolation()
         for start in range(0, len(todo), params.unit_problems):
