@@ -21,8 +21,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.data import decontam, mbpp, postprocess, prompts
-from engine.gen.base import GenRequest, load_backend
+from engine.gen.base import GenRequest
 from engine.gen.memory import sampling_bytes
+from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.stages.pairs import normalize_code
@@ -113,7 +114,8 @@ def run(ctx: StageContext, params: Params) -> None:
 
     teacher_hash = content_hash(ctx.inputs["teacher"])
     sampling = {k: getattr(params, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed")}
-    backend = load_backend(ctx.inputs["teacher"], params.backend, device=ctx.device, dtype=params.dtype)
+    backend = load_engines(ctx.inputs["teacher"], params.backend, device=ctx.device, dtype=params.dtype,
+                           engines=ctx.job.gpus, cache_dir=ctx.work_dir / "shards")
     if hasattr(backend, "max_rows"):
         backend.max_rows = params.max_rows
     shots = mbpp.load(Path(params.data_path), "prompt")[0][1:4] if params.strategy == "few-shot" else None
