@@ -23,8 +23,9 @@ from pydantic import Field
 
 from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
-from engine.gen.base import GenRequest, load_backend
+from engine.gen.base import GenRequest
 from engine.gen.memory import sampling_bytes
+from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
 from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
@@ -134,7 +135,8 @@ def run(ctx: StageContext, params: Params) -> None:
     if overridden:
         ctx.warning(f"sample: evaluation splits {overridden} used by explicit override (allow_eval_split)",
                     override=overridden)
-    backend = load_backend(ctx.inputs["model"], params.backend, device=ctx.device, dtype=params.dtype)
+    backend = load_engines(ctx.inputs["model"], params.backend, device=ctx.device, dtype=params.dtype,
+                           engines=ctx.job.gpus, cache_dir=ctx.work_dir / "shards")
     if hasattr(backend, "max_rows"):
         backend.max_rows = params.max_rows
     ctx.events.emit("backend", name=backend.name, device=backend.device)
