@@ -32,8 +32,11 @@ from engine.approvals import approval_current, approval_seal, check_approvable
 from engine.chain import append_chained
 from engine.dag import expand_targets, topo_order, why_not_running
 from engine.disk import apply_retention, disk_wait_reason
+from engine.executors import job_handle, launch_job
+from engine.executors.gpus import admit_gpus
 from engine.hardware import current_pool
 from engine.inbox import read_command
+from engine.launch import job_argv
 from engine.memory import GIB, admission_headroom
 from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children, spawn_detached
@@ -176,7 +179,7 @@ class Supervisor:
         self.emit("supervisor_started", **ProcIdentity.of(os.getpid()).as_dict())
         self.state.refresh()
         for a in list(self.state.running()):
-            ident = ProcIdentity.from_dict(a.identity) if a.identity else None
+            ident = job_handle(a.identity) if a.identity else None
             if ident and ident.alive():
                 self.emit("reattached", job_id=a.job_id, stage=a.stage)
             else:
@@ -313,8 +316,11 @@ class Supervisor:
     def _watch_running(self) -> None:
         now = time.monotonic()
         for a in self.state.running():
-            ident = ProcIdentity.from_dict(a.identity) if a.identity else None
+            ident = job_handle(a.identity) if a.identity else None
             if ident is None or ident.alive():
+                if ident and (shown := ident.status()) and shown != a.executor_state:
+                    self.emit("executor_state", job_id=a.job_id, stage=a.stage, executor=ident.executor, state=shown)
+                    a.executor_state = shown
                 deadline = self._kill_deadlines.get(a.job_id)
                 if ident and deadline and now > deadline:
                     ident.signal_group(signal.SIGKILL)
@@ -323,7 +329,8 @@ class Supervisor:
             if a.outcome is None and self.state.stage(a.stage).cancel_requested:
                 self.emit("cancelled", job_id=a.job_id, stage=a.stage, reason="killed by cancel before it logged its end")
             elif a.outcome is None:
-                self._crashed(a.job_id, "process exited without job_finished (killed or crashed)")
+                end = ident.end_reason() if ident else None
+                self._crashed(a.job_id, "process exited without job_finished (killed or crashed)" + (f"; {end}" if end else ""))
             self._kill_deadlines.pop(a.job_id, None)
 
     # -- admission ----------------------------------------------------------------
@@ -379,13 +386,21 @@ class Supervisor:
                         self.emit("waiting", stage=stage, reason=full)
                         st.waiting = full
                     continue
-                self.launch(stage, need or 0)
+                entry = self.spec.stages[stage]
+                gpus = admit_gpus(entry, entry.executor or self.spec.settings.executor, self.state.running(),
+                                  need or 0, int(self.spec.settings.memory_margin_gb * GIB))
+                if isinstance(gpus, str):  # fewer GPUs with room than it asks for
+                    if st.waiting != gpus:
+                        self.emit("waiting", stage=stage, reason=gpus)
+                        st.waiting = gpus
+                    continue
+                self.launch(stage, need or 0, gpus)
                 self.state.refresh()
             elif b.kind in ("waiting_on", "needs_approval", "memory", "failed_dependency") and st.waiting != b.text:
                 self.emit("waiting", stage=stage, reason=b.text)
                 st.waiting = b.text
 
-    def launch(self, stage: str, reservation: int) -> str | None:
+    def launch(self, stage: str, reservation: int, gpus: list[int] | None = None) -> str | None:
         """Start the stage's next attempt, or None when a process of that very attempt still runs
         (a supervisor killed between spawning it and journaling 'launched'): each job holds an
         flock on ``jobs/<job_id>.lock`` from before it exists, inherited from the supervisor."""
@@ -397,11 +412,11 @@ class Supervisor:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None  # its job_started shows it as running soon
-            return self._spawn(stage, job_id, attempt, reservation, lock)
+            return self._spawn(stage, job_id, attempt, reservation, lock, gpus or [])
         finally:
             os.close(lock)
 
-    def _spawn(self, stage: str, job_id: str, attempt: int, reservation: int, lock: int) -> str:
+    def _spawn(self, stage: str, job_id: str, attempt: int, reservation: int, lock: int, gpus: list[int]) -> str:
         entry = self.spec.stages[stage]
         module = load_stage(entry.kind)
         params = resolve_params(self.spec, self.ws, dict(entry.params), self.ws.spec_path.parent)
@@ -417,13 +432,15 @@ class Supervisor:
             outputs=list(getattr(module, "OUTPUTS", {})),
             device=entry.device,
             seed=entry.seed,
+            gpus=entry.gpus or 1,
         )
         job.save(self.ws.job_file(job_id))
         self.emit("admitted", stage=stage, job_id=job_id, reservation=reservation)
-        argv = [sys.executable, "-m", "engine.stages.run", str(self.ws.job_file(job_id))]
-        ident = spawn_detached(argv, log_path=self.ws.logs_dir / "jobs" / f"{job_id}.out", cwd=self.ws.root, keep_fds=(lock,))
+        argv = job_argv(self.ws.job_file(job_id), entry.kind, job.gpus)
+        ident = launch_job(self.spec, stage, job_id, argv, ws=self.ws, reservation=reservation, gpus=gpus, keep_fds=(lock,))
         try:
-            self.emit("launched", stage=stage, job_id=job_id, attempt=attempt, identity=ident.as_dict(), reservation=reservation)
+            self.emit("launched", stage=stage, job_id=job_id, attempt=attempt, identity={**ident.as_dict(), "gpus": gpus},
+                      reservation=reservation)
         except OSError:
             ident.signal_group(signal.SIGKILL)  # not journaled, not ours: its log shows a crash, resumed later
             raise
@@ -531,7 +548,7 @@ class Supervisor:
         job_id = self._job_of(target)
         a = self.state.jobs.get(job_id) if job_id else None
         if a and a.running and a.identity:
-            ProcIdentity.from_dict(a.identity).signal_group(signal.SIGTERM)
+            job_handle(a.identity).signal_group(signal.SIGTERM)
             self._kill_deadlines[a.job_id] = time.monotonic() + self.spec.settings.cancel_grace_s
         return None
 
