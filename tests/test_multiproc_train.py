@@ -71,6 +71,25 @@ def one_process(tiny_model_dir: Path, sft_data: Path, tmp_path_factory: pytest.T
     return got
 
 
+def test_only_trainers_with_several_gpus_go_through_torchrun(tmp_path: Path) -> None:
+    f = tmp_path / "job.json"
+    assert job_argv(f, "sft", 1)[1:] == ["-m", "engine.stages.run", str(f)]  # gpus: 1 is today's path
+    assert job_argv(f, "eval", 4)[1:] == ["-m", "engine.stages.run", str(f)]  # engines, not ranks
+    assert job_argv(f, "dpo", 2)[1:] == ["-m", "engine.launch", "--ranks", "2", str(f)]
+
+
+def test_the_spec_refuses_a_grad_accum_the_ranks_cannot_split() -> None:
+    from engine.spec import SpecError, parse_spec
+
+    stage = {"kind": "sft", "gpus": 2, "memory_gb": 1, "duration_h": 1, "params": {**sft_params(), "grad_accum": 3},
+             "inputs": {"model": "model:base", "data": "dataset:d"}}
+    data = {"name": "t", "models": {"base": {"path": "/m"}}, "datasets": {"d": {"path": "/d.jsonl"}},
+            "stages": {"sft": stage}}
+    with pytest.raises(SpecError, match=r"stages\.sft\.gpus: params\.grad_accum 3 is not divisible by gpus 2"):
+        parse_spec(data, "p.yaml")
+    parse_spec({**data, "stages": {"sft": {**stage, "params": sft_params()}}}, "p.yaml")
+
+
 def test_rank_accum_splits_the_global_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert rank_accum(4) == 2
@@ -88,7 +107,7 @@ def test_two_gloo_ranks_match_one_process(tiny_model_dir: Path, sft_data: Path, 
     assert max(abs(got[s] - one_process[s]) for s in got) < TOL, (got, one_process)
     ev = read_events(ws.job_log("sft.1"))
     assert ev[-1]["kind"] == "job_finished" and ev[-1]["outcome"] == "ok"
-    assert [e["step"] for e in ev if e["kind"] == "progress"][-1] == STEPS  # progress comes from rank 0 only
+    assert [e["done"] for e in ev if e["kind"] == "progress"][-1] == STEPS  # progress comes from rank 0 only
     assert sum(e["kind"] == "artifact" for e in ev) == 1
     assert (ws.root / "results" / "ledger.jsonl").read_text().count("\n") == 1
     rank1 = read_events(rank_log(ws, "sft.1", 1))
@@ -102,9 +121,13 @@ def test_lost_rank_fails_the_job_and_the_next_attempt_resumes(tiny_model_dir: Pa
     deadline = time.monotonic() + 120
     while not any(e["kind"] == "checkpoint" for e in read_events(ws.job_log("sft.1"))):
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint before the run ended"
-        time.sleep(0.05)
-    pid = read_events(rank_log(ws, "sft.1", 1))[0]["pid"]
-    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+    rank0 = next(e["pid"] for e in read_events(ws.job_log("sft.1")) if e["kind"] == "job_started")
+    rank1 = read_events(rank_log(ws, "sft.1", 1))[0]["pid"]
+    os.kill(rank0, signal.SIGSTOP)  # hold rank 0 while rank 1 dies, so a fast machine cannot finish first
+    os.kill(rank1, signal.SIGKILL)
+    time.sleep(0.5)
+    os.kill(rank0, signal.SIGCONT)
     assert proc.wait(timeout=120) == 1
     end = read_events(ws.job_log("sft.1"))[-1]
     assert end["kind"] == "job_finished" and end["outcome"] == "failed"
