@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import decimal
 import json
 import os
 import subprocess
@@ -422,3 +423,80 @@ def test_unparsable_files_never_crash_the_reader() -> None:
     with pytest.raises(Unsupported, match="does not parse"):
         split(ADD, "assert add(1, 2) == 3\x00\n")
     assert split(ADD + "assert add(1, 2) == " + "-" * 100_000 + "3\n")[1] == ""  # too deep for the parser
+
+
+# every value the program may return, built the same way on both sides: the trusted side's copy
+# must equal it and have its type (numpy arrays: dtype, shape and items)
+STDLIB_VALUES = {
+    "np_str": "np.array([['a', 'bc'], ['', 'déf']])",
+    "np_bytes": "np.array([b'a', b'bc\\x00x'])",
+    "np_object": "np.array(['a', 1, None, [2, 3]], dtype=object)",
+    "np_datetime": "np.array(['2020-01-02', '1999-12-31'], dtype='datetime64[D]')",
+    "np_empty_str": "np.zeros((0, 3), dtype='<U4')",
+    "np_scalar_datetime": "np.datetime64('2020-01-02T03:04')",
+    "date": "datetime.date(2020, 1, 2)",
+    "datetime": "datetime.datetime(2020, 1, 2, 3, 4, 5, 6)",
+    "datetime_tz": "datetime.datetime(2020, 1, 2, 3, tzinfo=datetime.timezone(datetime.timedelta(hours=-5), 'EST'))",
+    "datetime_utc": "datetime.datetime(2020, 1, 2, tzinfo=datetime.timezone.utc)",
+    "time": "datetime.time(23, 59, 1, 5, fold=1)",
+    "timedelta": "datetime.timedelta(days=-3, seconds=7, microseconds=9)",
+    "decimal": "decimal.Decimal('-1.2300E+5')",
+    "decimal_nan": "decimal.Decimal('NaN')",
+    "fraction": "fractions.Fraction(-3, 9)",
+    "complex": "complex(1.5, -2)",
+    "array": "array.array('d', [1.5, -2.0])",
+    "array_str": "array.array('u', 'hé')",
+    "chainmap": "collections.ChainMap({'a': 1}, {'b': 2, 'a': 3})",
+    "ordereddict": "collections.OrderedDict([('b', 1), ('a', 2)])",
+    "pattern": "re.compile(b'a+', re.I)",
+    "slice": "slice(1, None, -2)",
+    "frozenset": "frozenset({1, 'a'})",
+    "bytes": "b'\\x00\\xff'",
+    "intenum_as_int": "http.HTTPStatus.OK",
+}
+IMPORTS = "import array, collections, datetime, decimal, fractions, http, re\nimport numpy as np\n"
+
+
+def _same(got: object, want: object) -> bool:
+    import numpy as np
+
+    if isinstance(want, np.ndarray):
+        return (type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape
+                and got.tolist() == want.tolist())
+    if type(want).__module__ == "http":  # an IntEnum member travels as its int, equal as in-process
+        return got == want and type(got) is int
+    if isinstance(want, decimal.Decimal) and want.is_nan():
+        return type(got) is decimal.Decimal and got.is_nan()
+    return got == want and type(got) is type(want) and repr(got) == repr(want)
+
+
+def test_stdlib_and_numpy_values_round_trip_as_in_process() -> None:
+    """Each value the encoder knows is rebuilt as the same type and value (fast: no pool)."""
+    from engine.sandbox import wire
+
+    ns: dict = {}
+    exec(IMPORTS, ns)  # noqa: S102 - the test's own literals
+    for name, expr in STDLIB_VALUES.items():
+        value = eval(expr, ns)  # noqa: S307
+        got = wire.decode(wire.loads(wire.pack_msg(wire.encode(value, lambda v: 0))[4:]), lambda h, t: None)
+        assert _same(got, value), (name, got, value)
+
+
+def test_numpy_strings_and_stdlib_values_compare_as_in_process(pool: SandboxPool) -> None:
+    """A numpy array of strings used to end the child (SIGKILL); a date compared unequal."""
+    names = list(STDLIB_VALUES)
+    program = IMPORTS + "".join(f"def v_{n}():\n    return {STDLIB_VALUES[n]}\n" for n in names)
+    tests = (IMPORTS + "import numpy\n"
+             + "".join(f"w = {STDLIB_VALUES[n]}\ng = v_{n}()\nassert (g == w).all() and g.dtype == w.dtype "
+                       f"and g.shape == w.shape if isinstance(w, numpy.ndarray) else g == w or g != g, {n!r}\n"
+                       for n in names if n != "decimal_nan"))
+    v = run(pool, program, tests)
+    assert v.passed, v
+
+
+def test_a_malformed_reply_is_a_clean_verdict(pool: SandboxPool) -> None:
+    """A reply the trusted side cannot decode is named as such, not as the kill that followed."""
+    program = ("import sys\nw = sys.modules['engine.sandbox.wire']\nw.encode = lambda v, r, *a: {'zz': 1}\n"
+               "def add(a, b):\n    return 3\n")
+    v = run(pool, program)
+    assert (v.status, v.error_type) == ("error", "ProtocolError") and "zz" in v.detail, v

@@ -38,6 +38,11 @@ class ChildGone(BaseException):
     """The child exited or broke the protocol; a test's ``except Exception`` cannot swallow it."""
 
 
+class BadReply(ChildGone):
+    """The child answered with something that is not a well-formed value (its verdict says so,
+    not how the child was ended afterwards)."""
+
+
 class CallTimeout(BaseException):
     """The wall-clock budget ran out while waiting for the child."""
 
@@ -161,7 +166,10 @@ class Connection:
         except TimeoutError:
             self.fatal = CallTimeout("wall-clock limit reached")
             raise self.fatal from None
-        except (EOFError, OSError, wire.ProtocolError) as exc:
+        except wire.ProtocolError as exc:
+            self.fatal = BadReply(str(exc))
+            raise self.fatal from None
+        except (EOFError, OSError) as exc:
             self.fatal = ChildGone(f"{type(exc).__name__}: {exc}")
             raise self.fatal from None
         raise remote_exception(reply.get("exc") or {}, reply.get("phase"))
@@ -248,6 +256,8 @@ def classify(exc: BaseException | None) -> dict[str, Any]:
         return {"status": "passed", "error_type": None, "detail": ""}
     if isinstance(exc, CallTimeout):
         return {"status": "timeout", "error_type": None, "detail": str(exc)}
+    if isinstance(exc, BadReply):
+        return {"status": "error", "error_type": "ProtocolError", "detail": f"reply of the program not accepted: {exc}"}
     if isinstance(exc, ChildGone):
         return {"status": "error", "error_type": "EarlyExit", "detail": f"program process ended: {exc}"}
     info = getattr(exc, "pmat_remote", None)

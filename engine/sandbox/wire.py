@@ -13,14 +13,17 @@ budgeted (bytes, containers, items, depth) before and while it builds anything.
 
 from __future__ import annotations
 
+import array
 import base64
+import datetime as dt
 import json
 import math
 import os
+import re
 import socket
 import struct
 import sys
-from collections import Counter, OrderedDict, defaultdict, deque, namedtuple
+from collections import ChainMap, Counter, OrderedDict, defaultdict, deque, namedtuple
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
@@ -94,7 +97,10 @@ def write_line(fd: int, obj: Any) -> None:
 # -- values -------------------------------------------------------------------
 _KEYS, _VALUES, _ITEMS = type({}.keys()), type({}.values()), type({}.items())
 _BUILTIN_FACTORIES = {t.__name__: t for t in (int, float, str, list, dict, set, frozenset, tuple, bool)}
-_NP_KINDS = "biufc"  # numpy dtypes that travel as raw bytes: bool, ints, floats, complex
+_NP_KINDS = "biufcmM"  # numpy dtypes that travel as raw bytes: bool, ints, floats, complex, datetimes
+_NP_ITEMS = "USO"  # numpy dtypes that travel item by item: str, bytes, objects
+_MAX_NP_BYTES = 4 * MAX_MESSAGE  # an itemwise array the decoder builds (a declared itemsize could inflate it)
+_PATTERN = type(re.compile(""))
 
 
 def _replay(items: list[Any]) -> Any:
@@ -103,14 +109,64 @@ def _replay(items: list[Any]) -> Any:
     yield from items
 
 
-def _numpy_tag(value: Any, np: Any) -> dict[str, Any] | None:
-    if isinstance(value, np.ndarray):
+def _numpy_tag(value: Any, np: Any, rec: Callable[[Any], Any]) -> dict[str, Any] | None:
+    """Numeric and datetime arrays as raw bytes; str, bytes and object arrays item by item
+    (each item encoded as any value); structured arrays are not plain data (None: a handle)."""
+    plain = value.dtype.fields is None and value.dtype.subdtype is None
+    if isinstance(value, np.ndarray) and plain:
         arr = np.ascontiguousarray(value)
-        if arr.dtype.kind in _NP_KINDS and arr.dtype.fields is None:
+        if arr.dtype.kind in _NP_KINDS:
             return {"np": arr.dtype.str, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode()}
-        return {"npl": arr.tolist(), "dtype": arr.dtype.str}
-    if isinstance(value, np.generic) and value.dtype.kind in _NP_KINDS:
+        if arr.dtype.kind in _NP_ITEMS:
+            items = arr.ravel().tolist() if arr.dtype.kind != "O" else list(arr.ravel())
+            return {"npl": [rec(v) for v in items], "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    if isinstance(value, np.generic) and plain and value.dtype.kind in _NP_KINDS:
         return {"nps": value.dtype.str, "data": base64.b64encode(value.tobytes()).decode()}
+    return None
+
+
+def _tz(tz: Any, rec: Callable[[Any], Any]) -> Any:
+    """A fixed-offset ``datetime.timezone`` (or None); any other tzinfo is not plain data."""
+    if tz is None:
+        return None
+    if type(tz) is not dt.timezone:
+        raise TypeError
+    off = tz.utcoffset(None)
+    name = tz.tzname(None)  # a name given explicitly travels; the default one is rebuilt
+    return {"off": rec(off), "name": None if name == dt.timezone(off).tzname(None) else name}
+
+
+def _stdlib_value(value: Any, rec: Callable[[Any], Any]) -> dict[str, Any] | None:
+    """Standard-library value types that tests compare (exact classes: a program's subclass
+    is its own object), or None."""
+    cls = type(value)
+    if cls is Decimal:
+        return {"dec": str(value)}
+    if cls is Fraction:
+        return {"frac": [rec(value.numerator), rec(value.denominator)]}
+    if cls is dt.timedelta:
+        return {"td": [value.days, value.seconds, value.microseconds]}
+    if cls is dt.date:
+        return {"date": [value.year, value.month, value.day]}
+    try:
+        if cls is dt.datetime:
+            return {"dt": [value.year, value.month, value.day, value.hour, value.minute, value.second,
+                           value.microsecond, value.fold], "tz": _tz(value.tzinfo, rec)}
+        if cls is dt.time:
+            return {"tm": [value.hour, value.minute, value.second, value.microsecond, value.fold],
+                    "tz": _tz(value.tzinfo, rec)}
+        if cls is dt.timezone:
+            return {"tzv": _tz(value, rec)}
+    except TypeError:
+        return None  # a zoneinfo or the program's own tzinfo: a handle
+    if cls is array.array:
+        return {"arr": value.typecode, "data": base64.b64encode(value.tobytes()).decode()}
+    if cls is ChainMap:
+        return {"cm": [rec(m) for m in value.maps]}
+    if cls is _PATTERN:
+        return {"re": rec(value.pattern), "flags": value.flags}
+    if cls is slice:
+        return {"sl": [rec(value.start), rec(value.stop), rec(value.step)]}
     return None
 
 
@@ -124,9 +180,10 @@ def encode(value: Any, make_ref: Callable[[Any], Any], depth: int = 0, budget: l
         raise ValueError("value too deep or too large to return")
     if value is None or isinstance(value, (bool, str)):
         return str.__str__(value) if isinstance(value, str) else value
+    rec = lambda v: encode(v, make_ref, depth + 1, budget)  # noqa: E731
     np = sys.modules.get("numpy")
     if np is not None and isinstance(value, (np.ndarray, np.generic)):
-        tagged = _numpy_tag(value, np)
+        tagged = _numpy_tag(value, np, rec)
         if tagged is not None:
             return tagged
     if isinstance(value, int):
@@ -134,7 +191,6 @@ def encode(value: Any, make_ref: Callable[[Any], Any], depth: int = 0, budget: l
         return v if -(10**300) < v < 10**300 else {"x": hex(v)}
     if isinstance(value, float):
         return float.__float__(value)
-    rec = lambda v: encode(v, make_ref, depth + 1, budget)  # noqa: E731
     cls = type(value)
     if isinstance(value, tuple) and cls.__bases__ == (tuple,) and isinstance(cls.__dict__.get("_fields"), tuple):
         return {"nt": [rec(v) for v in tuple.__iter__(value)], "name": cls.__name__,
@@ -168,12 +224,14 @@ def encode(value: Any, make_ref: Callable[[Any], Any], depth: int = 0, budget: l
             return {tag: [rec(v) for v in value]}
     if cls.__module__ in ("builtins", "itertools") and hasattr(cls, "__next__"):
         return {"it": [rec(v) for v in value]}  # generators, map, zip, iterators: run out here
-    if cls is Decimal:
-        return {"dec": str(value)}
-    if cls is Fraction:
-        return {"frac": [rec(value.numerator), rec(value.denominator)]}
+    tagged = _stdlib_value(value, rec)
+    if tagged is not None:
+        return tagged
     ref = make_ref(value)
     return ref if isinstance(ref, dict) else {"ref": ref, "type": cls.__qualname__[:100]}
+
+
+_STDLIB_TAGS = frozenset({"td", "date", "dt", "tm", "tzv", "arr", "cm", "re", "sl"})
 
 
 class _Decoder:
@@ -201,9 +259,19 @@ class _Decoder:
 
         dtype = np.dtype(str(obj.get("np") or obj.get("nps") or obj.get("dtype"))[:16])
         if "npl" in obj:
-            if dtype.kind not in "US" or dtype.itemsize > 4096:
-                raise ProtocolError(f"numpy dtype {dtype} not accepted")
-            return np.array(self.value(obj["npl"], 1), dtype=dtype)
+            items = [self.value(v, 1) for v in obj["npl"]]
+            shape = tuple(int(n) for n in obj["shape"])
+            if (dtype.kind not in _NP_ITEMS or len(shape) > 32 or math.prod(shape) != len(items)
+                    or len(items) * dtype.itemsize > _MAX_NP_BYTES):
+                raise ProtocolError(f"numpy array of dtype {dtype} and shape {shape} not accepted")
+            if dtype.kind != "O":
+                if not all(type(v) is (str if dtype.kind == "U" else bytes) for v in items):
+                    raise ProtocolError(f"numpy array of dtype {dtype} with items of another type")
+                return np.array(items, dtype=dtype).reshape(shape)
+            out = np.empty(len(items), dtype=object)
+            for i, v in enumerate(items):
+                out[i] = v
+            return out.reshape(shape)
         if dtype.kind not in _NP_KINDS or dtype.fields is not None or dtype.subdtype is not None:
             raise ProtocolError(f"numpy dtype {dtype} not accepted")
         data = base64.b64decode(str(obj["data"]))
@@ -216,6 +284,44 @@ class _Decoder:
             raise ProtocolError("numpy array whose shape does not match its data")
         self.spend(len(data) // max(1, dtype.itemsize))
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+    def tz(self, enc: Any, depth: int) -> dt.timezone | None:
+        if enc is None:
+            return None
+        off = self.value(enc["off"], depth)
+        return dt.timezone(off) if enc.get("name") is None else dt.timezone(off, str(enc["name"])[:100])
+
+    def stdlib(self, tag: str, obj: dict[str, Any], depth: int) -> Any:
+        """The standard-library value types of ``_stdlib_value``; their constructors validate."""
+        ints = lambda key: [int(v) for v in obj[key]]  # noqa: E731 - JSON ints only, no tags
+        if tag == "td":
+            return dt.timedelta(*ints("td"))
+        if tag == "date":
+            return dt.date(*ints("date"))
+        if tag == "dt":
+            *fields, fold = ints("dt")
+            return dt.datetime(*fields, tzinfo=self.tz(obj.get("tz"), depth), fold=fold)
+        if tag == "tm":
+            *fields, fold = ints("tm")
+            return dt.time(*fields, tzinfo=self.tz(obj.get("tz"), depth), fold=fold)
+        if tag == "tzv":
+            return self.tz(obj["tzv"], depth)
+        if tag == "arr":
+            code, data = str(obj["arr"]), base64.b64decode(str(obj["data"]))
+            if len(code) != 1 or code not in array.typecodes:
+                raise ProtocolError(f"array typecode {code[:8]!r} not accepted")
+            out = array.array(code)
+            out.frombytes(data)  # a length that is not a multiple of the item size raises ValueError
+            self.spend(len(out))
+            return out
+        if tag == "cm":
+            return ChainMap(*(self.value(m, depth) for m in obj["cm"]))
+        if tag == "re":
+            pattern = self.value(obj["re"], depth)
+            if type(pattern) not in (str, bytes):
+                raise ProtocolError("regular expression pattern that is not str or bytes")
+            return re.compile(pattern, int(obj["flags"]))
+        return slice(*(self.value(v, depth) for v in obj["sl"]))
 
     def spend(self, n: int) -> None:
         self.left -= n
@@ -278,13 +384,15 @@ class _Decoder:
                 return Fraction(int(rec(obj["frac"][0])), int(rec(obj["frac"][1])))
             if tag in ("np", "nps", "npl"):
                 return self.numpy(obj)
+            if tag in _STDLIB_TAGS:
+                return self.stdlib(tag, obj, d)
             if tag == "ref":
                 return self.make_ref(int(obj["ref"]), str(obj.get("type", "?"))[:100])
             if self.extra is not None:
                 return self.extra(obj)
         except ProtocolError:
             raise
-        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AttributeError, re.error) as exc:
             raise ProtocolError(f"malformed value: {type(exc).__name__}: {str(exc)[:200]}") from None
         raise ProtocolError(f"unknown value tag {str(tag)[:40]!r}")
 
