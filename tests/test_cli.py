@@ -165,3 +165,15 @@ def test_a_run_command_waiting_in_the_inbox_shows_as_requested(tmp_path):
     assert "queued command run" in pmat("run", "gated", "-w", ws.root).stdout  # no supervisor runs
     rows = {r["stage"]: r for r in json.loads(pmat("status", "--json", "-w", ws.root).stdout)["rows"]}
     assert rows["gated"]["reason"] == "requested: waiting for a supervisor (pmat supervise)"
+
+
+def test_check_names_missing_sandbox_layers_as_a_notice(tmp_path):
+    """Without bubblewrap and unshare on PATH the spec is still ok, with the sandbox's one line."""
+    ws = tmp_path / "ws"
+    pmat("init", ws, "--pipeline", "demo")
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # a PATH with neither bwrap nor unshare
+    res = subprocess.run([sys.executable, "-m", "engine.cli.main", "check", "-w", ws], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok (" in res.stdout, res.stderr
+    assert res.stderr.startswith("pmat: notice: sandbox: missing isolation layers: bubblewrap")
+    assert len(res.stderr.splitlines()) == 1

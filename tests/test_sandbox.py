@@ -500,3 +500,11 @@ def test_a_malformed_reply_is_a_clean_verdict(pool: SandboxPool) -> None:
                "def add(a, b):\n    return 3\n")
     v = run(pool, program)
     assert (v.status, v.error_type) == ("error", "ProtocolError") and "zz" in v.detail, v
+
+
+def test_no_kernel_layer_means_check_refuses() -> None:
+    """`pmat check` refuses a host where only the audit hook would confine programs."""
+    from engine.sandbox.pool import kernel_isolated
+
+    assert not kernel_isolated(["own-uid", "rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"])
+    assert kernel_isolated(["seccomp", "audit-hook"]) and kernel_isolated(["landlock-abi-1"])

@@ -85,6 +85,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         print(f"pmat: error: {path}: {problems[0]}{more}", file=sys.stderr)
         return 2
+    from engine.sandbox import check_line, isolation_layers
+
+    line = check_line()  # the host, not the spec: a notice unless nothing the kernel enforces is there
+    if line and not isolation_layers()["kernel"]:
+        print(f"pmat: error: {line}", file=sys.stderr)
+        return 2
+    if line:
+        print(f"pmat: notice: {line}", file=sys.stderr)
     print(f"{path}: ok ({len(spec.stages)} stages, {len(spec.work_items)} work items, {len(spec.acceptance)} criteria)")
     return 0
 

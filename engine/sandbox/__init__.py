@@ -33,7 +33,8 @@ from typing import Any
 
 def isolation_layers() -> dict[str, Any]:
     """The isolation layers a pool started now on this host would have (``layers``), and what
-    is missing (``missing``), without starting one."""
+    is missing (``missing``), and whether any kernel-enforced layer is there (``kernel``),
+    without starting one."""
     from engine.sandbox.pool import isolation_layers as layers
 
     return layers()

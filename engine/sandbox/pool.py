@@ -499,7 +499,13 @@ def isolation_layers() -> dict[str, Any]:
         on.append("own-uid")
     on += ["rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"]
     return {"layers": on, "missing": missing_layers(on), "bwrap": why_not or "ok",
-            "user": "root" if root else "unprivileged"}
+            "user": "root" if root else "unprivileged", "kernel": kernel_isolated(on)}
+
+
+def kernel_isolated(layers: list[str]) -> bool:
+    """Whether any layer the kernel enforces is there (without one, only the audit hook stands
+    between a program and the host: ``pmat check`` refuses)."""
+    return any(layer.startswith(("bwrap", "net-ns", "landlock", "seccomp")) for layer in layers)
 
 
 def missing_layers(layers: list[str]) -> list[str]:
@@ -514,5 +520,8 @@ def missing_layers(layers: list[str]) -> list[str]:
 
 def check_line() -> str | None:
     """One line for ``pmat check`` when a sandbox layer is missing on this host; None when all are there."""
-    missing = isolation_layers()["missing"]
-    return f"sandbox: missing isolation layers: {'; '.join(missing)}" if missing else None
+    host = isolation_layers()
+    if not host["missing"]:
+        return None
+    lead = "sandbox: missing isolation layers" if host["kernel"] else "sandbox: NO kernel isolation (audit hook only)"
+    return f"{lead}: {'; '.join(host['missing'])}"
