@@ -45,7 +45,7 @@ while [ $SECONDS -lt $end ]; do
   echo "== $(date +%T) disk $(df -h --output=avail "$WS" | tail -1) gpu $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
   grep -v "pending\|queued: waiting on" /tmp/rehearse.log | tail -6
   grep -q "== pmat demo summary" /tmp/rehearse.log && break
-  pgrep -f "engine.cli.main rehearse" > /dev/null || { echo "rehearse is not running"; tail -20 /tmp/rehearse.log; break; }
+  python3 -c "import psutil, sys; sys.exit(not any('engine.cli.main rehearse' in ' '.join(p.info['cmdline'] or []) for p in psutil.process_iter(['cmdline'])))" || { echo "rehearse is not running"; tail -20 /tmp/rehearse.log; break; }
 done
 if [ "$mode" = collect ] || grep -q "== pmat demo summary" /tmp/rehearse.log; then
   grep -q "== pmat demo summary" /tmp/rehearse.log || python3 -m engine.cli.main rehearse -w "$WS" --report
