@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from engine.approvals import approval_current
+from engine.approvals import revoked
 from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.spec import PipelineSpec, load_spec, parse_spec
@@ -59,11 +59,12 @@ class StageRow:
     peak_rss: int
     gpu: int | None
     critical: bool
-    approval: str  # none | required | approved
+    approval: str  # none | required | approved | revoked
     job_id: str | None
     error: str | None = None
     rates: list[float] = field(default_factory=list)
     eta_pm_s: float | None = None  # the ETA's uncertainty (one standard error), seconds
+    revoked: str | None = None  # why the approval a gated stage was granted (or ran on) no longer holds
 
 
 @dataclass
@@ -206,7 +207,11 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
         entry = spec.stages[name]
         st = state.stage(name)
         a = st.latest
-        approved = approval_current(spec, ws, name, state.approvals.get(name))
+        grant = state.approvals.get(name)
+        lapsed = revoked(spec, ws, name, grant)
+        approved = lapsed is None
+        # revoked: granted once (or the stage ran) and no longer holding; never approved is just "required"
+        why_revoked = lapsed.removesuffix(": revoked") if lapsed and (grant is not None or st.status == "done") else None
         b = why_not_running(spec, state, name, approved=approved)
         # the supervisor's journaled reason knows the memory figures; the DAG knows the rest
         reason = st.waiting if b.kind == "queued" and st.waiting else b.text
@@ -236,11 +241,12 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
             peak_rss=a.peak_rss if a else 0,
             gpu=a.gpu if a else None,
             critical=name in on_path,
-            approval="approved" if approved else entry.approval,
+            approval="approved" if approved else "revoked" if why_revoked else entry.approval,
             job_id=a.job_id if a else None,
             error=a.error if a else None,
             rates=[r * 3600 for r in st.rate_series()],
             eta_pm_s=e.pm_s,
+            revoked=why_revoked,
         ))
     return Overview(str(ws.root), spec.name, ident.pid if ident else None, path, hours, remaining, rows,
                     left_s=remaining * 3600)

@@ -40,6 +40,7 @@ BLOCKED_STYLE = {
     "memory": ("▲", "bold yellow"),
     "failed_dependency": ("⊘", "red"),
 }
+REVOKED_STYLE = ("◇", "bold magenta")  # a gated stage whose approval no longer holds
 GATE_STYLE = {
     "pass": ("✔", "green"),
     "fail": ("✘", "bold red"),
@@ -52,6 +53,8 @@ LEFT_EVERY_S = 5.0  # the time left in the header is recomputed at most this oft
 
 def status_mark(row: StageRow) -> tuple[str, str]:
     """Symbol and style of a stage: its status, or what blocks it when it waits."""
+    if row.revoked:
+        return REVOKED_STYLE
     if row.status in ("queued", "pending") and row.reason_kind in BLOCKED_STYLE:
         return BLOCKED_STYLE[row.reason_kind]
     return STATUS_STYLE.get(row.status, ("?", ""))
@@ -249,6 +252,8 @@ class ConsoleModel:
             }
             if g.missing:
                 evidence["missing"] = g.missing
+            if g.ignored:
+                evidence["ignored"] = g.ignored
             rows.append(GateRow(ac, crit.description, crit.work_item, g.outcome.replace("_", " "), value,
                                 thresholds(crit.expr), checkpoint, evidence, g.reason or crit.expr, gated))
         return rows

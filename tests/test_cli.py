@@ -177,3 +177,32 @@ def test_check_names_missing_sandbox_layers_as_a_notice(tmp_path):
     assert res.returncode == 0 and "ok (" in res.stdout, res.stderr
     assert res.stderr.startswith("pmat: notice: sandbox: missing isolation layers: bubblewrap")
     assert len(res.stderr.splitlines()) == 1
+
+
+def _tree(root) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_status_shows_a_revoked_approval_and_ignored_records_read_only(tmp_path):
+    """A granted approval whose evidence changed is shown as revoked with the reason, in text and
+    JSON; records that did not count are listed with why; status writes nothing."""
+    from test_gates import grant, publish_model, record, scored
+
+    from engine.approvals import check_approvable
+    from engine.chain import append_chained
+
+    ws, spec, _, path = scored(tmp_path, 0.9, 0.9)
+    evidence, refusal = check_approvable(spec, ws, "submit")
+    assert refusal is None
+    append_chained(ws.journal_path, [grant("submit", evidence, by="alice")])
+    m = publish_model(ws, tmp_path, "final", b"v2, retrained after the approval")
+    record(ws, "humaneval", m["sha256"], 0.9, ws.artifact_path("final", "model"), n_tasks=8)  # a partial run
+    before = _tree(ws.root)
+    data = json.loads(pmat("status", "--json", "-w", ws.root).stdout)
+    row = {r["stage"]: r for r in data["rows"]}["submit"]
+    assert row["approval"] == "revoked" and "inputs.model" in row["revoked"], row
+    ignored = data["gates"]["AC-022"]["ignored"]
+    assert any("8 of 164 tasks" in why for why in ignored), ignored
+    text = pmat("status", "-w", ws.root).stdout
+    assert "REVOKED: approval of submit lapsed (" in text and "approved by alice" in text
+    assert _tree(ws.root) == before  # read-only

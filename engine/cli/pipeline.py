@@ -118,21 +118,32 @@ def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
         prog = f"{r.done:g}/{r.total:g} {r.unit}" if r.total else "-"
         rate = f"{r.rate_per_h:.1f}" if r.rate_per_h else "-"
         mark = "*" if r.critical else " "
-        why = "" if r.status in ("running", "done") else r.reason
+        why = f"REVOKED: {r.revoked}" if r.revoked else "" if r.status in ("running", "done") else r.reason
         eta = fmt_duration(r.eta_s) + (f"±{fmt_duration(r.eta_pm_s)}" if r.eta_pm_s else "")
-        lines.append(f"{mark}{r.stage:<{w}} {r.work_item or '-':<9} {r.status:<10} {prog:<18} {rate:>8} "
+        status = "revoked" if r.revoked and r.status == "done" else r.status
+        lines.append(f"{mark}{r.stage:<{w}} {r.work_item or '-':<9} {status:<10} {prog:<18} {rate:>8} "
                      f"{eta:>12} {fmt_bytes(r.rss or None):>9}  {why}")
     if state.approvals:
         from engine.approvals import describe_approval  # says an override out loud
 
-        lines += ["approvals:", *(f"  {describe_approval(s, a)}" for s, a in sorted(state.approvals.items()))]
+        why = {r.stage: r.revoked for r in ov.rows if r.revoked}
+        lines += ["approvals:", *(f"  {describe_approval(s, a)}" + (f" — REVOKED: {why[s]}" if s in why else "")
+                                  for s, a in sorted(state.approvals.items()))]
     return lines, ov.as_dict()
+
+
+def _gates(ws: Workspace, spec: PipelineSpec) -> dict[str, dict]:
+    """Every criterion's verdict with the records that count and those ignored (and why); read-only."""
+    from engine.gates import evaluate_gates
+
+    return {ac: g.as_dict() for ac, g in evaluate_gates(spec, ws).items()}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     lines, data = _status_lines(ws)
     if args.json:
+        data["gates"] = _gates(ws, quick_spec(ws))
         print(json.dumps(data, indent=2, default=str))
     else:
         print("\n".join(lines))

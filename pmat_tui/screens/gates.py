@@ -42,9 +42,11 @@ class GatesScreen(ViewScreen):
             grant = self.model.state.approvals.get(stage)
             row = self.model.rows.get(stage)
             if grant:
-                lapsed = "" if row and row.approval == "approved" else ", lapsed: the evidence changed"
+                lapsed = f", REVOKED: {row.revoked}" if row and row.revoked else ""
                 over = f" by OVERRIDE ({grant['override']})" if grant.get("override") else ""
                 approvals[stage] = f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{over}{lapsed}"
+            elif row and row.revoked:
+                approvals[stage] = f"REVOKED: {row.revoked}"
         self.query_one(GateDetail).show(g, approvals)
         if g and g.gated_stages:
             self.papp.selected_stage = g.gated_stages[0]

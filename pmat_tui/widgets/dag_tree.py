@@ -57,6 +57,8 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
             t.append(f"{fmt_num(row.done)} {row.unit}", style=style)
         eta = eta_text(row.eta_s, row.eta_pm_s)
         t.append(f" {eta}" if eta else " ETA after 2 steps", style="bold" if eta else "dim")
+    elif row.revoked:
+        t.append(f"revoked: {row.revoked}", style=style)
     elif row.status == "done":
         t.append("done", style=style)
     else:
@@ -66,7 +68,7 @@ def stage_label(row: StageRow, width: int = 18) -> Text:
 
 def needs_eye(row: StageRow) -> bool:
     """Running, or waiting on a person or on memory, or failed: what the view keeps in sight."""
-    return row.status in ("running", "failed", "crashed") or row.reason_kind in ATTENTION
+    return row.status in ("running", "failed", "crashed") or row.reason_kind in ATTENTION or bool(row.revoked)
 
 
 class DagTree(Guarded, ScrollView, can_focus=True):

@@ -54,6 +54,8 @@ class GateDetail(Static):
             parts.append(Text(f"evidence {r['id']}: {r['benchmark']} of model {r['model_hash']} {metrics} ({r['age']} ago)"))
         if not ev.get("records"):
             parts.append(Text("evidence: no result recorded for this checkpoint's current hash", style="dim"))
+        for why in ev.get("ignored", []):  # "ledger:7 (humaneval): ignored: 8 of 164 tasks"
+            parts.append(Text(f"ignored {why.replace(': ignored: ', ': ', 1)}", style="yellow"))
         if ev.get("missing"):
             parts.append(Text(f"missing: {', '.join(ev['missing'])}", style="yellow"))
         for stage in g.gated_stages:

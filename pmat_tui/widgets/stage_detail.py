@@ -93,7 +93,7 @@ class StageDetail(Guarded, VerticalScroll):
         st = self.model.state.stages.get(stage or "")
         a = st.latest if st else None
         row = self.model.rows.get(stage or "")
-        return (stage, row and (row.status, row.reason, row.approval), len(st.attempts) if st else 0,
+        return (stage, row and (row.status, row.reason, row.approval, row.revoked), len(st.attempts) if st else 0,
                 a and (a.outcome, a.last_event_at, int((self.model.now() - (a.started_at or 0)) // 60)),
                 str(self.model.state.approvals.get(stage or "")))
 
@@ -145,11 +145,11 @@ class StageDetail(Guarded, VerticalScroll):
             parts.append(Text(f"why: {row.reason}", style="yellow"))
         grant = m.state.approvals.get(stage)
         if entry.approval == "required" and grant:
-            current = row is not None and row.approval == "approved"
             over = f" by OVERRIDE ({grant['override']})" if grant.get("override") else ""
-            parts.append(Text(f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{over}"
-                              + ("" if current else " — lapsed: the evidence changed since"),
-                              style="cyan" if current else "yellow"))
+            parts.append(Text(f"approved by {grant.get('by')} at {fmt_clock(grant.get('ts'))}{over}",
+                              style="yellow" if row and row.revoked else "cyan"))
+        if row and row.revoked:
+            parts.append(Text(f"REVOKED: {row.revoked}", style="bold magenta"))
         deps = m.spec.deps(stage)
         parts.append(Text(f"kind {entry.kind} · item {entry.work_item or '-'} · after {', '.join(deps) or '-'}"
                           f" · {entry.memory_gb:g} GB est · {fmt_duration(entry.duration_h * 3600)} est"
