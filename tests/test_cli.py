@@ -186,17 +186,9 @@ def _tree(root) -> dict[str, tuple[int, int]]:
 def test_status_shows_a_revoked_approval_and_ignored_records_read_only(tmp_path):
     """A granted approval whose evidence changed is shown as revoked with the reason, in text and
     JSON; records that did not count are listed with why; status writes nothing."""
-    from test_gates import grant, publish_model, record, scored
+    from test_gates import revoked_with_a_partial_run
 
-    from engine.approvals import check_approvable
-    from engine.chain import append_chained
-
-    ws, spec, _, path = scored(tmp_path, 0.9, 0.9)
-    evidence, refusal = check_approvable(spec, ws, "submit")
-    assert refusal is None
-    append_chained(ws.journal_path, [grant("submit", evidence, by="alice")])
-    m = publish_model(ws, tmp_path, "final", b"v2, retrained after the approval")
-    record(ws, "humaneval", m["sha256"], 0.9, ws.artifact_path("final", "model"), n_tasks=8)  # a partial run
+    ws = revoked_with_a_partial_run(tmp_path)
     before = _tree(ws.root)
     data = json.loads(pmat("status", "--json", "-w", ws.root).stdout)
     row = {r["stage"]: r for r in data["rows"]}["submit"]

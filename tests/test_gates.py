@@ -111,6 +111,18 @@ def scored(tmp_path: Path, humaneval: float, mbpp: float, weights: bytes = b"v1"
     return ws, spec, m, path
 
 
+def revoked_with_a_partial_run(tmp_path: Path) -> Workspace:
+    """``submit`` approved by alice, then the model retrained (the approval lapses) and a partial
+    humaneval run of the new one recorded (a record the gate ignores): what status and the console show."""
+    ws, spec, _, _ = scored(tmp_path, 0.9, 0.9)
+    evidence, refusal = check_approvable(spec, ws, "submit")
+    assert refusal is None
+    append_chained(ws.journal_path, [grant("submit", evidence, by="alice")])
+    m = publish_model(ws, tmp_path, "final", b"v2, retrained after the approval")
+    record(ws, "humaneval", m["sha256"], 0.9, ws.artifact_path("final", "model"), n_tasks=8)
+    return ws
+
+
 def test_expression_language():
     vals = {"a.x": 1.0, "b.y": 2.0}
     assert evaluate_expr("a.x < b.y and max(a.x, b.y) == 2", vals.get)

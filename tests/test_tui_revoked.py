@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_gates import grant, publish_model, record, scored
+from test_gates import revoked_with_a_partial_run
 
-from engine.approvals import check_approvable
-from engine.chain import append_chained
 from pmat_tui.app import PmatApp
 from pmat_tui.widgets.dag_tree import DagTree
 
@@ -17,12 +15,7 @@ def _text(app: PmatApp) -> str:
 
 
 async def test_revoked_stage_and_ignored_records_are_shown(tmp_path: Path) -> None:
-    ws, spec, _, _ = scored(tmp_path, 0.9, 0.9)
-    evidence, refusal = check_approvable(spec, ws, "submit")
-    assert refusal is None
-    append_chained(ws.journal_path, [grant("submit", evidence, by="alice")])
-    m = publish_model(ws, tmp_path, "final", b"v2, retrained after the approval")
-    record(ws, "humaneval", m["sha256"], 0.9, ws.artifact_path("final", "model"), n_tasks=8)
+    ws = revoked_with_a_partial_run(tmp_path)
     app = PmatApp(ws, watch=False, readonly=True)
     async with app.run_test(size=(120, 40)) as pilot:
         while not app.loaded:
