@@ -1,6 +1,7 @@
 """The product's main job: `pmat demo --headless` runs the whole PMAT DAG on tiny models,
 with one stage killed mid-run and resumed by the supervisor; and its deterministic core, run
-again in another process, gives byte-identical artifacts (docs/REPRODUCIBILITY.md)."""
+twice in processes of different hash seeds, gives byte-identical artifacts, its base the demo's
+own (docs/REPRODUCIBILITY.md)."""
 
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def test_demo_end_to_end_with_a_killed_stage(demo_run: DemoRun) -> None:
     assert (ws.artifact_path("submit", "bundle") / "model.gguf").is_file()
 
 
-# The demo's deterministic core (tiny base -> SFT on the demo's distilled data -> merge, the demo
-# spec's own parameters) in a fresh process whose PYTHONHASHSEED differs from the demo's jobs, so
-# anything ordered by a set (peft's target_modules) would show. With one argument it only prints
-# the digests of a workspace's core artifacts; JSON and Markdown files are compared as text with
-# the workspace path replaced (an adapter names its base by absolute path).
+# The demo's deterministic core (tiny base -> SFT on eight fixed rows -> merge, the demo spec's own
+# parameters) in fresh processes of different PYTHONHASHSEEDs, so
+# anything ordered by a set (peft's target_modules) would show. It prints the digests of the core
+# artifacts; JSON and Markdown files as text with the workspace path replaced (an adapter names
+# its base by absolute path).
 CORE = """
 import json, sys, yaml
 from pathlib import Path
@@ -80,14 +81,17 @@ from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file, tree_files
 
 ws = Workspace(Path(sys.argv[1]))
-if len(sys.argv) > 2:
-    stages = yaml.safe_load(pipeline_path("demo").read_text())["stages"]
-    assert run_inline(ws, "tiny_base", "tiny_model", stages["tiny_base"]["params"], outputs=["model"]) == "ok"
-    base = ws.artifact_path("tiny_base", "model")
-    sft = {**stages["sft"]["params"], "eval_data_dir": str(PACKAGE_ROOT / "pipelines/data/mbpp")}
-    assert run_inline(ws, "sft", "sft", sft, {"model": base, "data": sys.argv[2]}, outputs=["adapter"]) == "ok"
-    adapter = ws.artifact_path("sft", "adapter")
-    assert run_inline(ws, "merge_sft", "merge", {}, {"model": base, "adapter": adapter}, outputs=["model"]) == "ok"
+data = Path(sys.argv[1]) / "data.jsonl"
+data.parent.mkdir(parents=True)
+data.write_text("".join(json.dumps({"prompt": f"Write function number {i}.\\n", "completion": f"def f{i}(x):\\n    return x * {i}\\n"})
+                        + "\\n" for i in range(8)))
+stages = yaml.safe_load(pipeline_path("demo").read_text())["stages"]
+assert run_inline(ws, "tiny_base", "tiny_model", stages["tiny_base"]["params"], outputs=["model"]) == "ok"
+base = ws.artifact_path("tiny_base", "model")
+sft = {**stages["sft"]["params"], "eval_data_dir": str(PACKAGE_ROOT / "pipelines/data/mbpp")}
+assert run_inline(ws, "sft", "sft", sft, {"model": base, "data": data}, outputs=["adapter"]) == "ok"
+adapter = ws.artifact_path("sft", "adapter")
+assert run_inline(ws, "merge_sft", "merge", {}, {"model": base, "adapter": adapter}, outputs=["model"]) == "ok"
 out = {}
 for stage, name in (("tiny_base", "model"), ("sft", "adapter"), ("merge_sft", "model")):
     art = ws.artifact_path(stage, name)
@@ -98,15 +102,18 @@ print(json.dumps(out))
 """
 
 
-def core_digests(*args: str) -> dict[str, str]:
-    res = subprocess.run([sys.executable, "-c", CORE, *args], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONHASHSEED": "7"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout)
+def run_core(root: str, hash_seed: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CORE, root], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONHASHSEED": str(hash_seed)})
 
 
-def test_deterministic_core_again_gives_the_demos_artifacts(demo_run: DemoRun, tmp_path) -> None:
-    demo = core_digests(str(demo_run.ws.root))
-    assert "sft.adapter/adapter_config.json" in demo and "merge_sft.model/model.safetensors" in demo, demo_run.out
-    again = core_digests(str(tmp_path / "ws"), str(demo_run.ws.artifact_path("distill", "data")))
-    assert {k for k in demo if demo[k] != again.get(k)} == set()
+def test_deterministic_core_twice_gives_the_demos_artifacts(demo_run: DemoRun, tmp_path) -> None:
+    runs = [run_core(str(tmp_path / f"r{i}"), i + 1) for i in range(2)]
+    outs = [r.communicate(timeout=600) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [err[-3000:] for _, err in outs]
+    first, second = (json.loads(out) for out, _ in outs)
+    assert "sft.adapter/adapter_config.json" in first and "merge_sft.model/model.safetensors" in first
+    assert {k for k in first if first[k] != second.get(k)} == set()
+    # the base is the demo's own, byte for byte (its manifest keeps the hashes after retention removes files)
+    files = demo_run.ws.manifest("tiny_base", "model")["files"]
+    assert all(first[f"tiny_base.model/{rel}"] == f["sha256"] for rel, f in files.items() if not rel.endswith((".json", ".md")))
