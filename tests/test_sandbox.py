@@ -380,7 +380,7 @@ def test_decoding_is_budgeted_before_it_builds() -> None:
         wire.loads(frame)
     assert time.monotonic() - start < 0.5
     with pytest.raises(wire.ProtocolError, match="items"):
-        wire.decode({"l": [0] * (wire.MAX_ITEMS + 1)}, lambda h, t: None)
+        wire.decode({"l": [0] * (wire.MAX_ITEMS + 1)}, lambda *_: None)
 
 
 def test_cli_separate_tests_file_with_entry_point(tmp_path: Path) -> None:
@@ -478,7 +478,7 @@ def test_stdlib_and_numpy_values_round_trip_as_in_process() -> None:
     exec(IMPORTS, ns)  # noqa: S102 - the test's own literals
     for name, expr in STDLIB_VALUES.items():
         value = eval(expr, ns)  # noqa: S307
-        got = wire.decode(wire.loads(wire.pack_msg(wire.encode(value, lambda v: 0))[4:]), lambda h, t: None)
+        got = wire.decode(wire.loads(wire.pack_msg(wire.encode(value, lambda v: 0))[4:]), lambda *_: None)
         assert _same(got, value), (name, got, value)
 
 
@@ -508,3 +508,16 @@ def test_no_kernel_layer_means_check_refuses() -> None:
 
     assert not kernel_isolated(["own-uid", "rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"])
     assert kernel_isolated(["seccomp", "audit-hook"]) and kernel_isolated(["landlock-abi-1"])
+
+
+def test_handles_of_always_true_objects_are_true(pool: SandboxPool) -> None:
+    """A re.Match, an enum member or a plain instance is true in-process (no __bool__, no __len__):
+    `assert f(x)` passes as it would there; one with __len__ or __bool__ still has no truth value."""
+    program = ("import re, enum\nclass C(enum.Enum):\n    A = 0\nclass Plain:\n    pass\n"
+               "class Empty:\n    def __len__(self):\n        return 0\n"
+               "def m(s):\n    return re.match('a+', s)\ndef c():\n    return C.A\ndef plain():\n    return Plain()\n"
+               "def empty():\n    return Empty()\n")
+    tests = ("assert m('aab') and m('aab').group(0) == 'aa' and m('aab').span() == (0, 2)\n"
+             "assert m('x') is None and c() and plain() and c() != 0\n")
+    assert run(pool, program, tests).passed
+    assert run(pool, program, "assert empty()\n").error_type == "TypeError"

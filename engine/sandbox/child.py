@@ -148,7 +148,7 @@ class _Server:
         raise wire.ProtocolError(f"unknown value {str(enc)[:80]}")
 
     def resolve(self, enc: Any) -> Any:
-        return wire.decode(enc, lambda h, _t: self.handles[h], extra=self._named)
+        return wire.decode(enc, lambda h, *_: self.handles[h], extra=self._named)
 
     def enc(self, value: Any) -> Any:
         return wire.encode(value, self.make_ref)

@@ -228,7 +228,14 @@ def encode(value: Any, make_ref: Callable[[Any], Any], depth: int = 0, budget: l
     if tagged is not None:
         return tagged
     ref = make_ref(value)
-    return ref if isinstance(ref, dict) else {"ref": ref, "type": cls.__qualname__[:100]}
+    return ref if isinstance(ref, dict) else {"ref": ref, "type": cls.__qualname__[:100], "truthy": _always_true(cls)}
+
+
+def _always_true(cls: type) -> bool:
+    """An object whose class defines neither ``__bool__`` nor ``__len__`` is true in-process
+    whatever it is (a ``re.Match``, an enum member, a plain instance): its handle may say so.
+    A child that lies gains nothing it could not get by returning True."""
+    return not any("__bool__" in vars(k) or "__len__" in vars(k) for k in cls.__mro__)
 
 
 _STDLIB_TAGS = frozenset({"td", "date", "dt", "tm", "tzv", "arr", "cm", "re", "sl"})
@@ -237,7 +244,7 @@ _STDLIB_TAGS = frozenset({"td", "date", "dt", "tm", "tzv", "arr", "cm", "re", "s
 class _Decoder:
     """Builds values from tagged JSON under one item budget; namedtuple classes cached."""
 
-    def __init__(self, make_ref: Callable[[int, str], Any], extra: Callable[[dict], Any] | None,
+    def __init__(self, make_ref: Callable[[int, str, bool], Any], extra: Callable[[dict], Any] | None,
                  types: dict[tuple, type] | None) -> None:
         self.make_ref, self.extra = make_ref, extra
         self.types = types if types is not None else {}
@@ -387,7 +394,7 @@ class _Decoder:
             if tag in _STDLIB_TAGS:
                 return self.stdlib(tag, obj, d)
             if tag == "ref":
-                return self.make_ref(int(obj["ref"]), str(obj.get("type", "?"))[:100])
+                return self.make_ref(int(obj["ref"]), str(obj.get("type", "?"))[:100], obj.get("truthy") is True)
             if self.extra is not None:
                 return self.extra(obj)
         except ProtocolError:
@@ -397,7 +404,7 @@ class _Decoder:
         raise ProtocolError(f"unknown value tag {str(tag)[:40]!r}")
 
 
-def decode(obj: Any, make_ref: Callable[[int, str], Any], *, extra: Callable[[dict], Any] | None = None,
+def decode(obj: Any, make_ref: Callable[[int, str, bool], Any], *, extra: Callable[[dict], Any] | None = None,
            types: dict[tuple, type] | None = None) -> Any:
     """Inverse of ``encode``, building only builtin and standard-library values, within
     ``MAX_ITEMS`` and ``MAX_DEPTH``; ``extra`` decodes tags only one side knows."""
