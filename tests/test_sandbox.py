@@ -381,6 +381,13 @@ def test_decoding_is_budgeted_before_it_builds() -> None:
     assert time.monotonic() - start < 0.5
     with pytest.raises(wire.ProtocolError, match="items"):
         wire.decode({"l": [0] * (wire.MAX_ITEMS + 1)}, lambda *_: None)
+    hostile = [{"npl": ["a"] * 5000, "dtype": "<U4096", "shape": [5000]},  # 80 MB from 30 KB of JSON
+               {"npl": [], "dtype": "<U1", "shape": [10**9]}, {"npl": [1], "dtype": "<U1", "shape": [1]},
+               {"npl": ["a"], "dtype": "<i8", "shape": [1]}, {"date": [2020, 13, 1]}, {"arr": "Z", "data": ""},
+               {"arr": "d", "data": "AAA="}, {"re": "(", "flags": 0}, {"tzv": {"off": {"td": [2, 0, 0]}}}]
+    for enc in hostile:
+        with pytest.raises(wire.ProtocolError):
+            wire.decode(enc, lambda *_: None)
 
 
 def test_cli_separate_tests_file_with_entry_point(tmp_path: Path) -> None:
