@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_sft import MBPP_DIR, chat_prompt, one_thread, sft_params  # noqa: F401 - autouse fixture
 
 from engine.data import decontam, mbpp, prompts
 from engine.events import read_events
 from engine.stages.distill import reference_code
 from engine.stages.run import run_inline
 from engine.workspace import Workspace, content_hash
-from tests.test_sft import MBPP_DIR, chat_prompt, one_thread, sft_params  # noqa: F401 - autouse fixture
 
 KNOWN = ("Mbpp/847", "Mbpp/624")  # short reference solutions the teacher memorises
 UNKNOWN = "Mbpp/945"  # a clean problem the teacher cannot solve

@@ -10,12 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from engine.events import read_events
-from engine.stages import _train, dpo
-from engine.stages.run import run_inline
-from engine.workspace import Workspace
-from tests.test_sft import (  # noqa: F401 - one_thread: autouse fixture
+from test_sft import (  # noqa: F401 - one_thread: autouse fixture
     MBPP_DIR,
     TARGETS,
     chat_prompt,
@@ -23,6 +18,11 @@ from tests.test_sft import (  # noqa: F401 - one_thread: autouse fixture
     one_thread,
     sft_params,
 )
+
+from engine.events import read_events
+from engine.stages import _train, dpo
+from engine.stages.run import run_inline
+from engine.workspace import Workspace
 
 PAIRS = [
     ("Write a function add(a, b).", "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"),
