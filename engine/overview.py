@@ -15,11 +15,12 @@ from typing import Any
 import yaml
 
 from engine.approvals import revoked
+from engine.chain import verify_chain
 from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.spec import PipelineSpec, load_spec, parse_spec
 from engine.state import PipelineState, StageState
-from engine.supervisor import supervisor_identity
+from engine.supervisor import supervisor_down, supervisor_identity
 from engine.workspace import Workspace
 
 
@@ -65,6 +66,17 @@ class StageRow:
     rates: list[float] = field(default_factory=list)
     eta_pm_s: float | None = None  # the ETA's uncertainty (one standard error), seconds
     revoked: str | None = None  # why the approval a gated stage was granted (or ran on) no longer holds
+    executor: str = "local"  # where its latest attempt runs: local | slurm (docs/SCALEOUT.md)
+    slurm_id: str | None = None
+    gpus: list[int] | None = None
+    executor_state: str | None = None  # the scheduler's word: "PENDING (Resources)", "RUNNING on node3"
+
+    def where(self) -> str:
+        """``slurm 41 PENDING (Resources)``; empty for a local job (nothing to say)."""
+        if self.executor == "local":
+            return f"local gpus {','.join(map(str, self.gpus))}" if self.gpus else ""
+        parts = [self.executor, self.slurm_id or "", self.executor_state or ""]
+        return " ".join(p for p in parts if p)
 
 
 @dataclass
@@ -77,6 +89,20 @@ class Overview:
     remaining_hours: float
     rows: list[StageRow]
     left_s: float = 0.0  # to the end of the remaining critical path, running stages by their ETA
+    supervisor_down: str | None = None  # why no supervisor runs and how to restart it (None: it runs)
+    bad_events: int = 0  # log lines skipped for breaking their schema
+    damage: list[str] = field(default_factory=list)  # "FILE:LINE: why" of the latest of them
+    chain_break: str | None = None  # the journal's first broken line: approvals after it do not count
+    ledger_break: str | None = None  # the ledger's: records after it do not count
+
+    def log_warning(self) -> str | None:
+        """One line on damaged logs (details: ``damage``, ``chain_break``, ``ledger_break``)."""
+        parts = [f"journal chain broken: {self.chain_break}; approvals after it do not count"] if self.chain_break else []
+        if self.ledger_break:
+            parts.append(f"ledger chain broken: {self.ledger_break}; records after it do not count")
+        if self.bad_events:
+            parts.append(f"{self.bad_events} damaged log line(s) skipped, latest {self.damage[-1] if self.damage else '?'}")
+        return "; ".join(parts) or None
 
     def counts(self) -> dict[str, int]:
         """Stages running, blocked on a person or on memory, failed, done, and in all."""
@@ -247,6 +273,20 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
             rates=[r * 3600 for r in st.rate_series()],
             eta_pm_s=e.pm_s,
             revoked=why_revoked,
+            **_executor(a.identity if a else None, a.executor_state if a else None),
         ))
+    ledger = verify_chain(ws.ledger_path)
     return Overview(str(ws.root), spec.name, ident.pid if ident else None, path, hours, remaining, rows,
-                    left_s=remaining * 3600)
+                    left_s=remaining * 3600, supervisor_down=None if ident else supervisor_down(ws),
+                    bad_events=state.bad_events, damage=list(state.damage), chain_break=state.chain_break,
+                    ledger_break=None if ledger.ok else ledger.reason)
+
+
+def _executor(identity: dict[str, Any] | None, state: str | None) -> dict[str, Any]:
+    """The row's executor fields from a ``launched`` identity (none: an older journal, local)."""
+    ident = identity if isinstance(identity, dict) else {}
+    gpus = ident.get("gpus")
+    slurm = ident.get("slurm_id")
+    return {"executor": str(ident.get("executor") or "local"), "slurm_id": None if slurm is None else str(slurm),
+            "gpus": [int(g) for g in gpus] if isinstance(gpus, list) and all(isinstance(g, int) for g in gpus) else None,
+            "executor_state": state}

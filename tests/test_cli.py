@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 
 import yaml
 
+from engine.chain import append_chained
 from engine.stages.run import run_inline
 from engine.workspace import Workspace
 
@@ -198,3 +200,42 @@ def test_status_shows_a_revoked_approval_and_ignored_records_read_only(tmp_path)
     text = pmat("status", "-w", ws.root).stdout
     assert "REVOKED: approval of submit lapsed (" in text and "approved by alice" in text
     assert _tree(ws.root) == before  # read-only
+
+
+def test_an_os_error_is_one_line_naming_the_path_exit_2(tmp_path):
+    """A workspace whose layout cannot be written (here: commands/ is a file) gives no traceback."""
+    ws = _two_stage_ws(tmp_path)
+    shutil.rmtree(ws.commands_dir)
+    ws.commands_dir.write_text("")
+    res = pmat("run", "gated", "-w", ws.root, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-500:]
+    assert res.stderr.count("\n") == 1 and str(ws.commands_dir) in res.stderr, res.stderr
+
+
+def test_status_says_a_dead_supervisor_damaged_logs_and_where_a_job_runs(tmp_path):
+    """Why the supervisor stopped and how to restart it; a damaged line and both chains' breaks
+    in one warning line (details in --json); a Slurm attempt's executor, id and state."""
+    ws = _two_stage_ws(tmp_path)
+    (ws.logs_dir / "supervisor.out").write_text("tick\nsupervisor stopped: out of memory\n")
+    append_chained(ws.journal_path, [
+        {"ts": time.time(), "kind": "queued", "stage": "gated", "reason": "requested"},
+        {"ts": time.time(), "kind": "launched", "stage": "gated", "job_id": "gated.1", "attempt": 1,
+         "identity": {"executor": "slurm", "slurm_id": "41", "submitted_at": time.time(), "gpus": [0, 1]}},
+        {"ts": time.time(), "kind": "executor_state", "job_id": "gated.1", "state": "PENDING (Resources)"}])
+    with open(ws.journal_path, "a") as fh:
+        fh.write('{"kind": "launched", "stage": 3}\n')
+    ws.ledger_path.write_text('{"benchmark": "x", "metrics": {}}\n')
+    res = pmat("status", "-w", ws.root)
+    down = next(line for line in res.stdout.splitlines() if line.startswith("SUPERVISOR DOWN: "))
+    assert "out of memory" in down and "pmat supervise --detach" in down, res.stdout
+    warning = next(line for line in res.stdout.splitlines() if line.startswith("WARNING: "))
+    assert f"{ws.journal_path}:5" in warning and "1 damaged log line(s)" in warning, warning
+    assert f"ledger chain broken: {ws.ledger_path}:1" in warning, warning
+    gated = next(line for line in res.stdout.splitlines() if line.startswith(" gated") or line.startswith("*gated"))
+    assert "[slurm 41 PENDING (Resources)]" in gated, res.stdout
+    data = json.loads(pmat("status", "--json", "-w", ws.root).stdout)
+    assert "out of memory" in data["supervisor_down"] and data["bad_events"] == 1
+    assert data["damage"][0].startswith(f"{ws.journal_path}:5: ") and data["chain_break"].startswith(f"{ws.journal_path}:5")
+    assert data["ledger_break"].startswith(f"{ws.ledger_path}:1")
+    row = next(r for r in data["rows"] if r["stage"] == "gated")
+    assert (row["executor"], row["slurm_id"], row["gpus"], row["executor_state"]) == ("slurm", "41", [0, 1], "PENDING (Resources)")

@@ -71,6 +71,13 @@ def _error(args: argparse.Namespace | None, message: str, code: int) -> int:
     return code
 
 
+def os_error_line(exc: OSError) -> str:
+    """``PATH: Permission denied`` (both paths of a rename); the class name when there is no errno."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    why = exc.strerror or f"{type(exc).__name__}: {exc}"
+    return f"{paths}: {why}" if paths else why
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     first = next((a for a in argv if not a.startswith("-")), None) if argv else "tui"
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a read-only workspace, a permission, a full disk: one line naming the path
+        return _error(args, os_error_line(exc), 2)
     except Exception as exc:
         if getattr(args, "json", False):
             return _error(args, f"{type(exc).__name__}: {exc}", 1)

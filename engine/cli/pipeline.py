@@ -106,9 +106,11 @@ def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
     spec, state = quick_spec(ws), load_state(ws)
     ov = build_overview(ws, spec, state)
     w = max(21, *(len(s) for s in spec.stages))
-    sup = f"supervisor pid {ov.supervisor_pid}" if ov.supervisor_pid else "supervisor NOT running (pmat supervise)"
-    lines = [
-        f"{spec.name} · {ws.root} · {sup}",
+    sup = f"supervisor pid {ov.supervisor_pid}" if ov.supervisor_pid else "supervisor NOT running"
+    lines = [f"{spec.name} · {ws.root} · {sup}"]
+    lines += [f"SUPERVISOR DOWN: {ov.supervisor_down}"] if ov.supervisor_down else []
+    lines += [f"WARNING: {warning}"] if (warning := ov.log_warning()) else []
+    lines += [
         summary_line(ov),
         f"critical path ({fmt_duration(ov.critical_hours * 3600)}, {fmt_duration(ov.left_s)} to go): "
         f"{' -> '.join(ov.critical_path)}",
@@ -121,6 +123,7 @@ def _status_lines(ws: Workspace) -> tuple[list[str], dict]:
         why = f"REVOKED: {r.revoked}" if r.revoked else "" if r.status in ("running", "done") else r.reason
         eta = fmt_duration(r.eta_s) + (f"±{fmt_duration(r.eta_pm_s)}" if r.eta_pm_s else "")
         status = "revoked" if r.revoked and r.status == "done" else r.status
+        why = f"[{where}] {why}".rstrip() if (where := r.where()) else why
         lines.append(f"{mark}{r.stage:<{w}} {r.work_item or '-':<9} {status:<10} {prog:<18} {rate:>8} "
                      f"{eta:>12} {fmt_bytes(r.rss or None):>9}  {why}")
     if state.approvals:
