@@ -19,7 +19,7 @@ from engine.chain import verify_chain
 from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.spec import PipelineSpec, load_spec, parse_spec
-from engine.state import PipelineState, StageState
+from engine.state import Attempt, PipelineState, StageState
 from engine.supervisor import supervisor_down, supervisor_identity
 from engine.workspace import Workspace
 
@@ -72,11 +72,8 @@ class StageRow:
     executor_state: str | None = None  # the scheduler's word: "PENDING (Resources)", "RUNNING on node3"
 
     def where(self) -> str:
-        """``slurm 41 PENDING (Resources)``; empty for a local job (nothing to say)."""
-        if self.executor == "local":
-            return f"local gpus {','.join(map(str, self.gpus))}" if self.gpus else ""
-        parts = [self.executor, self.slurm_id or "", self.executor_state or ""]
-        return " ".join(p for p in parts if p)
+        """Where its latest attempt runs, for people (see ``placement``)."""
+        return placement(self.executor, self.slurm_id, self.gpus, self.executor_state)
 
 
 @dataclass
@@ -280,6 +277,18 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
                     left_s=remaining * 3600, supervisor_down=None if ident else supervisor_down(ws),
                     bad_events=state.bad_events, damage=list(state.damage), chain_break=state.chain_break,
                     ledger_break=None if ledger.ok else ledger.reason)
+
+
+def placement(executor: str, slurm_id: str | None, gpus: list[int] | None, executor_state: str | None) -> str:
+    """``slurm 41 PENDING (Resources)``, ``local gpus 0,1``; empty for a plain local job."""
+    parts = [] if executor == "local" else [executor, slurm_id or "", executor_state or ""]
+    parts += [f"gpus {','.join(map(str, gpus))}"] if gpus else []
+    return " ".join(p for p in parts if p)
+
+
+def attempt_placement(a: Attempt) -> str:
+    """Where one attempt ran or runs (``placement`` of its journaled identity)."""
+    return placement(**_executor(a.identity, a.executor_state))
 
 
 def _executor(identity: dict[str, Any] | None, state: str | None) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class PmatApp(Guarded, App):
         self.log_target: str | None = "supervisor"
         self._watch_enabled = watch
         self._notice = notice
+        self._announced: dict[str, str | None] = {}  # what _announce last said, by topic
         self._stop = threading.Event()
         self._change_posted = threading.Event()
         self._quiet = threading.Event()  # set while the watcher should run (no long stream of events, not stopping)
@@ -171,9 +172,6 @@ class PmatApp(Guarded, App):
             self.call_after_refresh(self._start_background)  # behind the first frame, not ahead of it
         if self._notice:
             self.notify(self._notice, severity="warning", timeout=10)
-        if not self.model.readonly and self.model.overview and self.model.overview.supervisor_pid is None:
-            self.notify("No supervisor runs for this workspace: commands wait until one does (pmat supervise).",
-                        severity="warning", timeout=10)
 
     def _start_background(self) -> None:
         """The file watcher and the full spec check, once the first frame is on screen."""
@@ -281,6 +279,7 @@ class PmatApp(Guarded, App):
                 self.notify(message, severity="error", timeout=10)
             return
         self._last_error = None
+        self._announce()
         if not self._screen_stacks.get(self._current_mode):
             return  # the app is closing (a timer ticked after the last screen left): nothing to show
         for sent, what, reason in self.model.answers():
@@ -295,6 +294,19 @@ class PmatApp(Guarded, App):
             for s in self.screen_stack:
                 if isinstance(s, ViewScreen):
                     s.safe_update(True)
+
+    def _announce(self) -> None:
+        """A dead supervisor (why, how to restart it) and damaged logs: said as soon as the model
+        sees them, and again only when what there is to say changes."""
+        ov = self.model.overview
+        if ov is None:
+            return
+        down = ov.supervisor_down and ov.supervisor_down + ("" if self.model.readonly else
+                                                            "; commands wait until one runs")
+        for topic, text in (("supervisor", down), ("logs", ov.log_warning())):
+            if text and text != self._announced.get(topic):
+                self.notify(text, title=topic, severity="error", timeout=30)
+            self._announced[topic] = text
 
     def view_failed(self, view: str, exc: BaseException) -> None:
         """A view's code failed: one line on screen, once per distinct error (a line drawn at

@@ -3,7 +3,9 @@
 ``write_fixture(root)`` writes a small pipeline with a journal and job logs at fixed
 timestamps (``FIXTURE_NOW`` is "now"), covering every status and reason the console
 shows. ``write_bench(root, jobs, events)`` generates a large workspace. Both write
-the same files a supervisor and its jobs would; nothing here runs a process.
+the same files a supervisor and its jobs would (a hash-chained journal; results committed
+to the chained ledger through ``commit_results`` and listed, sealed, in their job's
+``job_finished``, so that gates count them); nothing here runs a process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from typing import Any
 
 import yaml
 
+from engine.chain import line_digest
+from engine.data import protocols
 from engine.memory import GIB, GpuInfo, MemorySnapshot
+from engine.results import commit_results, make_record, record_key
+from engine.stages.run import params_hash
 from engine.workspace import Workspace
 
 T0 = 1_790_000_000.0
@@ -70,14 +76,22 @@ FIXTURE_SPEC: dict[str, Any] = {
 
 
 class _Log:
-    """Writes one JSONL file with explicit timestamps."""
+    """Writes one JSONL file with explicit timestamps; ``chained``: each line carries the digest
+    of the one before (``prev``), as the supervisor's journal does (engine/chain.py)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, chained: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(path, "w")  # noqa: SIM115 - closed by close()
+        self.prev: str | None = "" if chained else None
 
     def emit(self, ts: float, event: str, **fields: Any) -> None:
-        self.fh.write(json.dumps({"ts": round(ts, 3), "kind": event, **fields}, separators=(",", ":")) + "\n")
+        record = {"ts": round(ts, 3), "kind": event, **fields}
+        if self.prev is not None:
+            record["prev"] = self.prev
+        line = json.dumps(record, separators=(",", ":"))
+        if self.prev is not None:
+            self.prev = line_digest(line.encode())
+        self.fh.write(line + "\n")
 
     def close(self) -> None:
         self.fh.close()
@@ -85,11 +99,14 @@ class _Log:
 
 def _job(ws: Workspace, journal: _Log, stage: str, attempt: int, start: float, *, end: float | None,
          outcome: str | None, total: float, unit: str, step_s: float, done_at_end: float,
-         error: str | None = None, metrics: bool = False, rss: int = 2 * GIB, artifact: str = "output") -> None:
+         error: str | None = None, metrics: bool = False, rss: int = 2 * GIB, artifact: str = "output",
+         records: tuple[dict[str, Any], ...] = (), identity: dict[str, Any] | None = None) -> None:
+    """One attempt as the supervisor journals it and the job logs it; ``records`` are committed
+    to the ledger at its end the way ``engine.stages.run`` does (announced, then listed sealed)."""
     job_id = f"{stage}.{attempt}"
     journal.emit(start - 2, "admitted", stage=stage, job_id=job_id, reservation=rss)
-    journal.emit(start - 1, "launched", stage=stage, job_id=job_id, attempt=attempt, identity=FAKE_IDENT,
-                 reservation=rss)
+    journal.emit(start - 1, "launched", stage=stage, job_id=job_id, attempt=attempt,
+                 identity=identity or {**FAKE_IDENT, "executor": "local", "gpus": []}, reservation=rss)
     log = _Log(ws.job_log(job_id))
     log.emit(start, "job_started", job_id=job_id, stage=stage, attempt=attempt,
              params={"argv": ["{python}", "-c", "pass"]}, **FAKE_IDENT)
@@ -110,8 +127,23 @@ def _job(ws: Workspace, journal: _Log, stage: str, attempt: int, start: float, *
             m = ws.manifest(stage, artifact) or {"sha256": "0" * 64, "bytes": 0}
             log.emit(stop, "artifact", name=artifact, path=str(ws.artifact_path(stage, artifact)),
                      sha256=m["sha256"], bytes=m["bytes"])
-        log.emit(stop, "job_finished", outcome=outcome, error=error, peak_rss=rss)
+        params = {"argv": ["{python}", "-c", "pass"]}
+        keyed = [{"job_id": job_id, "stage": stage, **r, "key": record_key(stage, "command", params_hash(params), {}, i, r)}
+                 for i, r in enumerate(records)]
+        results = commit_results(ws, job_id, stage, keyed, lambda e: log.emit(stop, "result", results=e)) if keyed else []
+        log.emit(stop, "job_finished", outcome=outcome, error=error, peak_rss=rss, results=results)
+        journal.emit(stop + 1, "finished", job_id=job_id, stage=stage, outcome=outcome, error=error, peak_rss=rss)
     log.close()
+
+
+def humaneval_record(model_hash: str, model_path: Path, passed: int, ts: float) -> dict[str, Any]:
+    """A record as the eval stage writes it: the official protocol, its pinned data, every task."""
+    proto = protocols.get("humaneval")
+    per = {f"HumanEval/{i}": ["passed" if i < passed else "failed"] for i in range(proto.n_tasks)}
+    return make_record(benchmark="humaneval", model_hash=model_hash, model_path=model_path,
+                       dataset_hash=proto.data_sha256, protocol=proto.as_dict(), metrics={"pass@1": passed / proto.n_tasks},
+                       protocol_id=proto.id, protocol_digest=proto.digest(), n_problems=proto.n_tasks, per_problem=per,
+                       ts=ts)
 
 
 def write_fixture(root: Path) -> Workspace:
@@ -124,28 +156,26 @@ def write_fixture(root: Path) -> Workspace:
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(body)
         hashes[stage] = ws.publish(stage, name, src)["sha256"]
-    ledger = _Log(ws.ledger_path)
-    ledger.emit(T0 + 500, "result", benchmark="humaneval", model_hash=hashes["base"], model_path="",
-                protocol={"greedy": True}, metrics={"pass@1": 0.872})
-    ledger.emit(T0 + 560, "result", benchmark="perplexity", model_hash=hashes["eval_base"], model_path="",
-                protocol={}, metrics={"ratio": 1.23})
-    ledger.emit(T0 + 570, "result", benchmark="dpo", model_hash="0" * 64,
-                model_path=str(ws.artifact_path("dpo", "output")), protocol={}, metrics={"loss_last": 0.4, "loss_first": 0.69})
-    ledger.close()
-    j = _Log(ws.journal_path)
+    evals = (humaneval_record(hashes["base"], ws.artifact_path("base", "model"), 143, T0 + 575),  # 87.2%: passes
+             make_record(benchmark="perplexity", model_hash=hashes["eval_base"],  # 1.23 > 1.1: fails
+                         model_path=ws.artifact_path("eval_base", "output"), dataset_hash=None, protocol={},
+                         metrics={"ratio": 1.23}, ts=T0 + 578))
+    j = _Log(ws.journal_path, chained=True)
     j.emit(T0, "supervisor_started", **FAKE_IDENT)
     for s in ("base", "eval_base", "sample", "sft", "lint", "pairs", "dpo", "release"):
         j.emit(T0 + 1, "queued", stage=s, reason="requested by fixture")
     _job(ws, j, "base", 1, T0 + 10, end=T0 + 70, outcome="ok", total=2, unit="steps", step_s=20, done_at_end=2,
          artifact="model")
     _job(ws, j, "eval_base", 1, T0 + 80, end=T0 + 580, outcome="ok", total=164, unit="problems", step_s=25,
-         done_at_end=164)
+         done_at_end=164, records=evals)
     _job(ws, j, "lint", 1, T0 + 80, end=T0 + 200, outcome="failed", total=10, unit="files", step_s=30,
          done_at_end=4, error="command python exited with status 1")
     _job(ws, j, "sft", 1, T0 + 90, end=None, outcome=None, total=400, unit="steps", step_s=60,
          done_at_end=310, metrics=True, rss=11 * GIB)
     _job(ws, j, "sample", 1, T0 + 600, end=None, outcome=None, total=1000, unit="prompts", step_s=30,
-         done_at_end=600, rss=int(18.6 * GIB))
+         done_at_end=600, rss=int(18.6 * GIB),
+         identity={"executor": "slurm", "slurm_id": "41", "submitted_at": T0 + 599, "gpus": [0]})
+    j.emit(T0 + 620, "executor_state", job_id="sample.1", state="RUNNING on node3")
     j.emit(T0 + 600, "waiting", stage="pairs", reason="waiting on sample")
     j.emit(T0 + 600, "waiting", stage="dpo", reason="waiting on pairs, sft")
     j.emit(T0 + 600, "waiting", stage="release", reason="needs approval")
@@ -164,7 +194,7 @@ def write_bench(root: Path, jobs: int = 200, events: int = 100_000, running: int
         stages[f"s{k:03d}"] = _cmd(after, item, 1.0 + k % 7, 1 + k % 5)
     ws.spec_path.write_text(yaml.safe_dump({"name": "bench", "work_items": items, "stages": stages}, sort_keys=False))
     per_job = events // jobs
-    j = _Log(ws.journal_path)
+    j = _Log(ws.journal_path, chained=True)
     j.emit(T0, "supervisor_started", **FAKE_IDENT)
     for s in stages:
         j.emit(T0 + 1, "queued", stage=s, reason="requested by bench")
@@ -183,7 +213,7 @@ def write_finished_demo(root: Path, spec_path: Path) -> Workspace:
     ws = Workspace(root).init()
     ws.spec_path.write_text(spec_path.read_text())
     stages = yaml.safe_load(spec_path.read_text())["stages"]
-    j = _Log(ws.journal_path)
+    j = _Log(ws.journal_path, chained=True)
     j.emit(T0, "supervisor_started", **FAKE_IDENT)
     t = T0 + 10
     for stage, entry in stages.items():

@@ -47,7 +47,7 @@ GATE_STYLE = {
     "no data": ("?", "dim"),
     "stale": ("↻", "yellow"),
 }
-SUPERVISOR_CHECK_S = 5.0
+SUPERVISOR_CHECK_S = 1.0  # a dead supervisor is said at once (one lock-file read and a /proc stat)
 LEFT_EVERY_S = 5.0  # the time left in the header is recomputed at most this often between rebuilds
 
 

@@ -232,7 +232,7 @@ def test_status_says_a_dead_supervisor_damaged_logs_and_where_a_job_runs(tmp_pat
     assert f"{ws.journal_path}:5" in warning and "1 damaged log line(s)" in warning, warning
     assert f"ledger chain broken: {ws.ledger_path}:1" in warning, warning
     gated = next(line for line in res.stdout.splitlines() if line.startswith(" gated") or line.startswith("*gated"))
-    assert "[slurm 41 PENDING (Resources)]" in gated, res.stdout
+    assert "[slurm 41 PENDING (Resources) gpus 0,1]" in gated, res.stdout
     data = json.loads(pmat("status", "--json", "-w", ws.root).stdout)
     assert "out of memory" in data["supervisor_down"] and data["bad_events"] == 1
     assert data["damage"][0].startswith(f"{ws.journal_path}:5: ") and data["chain_break"].startswith(f"{ws.journal_path}:5")

@@ -28,7 +28,10 @@ class HeaderBar(Static):
         if ov:
             pieces += [(text, style, 1 if text.endswith(" done") and "/" in text else 0) for text, style in summary(ov)]
             pid = ov.supervisor_pid
-            pieces.append((f"supervisor {pid}" if pid else "no supervisor", "green" if pid else "bold red", 1 if pid else 0))
+            pieces.append((f"supervisor {pid}" if pid else "supervisor down" if ov.supervisor_down else "no supervisor",
+                           "green" if pid else "bold red", 1 if pid else 0))
+            if ov.log_warning():
+                pieces.append(("logs damaged (pmat status)", "bold red", 0))
         pieces += [(model.spec.name, "", 2), (model.ws.root.name, "dim", 3)]
         for rank in (3, 2, 1):
             if len(head) + sum(len(p[0]) + 3 for p in pieces) <= width:

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
 
-from engine.overview import estimate
+from engine.overview import attempt_placement, estimate
 from engine.state import Attempt, StageState
 from pmat_tui.fmt import fmt_bytes, fmt_duration, fmt_num, fmt_rate
 from pmat_tui.guard import Guarded
@@ -54,6 +54,8 @@ class JobCard(Guarded, Vertical, can_focus=True):
         style = {"running": "bold green", "ok": "green", "failed": "bold red", "cancelled": "magenta", "crashed": "bold red"}.get(status, "")
         title = Text(f"{a.job_id} ", style="bold")
         title.append(status, style=style)
+        if where := attempt_placement(a):  # slurm 41 PENDING (Resources): the scheduler's word
+            title.append(f"  {where}", style="cyan")
         if st.cancel_requested and a.running:
             title.append("  cancelling…", style="magenta")
         if a.warnings:

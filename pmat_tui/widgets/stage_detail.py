@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine.overview import StageRow
+from engine.overview import StageRow, attempt_placement
 from engine.state import Attempt
 from pmat_tui.fmt import (
     KIND_STYLE,
@@ -94,7 +94,7 @@ class StageDetail(Guarded, VerticalScroll):
         a = st.latest if st else None
         row = self.model.rows.get(stage or "")
         return (stage, row and (row.status, row.reason, row.approval, row.revoked), len(st.attempts) if st else 0,
-                a and (a.outcome, a.last_event_at, int((self.model.now() - (a.started_at or 0)) // 60)),
+                a and (a.outcome, a.last_event_at, a.executor_state, int((self.model.now() - (a.started_at or 0)) // 60)),
                 str(self.model.state.approvals.get(stage or "")))
 
     def show(self, stage: str | None, force: bool = False) -> None:
@@ -140,6 +140,8 @@ class StageDetail(Guarded, VerticalScroll):
         width = max(20, (self.size.width or 80) - 2)
         if row and row.status == "running":
             parts += progress_lines(row, width)
+            if where := row.where():  # "slurm 41 PENDING (Resources)": why a launched job shows no progress
+                parts.append(Text(f"on {where}", style="cyan"))
         parts += curves(st.latest if st else None, width)
         if row and row.status not in ("running", "done"):
             parts.append(Text(f"why: {row.reason}", style="yellow"))
@@ -164,14 +166,16 @@ class StageDetail(Guarded, VerticalScroll):
             parts += [Text("Parameters", style="bold underline"), params]
         head, parts = Group(*parts), []
         if st and st.attempts:
-            att = _table("job", "outcome", "started", "elapsed", "peak RSS", "error")
-            for a in st.attempts:
+            where = [attempt_placement(a) for a in st.attempts]
+            att = _table("job", "outcome", "started", "elapsed", "peak RSS", *(["on"] if any(where) else []), "error")
+            for a, on in zip(st.attempts, where, strict=True):
                 end = a.finished_at or (m.now() if a.started_at else None)
                 elapsed = end - a.started_at if end and a.started_at else None
                 if elapsed and a.running:
                     elapsed -= elapsed % 60  # minutes: the panel need not redraw every second
                 att.add_row(a.job_id, a.outcome or ("running" if a.running else "queued"), fmt_clock(a.started_at),
-                            fmt_duration(elapsed), fmt_bytes(a.peak_rss or None), (a.error or "")[:60])
+                            fmt_duration(elapsed), fmt_bytes(a.peak_rss or None), *([on] if any(where) else []),
+                            (a.error or "")[:60])
             parts += [Text("Attempts", style="bold underline"), att]
             arts = {n: v for a in st.attempts for n, v in a.artifacts.items()}
             if arts:
