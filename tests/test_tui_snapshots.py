@@ -85,3 +85,17 @@ def test_dag_folds_done_items(snap_compare, tmp_path: Path, monkeypatch: pytest.
     ws = write_bench(tmp_path / "bench", jobs=40, events=2000)
     app = PmatApp(ws, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
     assert snap_compare(app, terminal_size=size, run_before=_before())
+
+
+def test_the_fixture_commits_results_as_a_real_job_does(tmp_path: Path) -> None:
+    """The snapshots' gates come from records a launched job committed (chained ledger and
+    journal, sealed job_finished): a real PASS and FAIL with evidence, nothing ignored."""
+    from engine.chain import verify_chain
+    from engine.gates import evaluate_gates
+    from engine.overview import load_spec_fast
+
+    ws = write_fixture(tmp_path / "fx")
+    assert verify_chain(ws.journal_path).ok and verify_chain(ws.ledger_path).ok
+    gates = evaluate_gates(load_spec_fast(ws.spec_path, check_params=False), ws)
+    assert {n: (g.outcome, g.evidence, g.ignored) for n, g in gates.items() if g.evidence} == {
+        "AC-021": ("pass", ["ledger:1"], []), "AC-002": ("fail", ["ledger:2"], [])}
