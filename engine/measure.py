@@ -7,7 +7,7 @@ running jobs' reservations (admission must keep it within the budget) and the di
 space. ``report`` folds the samples and the journal into one record per stage: peak GPU,
 peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
 throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
-the declarations: memory_gb = footprint x 1.1 rounded up to 0.1 GB (so that the measured peak
+the declarations: memory_gb = footprint x 1.1 rounded up to 0.1 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
 <= declared <= 1.25 x measured), duration_h = wall time.
 """
 
@@ -25,7 +25,7 @@ from engine.spec import PipelineSpec
 from engine.state import PipelineState
 from engine.workspace import Workspace, append_jsonl, atomic_write_json
 
-GB = 1e9
+GIB = 1 << 30  # the unit of the spec's memory_gb (the supervisor admits in GiB)
 HEADROOM = 1.1  # declared / measured
 SAMPLE_S = 1.0
 
@@ -146,8 +146,8 @@ def report(ws: Workspace, spec: PipelineSpec) -> dict[str, Any]:
         wall = (end - start) if start and end else None
         written = sum(int(v.get("bytes") or 0) for v in a.artifacts.values())
         stages[name] = {
-            "kind": entry.kind, "status": "done", "gpu_peak_gb": gpu / GB, "rss_peak_gb": rss / GB,
-            "footprint_gb": (gpu + rss) / GB, "disk_written_gb": written / GB, "wall_s": wall,
+            "kind": entry.kind, "status": "done", "gpu_peak_gib": gpu / GIB, "rss_peak_gib": rss / GIB,
+            "footprint_gib": (gpu + rss) / GIB, "disk_written_gib": written / GIB, "wall_s": wall,
             "units": a.total, "unit": a.unit,
             "throughput": (a.total / wall) if a.total and wall else None,
             "declared_memory_gb": entry.memory_gb, "declared_duration_h": entry.duration_h,
@@ -157,10 +157,10 @@ def report(ws: Workspace, spec: PipelineSpec) -> dict[str, Any]:
     budget = spec.settings.memory_budget_gb
     return {
         "stages": stages,
-        "max_reserved_together_gb": max((s["reserved"] for s in samples), default=0) / GB,
-        "max_footprint_together_gb": max((s["footprint"] for s in samples), default=0) / GB,
-        "budget_gb": budget,
-        "min_disk_free_gb": min((s["disk_free"] for s in samples), default=0) / GB,
+        "max_reserved_together_gib": max((s["reserved"] for s in samples), default=0) / GIB,
+        "max_footprint_together_gib": max((s["footprint"] for s in samples), default=0) / GIB,
+        "budget_gib": budget,
+        "min_disk_free_gib": min((s["disk_free"] for s in samples), default=0) / GIB,
         "samples": len(samples),
     }
 
@@ -171,7 +171,7 @@ def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
     for name, m in measured["stages"].items():
         if m.get("status") != "done" or m.get("wall_s") is None:
             continue
-        out[name] = {"memory_gb": max(0.1, math.ceil(m["footprint_gb"] * HEADROOM * 10) / 10),
+        out[name] = {"memory_gb": max(0.1, math.ceil(m["footprint_gib"] * HEADROOM * 10) / 10),
                      "duration_h": max(0.001, round(m["wall_s"] / 3600, 4))}
     return out
 
@@ -182,9 +182,9 @@ def check(measured: dict[str, Any]) -> list[str]:
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
             continue
-        peak, declared = m["footprint_gb"], m["declared_memory_gb"]
+        peak, declared = m["footprint_gib"], m["declared_memory_gb"]
         if not peak <= declared <= 1.25 * max(peak, 0.4):
-            bad.append(f"{name}: declared {declared:g} GB, measured {peak:.2f} GB")
+            bad.append(f"{name}: declared {declared:g} GiB, measured {peak:.2f} GiB")
     return bad
 
 

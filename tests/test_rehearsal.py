@@ -85,10 +85,22 @@ def test_admission_pool_by_hardware() -> None:
 
 @pytest.mark.parametrize("peak", [0.3, 1.0, 3.37, 15.2, 22.9, 71.4])
 def test_derived_declarations_bracket_the_measurement(peak: float) -> None:
-    measured = {"stages": {"s": {"status": "done", "footprint_gb": peak, "wall_s": 90.0}}}
+    measured = {"stages": {"s": {"status": "done", "footprint_gib": peak, "wall_s": 90.0}}}
     d = derive(measured)["s"]
     assert peak <= d["memory_gb"] <= 1.25 * max(peak, 0.4) and d["duration_h"] == 0.025
     measured["stages"]["s"]["declared_memory_gb"] = d["memory_gb"]
     assert check(measured) == []
     measured["stages"]["s"]["declared_memory_gb"] = peak * 0.9
     assert check(measured) and "declared" in check(measured)[0]
+
+
+def test_shipped_declarations_come_from_the_measured_run() -> None:
+    """Every stage measured on the H200 is declared within [measured, 1.25 x measured] (GiB), except
+    distill: its measurement predates the empty_cache fix and its declaration is a flagged prediction."""
+    spec = load_spec(pipeline_path("rehearsal"))
+    data = json.loads((pipeline_path("rehearsal").parent / "data" / "rehearsal-measured.json").read_text())
+    measured = {"stages": {n: {**m, "declared_memory_gb": spec.stages[n].memory_gb}
+                           for n, m in data["stages"].items() if m.get("status") == "done"}}
+    assert len(measured["stages"]) == 27
+    assert [line.split(":")[0] for line in check(measured)] == ["distill"]
+    assert "prediction" in pipeline_path("rehearsal").read_text().split("distill:")[1].split("sft:")[0]

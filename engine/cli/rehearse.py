@@ -26,7 +26,7 @@ COMMANDS = ("rehearse",)
 
 def rehearsal_spec_text(shapes: tuple[str, str] | None) -> str:
     """The shipped rehearsal spec; with ``shapes``, its models at those shapes and every stage
-    declared at 1 GB under a 16 GB budget (small shapes on a small box)."""
+    declared at 1 GiB under a 16 GiB budget (small shapes on a small box)."""
     text = pipeline_path("rehearsal").read_text()
     if shapes is None:
         return text
@@ -47,20 +47,20 @@ def prepare(root: Path, shapes: tuple[str, str] | None) -> Workspace:
 
 
 def table(measured: dict) -> list[str]:
-    lines = [f"{'stage':<22} {'status':<8} {'gpu GB':>7} {'rss GB':>7} {'foot GB':>7} {'decl GB':>7} "
-             f"{'disk GB':>7} {'wall s':>7} {'throughput':>14} {'eta err':>7}"]
+    lines = [f"{'stage':<22} {'status':<8} {'gpu GiB':>7} {'rss GiB':>7} {'foot GiB':>8} {'decl GiB':>8} "
+             f"{'disk GiB':>8} {'wall s':>7} {'throughput':>14} {'eta err':>7}"]
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
             lines.append(f"{name:<22} {m.get('status', '?'):<8}")
             continue
         thr = f"{m['throughput']:.2f} {m['unit']}/s" if m.get("throughput") else "-"
         eta = f"{100 * m['eta_rel_error']:.0f}%" if m.get("eta_rel_error") is not None else "-"
-        lines.append(f"{name:<22} done     {m['gpu_peak_gb']:>7.1f} {m['rss_peak_gb']:>7.1f} {m['footprint_gb']:>7.1f} "
-                     f"{m['declared_memory_gb']:>7.1f} {m['disk_written_gb']:>7.1f} {m['wall_s'] or 0:>7.0f} "
+        lines.append(f"{name:<22} done     {m['gpu_peak_gib']:>7.1f} {m['rss_peak_gib']:>7.1f} {m['footprint_gib']:>8.1f} "
+                     f"{m['declared_memory_gb']:>8.1f} {m['disk_written_gib']:>8.1f} {m['wall_s'] or 0:>7.0f} "
                      f"{thr:>14} {eta:>7}")
-    lines.append(f"together: at most {measured['max_reserved_together_gb']:.1f} GB reserved, "
-                 f"{measured['max_footprint_together_gb']:.1f} GB used (budget {measured['budget_gb']} GB); "
-                 f"least free disk {measured['min_disk_free_gb']:.1f} GB")
+    lines.append(f"together: at most {measured['max_reserved_together_gib']:.1f} GiB reserved, "
+                 f"{measured['max_footprint_together_gib']:.1f} GiB used (budget {measured['budget_gib']} GiB); "
+                 f"least free disk {measured['min_disk_free_gib']:.1f} GiB")
     return lines
 
 
