@@ -36,7 +36,7 @@ OUTPUT_FACTOR = {"merge": 1.0, "ties": 1.0, "prune": 1.0, "quantize": 1.31}
 def weight_bytes(path: Path) -> int:
     """Bytes of the weight files under a checkpoint directory (or a single weight file)."""
     if path.is_file():
-        return path.stat().st_size
+        return path.stat().st_size if path.suffix in WEIGHT_SUFFIXES else 0
     if not path.is_dir():
         return 0
     return sum(p.stat().st_size for p in tree_files(path) if p.suffix in WEIGHT_SUFFIXES)
@@ -105,7 +105,10 @@ def consumers(spec: PipelineSpec, stage: str, name: str) -> list[str]:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return weight_bytes(path) > 0
+    """A model's weights (config.json beside them) or a GGUF: never data, results or an adapter."""
+    if path.is_file() or any(path.glob("*.gguf")):
+        return path.suffix == ".gguf" or path.is_dir()
+    return (path / "config.json").is_file() and weight_bytes(path) > 0
 
 
 def removable(spec: PipelineSpec, ws: Workspace, state: PipelineState) -> list[tuple[str, str, dict]]:

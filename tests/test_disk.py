@@ -74,8 +74,27 @@ def test_output_estimates_follow_the_input_checkpoint_and_the_shape(tmp_path: Pa
     (base / "config.json").write_text("{}")
     assert weight_bytes(base) == 1000
     assert output_bytes(spec, ws, "merge_sft") == 1000 + (1 << 30)
-    assert consumers(spec, "student", "model")[:2] == ["baseline_humaneval", "baseline_humaneval_plus"]
+    assert consumers(spec, "student", "model")[:3] == ["sft", "sample", "baseline_humaneval"]  # via model:base
     assert "ties" in consumers(spec, "merge_sft", "model")
+
+
+def test_only_model_checkpoints_are_retention_candidates(tmp_path: Path) -> None:
+    from engine.disk import _is_checkpoint
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("{}\n")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 8)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"\0" * 8)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert [_is_checkpoint(p) for p in (data, adapter, model, gguf)] == [False, False, True, True]
+    assert weight_bytes(data) == 0 and weight_bytes(gguf) == 4
 
 
 def test_a_stage_whose_outputs_do_not_fit_waits_and_says_why(tmp_path: Path, supervised) -> None:
