@@ -8,7 +8,8 @@ disk. Two rules keep that honest:
 * Retention: an intermediate checkpoint (a published directory of weights, or a GGUF) is
   removed once every stage that consumes it has finished and its hash is on record; the
   manifest stays and a tombstone says what was removed and why. A stage with ``keep: true``
-  keeps its outputs; an output no stage consumes is a product and is never removed.
+  keeps its outputs; an output no stage consumes is a product, and a checkpoint an acceptance
+  criterion judges is evidence the gates verify: neither is removed.
 """
 
 from __future__ import annotations
@@ -91,17 +92,29 @@ def disk_wait_reason(spec: PipelineSpec, ws: Workspace, state: PipelineState, st
             f"{spec.settings.disk_margin_gb:g} GB margin and running stages' writes")
 
 
+def _target(spec: PipelineSpec, ref: str) -> str:
+    """``STAGE.NAME`` a reference reads, through a model alias."""
+    if ref.startswith("model:") and (m := spec.models.get(ref[6:])) and m.artifact:
+        return m.artifact
+    return ref
+
+
 def consumers(spec: PipelineSpec, stage: str, name: str) -> list[str]:
     """Stages reading ``stage.name`` (directly or through a model alias)."""
     out = []
     for s, e in spec.stages.items():
         for ref in e.inputs.values():
-            target = ref
-            if ref.startswith("model:") and (m := spec.models.get(ref[6:])) and m.artifact:
-                target = m.artifact
-            if target == f"{stage}.{name}" and s not in out:
+            if _target(spec, ref) == f"{stage}.{name}" and s not in out:
                 out.append(s)
     return out
+
+
+def evidence(spec: PipelineSpec) -> set[str]:
+    """Artifacts an acceptance criterion judges: the gates verify them, so they stay."""
+    refs = set()
+    for c in spec.acceptance.values():
+        refs |= {_target(spec, r) for r in [c.checkpoint, *c.checkpoints.values()] if r}
+    return refs
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -113,12 +126,14 @@ def _is_checkpoint(path: Path) -> bool:
 
 def removable(spec: PipelineSpec, ws: Workspace, state: PipelineState) -> list[tuple[str, str, dict]]:
     """(stage, artifact, manifest) of every checkpoint retention may remove now."""
-    out = []
+    out, judged = [], evidence(spec)
     for stage, entry in spec.stages.items():
         st = state.stage(stage)
         if entry.keep or not st.done:
             continue
         for name in st.latest.artifacts:
+            if f"{stage}.{name}" in judged:
+                continue
             path, manifest = ws.artifact_path(stage, name), ws.manifest(stage, name)
             users = consumers(spec, stage, name)
             if (not users or manifest is None or not manifest.get("sha256") or not path.exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.disk import consumers, output_bytes, tombstone_path, weight_bytes
+from engine.disk import consumers, evidence, output_bytes, tombstone_path, weight_bytes
 from engine.events import read_events
 from engine.gen.memory import param_count
 from engine.rehearsal import SHAPES
@@ -76,6 +76,10 @@ def test_output_estimates_follow_the_input_checkpoint_and_the_shape(tmp_path: Pa
     assert output_bytes(spec, ws, "merge_sft") == 1000 + (1 << 30)
     assert consumers(spec, "student", "model")[:3] == ["sft", "sample", "baseline_humaneval"]  # via model:base
     assert "ties" in consumers(spec, "merge_sft", "model")
+    assert evidence(spec) == {"quantize.gguf"}
+    real = load_spec(pipeline_path("pmat"))
+    assert {"quantize.gguf", "prune.model", "ties.model", "merge_sft.model", "student.model"} - evidence(real) == {
+        "student.model"} and "slerp.model" in evidence(real)
 
 
 def test_only_model_checkpoints_are_retention_candidates(tmp_path: Path) -> None:
