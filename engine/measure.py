@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.resume import free_bytes
 from engine.spec import PipelineSpec
+from engine.stages.run import rss_bytes
 from engine.state import PipelineState
 from engine.workspace import Workspace, append_jsonl, atomic_write_json
 
@@ -37,16 +38,6 @@ def _children(pid: int) -> list[int]:
         return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
     except Exception:  # noqa: BLE001 - a process gone between two reads
         return [pid]
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def gpu_by_pid() -> dict[int, int]:
@@ -84,7 +75,7 @@ class Monitor(threading.Thread):
                 continue
             tree = _children(int(pid))
             eta = etas.get(a.stage, (None, None, None))
-            jobs[a.stage] = {"rss": sum(_rss(p) for p in tree), "gpu": sum(gpu.get(p, 0) for p in tree),
+            jobs[a.stage] = {"rss": sum(rss_bytes(p) for p in tree), "gpu": sum(gpu.get(p, 0) for p in tree),
                              "reservation": a.reservation, "eta_s": eta[0], "done": eta[1], "total": eta[2]}
         return {"t": time.time(), "jobs": jobs, "disk_free": free_bytes(self.ws.root),
                 "reserved": sum(j["reservation"] or 0 for j in jobs.values()),
