@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Event kinds written by jobs (DESIGN.md, "Events").
+# Event kinds written by jobs (docs/FAULTS.md says how the fold checks them).
 JOB_KINDS = (
     "job_started",
     "progress",

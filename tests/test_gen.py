@@ -136,7 +136,7 @@ def test_memory_estimate(tmp_path: Path, tiny_model_dir: Path) -> None:
                num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert param_count(cfg) == 7_615_616_512  # Qwen2.5-7B
-    assert kv_bytes_per_token(cfg, 2) == 56 * 1024  # REFERENCE.md: 56 KiB/token in bf16
+    assert kv_bytes_per_token(cfg, 2) == 56 * 1024  # Qwen2.5-Coder-7B: 28 layers x 4 KV heads x 128 dims x 2 (K, V) x 2 bytes = 56 KiB/token
     got = sampling_bytes(tmp_path, rows=320, max_len=512, dtype="bfloat16")
     assert got == 2 * 7_615_616_512 + 320 * 512 * 56 * 1024 + 320 * 152_064 * 16 + OVERHEAD
     with pytest.raises(ValueError, match="nowhere/config.json"):
