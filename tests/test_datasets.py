@@ -14,7 +14,7 @@ import pytest
 from engine.data import evalplus, humaneval, mbpp, postprocess, prompts, scoring
 from engine.sandbox.pool import SandboxPool
 
-MBPP_DIR = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp"
+MBPP_DIR = mbpp.SHIPPED_DIR
 
 
 @pytest.fixture(scope="module")

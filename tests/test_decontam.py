@@ -19,7 +19,7 @@ from engine.data.decontam import (
     require_clean,
 )
 
-MBPP = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp"
+MBPP = mbpp.SHIPPED_DIR
 
 # HumanEval/1 (separate_paren_groups) reworded, function renamed: only its substance remains.
 REWORDED = ("You get a string made of several clusters of nested parentheses. Split it into separate strings, one "

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import protocols
+from engine.data import mbpp, protocols
 from engine.events import read_events
 from engine.results import read_ledger
 from engine.stages.base import JobSpec
 from engine.stages.run import params_hash, run_inline
 from engine.workspace import Workspace, content_hash, sha256_file
 
-MBPP_FILE = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp" / "mbpp.jsonl"
+MBPP_FILE = mbpp.SHIPPED_DIR / "mbpp.jsonl"
 VOLATILE = ("job_id", "wall_s")
 
 

@@ -26,7 +26,7 @@ from engine.data import evalplus, humaneval, mbpp, plusgen
 
 pytest.importorskip("evalplus")
 ROOT = Path(__file__).resolve().parents[1]
-MBPP_FILE = ROOT / "engine" / "pipelines" / "data" / "mbpp" / "mbpp.jsonl"
+MBPP_FILE = mbpp.SHIPPED_DIR / "mbpp.jsonl"
 HE_TASKS = (2, 4, 8, 12, 13, 20, 21, 29, 45, 107, 128, 136)  # floats, tuples, None, lists, strings
 
 HELPERS = '''

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data import mbpp
 from engine.events import read_events
 from engine.launch import job_argv, rank_accum, rank_log
 from engine.stages.base import JobSpec
@@ -28,7 +29,7 @@ def sft_params() -> dict:
     return dict(learning_rate=1e-2, epochs=None, max_steps=STEPS, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
                 target_modules=["q_proj", "v_proj"], batch_size=2, grad_accum=2, max_length=96, save_steps=2,
                 lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, quantization="none",
-                eval_data_dir=str(REPO / "engine/pipelines/data/mbpp"))
+                eval_data_dir=str(mbpp.SHIPPED_DIR))
 
 
 @pytest.fixture(scope="module")

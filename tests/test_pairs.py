@@ -14,7 +14,7 @@ from engine.stages.pairs import normalize_code
 from engine.stages.run import run_inline
 from engine.workspace import Workspace
 
-MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+MBPP = mbpp.SHIPPED_DIR
 N, CAP = 7, 4
 _HE1 = {p.task_id: p for p in humaneval.load()[0]}["HumanEval/1"]
 SMUGGLED = _HE1.prompt + _HE1.canonical_solution

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data import mbpp
 from engine.events import read_events
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.parallel import ParallelBackend, load_engines
@@ -75,7 +76,7 @@ def test_resume_per_shard(tiny_model_dir: Path, one, two: ParallelBackend) -> No
 
 
 # -- the stages, through the job's gpus (the supervisor sets JobSpec.gpus from the spec) ----------
-MBPP = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "mbpp"
+MBPP = mbpp.SHIPPED_DIR
 
 
 def run_stage(ws: Workspace, kind: str, params: dict, model: Path, gpus: int, output: str) -> Path:

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.data import mbpp
 from engine.events import read_events
 from engine.stages.base import JobSpec
 from engine.stages.run import params_hash, run_inline
 from engine.workspace import Workspace
 
-MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+MBPP = mbpp.SHIPPED_DIR
 PARAMS = dict(n=3, temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=64, seed=5, strategy="asserts",
               data_path=str(MBPP), limit=8, unit_prompts=1, exec_workers=1)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from engine.data import mbpp
 from engine.events import read_events
 from engine.stages import _train, sft
 from engine.stages.base import JobSpec
@@ -30,7 +31,7 @@ PROBLEMS = [
     ("Write a function square(x).", "def square(x):\n    return x * x\n"),
 ]
 TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-MBPP_DIR = REPO / "engine" / "pipelines" / "data" / "mbpp"
+MBPP_DIR = mbpp.SHIPPED_DIR
 
 STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: QLoRA when bitsandbytes is there
 

@@ -19,6 +19,8 @@ FILES = {
     "full": ("mbpp.jsonl", "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"),
     "sanitized": ("sanitized-mbpp.json", "ca95deaa9a01ef0a6f439f88bcf0dd3db3563d22f22aad6cae04ebb9a8d8c8e9"),
 }
+# the copy the package ships (CC BY 4.0), which the demo and the tests read
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "mbpp"
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974), "all": (1, 974)}
 OBTAIN = ("download it from https://github.com/google-research/google-research/tree/master/mbpp "
           "(CC BY 4.0) into that directory")
