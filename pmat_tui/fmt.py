@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from engine.cli._common import fmt_bytes, fmt_duration
+from engine.text import fmt_bytes, fmt_duration
 from pmat_tui.logfmt import describe, metrics_text
 
 __all__ = ["fmt_bytes", "fmt_duration", "fmt_clock", "fmt_rate", "fmt_num", "event_text", "short_hash"]

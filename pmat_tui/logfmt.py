@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from engine.cli._common import fmt_bytes, fmt_duration
+from engine.text import fmt_bytes, fmt_duration
 
 QUIET_KINDS = frozenset({"resource"})  # shown only with --all (console: the `v` key)
 FIRST_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "learning_rate", "grad_norm",

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.approvals import stage_evidence
-from engine.cli._common import fmt_duration
 from engine.gates import evaluate_gates, read_ledger
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
 from engine.overview import Overview, StageRow, build_overview, estimate, load_spec_fast, time_left
 from engine.spec import GIB, PipelineSpec
 from engine.state import Attempt, PipelineState
 from engine.supervisor import send_command, supervisor_identity
+from engine.text import fmt_duration
 from engine.workspace import Workspace
 
 STATUS_STYLE = {

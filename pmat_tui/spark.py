@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.cli._common import fmt_duration
+from engine.text import fmt_duration
 
 TICKS = "▁▂▃▄▅▆▇█"
 

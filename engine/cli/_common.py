@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from engine.spec import PipelineSpec, SpecError, load_spec
+from engine.text import fmt_bytes, fmt_duration  # noqa: F401 - re-exported for the commands
 from engine.workspace import UnsafeWorkspace, Workspace
 
 
@@ -36,26 +37,3 @@ def spec_of(ws: Workspace) -> PipelineSpec:
         return load_spec(ws.spec_path)
     except SpecError as exc:
         raise BadInput(str(exc)) from None
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
