@@ -6,7 +6,6 @@ Shared by ``pmat status`` and the console so both say the same thing.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +17,9 @@ from engine.approvals import revoked
 from engine.chain import verify_chain
 from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
+from engine.eta import Eta, estimate, profiles
 from engine.spec import PipelineSpec, load_spec, parse_spec
-from engine.state import Attempt, PipelineState, StageState
+from engine.state import Attempt, PipelineState
 from engine.supervisor import supervisor_down, supervisor_identity
 from engine.workspace import Workspace
 
@@ -134,63 +134,6 @@ def summary(ov: Overview) -> list[tuple[str, str]]:
 
 
 BLOCKING = ("needs_approval", "memory", "failed_dependency")
-EW_TAU_MIN_S = 10.0  # the smoothing time constant: at least this, else 30% of the progress seen
-EW_TAU_SHARE = 0.3
-
-
-@dataclass(frozen=True)
-class Eta:
-    """A running stage's rate (units/s), seconds to go and their uncertainty (seconds)."""
-
-    rate: float | None = None
-    eta_s: float | None = None
-    pm_s: float | None = None
-
-
-def _intervals(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(seconds, units) between progress events of one attempt; a pause with no progress
-    joins the next interval; the first interval (loading, compiling: warm-up) is dropped
-    once a later one exists."""
-    out: list[tuple[float, float]] = []
-    acc_t = 0.0
-    for (t0, d0), (t1, d1) in zip(points, points[1:], strict=False):
-        acc_t += max(t1 - t0, 0.0)
-        if d1 > d0 and acc_t > 0:
-            out.append((acc_t, d1 - d0))
-            acc_t = 0.0
-        elif d1 < d0:  # the count went back (a restarted phase): start over
-            out, acc_t = [], 0.0
-    return out[1:] if len(out) > 1 else out
-
-
-def estimate(st: StageState, now: float) -> Eta:
-    """Rate and ETA from the job's own progress events: an exponentially weighted rate (time
-    constant ``EW_TAU_*``) over the last two attempts, warm-up excluded, shown from the second
-    progress event on; the uncertainty is the weighted spread of the interval rates over the
-    square root of their effective number, and at least 1/n of the ETA after n intervals."""
-    a = st.latest
-    if a is None or not a.total or a.outcome is not None:
-        return Eta()
-    spans = [_intervals(list(b.progress)) for b in st.attempts[-2:]]
-    ivs = [iv for span in spans for iv in span]
-    if not ivs:
-        return Eta()
-    tau = max(EW_TAU_MIN_S, EW_TAU_SHARE * sum(dt for dt, _ in ivs))
-    ew_t = ew_d = w1 = w2 = wr = wr2 = 0.0  # decayed sums: time, units, weights, weights², weighted rates, rates²
-    for dt, dd in ivs:
-        decay = math.exp(-dt / tau)
-        ew_t, ew_d = ew_t * decay + dt, ew_d * decay + dd
-        w1, w2 = w1 * decay + dt, w2 * decay * decay + dt * dt
-        wr, wr2 = wr * decay + dd, wr2 * decay + dd * dd / dt
-    rate = ew_d / ew_t
-    spread = math.sqrt(max(wr2 / w1 - (wr / w1) ** 2, 0.0))
-    n_eff = w1 * w1 / w2
-    rel = min(1.0, max(spread / rate / math.sqrt(n_eff), 1 / len(ivs)))
-    last_ts = a.progress[-1][0] if a.progress else now
-    eta = max(0.0, (a.total - a.done) / rate - max(0.0, now - last_ts))
-    return Eta(rate, eta, eta * rel)
-
-
 def pending_runs(ws: Workspace, spec: PipelineSpec) -> set[str]:
     """Stages that run commands still in the inbox will request: the supervisor has not taken
     them yet (it is starting, busy, or not running)."""
@@ -221,7 +164,8 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
     now = now or time.time()
     ident = supervisor_identity(ws)
     inbox = pending_runs(ws, spec)
-    etas = {name: estimate(st, now) for name, st in state.stages.items() if st.status == "running"}
+    prof = profiles(spec)
+    etas = {name: estimate(st, now, prof.get(name)) for name, st in state.stages.items() if st.status == "running"}
     path, hours = critical_path(spec, state)
     remaining = time_left(spec, state, {name: e.eta_s for name, e in etas.items()}) / 3600
     on_path = set(path)
