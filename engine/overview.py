@@ -5,7 +5,6 @@ Shared by ``pmat status`` and the console so both say the same thing.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,9 +17,9 @@ from engine.chain import verify_chain
 from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.eta import Eta, estimate, profiles
+from engine.inbox import Run, queued_commands, supervisor_down, supervisor_identity
 from engine.spec import PipelineSpec, load_spec, parse_spec
 from engine.state import Attempt, PipelineState
-from engine.supervisor import supervisor_down, supervisor_identity
 from engine.workspace import Workspace
 
 
@@ -138,19 +137,9 @@ def pending_runs(ws: Workspace, spec: PipelineSpec) -> set[str]:
     """Stages that run commands still in the inbox will request: the supervisor has not taken
     them yet (it is starting, busy, or not running)."""
     out: set[str] = set()
-    try:
-        files = sorted(ws.commands_dir.glob("*.json"))
-    except OSError:
-        return out
-    for path in files:
-        try:
-            cmd = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(cmd, dict) and cmd.get("command") == "run" and isinstance(cmd.get("args"), dict):
-            stages = expand_targets(spec, [str(t) for t in cmd["args"].get("targets") or []])
-            if isinstance(stages, set):
-                out |= stages
+    for cmd in queued_commands(ws):
+        if isinstance(cmd, Run) and isinstance(stages := expand_targets(spec, list(cmd.targets)), set):
+            out |= stages
     return out
 
 

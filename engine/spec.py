@@ -144,6 +144,11 @@ class PipelineSpec(_Strict):
     def stages_of(self, item: str) -> list[str]:
         return [s for s, e in self.stages.items() if e.work_item == item]
 
+    def gated_by(self, criterion: str) -> list[str]:
+        """The stages that wait for approval on a criterion: gated stages of work items it accepts."""
+        return [s for s, e in self.stages.items() if e.approval == "required" and e.work_item
+                and criterion in self.work_items[e.work_item].acceptance]
+
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("function-after",)) or "(top level)"

@@ -202,6 +202,13 @@ class PipelineState:
     def running(self) -> list[Attempt]:
         return [a for a in self.jobs.values() if a.running]
 
+    def job_of(self, target: str) -> str | None:
+        """The job a job id or a stage name (its latest job) names; None when there is none."""
+        if target in self.jobs:
+            return target
+        st = self.stages.get(target)
+        return st.latest.job_id if st and st.latest else None
+
     # -- folding ----------------------------------------------------------------
     def refresh(self) -> bool:
         """Fold in everything appended since the last call; True if anything changed."""

@@ -22,7 +22,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,11 +34,19 @@ from engine.disk import apply_retention, disk_wait_reason
 from engine.executors import job_handle, launch_job
 from engine.executors.gpus import admit_gpus
 from engine.hardware import current_pool
-from engine.inbox import read_command
+from engine.inbox import (
+    Approve,
+    Cancel,
+    Retry,
+    Run,
+    parse_command,
+    read_command,
+    supervisor_identity,
+)
 from engine.launch import job_argv
 from engine.memory import GIB, admission_headroom
 from engine.preflight import stage_input_problem
-from engine.procs import ProcIdentity, reap_children, spawn_detached
+from engine.procs import ProcIdentity, reap_children
 from engine.refs import resolve_params, resolve_ref
 from engine.resume import (
     DISK_FULL_BELOW,
@@ -53,7 +60,7 @@ from engine.spec import PipelineSpec, load_spec
 from engine.stages.base import JobSpec, load_stage
 from engine.stages.run import params_hash
 from engine.state import PipelineState
-from engine.workspace import Workspace, atomic_write_json
+from engine.workspace import Workspace
 
 BAD_INPUT = "bad input: "  # the waiting reason of a stage whose inputs a run would fail on
 RECHECK_INPUTS_S = 5.0
@@ -61,54 +68,6 @@ RECHECK_INPUTS_S = 5.0
 
 class SupervisorRunning(RuntimeError):
     """Another supervisor holds this workspace's lock."""
-
-
-# -- the command inbox (client side) ----------------------------------------------
-def send_command(ws: Workspace, command: str, **args: Any) -> str:
-    """Drop a command into the workspace inbox; returns its id."""
-    cid = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    record = {"id": cid, "command": command, "args": args, "ts": time.time()}  # the sender is the file's owner
-    atomic_write_json(ws.commands_dir / f"{cid}.json", record)
-    return cid
-
-
-def supervisor_identity(ws: Workspace) -> ProcIdentity | None:
-    """The live supervisor of a workspace, if any."""
-    try:
-        ident = ProcIdentity.from_dict(json.loads(ws.lock_path.read_text()))
-    except (OSError, ValueError, KeyError):
-        return None
-    return ident if ident.alive() else None
-
-
-def restart_hint(ws: Workspace) -> str:
-    return f"restart it with `pmat supervise --detach -w {ws.root}`"
-
-
-def supervisor_down(ws: Workspace) -> str | None:
-    """None while the workspace's supervisor runs; else one line saying since when it is
-    gone, why (its last journaled reason or the last line it printed) and how to restart it.
-    For ``pmat demo`` and the console, which must notice a dead supervisor at once."""
-    if supervisor_identity(ws) is not None:
-        return None
-    reason = _last_stop_reason(ws)
-    return f"supervisor of {ws.root} is not running{f' ({reason})' if reason else ''}; {restart_hint(ws)}"
-
-
-def _last_stop_reason(ws: Workspace) -> str | None:
-    try:
-        with open(ws.logs_dir / "supervisor.out", "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
-            tail = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        tail = []
-    return tail[-1][:300] if tail else None
-
-
-def start_supervisor_detached(ws: Workspace) -> ProcIdentity:
-    """Start ``pmat supervise`` for a workspace in its own session."""
-    argv = [sys.executable, "-m", "engine.cli.main", "supervise", "--workspace", str(ws.root)]
-    return spawn_detached(argv, log_path=ws.logs_dir / "supervisor.out", cwd=ws.root)
 
 
 # -- the daemon --------------------------------------------------------------------
@@ -478,14 +437,17 @@ class Supervisor:
             except OSError as exc:  # a directory or an immutable file in the inbox must not stop the rounds
                 self.report(f"cannot remove command file {path}: {exc.strerror}")
 
-    def _execute(self, cmd: dict[str, Any], by: str) -> str | None:
-        args = cmd.get("args") or {}
-        handler = {"run": self._cmd_run, "approve": self._cmd_approve, "cancel": self._cmd_cancel, "retry": self._cmd_retry}.get(str(cmd.get("command")))
-        if handler is None:
-            return f"unknown command {cmd.get('command')!r}"
-        if not isinstance(args, dict):
-            return f"command args must be a mapping, got {type(args).__name__}"
-        return handler(args, by)
+    def _execute(self, record: dict[str, Any], by: str) -> str | None:
+        cmd = parse_command(record)
+        if isinstance(cmd, str):
+            return cmd
+        if isinstance(cmd, Run):
+            return self._cmd_run(cmd, by)
+        if isinstance(cmd, Approve):
+            return self._cmd_approve(cmd, by)
+        if isinstance(cmd, Cancel):
+            return self._cmd_cancel(cmd, by)
+        return self._cmd_retry(cmd, by)
 
     def expand_targets(self, targets: list[str]) -> list[str] | str:
         """Stages named by stage names, work item ids or 'all', with their upstream, in DAG order."""
@@ -494,8 +456,8 @@ class Supervisor:
             return f"unknown stage or work item {closure!r}"
         return [s for s in self._order if s in closure]
 
-    def _cmd_run(self, args: dict[str, Any], by: str) -> str | None:
-        stages = self.expand_targets(list(args.get("targets") or []))
+    def _cmd_run(self, cmd: Run, by: str) -> str | None:
+        stages = self.expand_targets(list(cmd.targets))
         if isinstance(stages, str):
             return stages
         for s in stages:
@@ -508,52 +470,43 @@ class Supervisor:
         if target in self.spec.stages:
             return [target]
         if target in self.spec.acceptance:
-            gated = [s for s, e in self.spec.stages.items() if e.approval == "required"
-                     and e.work_item and target in self.spec.work_items[e.work_item].acceptance]
-            return gated or f"no gated stage depends on {target}"
+            return self.spec.gated_by(target) or f"no gated stage depends on {target}"
         return f"unknown stage or criterion {target!r}"
 
-    def _cmd_approve(self, args: dict[str, Any], by: str) -> str | None:
-        stages = self._approval_targets(str(args.get("target")))
+    def _cmd_approve(self, cmd: Approve, by: str) -> str | None:
+        stages = self._approval_targets(cmd.target)
         if isinstance(stages, str):
             return stages
-        override = str(args.get("override") or "").strip() or None
+        override = cmd.override
         granted = []
         for s in stages:  # engine.approvals decides: a gate that does not pass needs an override
             current, refusal = check_approvable(self.spec, self.ws, s, override)
             if refusal:
                 return refusal
-            seen = args.get("evidence")
-            if seen is not None and seen != current:
+            if cmd.evidence is not None and cmd.evidence != current:
                 return f"evidence for {s} changed since it was shown; review it again"
             granted.append((s, current))
         for s, current in granted:
-            self.emit("approval_granted", target=s, by=by, evidence=current, note=args.get("note", ""), override=override,
+            self.emit("approval_granted", target=s, by=by, evidence=current, note=cmd.note, override=override,
                       seal=approval_seal(s, by, current, override))
         return None
 
-    def _job_of(self, target: str) -> str | None:
-        if target in self.state.jobs:
-            return target
-        st = self.state.stages.get(target)
-        return st.latest.job_id if st and st.latest else None
-
-    def _cmd_cancel(self, args: dict[str, Any], by: str) -> str | None:
-        target = str(args.get("job"))
+    def _cmd_cancel(self, cmd: Cancel, by: str) -> str | None:
+        target = cmd.job
         stage = target if target in self.spec.stages else target.rpartition(".")[0]
         if stage not in self.spec.stages:
             return f"unknown job or stage {target!r}"
         self.emit("cancel_requested", stage=stage, by=by)
         self.emit("unrequested", stage=stage)
-        job_id = self._job_of(target)
+        job_id = self.state.job_of(target)
         a = self.state.jobs.get(job_id) if job_id else None
         if a and a.running and a.identity:
             job_handle(a.identity).signal_group(signal.SIGTERM)
             self._kill_deadlines[a.job_id] = time.monotonic() + self.spec.settings.cancel_grace_s
         return None
 
-    def _cmd_retry(self, args: dict[str, Any], by: str) -> str | None:
-        target = str(args.get("job"))
+    def _cmd_retry(self, cmd: Retry, by: str) -> str | None:
+        target = cmd.job
         stage = target if target in self.spec.stages else target.rpartition(".")[0]
         st = self.state.stages.get(stage)
         if stage not in self.spec.stages or st is None or st.latest is None:

@@ -18,11 +18,11 @@ from typing import Any
 
 from engine.approvals import stage_evidence
 from engine.gates import evaluate_gates, read_ledger
+from engine.inbox import COMMANDS, send_command, supervisor_identity
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
 from engine.overview import Overview, StageRow, build_overview, estimate, load_spec_fast, time_left
 from engine.spec import GIB, PipelineSpec
 from engine.state import Attempt, PipelineState
-from engine.supervisor import send_command, supervisor_identity
 from engine.text import fmt_duration
 from engine.workspace import Workspace
 
@@ -218,8 +218,7 @@ class ConsoleModel:
         return sorted(done, key=lambda a: a.finished_at or 0)[-n:]
 
     def job_of(self, stage: str) -> str | None:
-        st = self.state.stages.get(stage)
-        return st.latest.job_id if st and st.latest else None
+        return self.state.job_of(stage)
 
     def memory(self) -> dict[str, Any]:
         """Available memory, PSI, per-job use, reservations and admission headroom."""
@@ -239,8 +238,7 @@ class ConsoleModel:
         rows = []
         for ac, crit in self.spec.acceptance.items():
             g = verdicts[ac]
-            gated = [s for s, e in self.spec.stages.items() if e.approval == "required" and e.work_item
-                     and ac in self.spec.work_items[e.work_item].acceptance]
+            gated = self.spec.gated_by(ac)
             checkpoint = crit.checkpoint or ", ".join(f"{k}={v}" for k, v in crit.checkpoints.items())
             value = ", ".join(f"{v:.4g}" for v in g.values.values()) or None
             records = [ledger[i] for i in g.evidence if i in ledger]
@@ -266,9 +264,7 @@ class ConsoleModel:
         """Write a command for the supervisor; refused outright in read-only mode."""
         if self.readonly:
             raise PermissionError("read-only console: no commands are sent")
-        key = {"run": "targets", "approve": "target"}.get(command, "job")
-        value: Any = [target] if key == "targets" else target
-        cid = send_command(self.ws, command, **{key: value}, **args)
+        cid = send_command(self.ws, COMMANDS[command].aimed(target, **args))
         s = Sent(cid, command, target, self.now())
         self.sent.append(s)
         return s

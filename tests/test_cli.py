@@ -84,7 +84,7 @@ def test_refusals_exit_2_with_did_you_mean_without_a_supervisor(tmp_path):
         res = pmat("approve", "gated", "-w", ws.root, check=False)  # its criterion has no data
         assert res.returncode == 2 and "--override" in res.stderr
     finally:
-        from engine.supervisor import supervisor_identity
+        from engine.inbox import supervisor_identity
 
         ident = supervisor_identity(ws)
         if ident is not None:

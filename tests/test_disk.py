@@ -13,10 +13,10 @@ import yaml
 from engine.disk import consumers, evidence, output_bytes, tombstone_path, weight_bytes
 from engine.events import read_events
 from engine.gen.memory import param_count
+from engine.inbox import Run, send_command, start_supervisor_detached, supervisor_identity
 from engine.rehearsal import SHAPES
 from engine.spec import load_spec, pipeline_path
 from engine.state import PipelineState
-from engine.supervisor import send_command, start_supervisor_detached, supervisor_identity
 from engine.workspace import Workspace
 
 TINY = {"kind": "random_model", "params": {"shape": "tiny", "materialise": "disk"}, "memory_gb": 1, "duration_h": 0.001}
@@ -56,7 +56,7 @@ def supervised():
     def start(ws: Workspace) -> None:
         started.append(start_supervisor_detached(ws))
         wait_for(lambda: supervisor_identity(ws) is not None, 30, "supervisor lock")
-        send_command(ws, "run", targets=["all"])
+        send_command(ws, Run(["all"]))
 
     yield start
     for ident in started:

@@ -16,9 +16,10 @@ import pytest
 from test_supervisor import JOB, journal, make_ws, stage, start, supervisors, wait_for  # noqa: F401 - fixture
 
 from engine.chain import append_chained
+from engine.inbox import Run, send_command, supervisor_down, supervisor_identity
 from engine.procs import boot_id, spawn_detached
 from engine.state import load_state
-from engine.supervisor import Supervisor, send_command, supervisor_down, supervisor_identity
+from engine.supervisor import Supervisor
 from engine.workspace import UnsafeWorkspace, Workspace
 
 ROOT = os.geteuid() == 0
@@ -41,7 +42,7 @@ def dead_identity() -> dict:
 # -- item 2: a command received but not applied is replayed after a restart ----------------
 def test_command_received_before_a_kill_is_applied_after_restart(tmp_path, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(tmp_path, {"a": stage(1, 0.05)})
-    cid = send_command(ws, "run", targets=["a"])
+    cid = send_command(ws, Run(["a"]))
     # the instant a kill -9 left behind: received journaled, the effect not, the file still there
     append_chained(ws.journal_path, [{"ts": time.time(), "kind": "command_received", "id": cid,
                                       "command": "run", "args": {"targets": ["a"]}, "by": "root"}])
@@ -55,7 +56,7 @@ def test_command_received_before_a_kill_is_applied_after_restart(tmp_path, super
 def test_command_effects_and_verdict_are_one_append_and_the_file_goes_after(tmp_path, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(tmp_path, {"a": stage(1, 0.05), "b": stage(1, 0.05, after=["a"])})
     start(ws, supervisors)
-    cid = send_command(ws, "run", targets=["b"])
+    cid = send_command(ws, Run(["b"]))
     wait_for(lambda: done(ws, "a", "b"), 60, "both stages")
     lines = ws.journal_path.read_bytes().splitlines()
     recs = [json.loads(x) for x in lines]
@@ -68,9 +69,9 @@ def test_command_effects_and_verdict_are_one_append_and_the_file_goes_after(tmp_
 @pytest.mark.skipif(not ROOT, reason="needs chown")
 def test_commands_only_from_owner_files_and_sender_is_the_owner(tmp_path, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(tmp_path, {"a": stage(1, 0.05), "b": stage(1, 0.05)})
-    other = send_command(ws, "run", targets=["a"])
+    other = send_command(ws, Run(["a"]))
     os.chown(ws.commands_dir / f"{other}.json", 65534, 65534)
-    loose = send_command(ws, "run", targets=["a"])
+    loose = send_command(ws, Run(["a"]))
     os.chmod(ws.commands_dir / f"{loose}.json", 0o622)
     (ws.commands_dir / "0-a-dir.json").mkdir()  # not a file: refused once, and the rounds go on
     good = ws.commands_dir / "0-forged.json"
@@ -93,7 +94,7 @@ def test_immutable_workspace_is_survived_and_reported_with_the_path(tmp_path, su
     (which cannot write its log) crashes and is resumed, and the error is journaled afterwards."""
     ws = make_ws(tmp_path, {"long": stage(12, 0.3), "after": stage(1, 0.05, after=["long"])})
     sup = start(ws, supervisors)
-    send_command(ws, "run", targets=["after"])
+    send_command(ws, Run(["after"]))
     wait_for(lambda: load_state(ws).stage("long").status == "running", 30, "long running")
     if subprocess.run(["chattr", "-R", "+i", str(ws.root)], capture_output=True).returncode:
         pytest.skip("this filesystem has no immutable flag")
@@ -156,7 +157,7 @@ except OSError:
 def test_stage_failed_for_lack_of_space_resumes_when_space_returns(small_disk, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(small_disk, {"w": {**stage(1, 0.01), "params": {"argv": ["{python}", "-c", FILL]}}}, disk_margin_gb=0)
     start(ws, supervisors)
-    send_command(ws, "run", targets=["w"])
+    send_command(ws, Run(["w"]))
     wait_for(lambda: load_state(ws).stage("w").status == "running", 60, "w admitted and running")
     filler = small_disk / "filler"  # another writer takes the disk, all but 1 MiB
     vfs = os.statvfs(small_disk)
@@ -223,7 +224,7 @@ def test_damaged_logs_are_reported_with_file_and_line_and_skipped(tmp_path, supe
     assert any(d.startswith(f"{log}:4: job_finished: outcome 'maybe'") for d in st.damage)
     log.unlink()
     sup = start(ws, supervisors)
-    send_command(ws, "run", targets=["b"])
+    send_command(ws, Run(["b"]))
     wait_for(lambda: done(ws, "a", "b"), 60, "a and b despite the damage")
     assert sup.alive()
     assert any("log line(s) skipped" in e["message"] for e in journal(ws, "supervisor_error"))
@@ -232,7 +233,7 @@ def test_damaged_logs_are_reported_with_file_and_line_and_skipped(tmp_path, supe
 def test_hand_appended_approval_breaks_the_chain_and_does_not_count(tmp_path, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(tmp_path, {"ship": stage(1, 0.05, approval="required")})
     start(ws, supervisors)
-    send_command(ws, "run", targets=["ship"])
+    send_command(ws, Run(["ship"]))
     wait_for(lambda: any(e["reason"] == "needs approval" for e in journal(ws, "waiting")), 30, "approval wait")
     with open(ws.journal_path, "a") as fh:
         fh.write(json.dumps({"ts": time.time(), "kind": "approval_granted", "target": "ship", "by": "x",
@@ -312,7 +313,7 @@ def test_stage_with_a_broken_model_input_is_held_naming_the_file(tmp_path, tiny_
                 datasets={"t": {"path": str(tmp_path / "t.txt")}})
     ws.spec_path.write_text(__import__("yaml").safe_dump(spec))
     start(ws, supervisors)
-    send_command(ws, "run", targets=["ppl", "gone"])
+    send_command(ws, Run(["ppl", "gone"]))
     wait_for(lambda: len([e for e in journal(ws, "waiting") if e["reason"].startswith("bad input")]) == 2, 60, "held")
     reasons = {e["stage"]: e["reason"] for e in journal(ws, "waiting") if e["reason"].startswith("bad input")}
     assert reasons["ppl"] == f"bad input: inputs.model: {model}: no tokenizer (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)"
@@ -325,13 +326,13 @@ def test_supervisor_killed_again_and_again_loses_and_repeats_nothing(tmp_path, s
     stages = {"a": stage(3, 0.1), "b": stage(3, 0.1, after=["a"]), "c": stage(3, 0.1, after=["a"]),
               "d": stage(2, 0.1, after=["b", "c"]), "e": stage(2, 0.1)}
     ws = make_ws(tmp_path, stages, poll_interval_s=0.05)
-    sent = [send_command(ws, "run", targets=[s]) for s in ("d", "e")]
+    sent = [send_command(ws, Run([s])) for s in ("d", "e")]
     rng = __import__("random").Random(21)
     deadline = time.monotonic() + 90
     while not done(ws, *stages) and time.monotonic() < deadline:
         sup = start(ws, supervisors)
         time.sleep(rng.uniform(0.05, 0.6))
-        sent.append(send_command(ws, "run", targets=["all"]))
+        sent.append(send_command(ws, Run(["all"])))
         time.sleep(rng.uniform(0.0, 0.1))
         os.kill(sup.pid, signal.SIGKILL)
         wait_for(lambda s=sup: not s.alive(), 10, "supervisor death")
@@ -381,14 +382,14 @@ def test_demo_ends_when_a_failure_blocks_everything_left(tmp_path):
 def test_deleted_or_truncated_job_log_does_not_rerun_a_finished_stage(tmp_path, supervisors):  # noqa: F811 - the fixture
     ws = make_ws(tmp_path, {"a": stage(1, 0.05), "b": stage(1, 0.05)})
     sup = start(ws, supervisors)
-    send_command(ws, "run", targets=["a", "b"])
+    send_command(ws, Run(["a", "b"]))
     wait_for(lambda: done(ws, "a", "b") and len(journal(ws, "finished")) == 2, 60, "a and b, their ends journaled")
     sup.terminate(grace_s=5)
     ws.job_log("a.1").unlink()
     log = ws.job_log("b.1")
     log.write_bytes(log.read_bytes()[: len(log.read_bytes()) // 2])
     start(ws, supervisors)
-    send_command(ws, "run", targets=["a", "b"])
+    send_command(ws, Run(["a", "b"]))
     time.sleep(2.0)
     st = load_state(ws)
     assert [a.outcome for a in st.stage("a").attempts] == ["ok"] and [a.outcome for a in st.stage("b").attempts] == ["ok"]

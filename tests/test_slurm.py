@@ -119,8 +119,9 @@ def test_supervisor_runs_stages_on_slurm_and_resubmits_a_lost_job(env, tmp_path:
     in the reason, and resumed by a new submission that continues its units."""
     import yaml
 
+    from engine.inbox import Run, send_command
     from engine.state import load_state
-    from engine.supervisor import Supervisor, send_command
+    from engine.supervisor import Supervisor
 
     ws = Workspace(tmp_path / "ws").init()
     stage = {"kind": "command", "params": {"argv": ["{python}", "-c", UNITS, "30", "0.2"]}, "memory_gb": 0.1,
@@ -132,7 +133,7 @@ def test_supervisor_runs_stages_on_slurm_and_resubmits_a_lost_job(env, tmp_path:
     sup = Supervisor(ws)
     sup.start()
     try:
-        send_command(ws, "run", targets=["all"])
+        send_command(ws, Run(["all"]))
 
         def ticked(cond):
             sup.tick()

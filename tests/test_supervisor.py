@@ -13,9 +13,16 @@ import pytest
 import yaml
 
 from engine.events import EventWriter, read_events
+from engine.inbox import (
+    Cancel,
+    Retry,
+    Run,
+    send_command,
+    start_supervisor_detached,
+    supervisor_identity,
+)
 from engine.procs import ProcIdentity, boot_id, start_ticks
 from engine.state import load_state
-from engine.supervisor import send_command, start_supervisor_detached, supervisor_identity
 from engine.workspace import Workspace
 
 # A resumable unit-of-work job: 'units' steps of 'sleep' s, each recorded in the
@@ -80,7 +87,7 @@ def start(ws: Workspace, supervisors: list) -> ProcIdentity:
 def test_kill_supervisor_midjob_reattaches_and_job_finishes_once(tmp_path, supervisors):
     ws = make_ws(tmp_path, {"long": stage(10, 0.3)})
     sup = start(ws, supervisors)
-    send_command(ws, "run", targets=["long"])
+    send_command(ws, Run(["long"]))
     wait_for(lambda: load_state(ws).stage("long").latest and load_state(ws).stage("long").latest.done >= 2, what="progress")
     os.kill(sup.pid, signal.SIGKILL)
     wait_for(lambda: not sup.alive(), 10, "supervisor death")
@@ -97,7 +104,7 @@ def test_kill_supervisor_midjob_reattaches_and_job_finishes_once(tmp_path, super
 def test_killed_job_is_reported_crashed_and_resumed(tmp_path, supervisors):
     ws = make_ws(tmp_path, {"work": stage(8, 0.25)})
     start(ws, supervisors)
-    send_command(ws, "run", targets=["work"])
+    send_command(ws, Run(["work"]))
     wait_for(lambda: (load_state(ws).stage("work").latest or None) and load_state(ws).stage("work").latest.done >= 3, what="progress")
     job = load_state(ws).stage("work").latest
     os.killpg(job.identity["pid"], signal.SIGKILL)
@@ -116,7 +123,7 @@ def test_jobs_that_do_not_fit_together_run_one_after_the_other(tmp_path, supervi
     ws = make_ws(tmp_path, {"one": stage(3, 0.3, **big), "two": stage(3, 0.3, **big)},
                  memory_budget_gb=10, memory_margin_gb=0.5)
     start(ws, supervisors)
-    send_command(ws, "run", targets=["one", "two"])
+    send_command(ws, Run(["one", "two"]))
     wait_for(lambda: all(load_state(ws).stage(s).status == "done" for s in ("one", "two")), 60, "both done")
     st = load_state(ws)
     one, two = st.stage("one").latest, st.stage("two").latest
@@ -128,7 +135,7 @@ def test_jobs_that_do_not_fit_together_run_one_after_the_other(tmp_path, supervi
 def test_gated_stage_waits_for_approval(tmp_path, supervisors):
     ws = make_ws(tmp_path, {"prep": stage(1, 0.05), "ship": stage(1, 0.05, after=["prep"], approval="required")})
     start(ws, supervisors)
-    send_command(ws, "run", targets=["ship"])
+    send_command(ws, Run(["ship"]))
     wait_for(lambda: any(e["reason"] == "needs approval" for e in journal(ws, "waiting")), 30, "approval wait")
     time.sleep(0.5)
     assert load_state(ws).stage("ship").status == "queued"
@@ -143,13 +150,13 @@ def test_gated_stage_waits_for_approval(tmp_path, supervisors):
 def test_cancel_and_retry(tmp_path, supervisors):
     ws = make_ws(tmp_path, {"slow": stage(50, 0.2)})
     start(ws, supervisors)
-    send_command(ws, "run", targets=["slow"])
+    send_command(ws, Run(["slow"]))
     wait_for(lambda: load_state(ws).stage("slow").status == "running", 30, "running")
-    send_command(ws, "cancel", job="slow")
+    send_command(ws, Cancel("slow"))
     wait_for(lambda: load_state(ws).stage("slow").status == "cancelled", 30, "cancelled")
     time.sleep(0.5)
     assert len(load_state(ws).stage("slow").attempts) == 1  # a cancelled job is not resumed
-    send_command(ws, "retry", job="slow.1")
+    send_command(ws, Retry("slow.1"))
     wait_for(lambda: len(load_state(ws).stage("slow").attempts) == 2, 30, "retry launched")
 
 
@@ -167,7 +174,7 @@ def test_reused_pid_is_not_taken_for_the_job(tmp_path, supervisors):
         start(ws, supervisors)
         wait_for(lambda: journal(ws, "crashed"), 30, "crash verdict")
         assert not journal(ws, "reattached")
-        send_command(ws, "cancel", job="x")
+        send_command(ws, Cancel("x"))
         time.sleep(1.0)
         assert stranger.poll() is None  # the stranger was never signalled
     finally:

@@ -200,7 +200,7 @@ def test_sighup_exits_cleanly_and_leaves_supervisor(ws: Workspace) -> None:
     import signal
     import subprocess
 
-    from engine.supervisor import supervisor_identity
+    from engine.inbox import supervisor_identity
 
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "PMAT_WORKSPACE"}

@@ -21,18 +21,20 @@ from engine.approvals import check_approvable, describe_approval
 from engine.cli._common import BadInput, fmt_duration
 from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
-from engine.overview import Overview, build_overview
-from engine.results import read_ledger
-from engine.resume import waits_for_space, will_resume
-from engine.spec import PipelineSpec, load_spec, pipeline_path
-from engine.state import PipelineState
-from engine.supervisor import (
-    BAD_INPUT,
+from engine.inbox import (
+    Approve,
+    Run,
     send_command,
     start_supervisor_detached,
     supervisor_down,
     supervisor_identity,
 )
+from engine.overview import Overview, build_overview
+from engine.results import read_ledger
+from engine.resume import waits_for_space, will_resume
+from engine.spec import PipelineSpec, load_spec, pipeline_path
+from engine.state import PipelineState
+from engine.supervisor import BAD_INPUT
 from engine.workspace import UnsafeWorkspace, Workspace
 
 DEMO_APPROVER = "pmat demo --headless"
@@ -72,7 +74,7 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
     if supervisor_identity(ws) is None:
         started = start_supervisor_detached(ws)
     restarts = 0
-    send_command(ws, "run", targets=["all"])
+    send_command(ws, Run(["all"]))
     state = PipelineState(ws)
     shown: dict[str, str] = {}
     approved: set[str] = set()
@@ -104,9 +106,8 @@ def run_headless(ws: Workspace, timeout_s: float) -> int:
                     evidence, refusal = check_approvable(spec, ws, row.stage)
                     if refusal:  # the tiny models fail the real gates: only a visible override gets past
                         print(f"pmat demo: {refusal}; approving with --override {DEMO_OVERRIDE!r}", flush=True)
-                    send_command(ws, "approve", target=row.stage, evidence=evidence,
-                                 override=DEMO_OVERRIDE if refusal else None,
-                                 note=f"{DEMO_APPROVER}: approved automatically on the evidence shown")
+                    send_command(ws, Approve(row.stage, evidence, f"{DEMO_APPROVER}: approved automatically on the evidence shown",
+                                             DEMO_OVERRIDE if refusal else None))
                     approved.add(row.stage)
             if all(r.status == "done" for r in ov.rows):
                 break
@@ -158,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
     from engine.cli.tui import cmd_tui
 
-    send_command(ws, "run", targets=["all"])  # the console starts the supervisor that carries it out
+    send_command(ws, Run(["all"]))  # the console starts the supervisor that carries it out
     return cmd_tui(argparse.Namespace(workspace=ws.root, readonly=False, notice=(
         "pmat demo: building tiny models on the spot, then running the whole PMAT DAG on the CPU; "
         "gated stages wait for your approval (a)")))

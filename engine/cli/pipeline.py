@@ -26,10 +26,10 @@ from engine.cli._common import (
 )
 from engine.dag import expand_targets
 from engine.events import EventReader
+from engine.inbox import Approve, Cancel, Command, Retry, Run, send_command, supervisor_identity
 from engine.overview import Overview, build_overview, load_spec_fast, summary
 from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
 from engine.state import PipelineState, load_state
-from engine.supervisor import send_command, supervisor_identity
 from engine.workspace import UnsafeWorkspace, Workspace
 
 COMMANDS = ("init", "check", "status", "run", "approve", "cancel", "retry", "logs", "supervise")
@@ -153,9 +153,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send(args: argparse.Namespace, command: str, **cargs) -> int:
+def _send(args: argparse.Namespace, cmd: Command) -> int:
     ws = workspace_of(args)
-    cid = send_command(ws, command, **cargs)
+    command = cmd.NAME
+    cid = send_command(ws, cmd)
     if supervisor_identity(ws) is None:
         print(f"queued command {command} ({cid}); no supervisor runs: start one with `pmat supervise -w {ws.root}`")
         return 0
@@ -204,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         states = (f"{s} is {state.stage(s).status}" for s in named) if len(named) <= 3 else (
             f"{n} {status}" for status, n in sorted(Counter(state.stage(s).status for s in named).items()))
         raise BadInput(f"run: nothing to start ({', '.join(states)}); `pmat retry STAGE` runs a finished stage again")
-    return _send(args, "run", targets=args.targets)
+    return _send(args, Run(args.targets))
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -214,8 +215,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     if target in spec.stages:
         stages = [target]
     elif target in spec.acceptance:
-        stages = [s for s, e in spec.stages.items() if e.approval == "required" and e.work_item
-                  and target in spec.work_items[e.work_item].acceptance]
+        stages = spec.gated_by(target)
         if not stages:
             raise BadInput(f"approve: no gated stage depends on {target}; nothing to approve")
     else:
@@ -228,11 +228,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
         evidence, refusal = check_approvable(spec, ws, stage, args.override)
         if refusal:
             raise BadInput(refusal)
-    extra = {"override": args.override} if args.override else {}
     if target in spec.stages:
-        extra["evidence"] = evidence
         print(f"approving {target} on evidence: {json.dumps(evidence)}")
-    return _send(args, "approve", target=target, note=args.note, **extra)
+    return _send(args, Approve(target, evidence if target in spec.stages else None, args.note, args.override or None))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -242,7 +240,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     status = state.stage(stage).status
     if status not in ("running", "queued"):
         raise BadInput(f"cancel: {stage} is {status}; nothing to cancel")
-    return _send(args, "cancel", job=args.job)
+    return _send(args, Cancel(args.job))
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -253,7 +251,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if st.latest is None or st.status not in ("failed", "crashed", "cancelled"):
         hint = "`pmat run` starts it" if st.latest is None else "only failed, crashed or cancelled stages are retried"
         raise BadInput(f"retry: {stage} is {st.status}; nothing to retry ({hint})")
-    return _send(args, "retry", job=args.job)
+    return _send(args, Retry(args.job))
 
 
 def _log_target(ws: Workspace, spec: PipelineSpec, state: PipelineState, name: str) -> tuple[Path, str | None]:
@@ -324,8 +322,9 @@ def _print_out(ws: Workspace, job: str | None, args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
+    from engine.inbox import start_supervisor_detached
     from engine.procs import logind_kills_user_processes
-    from engine.supervisor import Supervisor, SupervisorRunning, start_supervisor_detached
+    from engine.supervisor import Supervisor, SupervisorRunning
 
     ws = workspace_of(args)
     warn = logind_kills_user_processes()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 from engine.cli._common import BadInput, add_workspace_arg, workspace_of
+from engine.inbox import start_supervisor_detached, supervisor_identity
 from engine.procs import logind_kills_user_processes
 from engine.spec import SpecError
-from engine.supervisor import start_supervisor_detached, supervisor_identity
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
