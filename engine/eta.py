@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.spec import PipelineSpec
-from engine.state import StageState
+from engine.state import Attempt, StageState
 
 DATA_DIR = Path(__file__).parent / "pipelines" / "data"
 EW_TAU_MIN_S = 10.0  # the smoothing time constant: at least this, else 30% of the progress seen
 EW_TAU_SHARE = 0.3
 BURST_S = 0.05  # progress events closer than this arrived together: one burst, not a rate
-PRIOR_SHARE = 0.5  # the measured unit time weighs as this share of the stage's units observed
+PRIOR_SHARE = 0.5  # the measured unit time weighs as this share of the units it was measured on
 PRIOR_REL = 0.2  # the uncertainty of an ETA from measurements alone (relative)
 FINISHING_S = 1.0  # the least ETA once the last unit is done
 
@@ -57,6 +57,7 @@ class Profile:
     startup_s: float = 0.0
     unit_s: float | None = None  # None: the work differs from what was measured (another pipeline)
     tail_s: float = 0.0
+    units: float | None = None  # the units measured: the total before the job reports its own
 
 
 def phases(started: float | None, finished: float | None,
@@ -104,6 +105,13 @@ def _intervals(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
+def _seen(a: Attempt) -> float:
+    """Units done since the first unit's burst (all of them once that burst left the history)."""
+    whole = a.progress.maxlen is None or len(a.progress) < a.progress.maxlen
+    first = next((d for _, d in _bursts(a.progress) if d > 0), 0.0) if whole else 0.0
+    return max(a.done - first, 0.0)
+
+
 def _observed(ivs: list[tuple[float, float]]) -> tuple[float, float]:
     """An exponentially weighted rate (units/s) over the intervals and its relative uncertainty:
     the weighted spread of the interval rates over the square root of their effective number,
@@ -125,9 +133,10 @@ def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
     """Rate, seconds to go and their uncertainty for a running stage (the module's docstring
     says how); no ETA without a total, or without a measurement before a rate is observed."""
     a = st.latest
-    if a is None or not a.total or a.outcome is not None:
-        return Eta()
     p = profile or Profile()
+    total = a.total or p.units if a is not None else None
+    if a is None or not total or a.outcome is not None:
+        return Eta()
     prior = 1 / p.unit_s if p.unit_s else None
     ivs = [iv for b in st.attempts[-2:] for iv in _intervals(list(b.progress))]
     units = [pt for pt in a.progress if pt[1] > 0]
@@ -135,22 +144,21 @@ def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
         if prior is None:
             return Eta()
         elapsed = max(0.0, now - (a.started_at or a.launched_at or now))
-        eta = max(p.startup_s - elapsed, 0.0) + a.total / prior + p.tail_s
+        eta = max(p.startup_s - elapsed, 0.0) + total / prior + p.tail_s
         return Eta(prior, eta, eta * PRIOR_REL)
     since = max(0.0, now - units[-1][0])
-    if a.done >= a.total:  # the last unit is done: saving, publishing
+    if a.done >= total:  # the last unit is done: saving, publishing
         return Eta(None, max(p.tail_s - since, FINISHING_S), 0.0)
     if ivs:
         rate, rel = _observed(ivs)
         if prior is not None:
-            seen = sum(dd for _, dd in ivs)
-            w = seen / (seen + max(1.0, PRIOR_SHARE * a.total))
+            w = _seen(a) / (_seen(a) + max(1.0, PRIOR_SHARE * (p.units or total)))
             rate, rel = w * rate + (1 - w) * prior, w * rel + (1 - w) * PRIOR_REL
     elif prior is not None:
         rate, rel = prior, PRIOR_REL
     else:
         return Eta()
-    left = a.total - a.done  # the burst under way may be overdue, the ones after it are not
+    left = total - a.done  # the burst under way may be overdue, the ones after it are not
     step = ivs[-1][1] if ivs else units[-1][1]
     eta = max(left / rate - since, max(left - step, 0.0) / rate) + p.tail_s
     return Eta(rate, eta, eta * rel)
@@ -182,7 +190,8 @@ def profiles(spec: PipelineSpec, data_dir: Path = DATA_DIR) -> dict[str, Profile
         for name, entry in spec.stages.items():
             m = rec.get(name)
             if m is not None:
-                out[name] = Profile(float(m["startup_s"]), m.get("unit_s") or None, float(m.get("tail_s") or 0.0))
+                out[name] = Profile(float(m["startup_s"]), m.get("unit_s") or None, float(m.get("tail_s") or 0.0),
+                                    m.get("units") or None)
                 continue
             kin = [r for r in rec.values() if r.get("kind") == entry.kind]
             if kin:

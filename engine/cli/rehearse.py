@@ -26,7 +26,7 @@ COMMANDS = ("rehearse",)
 
 def rehearsal_spec_text(shapes: tuple[str, str] | None) -> str:
     """The shipped rehearsal spec; with ``shapes``, its models at those shapes and every stage
-    declared at 1 GiB under a 16 GiB budget (small shapes on a small box)."""
+    declared at 1 GiB under a 16 GiB budget (small shapes on a small box), named for its shapes."""
     text = pipeline_path("rehearsal").read_text()
     if shapes is None:
         return text
@@ -35,6 +35,7 @@ def rehearsal_spec_text(shapes: tuple[str, str] | None) -> str:
     for entry in data["stages"].values():
         entry["memory_gb"] = 1
     data["settings"] |= {"memory_budget_gb": 16, "memory_margin_gb": 1}
+    data["name"] = f"{data['name']}-{shapes[0]}-{shapes[1]}"  # the H200's measured phases are not its ETA's
     return yaml.safe_dump(data, sort_keys=False)
 
 
