@@ -12,7 +12,8 @@ from typing import Any
 from engine.approvals import describe_approval
 from engine.contracts import ContractError, load_contracts
 from engine.dag import topo_order
-from engine.gates import evaluate_gates, read_ledger
+from engine.gates import evaluate_gates
+from engine.results import read_ledger
 from engine.spec import PipelineSpec
 from engine.state import load_state
 from engine.workspace import Workspace, content_hash, sha256_file, tree_files

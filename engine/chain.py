@@ -7,14 +7,12 @@ counts, until the user accepts the file as it is now (``accept_break``). The
 acceptance lives next to the file (``<name>.accepted``), sealed with the user's key, and
 covers exactly the bytes accepted: a later edit of that prefix breaks the chain again.
 
-A line's digest is the sha256 of its bytes without the newline. A torn last line (a
-writer killed mid-``write``) is ignored by readers and cut off by the next append.
+A line's digest is the sha256 of its bytes without the newline. Lines are read and
+appended under ``engine.jsonl``'s one torn-last-line policy.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import hmac
 import json
@@ -26,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.jsonl import append_lines, complete_lines, complete_part, parse
+
 FILE_MODE = 0o600
-_TAIL_BLOCK = 1 << 16
 
 
 def line_digest(line: bytes) -> str:
@@ -101,34 +100,6 @@ def _accept_path(path: Path) -> Path:
     return path.with_name(path.name + ".accepted")
 
 
-def _last_complete_line(fd: int, size: int) -> tuple[bytes, int]:
-    """(last complete line, offset just past it) of an open file; (b"", 0) when none."""
-    pos, buf = size, b""
-    while True:
-        nl_end = buf.rfind(b"\n")
-        if nl_end >= 0:
-            start = buf.rfind(b"\n", 0, nl_end)
-            if start >= 0 or pos == 0:
-                return buf[start + 1:nl_end], pos + nl_end + 1
-        elif pos == 0:
-            return b"", 0
-        step = min(_TAIL_BLOCK, pos)
-        pos -= step
-        buf = os.pread(fd, step, pos) + buf
-
-
-def last_line(path: Path) -> bytes:
-    """The last complete line of a file without reading all of it (b"" when none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return b""
-    try:
-        return _last_complete_line(fd, os.fstat(fd).st_size)[0]
-    finally:
-        os.close(fd)
-
-
 def append_chained(path: Path, records: list[dict[str, Any]],
                    before_write: Callable[[list[str]], None] | None = None) -> list[str]:
     """Append records as chained JSON lines in one write under an flock, then fsync.
@@ -138,37 +109,21 @@ def append_chained(path: Path, records: list[dict[str, Any]],
     left by a killed writer is cut off first (it never counted), so the new lines
     chain to the last complete one.
     """
-    path = Path(path)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        last, end = _last_complete_line(fd, size)
-        if end != size:
-            os.ftruncate(fd, end)
-        prev = line_digest(last) if end else ""
-        data, digests = [], []
+    digests: list[str] = []
+
+    def chained(last: bytes | None) -> list[bytes]:
+        prev = "" if last is None else line_digest(last)
+        data = []
         for rec in records:
             line = json.dumps({**rec, "prev": prev}, default=str).encode()
             prev = line_digest(line)
             digests.append(prev)
             data.append(line + b"\n")
-        if data:
-            if before_write is not None:
-                before_write(digests)
-            blob = b"".join(data)
-            if os.write(fd, blob) != len(blob):  # a disk that filled mid-write: the torn tail is cut next time
-                raise OSError(errno.ENOSPC, "short write (disk full?)", str(path))
-            os.fsync(fd)
-    finally:
-        os.close(fd)  # closing releases the lock
-    if created:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if data and before_write is not None:
+            before_write(digests)
+        return data
+
+    append_lines(Path(path), chained)
     return digests
 
 
@@ -201,14 +156,10 @@ def verify_chain(path: Path) -> ChainReport:
         data = path.read_bytes()
     except FileNotFoundError:
         return report
-    complete = data[: data.rfind(b"\n") + 1]  # a torn last line never counts
-    accepted = _acceptance(path, complete)
+    accepted = _acceptance(path, complete_part(data))
     skip_lines, prev = (accepted[1], accepted[2]) if accepted else (0, "")
-    for number, raw in enumerate(complete.split(b"\n")[:-1], start=1):
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
+    for number, raw in enumerate(complete_lines(data), start=1):
+        rec = parse(raw)
         if number <= skip_lines:
             if isinstance(rec, dict):
                 _count(report, rec, number, raw)
@@ -232,8 +183,7 @@ def accept_break(path: Path) -> ChainReport:
     """
     path = Path(path)
     data = path.read_bytes() if path.exists() else b""
-    complete = data[: data.rfind(b"\n") + 1]
-    lines = complete.split(b"\n")[:-1]
+    complete, lines = complete_part(data), complete_lines(data)
     acc: dict[str, Any] = {"bytes": len(complete), "sha256": hashlib.sha256(complete).hexdigest(), "lines": len(lines),
                            "last": line_digest(lines[-1]) if lines else "", "accepted_at": time.time()}
     acc["seal"] = seal(path.name, str(acc["bytes"]), acc["sha256"], str(acc["lines"]), acc["last"])

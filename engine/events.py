@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.jsonl import parse
+
 # Event kinds written by jobs (docs/FAULTS.md says how the fold checks them).
 JOB_KINDS = (
     "job_started",
@@ -210,15 +212,10 @@ class EventReader:
     def poll(self) -> list[dict[str, Any]]:
         """Return the new complete events as dicts."""
         out = []
-        loads = json.loads
         for line in self.poll_lines():
             if not line:
                 continue
-            try:
-                rec = loads(line)
-            except ValueError:
-                self.bad_lines += 1
-                continue
+            rec = parse(line)
             if isinstance(rec, dict):
                 out.append(rec)
             else:

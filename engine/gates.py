@@ -24,7 +24,7 @@ from engine.content_id import CorruptArtifact, HashCache, checkpoint_hash
 from engine.data import protocols
 from engine.data.protocols import Protocol
 from engine.refs import resolve_ref
-from engine.results import DEFAULT_PROTOCOL, incomparable, ledger_entries, short_diff
+from engine.results import DEFAULT_PROTOCOL, incomparable, read_ledger, short_diff
 from engine.spec import REF_RE, Criterion, PipelineSpec
 from engine.workspace import Workspace
 
@@ -112,11 +112,6 @@ def evaluate_expr(expr: str, lookup) -> Any:
         raise ValueError(f"unsupported expression element {ast.dump(node)[:40]}")
 
     return ev(ast.parse(expr, mode="eval"))
-
-
-def read_ledger(ws: Workspace) -> list[dict[str, Any]]:
-    """Ledger records with ``id`` (ledger:LINE), ``digest`` and ``ignored`` (why not counted)."""
-    return ledger_entries(ws)
 
 
 _DATA_FIELDS = ("data_sha256", "data_sha256_decompressed", "data_pinned_by")
@@ -241,7 +236,7 @@ def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = F
     ``full_hash`` re-hashes every checkpoint byte (approval, submission);
     ``persist_cache`` lets a caller that owns the workspace keep the hash cache.
     """
-    ledger = ledger_entries(ws)
+    ledger = read_ledger(ws)
     cache = HashCache(ws, persist=persist_cache, full=full_hash)
     out = {name: evaluate_criterion(spec, ws, name, crit, ledger, cache) for name, crit in spec.acceptance.items()}
     cache.save()

@@ -1,8 +1,8 @@
 """Result records, the append-only results ledger reader, and the unbiased pass@k estimator.
 
 A record is keyed by what it measured: the model's content hash, the dataset hash and
-the protocol (everything that changes the number). Gates read records through
-``read_ledger``; gate evaluation itself lives elsewhere.
+the protocol (everything that changes the number). Gates and every other reader read
+records through ``read_ledger``, the validating reader; gate evaluation itself lives elsewhere.
 """
 
 from __future__ import annotations
@@ -17,21 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.chain import (
-    append_chained,
-    last_line,
-    line_digest,
-    seal,
-    sealed,
-    user_key,
-    verify_chain,
-)
+from engine.chain import append_chained, line_digest, seal, sealed, user_key, verify_chain
 from engine.data.protocols import Protocol, digest_of
 from engine.data.protocols import diff as protocol_diff
 from engine.events import read_events
+from engine.jsonl import complete_lines, last_line, parse
 from engine.workspace import Workspace, ensure_dir
-
-REQUIRED_KEYS = ("benchmark", "model_hash", "model_path", "dataset_hash", "protocol", "metrics")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float | None:
@@ -73,38 +64,13 @@ def pass_metrics(counts: list[tuple[int, int]], ks: Iterable[int]) -> dict[str, 
 def make_record(*, benchmark: str, model_hash: str | None, model_path: str | Path | None,
                 dataset_hash: str | None, protocol: dict[str, Any], metrics: dict[str, float],
                 **extra: Any) -> dict[str, Any]:
-    """A ledger record with the required keys checked (metrics flat, name -> float)."""
-    bad = {k: v for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
-    if bad:
-        raise ValueError(f"result metrics must be numbers, got {bad}")
-    return {"benchmark": benchmark, "model_hash": model_hash,
-            "model_path": str(model_path) if model_path is not None else None,
-            "dataset_hash": dataset_hash, "protocol": dict(protocol),
-            "metrics": {k: float(v) for k, v in metrics.items()}, **extra}
-
-
-def read_ledger(workspace: Workspace | Path) -> list[dict[str, Any]]:
-    """Every complete record of a workspace's ledger, oldest first.
-
-    A partial last line (a writer killed mid-append) is skipped; so is any line that is
-    not a JSON object with the required keys (they cannot be keyed to a model).
-    """
-    path = workspace.ledger_path if isinstance(workspace, Workspace) else Workspace(Path(workspace)).ledger_path
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    records = []
-    for raw in data.split(b"\n")[:-1]:  # the last piece is empty, or a line still being written
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and all(k in rec for k in REQUIRED_KEYS):
-            records.append(rec)
-    return records
+    """A ledger record, refused (ValueError) where readers would ignore it (``malformed``)."""
+    rec = {"benchmark": benchmark, "model_hash": model_hash,
+           "model_path": str(model_path) if model_path is not None else None,
+           "dataset_hash": dataset_hash, "protocol": dict(protocol), "metrics": metrics, **extra}
+    if why := malformed(rec):
+        raise ValueError(f"result {benchmark!r}: {why}: {metrics}")
+    return {**rec, "metrics": {k: float(v) for k, v in metrics.items()}}
 
 
 # -- exactly-once commit ------------------------------------------------------------------
@@ -192,10 +158,7 @@ def committed_digests(ws: Workspace) -> dict[str, str]:
     out: dict[str, str] = {}
     key = user_key(create=False)
     for job_id in sorted(journal_jobs(ws)):
-        try:
-            end = json.loads(last_line(ws.job_log(job_id)) or b"{}")
-        except ValueError:
-            continue
+        end = parse(last_line(ws.job_log(job_id)))
         if isinstance(end, dict) and end.get("kind") == "job_finished":
             for entry in end.get("results") or []:
                 if isinstance(entry, dict) and sealed(entry.get("seal"), job_id, str(entry.get("key")),
@@ -216,12 +179,14 @@ def malformed(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
-    """Every ledger line as a record with ``id`` (ledger:LINE), ``digest`` and ``ignored``.
+def read_ledger(workspace: Workspace | Path) -> list[dict[str, Any]]:
+    """The one ledger reader: every record line with ``id`` (ledger:LINE), ``digest`` and ``ignored``.
 
     ``ignored`` is None for a record with provenance (committed by a launched job of this
     workspace, in the intact part of the chain) and otherwise says why it does not count.
+    Lines that are no record (``malformed``) are left out; so is a torn last line.
     """
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     chain = verify_chain(ws.ledger_path)
     committed = committed_digests(ws)
     out = []
@@ -230,12 +195,9 @@ def ledger_entries(ws: Workspace) -> list[dict[str, Any]]:
                                  "not committed by a job of this workspace (edited or written by hand)")
         out.append({**rec, "id": f"ledger:{line}", "digest": digest, "ignored": why})
     if chain.broken_line is not None:
-        tail = ws.ledger_path.read_bytes().split(b"\n")[chain.broken_line - 1:-1]
+        tail = complete_lines(ws.ledger_path.read_bytes())[chain.broken_line - 1:]
         for line, raw in enumerate(tail, start=chain.broken_line):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
+            rec = parse(raw)
             if isinstance(rec, dict) and not malformed(rec):
                 out.append({**rec, "id": f"ledger:{line}", "digest": line_digest(raw),
                             "ignored": f"after the break of the ledger's chain at line {chain.broken_line} "

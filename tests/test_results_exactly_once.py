@@ -13,9 +13,9 @@ import pytest
 
 from engine.chain import append_chained, verify_chain
 from engine.events import read_events
-from engine.results import ledger_entries
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash
+from engine.results import read_ledger
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash
 from engine.workspace import Workspace
 
 PARAMS = {"window": 16, "stride": 16, "max_tokens": 64}
@@ -31,12 +31,12 @@ def launch(ws: Workspace, attempt: int, model: Path, text: Path, fault: str | No
     env = {k: v for k, v in os.environ.items() if k != "PMAT_FAULT_AT"}
     if fault:
         env["PMAT_FAULT_AT"] = fault
-    return subprocess.run([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))],
+    return subprocess.run([sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job.job_id))],
                           env=env, capture_output=True, timeout=120).returncode
 
 
 def counted(ws: Workspace) -> list[dict]:
-    return [e for e in ledger_entries(ws) if e["ignored"] is None]
+    return [e for e in read_ledger(ws) if e["ignored"] is None]
 
 
 @pytest.fixture()

@@ -1,0 +1,61 @@
+"""Read-only means read-only: a read-only console session and ``pmat status`` leave every byte
+of a finished workspace as it was (no file added, removed or changed; the hash cache included)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.gates import evaluate_gates
+from engine.overview import load_spec_fast
+from engine.workspace import Workspace
+from pmat_tui.app import PmatApp
+from pmat_tui.fixture import FIXTURE_NOW, fixture_memory, write_fixture
+
+PMAT = [sys.executable, "-m", "engine.cli.main"]
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (directories too) with its content's sha256 (mtimes left out)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    """A finished workspace whose gates hash checkpoints, with a persisted hash cache gone stale
+    (an artifact touched since): a reader re-hashes, and must keep what it learnt in memory."""
+    ws = write_fixture(tmp_path / "fx")
+    evaluate_gates(load_spec_fast(ws.spec_path, check_params=False), ws, persist_cache=True)
+    assert (ws.root / "state" / "hash-cache.json").is_file()
+    model = ws.artifact_path("base", "model")
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1))
+    return ws
+
+
+async def test_a_readonly_console_session_writes_nothing(ws: Workspace) -> None:
+    before = checksums(ws.root)
+    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
+    async with app.run_test(size=(160, 40)) as pilot:
+        while not app.loaded:
+            await pilot.pause(0.01)
+        for key in ("1", "2", "3", "4", "5", "1", "r", "a", "c", "t", "l", "escape", "question_mark", "escape"):
+            await pilot.press(key)
+            await pilot.pause()
+        app.do_refresh()
+        await pilot.pause()
+    assert checksums(ws.root) == before
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"]])
+def test_pmat_status_writes_nothing(ws: Workspace, args: list[str]) -> None:
+    before = checksums(ws.root)
+    out = subprocess.run([*PMAT, *args, "-w", str(ws.root)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert checksums(ws.root) == before
