@@ -3,7 +3,8 @@
 #   bench/rehearse_device.sh start SECONDS   install the carried wheels (.whl), record the box and its
 #                                           ceilings, start the rehearsal detached (setsid), watch SECONDS
 #   bench/rehearse_device.sh watch SECONDS   watch the detached rehearsal
-#   bench/rehearse_device.sh collect         fold the measurements, copy them to $OUT
+#   bench/rehearse_device.sh collect         fold the measurements, copy them to $OUT, print the console's
+#                                           ETA error per stage (bench/rehearsal_eta.py --error; BENCH lines)
 # The workspace goes on the filesystem with the most free space.
 set -u
 mode=$1; secs=${2:-0}
@@ -51,6 +52,7 @@ if [ "$mode" = collect ] || grep -q "== pmat demo summary" /tmp/rehearse.log; th
   grep -q "== pmat demo summary" /tmp/rehearse.log || python3 -m engine.cli.main rehearse -w "$WS" --report
   cp /tmp/rehearse.log "$WS/rehearsal/measured.json" "$WS/rehearsal/samples.jsonl" "$WS/logs/supervisor.jsonl" "$OUT/" 2>/dev/null
   tar czf "$OUT/joblogs.tgz" -C "$WS/logs" jobs 2>/dev/null
+  python3 bench/rehearsal_eta.py --error "$WS/rehearsal/measured.json" | tee "$OUT/eta_error.txt"
   python3 -m engine.cli.main status -w "$WS" --json > "$OUT/status.json" 2>&1
   tail -50 /tmp/rehearse.log
 fi
