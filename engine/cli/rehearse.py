@@ -22,6 +22,8 @@ from engine.spec import load_spec, pipeline_path
 from engine.workspace import UnsafeWorkspace, Workspace
 
 COMMANDS = ("rehearse",)
+REHEARSAL_APPROVER = "pmat rehearse"
+REHEARSAL_OVERRIDE = "rehearsal: random weights fail the real gates by design"
 
 
 def rehearsal_spec_text(shapes: tuple[str, str] | None) -> str:
@@ -95,7 +97,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     monitor = Monitor(ws, load_spec(ws.spec_path))
     monitor.start()
     try:
-        rc = run_headless(ws, args.timeout)
+        rc = run_headless(ws, args.timeout, REHEARSAL_APPROVER, REHEARSAL_OVERRIDE)
     finally:
         monitor.stop.set()
         monitor.join(timeout=5)
