@@ -2,7 +2,7 @@
 
 The same job (stage kind, parameters, model, data, seed) runs three times as the supervisor
 would start it: today's single process (``job_argv(..., gpus=1)``), the torchrun path with one
-rank (``python -m engine.launch --ranks 1``: NCCL on CUDA, gloo on CPU, the model wrapped in
+rank (``python -m engine.sdk.launch --ranks 1``: NCCL on CUDA, gloo on CPU, the model wrapped in
 DDP), and today's path again, whose difference from the first run is the noise floor of the
 device (non-deterministic GPU kernels). The launch path passes when its per-step losses and its
 adapter differ from today's by no more than that floor (and a float32 rounding allowance).
@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from engine.data import mbpp  # noqa: E402
 from engine.events import read_events  # noqa: E402
-from engine.launch import job_argv  # noqa: E402
 from engine.rehearsal import build_model  # noqa: E402
-from engine.stages.base import JobSpec  # noqa: E402
-from engine.stages.run import params_hash  # noqa: E402
+from engine.sdk.base import JobSpec  # noqa: E402
+from engine.sdk.launch import job_argv  # noqa: E402
+from engine.sdk.run import params_hash  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 
 ROUNDING = 1e-5  # relative: an allreduce over one rank may still copy through another buffer
@@ -117,9 +117,9 @@ def main() -> None:
         build_model(model, args.shape, materialise="disk", seed=0, device=args.device)
     data = write_data(args.workdir, model, rows=4 * args.steps)
     paths = {"today": lambda f, k: job_argv(f, k, 1),
-             "launch": lambda f, k: [sys.executable, "-m", "engine.launch", "--ranks", "1", str(f)],
+             "launch": lambda f, k: [sys.executable, "-m", "engine.sdk.launch", "--ranks", "1", str(f)],
              "today_again": lambda f, k: job_argv(f, k, 1)}
-    assert paths["today"](Path("j"), "sft")[2] != "engine.launch", "gpus: 1 no longer takes today's path"
+    assert paths["today"](Path("j"), "sft")[2] != "engine.sdk.launch", "gpus: 1 no longer takes today's path"
     results = []
     for kind in args.kinds.split(","):
         params = spec_params(kind, args.steps, args.max_length)

@@ -24,8 +24,8 @@ from typing import Any
 
 from engine.eta import phases
 from engine.resume import free_bytes
+from engine.sdk.run import rss_bytes
 from engine.spec import PipelineSpec
-from engine.stages.run import rss_bytes
 from engine.state import PipelineState
 from engine.workspace import Workspace, append_jsonl, atomic_write_json
 

@@ -13,11 +13,11 @@ from importlib import metadata
 from pathlib import Path
 
 from engine.gen.base import gguf_problem, is_gguf
+from engine.kinds import load_stage
 from engine.models.files import check_model_dir, safetensors_header
 from engine.random_source import is_random_source
 from engine.refs import resolve_ref
 from engine.spec import PARAM_REF_RE, REF_RE, DatasetEntry, PipelineSpec, param_refs
-from engine.stages.base import load_stage
 from engine.workspace import Workspace, content_hash, tree_files
 
 PATH_KEYS = ("_path", "_dir", "_file")  # parameters that name a file or directory

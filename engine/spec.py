@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.data.pins import DATASETS
 from engine.executors.slurm import SlurmSettings
-from engine.launch import check_ranks
+from engine.kinds import load_stage, stage_kinds
+from engine.sdk.launch import check_ranks
 
 REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
 PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)(\.sha256)?$")  # .sha256: its pinned hash
@@ -295,8 +296,6 @@ def _check_cycles(spec: PipelineSpec, where: str) -> None:
 
 
 def _check_stage_params(spec: PipelineSpec, where: str) -> None:
-    from engine.stages.base import load_stage, stage_kinds
-
     outputs: dict[str, set[str]] = {}
     for name, st in spec.stages.items():
         try:

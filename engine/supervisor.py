@@ -43,7 +43,7 @@ from engine.inbox import (
     read_command,
     supervisor_identity,
 )
-from engine.launch import job_argv
+from engine.kinds import load_stage
 from engine.memory import GIB, admission_headroom
 from engine.preflight import stage_input_problem
 from engine.procs import ProcIdentity, reap_children
@@ -56,9 +56,10 @@ from engine.resume import (
     waits_for_space,
     will_resume,
 )
+from engine.sdk.base import JobSpec
+from engine.sdk.launch import job_argv
+from engine.sdk.run import params_hash
 from engine.spec import PipelineSpec, load_spec
-from engine.stages.base import JobSpec, load_stage
-from engine.stages.run import params_hash
 from engine.state import PipelineState
 from engine.workspace import Workspace
 

@@ -21,7 +21,7 @@ from engine.chain import line_digest
 from engine.data import protocols
 from engine.memory import GIB, GpuInfo, MemorySnapshot
 from engine.results import commit_results, make_record, record_key
-from engine.stages.run import params_hash
+from engine.sdk.run import params_hash
 from engine.workspace import Workspace
 
 T0 = 1_790_000_000.0
@@ -102,7 +102,7 @@ def _job(ws: Workspace, journal: _Log, stage: str, attempt: int, start: float, *
          error: str | None = None, metrics: bool = False, rss: int = 2 * GIB, artifact: str = "output",
          records: tuple[dict[str, Any], ...] = (), identity: dict[str, Any] | None = None) -> None:
     """One attempt as the supervisor journals it and the job logs it; ``records`` are committed
-    to the ledger at its end the way ``engine.stages.run`` does (announced, then listed sealed)."""
+    to the ledger at its end the way ``engine.sdk.run`` does (announced, then listed sealed)."""
     job_id = f"{stage}.{attempt}"
     journal.emit(start - 2, "admitted", stage=stage, job_id=job_id, reservation=rss)
     journal.emit(start - 1, "launched", stage=stage, job_id=job_id, attempt=attempt,

@@ -163,8 +163,8 @@ def check_qlora() -> bool | None:
     from peft import get_peft_model
 
     from engine.models.tiny import TinyConfig, build_tiny_model, training_corpus
-    from engine.stages import _train
-    from engine.stages.run import run_inline
+    from engine.sdk import train as _train
+    from engine.sdk.run import run_inline
     from engine.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,7 +198,7 @@ def check_qlora() -> bool | None:
 
 def check_stages() -> bool:
     from engine.models.tiny import build_tiny_model
-    from engine.stages.run import run_inline
+    from engine.sdk.run import run_inline
     from engine.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ import shutil
 import yaml
 
 from engine.bundle import validate_bundle
-from engine.stages.run import run_inline
+from engine.sdk.run import run_inline
 from engine.workspace import Workspace
 
 

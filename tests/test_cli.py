@@ -11,7 +11,7 @@ import time
 import yaml
 
 from engine.chain import append_chained
-from engine.stages.run import run_inline
+from engine.sdk.run import run_inline
 from engine.workspace import Workspace
 
 

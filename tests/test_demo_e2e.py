@@ -77,7 +77,7 @@ import json, sys, yaml
 from pathlib import Path
 from engine.refs import PACKAGE_ROOT
 from engine.spec import pipeline_path
-from engine.stages.run import run_inline
+from engine.sdk.run import run_inline
 from engine.workspace import Workspace, sha256_file, tree_files
 
 ws = Workspace(Path(sys.argv[1]))

@@ -14,8 +14,8 @@ from test_sft import MBPP_DIR, chat_prompt, one_thread, sft_params  # noqa: F401
 
 from engine.data import decontam, mbpp, prompts
 from engine.events import read_events
+from engine.sdk.run import run_inline
 from engine.stages.distill import reference_code
-from engine.stages.run import run_inline
 from engine.workspace import Workspace, content_hash
 
 KNOWN = ("Mbpp/847", "Mbpp/624")  # short reference solutions the teacher memorises

@@ -20,8 +20,8 @@ from test_sft import (  # noqa: F401 - one_thread: autouse fixture
 )
 
 from engine.events import read_events
+from engine.sdk.run import run_inline
 from engine.stages import _train, dpo
-from engine.stages.run import run_inline
 from engine.workspace import Workspace
 
 PAIRS = [

@@ -16,8 +16,8 @@ import pytest
 from engine.data import mbpp, protocols
 from engine.events import read_events
 from engine.results import read_ledger
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash, run_inline
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash, run_inline
 from engine.workspace import Workspace, content_hash, sha256_file
 
 MBPP_FILE = mbpp.SHIPPED_DIR / "mbpp.jsonl"
@@ -109,7 +109,7 @@ def _job(ws: Workspace, attempt: int, params: dict, model: Path) -> Path:
 
 
 def _run(jobfile: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(jobfile)], start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "engine.sdk.run", str(jobfile)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

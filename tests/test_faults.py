@@ -249,7 +249,7 @@ def test_hand_appended_approval_breaks_the_chain_and_does_not_count(tmp_path, su
 SAMPLER = """
 import sys, time, types, pathlib
 sys.modules["torch"] = types.ModuleType("torch")  # what another thread's `import torch` looks like midway
-import engine.stages.run as run
+import engine.sdk.run as run
 from engine.events import EventWriter, read_events
 run.RESOURCE_INTERVAL_S = 0.05
 log = pathlib.Path(sys.argv[1])
@@ -268,7 +268,7 @@ def test_resource_sampler_survives_a_half_imported_torch(tmp_path):
 
 # -- item 10: owner-only files whatever the umask; unsafe workspaces refused ------------------
 def test_published_artifacts_and_job_files_are_owner_only_under_umask_002(tmp_path):
-    from engine.stages.run import run_inline
+    from engine.sdk.run import run_inline
 
     old = os.umask(0o002)
     try:
@@ -350,7 +350,7 @@ def test_job_spawned_but_not_journaled_is_not_launched_twice(tmp_path, superviso
     slow to write its first event) and the next supervisor must not start x.1 a second time."""
     import fcntl
 
-    from engine.stages.base import JobSpec
+    from engine.sdk.base import JobSpec
 
     ws = make_ws(tmp_path, {"x": stage(2, 0.1)})
     params = {"argv": [sys.executable, "-c", JOB, "2", "0.1"]}
@@ -360,7 +360,7 @@ def test_job_spawned_but_not_journaled_is_not_launched_twice(tmp_path, superviso
                                      {"ts": time.time(), "kind": "admitted", "stage": "x", "job_id": "x.1", "reservation": 0}])
     lock = os.open(ws.job_file("x.1").with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    spawn_detached(["sh", "-c", f'sleep 2; exec "{sys.executable}" -m engine.stages.run "{ws.job_file("x.1")}"'],
+    spawn_detached(["sh", "-c", f'sleep 2; exec "{sys.executable}" -m engine.sdk.run "{ws.job_file("x.1")}"'],
                    log_path=ws.logs_dir / "jobs" / "x.1.out", cwd=ws.root, keep_fds=(lock,))
     os.close(lock)
     start(ws, supervisors)

@@ -20,8 +20,8 @@ import torch
 from engine.events import read_events
 from engine.models.gguf_export import choose_type, export_gguf, gguf_to_hf, plan
 from engine.models.tiny import TinyConfig, build_tiny_model
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash, run_inline
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash, run_inline
 from engine.workspace import Workspace
 from kernels.quant import reference as R
 from kernels.quant.formats import QType
@@ -212,7 +212,7 @@ def test_stage_kill_9_then_resume_writes_the_same_file(k_model_dir: Path, tmp_pa
                   params=params, inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
                   outputs=["gguf", "gguf_f16"], device="cpu", seed=0)
     job.save(ws.job_file(job.job_id))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))],
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job.job_id))],
                             cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

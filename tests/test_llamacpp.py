@@ -24,7 +24,7 @@ from engine.gen.base import GenRequest, gguf_file, load_backend, load_tokenizer 
 from engine.gen.llamacpp import LlamaCppBackend  # noqa: E402
 from engine.models.gguf_export import export_gguf, gguf_to_hf  # noqa: E402
 from engine.results import read_ledger  # noqa: E402
-from engine.stages.run import run_inline  # noqa: E402
+from engine.sdk.run import run_inline  # noqa: E402
 from engine.workspace import Workspace, content_hash  # noqa: E402
 
 ASKS = ["Write a function add(a, b).", "def fib(n):", "Sort a list of tuples by their second item.",

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.events import read_events
 from engine.models.checkpoint import open_checkpoint
+from engine.sdk.run import run_inline
 from engine.stages.merge import Params, memory_estimate
-from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file
 from kernels.lora import lora_delta_ref, lora_scale, merge_lora_
 

@@ -15,9 +15,9 @@ import pytest
 
 from engine.data import mbpp
 from engine.events import read_events
-from engine.launch import job_argv, rank_accum, rank_log
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash
+from engine.sdk.base import JobSpec
+from engine.sdk.launch import job_argv, rank_accum, rank_log
+from engine.sdk.run import params_hash
 from engine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +74,9 @@ def one_process(tiny_model_dir: Path, sft_data: Path, tmp_path_factory: pytest.T
 
 def test_only_trainers_with_several_gpus_go_through_torchrun(tmp_path: Path) -> None:
     f = tmp_path / "job.json"
-    assert job_argv(f, "sft", 1)[1:] == ["-m", "engine.stages.run", str(f)]  # gpus: 1 is today's path
-    assert job_argv(f, "eval", 4)[1:] == ["-m", "engine.stages.run", str(f)]  # engines, not ranks
-    assert job_argv(f, "dpo", 2)[1:] == ["-m", "engine.launch", "--ranks", "2", str(f)]
+    assert job_argv(f, "sft", 1)[1:] == ["-m", "engine.sdk.run", str(f)]  # gpus: 1 is today's path
+    assert job_argv(f, "eval", 4)[1:] == ["-m", "engine.sdk.run", str(f)]  # engines, not ranks
+    assert job_argv(f, "dpo", 2)[1:] == ["-m", "engine.sdk.launch", "--ranks", "2", str(f)]
 
 
 def test_the_spec_refuses_a_grad_accum_the_ranks_cannot_split() -> None:

@@ -10,8 +10,8 @@ import pytest
 from engine.data import humaneval, mbpp
 from engine.events import read_events
 from engine.sandbox.pool import SandboxPool
+from engine.sdk.run import run_inline
 from engine.stages.pairs import normalize_code
-from engine.stages.run import run_inline
 from engine.workspace import Workspace
 
 MBPP = mbpp.SHIPPED_DIR

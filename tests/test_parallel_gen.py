@@ -15,8 +15,8 @@ from engine.events import read_events
 from engine.gen.base import GenRequest, load_backend
 from engine.gen.parallel import ParallelBackend, load_engines
 from engine.gen.sampling import task_seed
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash, run_job
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash, run_job
 from engine.workspace import Workspace
 
 TASKS = [f"Task/{i}" for i in range(7)]

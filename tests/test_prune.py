@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from engine.events import read_events
 from engine.models.checkpoint import open_checkpoint
 from engine.models.tiny import training_corpus
+from engine.sdk.run import run_inline
 from engine.stages.prune import Params, load_calibration
-from engine.stages.run import run_inline
 from engine.workspace import Workspace, sha256_file
 from kernels.wanda import ActNorm, nm_mask, nm_mask_ref, row_mask, row_mask_ref, wanda_scores
 

@@ -16,8 +16,8 @@ import torch
 
 from engine.data import mbpp
 from engine.events import read_events
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash, run_inline
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash, run_inline
 from engine.workspace import Workspace
 
 MBPP = mbpp.SHIPPED_DIR
@@ -45,7 +45,7 @@ def start(ws: Workspace, model: Path, attempt: int = 1) -> subprocess.Popen:
                   device="cpu")
     job.save(ws.job_file(job.job_id))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], env=env,
+    return subprocess.Popen([sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job.job_id))], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -119,7 +119,7 @@ def test_sigterm_cancels_between_units(tmp_path: Path, tiny_model_dir: Path) -> 
     try:
         wait_for_units(ws, proc, 1)
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=60) == 3  # engine.stages.run's exit code for a cancelled job
+        assert proc.wait(timeout=60) == 3  # engine.sdk.run's exit code for a cancelled job
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

@@ -10,7 +10,7 @@ import pytest
 from engine.cli.main import main
 from engine.data import humaneval, plusgen, protocols
 from engine.results import read_ledger
-from engine.stages.run import run_inline
+from engine.sdk.run import run_inline
 from engine.workspace import Workspace, sha256_file
 
 

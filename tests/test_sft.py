@@ -18,9 +18,10 @@ from pydantic import ValidationError
 
 from engine.data import mbpp
 from engine.events import read_events
-from engine.stages import _train, sft
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash, run_inline
+from engine.sdk import train as _train
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash, run_inline
+from engine.stages import sft
 from engine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir: Path, s
                   inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
                   outputs=["adapter"], device="cpu", seed=0)
     job.save(ws.job_file(job.job_id))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job.job_id))], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},  # same numerics as the in-process run
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -212,7 +213,7 @@ def test_sigterm_saves_a_checkpoint_then_cancels(tiny_model_dir: Path, sft_data:
                   inputs={k: str(v) for k, v in inputs.items()}, params_hash=params_hash(params),
                   outputs=["adapter"], device="cpu", seed=0)
     job.save(ws.job_file(job.job_id))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.stages.run", str(ws.job_file(job.job_id))], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job.job_id))], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -221,7 +222,7 @@ def test_sigterm_saves_a_checkpoint_then_cancels(tiny_model_dir: Path, sft_data:
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)
-    assert proc.wait(timeout=60) == 3  # engine.stages.run: cancelled
+    assert proc.wait(timeout=60) == 3  # engine.sdk.run: cancelled
     events = read_events(ws.job_log("sft.1"))
     saved = [e for e in events if e["kind"] == "checkpoint"]
     assert events[-1]["outcome"] == "cancelled" and len(saved) == 1 and 1 <= saved[0]["step"] < 40

@@ -15,8 +15,8 @@ from test_supervisor import JOB as UNITS  # units of work, each recorded once in
 from engine.events import read_events
 from engine.executors import Resources, job_handle
 from engine.executors.slurm import SlurmExecutor, SlurmJob, SlurmSettings
-from engine.stages.base import JobSpec
-from engine.stages.run import params_hash
+from engine.sdk.base import JobSpec
+from engine.sdk.run import params_hash
 from engine.workspace import Workspace
 
 STEP = "import sys,time\nfor i in range({n}):\n    print('PMAT_PROGRESS', i + 1, {n}, 'steps', flush=True)\n    time.sleep({dt})\n"
@@ -35,7 +35,7 @@ def command_job(ws: Workspace, job_id: str, code: str) -> list[str]:
     job = JobSpec(job_id=job_id, stage=stage, kind="command", attempt=int(attempt), workspace=str(ws.root),
                   params=params, inputs={}, params_hash=params_hash(params), device="cpu")
     job.save(ws.job_file(job_id))
-    return [sys.executable, "-m", "engine.stages.run", str(ws.job_file(job_id))]
+    return [sys.executable, "-m", "engine.sdk.run", str(ws.job_file(job_id))]
 
 
 def submit(ws: Workspace, job_id: str, code: str, **settings) -> SlurmJob:
@@ -71,7 +71,7 @@ def test_job_runs_on_slurm_and_logs_to_the_shared_workspace(env, tmp_path: Path)
     # a second submission of a finished attempt is a new job; of a queued one, that job (adopted)
     assert submit(ws, "train.1", "pass").slurm_id != h.slurm_id
     script = (ws.logs_dir / "jobs" / "train.1.sbatch").read_text()
-    assert "engine.stages.run" in script and "PYTHONPATH=" in script
+    assert "engine.sdk.run" in script and "PYTHONPATH=" in script
 
 
 def test_pending_reason_and_cancel(env, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from engine.events import read_events
 from engine.models.checkpoint import ShardedWriter, copy_side_files, open_checkpoint
-from engine.stages.run import run_inline
+from engine.sdk.run import run_inline
 from engine.stages.ties import Params
 from engine.workspace import Workspace
 from kernels.ties import (

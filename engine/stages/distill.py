@@ -25,7 +25,7 @@ from engine.gen.base import GenRequest
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.stages.pairs import normalize_code
 from engine.stages.sample import EVAL_SPLITS, append_lines, read_lines
 from engine.workspace import content_hash

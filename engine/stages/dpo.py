@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from engine.stages import _train, sft
-from engine.stages.base import StageContext, StageFailed
+from engine.sdk import train as _train
+from engine.sdk.base import StageContext, StageFailed
+from engine.stages import sft
 from engine.workspace import content_hash, sha256_file
 
 

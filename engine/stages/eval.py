@@ -25,7 +25,7 @@ from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
 from engine.results import make_record
 from engine.sandbox.pool import SandboxPool
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
 

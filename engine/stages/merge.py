@@ -31,7 +31,7 @@ from engine.models.checkpoint import (
     set_config_dtype,
 )
 from engine.models.files import safetensors_header
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from kernels.lora import lora_scale, merge_lora_
 
 PREFIX = "base_model.model."

@@ -26,7 +26,7 @@ from pydantic import Field
 from engine.data import mbpp
 from engine.data.decontam import DecontamIndex
 from engine.data.humaneval import Problem
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, ensure_dir
 
 

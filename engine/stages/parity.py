@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import content_hash
 
 DEFAULT_PROMPTS = (

@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, content_hash, sha256_file
 
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import model_validator
 
 from engine.models.checkpoint import ShardedWriter, copy_side_files, open_checkpoint
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from kernels.wanda import ActNorm, prune_mask, wanda_scores
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -23,7 +23,7 @@ import torch
 
 from engine.models.checkpoint import checkpoint_hash, open_checkpoint
 from engine.models.gguf_export import export_gguf, plan
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
 from kernels.quant.formats import QType
 from kernels.quant.vectorized import quantize

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from engine.rehearsal import build_model, shape_of
-from engine.stages.base import StageContext, StageParams
+from engine.sdk.base import StageContext, StageParams
 
 MAX_TENSOR_BYTES = 152064 * 5120 * 4  # the largest tensor of the 32B shape, float32 on its way
 

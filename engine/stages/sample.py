@@ -27,7 +27,7 @@ from engine.gen.base import GenRequest
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
 from engine.gen.sampling import task_seed
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
 
 EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples

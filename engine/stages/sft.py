@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engine.stages import _train
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk import train as _train
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import content_hash, sha256_file
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from engine.approvals import evidence_changes, stage_evidence
 from engine.bundle import write_bundle
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.spec import PipelineSpec, load_spec
-from engine.stages.base import StageContext, StageFailed, StageParams
 from engine.state import load_state
 
 

@@ -31,7 +31,7 @@ from engine.models.checkpoint import (
     resolve_dtype,
     set_config_dtype,
 )
-from engine.stages.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.stages.merge import ADAPTER_CONFIG, LoraAdapter, load_adapter
 from kernels.ties import KthLargest, disjoint_merge, sign_conflicts, slerp, trim_mask
 

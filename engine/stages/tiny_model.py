@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.models.tiny import TinyConfig, build_tiny_model
-from engine.stages.base import StageContext, StageParams
+from engine.sdk.base import StageContext, StageParams
 
 
 class Params(TinyConfig, StageParams):

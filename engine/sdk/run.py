@@ -1,4 +1,4 @@
-"""Run one job: ``python -m engine.stages.run WORKSPACE/jobs/<job_id>.json``.
+"""Run one job: ``python -m engine.sdk.run WORKSPACE/jobs/<job_id>.json``.
 
 Writes ``job_started`` (identity, argv, params and their hash), runs the stage,
 samples resource use in the background, and always ends the log with
@@ -24,9 +24,10 @@ from typing import Any
 
 from engine.chain import append_chained, verify_chain
 from engine.events import EventWriter
+from engine.kinds import load_stage
 from engine.procs import ProcIdentity
 from engine.results import commit_results
-from engine.stages.base import Cancelled, JobSpec, StageContext, StageFailed, load_stage
+from engine.sdk.base import Cancelled, JobSpec, StageContext, StageFailed
 from engine.workspace import Workspace
 
 RESOURCE_INTERVAL_S = 2.0
@@ -156,7 +157,7 @@ def run_job(job: JobSpec, *, install_signals: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m engine.stages.run JOBFILE.json", file=sys.stderr)
+        print("usage: python -m engine.sdk.run JOBFILE.json", file=sys.stderr)
         return 2
     job = JobSpec.load(Path(argv[0]))
     outcome = run_job(job)

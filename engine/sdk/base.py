@@ -1,6 +1,6 @@
-"""The stage SDK: what a stage module declares and the context it runs with.
+"""The stage API: what a stage kind declares and the context it runs with.
 
-A stage is a module ``engine.stages.<kind>`` that defines::
+A stage kind is a module ``engine.stages.<kind>`` (found by name through ``engine.kinds``) that defines::
 
     class Params(StageParams): ...          # every parameter, validated, no extras
     INPUTS: dict[str, str]                  # input name -> what it must be
@@ -21,12 +21,10 @@ units of work.
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -50,23 +48,6 @@ class StageFailed(Exception):
     """A stage's own verdict that its run is broken (not a crash)."""
 
 
-def load_stage(kind: str) -> ModuleType:
-    """Import the module implementing a stage kind."""
-    if not kind.isidentifier() or kind.startswith("_") or kind in ("base", "run"):
-        raise ValueError(f"no stage kind {kind!r}")
-    try:
-        return importlib.import_module(f"engine.stages.{kind}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"engine.stages.{kind}":
-            raise ValueError(f"no stage kind {kind!r} (no module engine/stages/{kind}.py)") from None
-        raise
-
-
-def stage_kinds() -> list[str]:
-    here = Path(__file__).parent
-    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem not in ("base", "run"))
-
-
 @dataclass
 class JobSpec:
     """Everything a stage process needs; written to ``jobs/<job_id>.json``."""
@@ -82,7 +63,7 @@ class JobSpec:
     outputs: list[str] = field(default_factory=list)
     device: str = "auto"
     seed: int = 0
-    gpus: int = 1  # DDP ranks or generation engines (engine/launch.py, engine/gen/parallel.py)
+    gpus: int = 1  # DDP ranks or generation engines (engine/sdk/launch.py, engine/gen/parallel.py)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.__dict__)

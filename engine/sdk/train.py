@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from engine.launch import rank_accum
-from engine.stages.base import Cancelled, StageContext, StageFailed
+from engine.sdk.base import Cancelled, StageContext, StageFailed
+from engine.sdk.launch import rank_accum
 from engine.workspace import atomic_write_json, content_hash, seal_tree, sha256_file
 from kernels.logprob import token_logprobs
 
@@ -369,7 +369,7 @@ def trainer_args(params: Any, out_dir: Path, seed: int, cuda: bool) -> dict[str,
         num_train_epochs=params.epochs or 1.0,
         max_steps=params.max_steps or -1,
         per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=rank_accum(params.grad_accum),  # N DDP ranks split it: engine/launch.py
+        gradient_accumulation_steps=rank_accum(params.grad_accum),  # N DDP ranks split it: engine/sdk/launch.py
         max_length=params.max_length,
         lr_scheduler_type=params.lr_scheduler,
         warmup_steps=params.warmup_steps,

@@ -1,8 +1,8 @@
 """Multi-process training: a trainer job whose spec entry says ``gpus: N`` (N > 1) runs as N DDP
-ranks under ``torchrun``; every other job runs as one ``engine.stages.run`` process, as before.
+ranks under ``torchrun``; every other job runs as one ``engine.sdk.run`` process, as before.
 
-``python -m engine.launch --ranks N JOBFILE`` is the job's process-group leader: it starts ``torchrun
---standalone --nproc-per-node N -m engine.launch --worker JOBFILE`` and decides the outcome.
+``python -m engine.sdk.launch --ranks N JOBFILE`` is the job's process-group leader: it starts ``torchrun
+--standalone --nproc-per-node N -m engine.sdk.launch --worker JOBFILE`` and decides the outcome.
 Rank 0 runs the stage through ``run_job`` and writes the job's log (progress, metrics,
 checkpoints, the published adapter, the ledger record); ranks > 0 run the same stage with their
 own work dir, write ``logs/ranks/<job>.rank<r>.jsonl`` and publish nothing. A lost rank (killed,
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.events import EventWriter, read_events
-from engine.stages.base import JobSpec, StageContext, load_stage
+from engine.kinds import load_stage
+from engine.sdk.base import JobSpec, StageContext
 from engine.workspace import Workspace
 
 DISTRIBUTED_KINDS = ("sft", "dpo")  # trainer stages; generation stages shard over engines (engine.gen.parallel)
@@ -61,8 +62,8 @@ def job_argv(job_file: Path, kind: str, gpus: int) -> list[str]:
     """The command that runs a job: the leader for a multi-rank trainer, else the plain runner."""
     n = ranks(kind, gpus)
     if n == 1:
-        return [sys.executable, "-m", "engine.stages.run", str(job_file)]
-    return [sys.executable, "-m", "engine.launch", "--ranks", str(n), str(job_file)]
+        return [sys.executable, "-m", "engine.sdk.run", str(job_file)]
+    return [sys.executable, "-m", "engine.sdk.launch", "--ranks", str(n), str(job_file)]
 
 
 def rank_log(ws: Workspace, job_id: str, rank: int) -> Path:
@@ -83,7 +84,7 @@ def lead(job_file: Path, n: int) -> int:
     job = JobSpec.load(job_file)
     ws = Workspace(Path(job.workspace))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-            "--max-restarts=0", "-m", "engine.launch", "--worker", str(job_file)]
+            "--max-restarts=0", "-m", "engine.sdk.launch", "--worker", str(job_file)]
     proc = subprocess.Popen(argv)
     cancelled = []
 
@@ -130,7 +131,7 @@ def work(job_file: Path) -> int:
     """One torchrun worker: rank 0 runs the job as usual, the others as RankContext."""
     import torch
 
-    from engine.stages.run import run_job
+    from engine.sdk.run import run_job
 
     job = JobSpec.load(job_file)
     rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"] and len(argv) == 2:
         return work(Path(argv[1]))
     if len(argv) != 3 or argv[0] != "--ranks" or not argv[1].isdigit() or int(argv[1]) < 1:
-        print("usage: python -m engine.launch --ranks N JOBFILE.json", file=sys.stderr)
+        print("usage: python -m engine.sdk.launch --ranks N JOBFILE.json", file=sys.stderr)
         return 2
     return lead(Path(argv[2]), int(argv[1]))
 
