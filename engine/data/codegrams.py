@@ -27,6 +27,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from engine.data.codeshape import canonical
+
 _MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "string", "bisect", "operator",
             "statistics", "random", "copy", "sys", "hashlib", "fractions", "decimal", "datetime", "cmath")
 
@@ -173,7 +175,7 @@ def normalise(text: str, unpack: bool = False) -> list[str]:
         out.append(tok)
         line_start = tok == ":" and depth == 0  # def f(): "doc" on one line
     for body in inner:
-        out += [";", *normalise(body, unpack=True)]
+        out += [";", *normalise(canonical(body), unpack=True)]
     return out
 
 
@@ -202,7 +204,7 @@ class CodeIndex:
     """Code n-grams of evaluation solutions; :meth:`matches` scores a row against each of them.
 
     A unit is one piece of reference code (a problem's prompt + solution, or its solution
-    alone); ``owners[u]`` is the item it belongs to, ``tasks[u]`` that item's task id (variants
+    alone), as written and in canonical shape; ``owners[u]`` is the item it belongs to, ``tasks[u]`` that item's task id (variants
     of one benchmark share it). A gram's weight is its rarity across
     problems, log(1 + problems / problems holding it); grams in more than ``max_df`` of the
     problems are boilerplate and not indexed. Matches must lie within a window a few times
@@ -211,8 +213,13 @@ class CodeIndex:
 
     def __init__(self, units: list[str], owners: list[int], tasks: list[str], n: int = 8,
                  max_df: float = 0.02) -> None:
-        self.n, self.owners = n, owners
-        streams = [normalise(u) for u in units]
+        shapes: dict[tuple[tuple[str, ...], int], str] = {}  # as written and canonical (codeshape.py): a row
+        for text, owner, task in zip(units, owners, tasks, strict=True):  # that does not parse meets the former
+            for shape in (text, canonical(text)):
+                shapes.setdefault((tuple(normalise(shape)), owner), task)
+        streams = [list(s) for s, _ in shapes]
+        self.n, self.owners = n, [o for _, o in shapes]
+        tasks = list(shapes.values())
         unit_grams = [{g for g, _ in features(s, n)} for s in streams]
         problems = len(set(tasks)) or 1  # HumanEval/0 and its HumanEval+ copy are one problem
         holders: dict[tuple[str, ...], set[str]] = defaultdict(set)

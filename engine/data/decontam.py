@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.codegrams import CodeIndex, normalise
+from engine.data.codeshape import canonical
 
 WORD = re.compile(r"[a-z0-9_]+")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -257,7 +258,7 @@ class DecontamIndex:
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
         """Hits of the code signals; ``named``: the problems one of whose functions the row defines or calls."""
         hits: dict[tuple[int, str], Hit] = {}
-        stream = normalise(text, unpack=True)
+        stream = normalise(canonical(text), unpack=True)
         for sig in self.code_signals:
             matches = sig.index.matches(stream, min(sig.coverage, NAMED_CODE))
             for m in sorted(matches, key=lambda m: (round(m.coverage, 6), round(m.weight, 6), -m.unit)):  # best last
