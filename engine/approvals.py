@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from engine.chain import seal, sealed
-from engine.content_id import CorruptArtifact, HashCache, checkpoint_hash
+from engine.content_id import CorruptArtifact, HashCache, ref_hash
 from engine.gates import evaluate_gates
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
@@ -43,7 +43,7 @@ def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str, *, full: bool 
     inputs: dict[str, str | None] = {}
     for name, ref in sorted(entry.inputs.items()):
         try:
-            inputs[name] = checkpoint_hash(spec, ws, ref, cache)
+            inputs[name] = ref_hash(spec, ws, ref, cache)
         except CorruptArtifact as exc:
             inputs[name] = f"corrupt: {exc}"
     cache.save()

@@ -86,7 +86,7 @@ class HashCache:
             self.dirty = False
 
 
-def checkpoint_hash(spec: PipelineSpec, ws: Workspace, ref: str, cache: HashCache) -> str | None:
+def ref_hash(spec: PipelineSpec, ws: Workspace, ref: str, cache: HashCache) -> str | None:
     """Verified content hash of a reference (None if it does not exist yet).
 
     A stage artifact's bytes are hashed and must agree with its manifest; a manifest
@@ -94,7 +94,7 @@ def checkpoint_hash(spec: PipelineSpec, ws: Workspace, ref: str, cache: HashCach
     """
     m = REF_RE.match(ref)
     if m and m.group(1) == "model" and spec.models[m.group(2)].artifact:
-        return checkpoint_hash(spec, ws, spec.models[m.group(2)].artifact, cache)
+        return ref_hash(spec, ws, spec.models[m.group(2)].artifact, cache)
     if m and m.group(3):
         return artifact_hash(ws, m.group(3), m.group(4), cache)
     path = Path(resolve_ref(spec, ws, ref, ws.spec_path.parent))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.content_id import CorruptArtifact, HashCache, checkpoint_hash
+from engine.content_id import CorruptArtifact, HashCache, ref_hash
 from engine.data import protocols
 from engine.data.protocols import Protocol
 from engine.refs import resolve_ref
@@ -160,7 +160,7 @@ def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Crite
     corrupt = []
     for alias, ref in refs.items():
         try:
-            res.checkpoints[alias] = checkpoint_hash(spec, ws, ref, cache)
+            res.checkpoints[alias] = ref_hash(spec, ws, ref, cache)
         except CorruptArtifact as exc:
             res.checkpoints[alias] = None
             corrupt.append(str(exc))
