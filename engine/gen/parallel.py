@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from engine.gen.base import Backend, GenOutput, GenRequest, load_backend, load_tokenizer
-from engine.workspace import append_jsonl
+from engine.jsonl import append_jsonl, read_objects
 
 
 def engine_devices(device: str, n: int) -> list[str]:
@@ -136,12 +136,9 @@ class ParallelBackend:
 
     def cached(self) -> dict[str, GenOutput]:
         """Outputs the shards finished earlier (this attempt's or a killed one's)."""
-        # read_lines cuts a torn last line off the file, before any engine appends to it
-        from engine.stages.sample import read_lines
-
         out: dict[str, GenOutput] = {}
         for path in sorted(self.cache_dir.glob("shard-*.jsonl")) if self.cache_dir else ():
-            for rec in read_lines(path):
+            for rec in read_objects(path):  # a torn last line is skipped (the next append cuts it)
                 key = rec.pop("key")
                 out[key] = GenOutput(**rec)
         return out
