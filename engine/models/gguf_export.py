@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
+from engine.jsonl import append_jsonl, read_objects
 from engine.models.checkpoint import open_checkpoint
 from engine.models.gguf_writer import GGUFStreamWriter, GValue
-from engine.workspace import append_jsonl
 from kernels.quant.formats import BLOCK, QK_K, QType
 from kernels.quant.vectorized import dequantize, quantize
 
@@ -226,9 +226,7 @@ def _plan_digest(kv: list, tensors: list[TensorPlan], source_id: str) -> str:
 
 
 def _resume_point(journal: Path, digest: str) -> list[dict[str, Any]]:
-    if not journal.is_file():
-        return []
-    lines = [json.loads(x) for x in journal.read_text().splitlines() if x.strip().endswith("}")]
+    lines = read_objects(journal)
     if not lines or lines[0].get("digest") != digest:
         return []
     return lines[1:]
