@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
+from engine.jsonl import parse
 from engine.text import fmt_bytes, fmt_duration
 from pmat_tui.logfmt import describe, metrics_text
 
@@ -52,10 +53,7 @@ def short_hash(h: str | None, n: int = 12) -> str:
 
 
 def parse_event(raw: bytes) -> dict[str, Any] | None:
-    try:
-        ev = json.loads(raw)
-    except ValueError:
-        return None
+    ev = parse(raw)
     return ev if isinstance(ev, dict) else None
 
 
