@@ -1,9 +1,8 @@
 """The pmat console: a client of the supervisor that reads logs and writes commands.
 
 It never owns a job (DESIGN principle 5): quitting, a closed terminal (SIGHUP) or an
-SSH drop leave every job and the supervisor running. New events are noticed through
-watchfiles (inotify) with a slow polling fallback, and folded in at most every
-``MIN_REFRESH_S`` so that a busy log does not keep the console busy.
+SSH drop leave every job and the supervisor running. When new events are folded in is
+``pmat_tui.watcher``'s to decide.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -34,23 +32,13 @@ from pmat_tui.model import ConsoleModel
 from pmat_tui.palette import palette_commands
 from pmat_tui.screens.base import ViewScreen
 from pmat_tui.screens.dag import DagScreen
+from pmat_tui.watcher import MIN_REFRESH_S, FilesChanged, Watcher
 from pmat_tui.widgets.header_bar import HeaderBar
 
-MIN_REFRESH_S = 0.25
-POLL_S = 1.0
-WATCH_PAUSE_FOLDS = 4  # folds in a row that found events before the watcher pauses (the ticks poll)
 CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
 READONLY_KEYS = {"r": "run", "a": "approve", "c": "cancel", "t": "retry"}
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
-
-
-class FilesChanged(Message):
-    """Sent by the watcher thread when something under logs/ changed."""
-
-    def __init__(self, watch_failed: bool = False) -> None:
-        super().__init__()
-        self.watch_failed = watch_failed
 
 
 class SpecProblem(Message):
@@ -115,17 +103,7 @@ class PmatApp(Guarded, App):
         self._watch_enabled = watch
         self._notice = notice
         self._announced: dict[str, str | None] = {}  # what _announce last said, by topic
-        self._stop = threading.Event()
-        self._change_posted = threading.Event()
-        self._quiet = threading.Event()  # set while the watcher should run (no long stream of events, not stopping)
-        self._quiet.set()
-        self._loud = threading.Event()  # the running watch's stop event: set while streaming or stopping
-        self._streak = 0  # consecutive folds that found events
-        self._last_refresh = 0.0
-        self._pending = False
-        self._ticks = 0
-        self._streaming = False  # events keep coming: poll each tick instead of per-change wakeups
-        self._ticks_per_poll = round(POLL_S / MIN_REFRESH_S)
+        self.watcher = Watcher(self.model.ws.logs_dir, self.post_message)
         self.refreshes = 0
         self.loaded = False
         self._last_error: str | None = None
@@ -195,82 +173,38 @@ class PmatApp(Guarded, App):
 
     def _hangup(self) -> None:
         """The terminal went away: leave quietly (the jobs never depended on us)."""
-        self._stop_watching()
+        self.watcher.stop()
         self.exit(return_code=0)
 
     def on_unmount(self) -> None:
-        self._stop_watching()
-
-    def _stop_watching(self) -> None:
-        self._stop.set()
-        self._loud.set()
-        self._quiet.set()
+        self.watcher.stop()
 
     @work(thread=True, exclusive=True, group="watch")
     def _watch(self) -> None:
-        """Wake the console when a log under the workspace changes (inotify via watchfiles).
-
-        While a stream of events lasts the ticks poll anyway, so the watch stops (it would wake
-        for every write and take the GIL every 50 ms) and starts again once a fold finds nothing."""
-        import watchfiles
-
-        try:
-            while self._quiet.wait() and not self._stop.is_set():
-                for _ in watchfiles.watch(self.model.ws.logs_dir, debounce=100, step=50, stop_event=self._loud,
-                                          raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
-                    if not self._loud.is_set() and not self._streaming and not self._change_posted.is_set():
-                        self._change_posted.set()  # one message in flight is enough
-                        self.post_message(FilesChanged())  # post_message is thread-safe
-        except Exception:  # noqa: BLE001 - no inotify (network fs, limits): poll faster instead
-            if not self._stop.is_set():
-                self.post_message(FilesChanged(watch_failed=True))
+        """Wake the console when a log under the workspace changes (inotify via watchfiles)."""
+        self.watcher.run()
 
     def on_files_changed(self, message: FilesChanged) -> None:
-        self._change_posted.clear()
-        if message.watch_failed:
-            self._ticks_per_poll = 1  # no inotify: poll at every tick
+        self.watcher.received(message)
         self.request_refresh()
 
     # -- refreshing -----------------------------------------------------------------
     def request_refresh(self) -> None:
         """Fold new events now, or at the next tick if the last fold was under ``MIN_REFRESH_S`` ago."""
-        if not self.loaded:
-            return
-        if time.monotonic() - self._last_refresh >= MIN_REFRESH_S:
+        if self.loaded and self.watcher.due_now():
             self.do_refresh()
-        else:
-            self._pending = True
 
     def _refresh_tick(self) -> None:
-        """Every ``MIN_REFRESH_S`` (one timer, not one per change): fold what is pending, keep
-        polling while the last fold found events (the watcher then stays quiet: no message per
-        change), and poll once a second anyway (ETAs count down; file systems without inotify)."""
-        self._ticks += 1
-        if self._pending or self._streaming or self._ticks % self._ticks_per_poll == 0:
+        if self.watcher.tick():
             self.do_refresh()
-
-    def _set_streaming(self, streaming: bool) -> None:
-        """Poll at each tick while folds find events; after ``WATCH_PAUSE_FOLDS`` such folds in a
-        row the watcher pauses, and it resumes with the first fold that finds nothing."""
-        self._streaming = streaming
-        self._streak = self._streak + 1 if streaming else 0
-        if self._stop.is_set():
-            return
-        if self._streak == WATCH_PAUSE_FOLDS:
-            self._quiet.clear()
-            self._loud.set()
-        elif not streaming and not self._quiet.is_set():
-            self._loud.clear()
-            self._quiet.set()
 
     def do_refresh(self, force: bool = False, redraw: bool = False) -> None:
         """Fold new events and show them; ``redraw`` shows everything even if nothing changed."""
-        self._pending = False
-        self._last_refresh = time.monotonic()
+        self.watcher.folding()
         self.refreshes += 1
         try:
             changed, structural = self.model.refresh(force=force)
-            self._set_streaming(changed and not structural)
+            self.watcher.folded(changed and not structural)
             structural |= redraw
         except (OSError, ValueError, KeyError) as exc:  # a file read mid-replace, a bad record: say so, keep going
             message = f"could not read the workspace: {type(exc).__name__}: {exc}"
@@ -435,7 +369,8 @@ class PmatApp(Guarded, App):
         yield from super().get_system_commands(screen)
         yield from palette_commands(self)
 
-    def _log(self, target: str) -> None:
+    def show_log(self, target: str) -> None:
+        """The log view on ``target`` (a job id, ``supervisor``, or either with ``:out``)."""
         self.log_target = target
         self.switch_mode("log")
         from pmat_tui.screens.log import LogScreen  # loaded by the switch

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
 
-if TYPE_CHECKING:
-    from pmat_tui.app import PmatApp
+from pmat_tui.console import Console
 
 
-def palette_commands(app: PmatApp) -> Iterator[SystemCommand]:
+def palette_commands(app: Console) -> Iterator[SystemCommand]:
     """Views, logs, then run/cancel/retry/approve per stage (none of those when read-only)."""
     for mode in app.MODES:
         yield SystemCommand(f"View: {mode}", f"switch to the {mode} view", lambda m=mode: app.switch_mode(m))
-    yield SystemCommand("Log: supervisor journal", "the supervisor's journal", lambda: app._log("supervisor"))  # noqa: SLF001
+    yield SystemCommand("Log: supervisor journal", "the supervisor's journal", lambda: app.show_log("supervisor"))
     for stage, entry in app.model.spec.stages.items():
         if app.model.job_of(stage):
             yield SystemCommand(f"Log: {stage}", f"log of {app.model.job_of(stage)}", lambda s=stage: app.action_open_log(s))

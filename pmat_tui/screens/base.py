@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
+from pmat_tui.console import Console
 from pmat_tui.guard import Guarded
+from pmat_tui.model import ConsoleModel
 from pmat_tui.widgets.header_bar import HeaderBar
-
-if TYPE_CHECKING:
-    from pmat_tui.app import PmatApp
-    from pmat_tui.model import ConsoleModel
-
 
 FIRST_ACTIONS = ("help", "quit")  # shown first: a narrow footer cuts from the right
 VIEW_KEYS = "12345"  # one footer entry, "1-5 views"
@@ -65,7 +60,7 @@ class ViewScreen(Guarded, Screen):
     VIEW = "view"
 
     @property
-    def papp(self) -> PmatApp:
+    def papp(self) -> Console:
         return self.app  # type: ignore[return-value]
 
     @property
