@@ -17,7 +17,7 @@ from engine.spec import SpecError
 
 def cmd_tui(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    from pmat_tui.model import load_spec_fast  # textual loads only for the console
+    from engine.overview import load_spec_fast  # loaded only for the console
 
     try:
         spec = load_spec_fast(ws.spec_path, check_params=False)  # parameters: checked in the background
