@@ -20,13 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.data.pins import DATASETS
-from engine.executors.slurm import SlurmSettings
 from engine.kinds import load_stage, stage_kinds
-from engine.sdk.launch import check_ranks
 
 REF_RE = re.compile(r"^(model|dataset):([A-Za-z0-9_\-]+)$|^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
 PARAM_REF_RE = re.compile(r"^dataset:([A-Za-z0-9_\-]+)(\.sha256)?$")  # .sha256: its pinned hash
 GIB = 1 << 30
+DISTRIBUTED_KINDS = ("sft", "dpo")  # DDP trainers (engine/sdk/launch.py); generation shards over engines (engine.gen.parallel)
 
 
 class SpecError(ValueError):
@@ -97,6 +96,19 @@ class Criterion(_Strict):
         except SyntaxError as exc:
             raise ValueError(f"not a valid expression: {exc.msg}") from None
         return v
+
+
+class SlurmSettings(BaseModel):
+    """``settings.slurm`` of a pipeline spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_factor: float = Field(default=2.0, gt=0)  # --time = duration_h x this, unless the stage sets time_limit_h
+    cpus_per_task: int | None = Field(default=None, gt=0)
+    extra_args: list[str] = Field(default_factory=list)  # passed to sbatch as they are
 
 
 class Settings(_Strict):
@@ -293,6 +305,18 @@ def _check_cycles(spec: PipelineSpec, where: str) -> None:
     cyc = _find_cycle(list(spec.work_items), lambda n: spec.work_items[n].depends_on)
     if cyc:
         raise SpecError(f"{where}: work_items: dependency cycle {' -> '.join(cyc)}")
+
+
+def check_ranks(kind: str, gpus: int, params: dict[str, Any]) -> str | None:
+    """Why a stage of ``kind`` cannot run on ``gpus`` ranks, or None (the spec's check, one line)."""
+    if gpus > 1 and kind in DISTRIBUTED_KINDS and params.get("grad_accum", 1) % gpus:
+        return f"params.grad_accum {params.get('grad_accum')} is not divisible by gpus {gpus}"
+    return None
+
+
+def ranks(kind: str, gpus: int) -> int:
+    """The processes a job of ``kind`` on ``gpus`` GPUs runs as: N DDP ranks for a trainer, else one."""
+    return gpus if gpus > 1 and kind in DISTRIBUTED_KINDS else 1
 
 
 def _check_stage_params(spec: PipelineSpec, where: str) -> None:

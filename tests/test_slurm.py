@@ -14,9 +14,10 @@ from test_supervisor import JOB as UNITS  # units of work, each recorded once in
 
 from engine.events import read_events
 from engine.executors import Resources, job_handle
-from engine.executors.slurm import SlurmExecutor, SlurmJob, SlurmSettings
+from engine.executors.slurm import SlurmExecutor, SlurmJob
 from engine.sdk.base import JobSpec
 from engine.sdk.run import params_hash
+from engine.spec import SlurmSettings
 from engine.workspace import Workspace
 
 STEP = "import sys,time\nfor i in range({n}):\n    print('PMAT_PROGRESS', i + 1, {n}, 'steps', flush=True)\n    time.sleep({dt})\n"

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from engine.executors import Resources
+from engine.spec import SlurmSettings
 
 # States in which the job still holds (or waits for) its allocation.
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -32,19 +31,6 @@ _cache: dict[str, tuple[float, tuple[str, str, str]]] = {}
 
 class SlurmError(RuntimeError):
     """A Slurm client tool failed; the message names the command and its stderr."""
-
-
-class SlurmSettings(BaseModel):
-    """``settings.slurm`` of a pipeline spec."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_factor: float = Field(default=2.0, gt=0)  # --time = duration_h x this, unless the stage sets time_limit_h
-    cpus_per_task: int | None = Field(default=None, gt=0)
-    extra_args: list[str] = Field(default_factory=list)  # passed to sbatch as they are
 
 
 def _tool(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:

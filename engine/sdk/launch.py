@@ -29,9 +29,8 @@ from typing import Any
 from engine.events import EventWriter, read_events
 from engine.kinds import load_stage
 from engine.sdk.base import JobSpec, StageContext
+from engine.spec import ranks
 from engine.workspace import Workspace
-
-DISTRIBUTED_KINDS = ("sft", "dpo")  # trainer stages; generation stages shard over engines (engine.gen.parallel)
 
 
 def world_size() -> int:
@@ -45,17 +44,6 @@ def rank_accum(grad_accum: int) -> int:
         raise ValueError(f"params.grad_accum {grad_accum} is not divisible by the {n} ranks: the global batch "
                          "(batch_size x grad_accum) is split over them")
     return grad_accum // n
-
-
-def check_ranks(kind: str, gpus: int, params: dict[str, Any]) -> str | None:
-    """Why a stage of ``kind`` cannot run on ``gpus`` ranks, or None (the spec's check, one line)."""
-    if gpus > 1 and kind in DISTRIBUTED_KINDS and params.get("grad_accum", 1) % gpus:
-        return f"params.grad_accum {params.get('grad_accum')} is not divisible by gpus {gpus}"
-    return None
-
-
-def ranks(kind: str, gpus: int) -> int:
-    return gpus if gpus > 1 and kind in DISTRIBUTED_KINDS else 1
 
 
 def job_argv(job_file: Path, kind: str, gpus: int) -> list[str]:
