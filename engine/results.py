@@ -1,4 +1,4 @@
-"""Result records, the append-only results ledger reader, and the unbiased pass@k estimator.
+"""Result records and the append-only results ledger reader (pass@k: engine/data/passk.py).
 
 A record is keyed by what it measured: the model's content hash, the dataset hash and
 the protocol (everything that changes the number). Gates and every other reader read
@@ -12,53 +12,18 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine.chain import append_chained, line_digest, seal, sealed, user_key, verify_chain
+from engine.data.passk import pass_metrics
 from engine.data.protocols import Protocol, digest_of
 from engine.data.protocols import diff as protocol_diff
 from engine.events import read_events
 from engine.jsonl import complete_lines, last_line, parse
 from engine.workspace import Workspace, ensure_dir
-
-
-def pass_at_k(n: int, c: int, k: int) -> float | None:
-    """Unbiased pass@k for one problem: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021).
-
-    Computed as 1 - prod_{i=n-c+1..n} (1 - k/i), stable for large n. Undefined (None) when
-    fewer than ``k`` samples were drawn.
-    """
-    if n < 0 or not 0 <= c <= n or k < 1:
-        raise ValueError(f"pass@k needs 0 <= c <= n and k >= 1, got n={n} c={c} k={k}")
-    if n < k:
-        return None
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float | None:
-    """Mean of pass@k over problems given (n, c) per problem; None if any problem has n < k."""
-    values = [pass_at_k(n, c, k) for n, c in counts]
-    if not values or any(v is None for v in values):
-        return None
-    return sum(values) / len(values)  # type: ignore[arg-type]
-
-
-def pass_metrics(counts: list[tuple[int, int]], ks: Iterable[int]) -> dict[str, float]:
-    """{"pass@k": value} for every k the sample counts support (k <= min n)."""
-    out = {}
-    for k in sorted(set(ks)):
-        value = mean_pass_at_k(counts, k)
-        if value is not None:
-            out[f"pass@{k}"] = value
-    return out
 
 
 def make_record(*, benchmark: str, model_hash: str | None, model_path: str | Path | None,

@@ -7,7 +7,8 @@ from math import comb
 
 import pytest
 
-from engine.results import make_record, mean_pass_at_k, pass_at_k, pass_metrics, read_ledger
+from engine.data.passk import mean_pass_at_k, pass_at_k, pass_metrics
+from engine.results import make_record, read_ledger
 from engine.workspace import Workspace
 
 

@@ -19,9 +19,9 @@ from typing import Any
 from engine.data import evalplus, humaneval, mbpp, protocols
 from engine.data.fetch import check_file
 from engine.data.humaneval import Problem
+from engine.data.passk import pass_metrics
 from engine.data.pins import pin_for
 from engine.data.protocols import Protocol
-from engine.results import pass_metrics
 from engine.sandbox.pool import Job, Limits, SandboxPool, Verdict
 from engine.workspace import sha256_file
 
