@@ -14,12 +14,12 @@ import yaml
 
 from engine.approvals import revoked
 from engine.chain import verify_chain
-from engine.cli._common import fmt_duration
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.eta import Eta, estimate, profiles
 from engine.inbox import Run, queued_commands, supervisor_down, supervisor_identity
 from engine.spec import PipelineSpec, load_spec, parse_spec
 from engine.state import Attempt, PipelineState
+from engine.text import fmt_duration
 from engine.workspace import Workspace
 
 
