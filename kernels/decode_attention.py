@@ -19,16 +19,11 @@ equal (the engine passes a row's own index where its leader has since been refil
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with torch on Linux
-    triton = tl = None
+from kernels._backend import interpreted, require_triton, tl, triton
 
 
 def reference_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
@@ -82,14 +77,9 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, src_ptr, plen_ptr, o_
     tl.store(o_ptr + b * so_b + heads[:, None] * so_h + d[None, :], o.to(o_ptr.dtype.element_ty), mask=qmask)
 
 
-def triton_available() -> bool:
-    return triton is not None
-
-
 @functools.cache
 def _kernel() -> Any:
-    if triton is None:
-        raise RuntimeError("decode attention: triton is not importable")
+    require_triton("decode attention")
     return triton.jit(_decode_attention_kernel)
 
 
@@ -107,7 +97,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
                          "needs heads a multiple of kv heads, a power-of-two head dim, unit stride in it")
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     g = h // kv
-    block = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64  # small tiles cross blocks in tests
+    block = 16 if interpreted() else 64  # small tiles cross blocks in tests
     if shared is None:
         shared = torch.arange(b, device=q.device), torch.zeros_like(lengths)
     _kernel()[(b, kv)](q, k, v, lengths, shared[0], shared[1], out, scale, q.stride(0), q.stride(1),

@@ -21,19 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with torch on Linux
-    triton = tl = None
+from kernels._backend import pick_backend, require_triton, tile, tl, triton
 
 IGNORE_INDEX = -100
-BACKENDS = ("auto", "torch", "triton")
 
 
 # --- reference: full logits ------------------------------------------------------------
@@ -132,15 +126,13 @@ def _rows_grad_kernel(x_ptr, stride, t_ptr, lse_ptr, g_ptr, V, BLOCK: tl.constex
 
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
-    if triton is None:
-        raise RuntimeError("logprob backend 'triton' requested but triton is not importable")
+    require_triton("logprob")
     return triton.jit(_rows_forward_kernel), triton.jit(_rows_grad_kernel)
 
 
 def _block(width: int) -> int:
     """Vocabulary tile; small under the interpreter so its tests cross tile boundaries."""
-    cap = 64 if os.environ.get("TRITON_INTERPRET") == "1" else 4096
-    return min(cap, triton.next_power_of_2(width))
+    return tile(width, 4096, 64)
 
 
 def _triton_rows_forward(logits: torch.Tensor, t: torch.Tensor, stats: bool) -> tuple[torch.Tensor, ...]:
@@ -225,16 +217,6 @@ class ChunkedLogProb(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"logprob backend {backend!r}: expected one of {BACKENDS}")
-    if backend == "auto":
-        return "triton" if (triton is not None and device.type == "cuda") else "torch"
-    if backend == "triton" and triton is None:
-        raise RuntimeError("logprob backend 'triton' requested but triton is not importable")
-    return backend
-
-
 def token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -265,7 +247,7 @@ def token_logprobs(
         raise ValueError(f"logprob: a target id is outside the vocabulary [0, {weight.shape[0]})")
     precompute = torch.is_grad_enabled() and h.requires_grad and not weight.requires_grad
     res = ChunkedLogProb.apply(h.contiguous(), weight, t, valid, chunk_size,
-                               _pick_backend(backend, h.device), stats, precompute)
+                               pick_backend("logprob", backend, h.device), stats, precompute)
     if not stats:
         return res.view(shape)
     return tuple(r.view(shape) for r in res)

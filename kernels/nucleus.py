@@ -27,17 +27,11 @@ an ulp), which moves a draw only when ``x`` lands within that ulp of a boundary.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with torch on Linux
-    triton = tl = None
+from kernels._backend import pick_backend, require_triton, tile, tl, triton
 
-BACKENDS = ("auto", "torch", "triton")
 WEIGHT_BITS = 40  # a token's weight is at most 2**40; 152k of them sum below 2**58
 U_BITS = 24  # the uniform and top_p are fixed-point with 24 fractional bits
 LOG2E = 1.0 / math.log(2.0)
@@ -253,8 +247,7 @@ _JIT: dict[str, object] = {}
 
 
 def _kernel():
-    if triton is None:
-        raise RuntimeError("nucleus backend 'triton' requested but triton is not importable")
+    require_triton("nucleus")
     if not _JIT:
         for name, fn in (("_decode", _decode), ("_weight", _weight), ("_key_weight", _key_weight),
                          ("_above", _above), ("_largest_key", _largest_key), ("_nucleus", _nucleus_kernel)):
@@ -264,8 +257,7 @@ def _kernel():
 
 def _block(width: int) -> int:
     """Vocabulary tile; small under the interpreter so its tests cross tile boundaries."""
-    cap = 128 if os.environ.get("TRITON_INTERPRET") == "1" else 2048
-    return min(cap, triton.next_power_of_2(width))
+    return tile(width, 2048, 128)
 
 
 def triton_sample(logits: torch.Tensor, c: torch.Tensor, k: torch.Tensor, tp: torch.Tensor,
@@ -285,11 +277,7 @@ def sample(logits: torch.Tensor, c: torch.Tensor, k: torch.Tensor, tp: torch.Ten
     """Token per row of 16-bit ``logits`` (bf16 or fp16); ``backend`` auto is Triton on CUDA."""
     if logits.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"nucleus sample: logits dtype {logits.dtype}; expected bfloat16 or float16")
-    if backend not in BACKENDS:
-        raise ValueError(f"nucleus backend {backend!r}: expected one of {BACKENDS}")
-    if backend == "auto":
-        backend = "triton" if (triton is not None and logits.device.type == "cuda") else "torch"
-    if backend == "triton":
+    if pick_backend("nucleus", backend, logits.device) == "triton":
         return triton_sample(logits, c, k, tp, r)
     # the histograms take 1 MiB per row: bound them
     return torch.cat([reference_sample(logits[a:a + 256], c[a:a + 256], k[a:a + 256], tp[a:a + 256], r[a:a + 256])

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.quant.formats import GROUP_MAX_EPS
-from kernels.quant.vectorized import Q4K_TRIALS, Q6K_TRIALS
+from kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
 
 _BLOCK = 128
 

@@ -24,14 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kernels._backend import pick_backend
 from kernels.quant.formats import BLOCK, GROUP_MAX_EPS, MAGIC, QK_K, QType, row_bytes
+from kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
 
-F = np.float32
-EPS = float(F(GROUP_MAX_EPS))  # compared in float32, as ggml does
-# make_qkx2_quants trial numerators (rmin + rdelta*is + nmax), rounded as float32 like C
-Q4K_TRIALS = [float(F(F(F(-1.0) + F(F(0.1) * F(s))) + F(15))) for s in range(21)]
-# make_qx_quants trial numerators -(nmax + 0.1f*is), is = -9..9 without 0
-Q6K_TRIALS = [float(-(F(32) + F(F(0.1) * F(s)))) for s in range(-9, 10) if s]
+EPS = float(np.float32(GROUP_MAX_EPS))  # compared in float32, as ggml does
 
 
 def nearest_int(v: Tensor) -> Tensor:
@@ -294,7 +291,9 @@ _DEQUANT = {
 
 
 def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
-    """Quantize a float32 tensor (numel a multiple of the block) to ``[n_blocks, bytes]``."""
+    """Quantize a float32 tensor (numel a multiple of the block) to ``[n_blocks, bytes]``;
+    ``backend`` as ``kernels._backend.pick_backend`` reads it (the bytes are the same)."""
+    backend = pick_backend("quantization", backend, x.device)
     if qtype == QType.Q8_0 and backend == "triton":
         from kernels.quant import triton_quant
 
@@ -307,10 +306,8 @@ def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
         from kernels.quant import triton_quant
 
         q4, q6 = triton_quant.q4k_search, triton_quant.q6k_search
-    elif backend == "torch":
-        q4, q6 = q4k_search, q6k_search
     else:
-        raise ValueError(f"unknown quantization backend {backend!r} (torch or triton)")
+        q4, q6 = q4k_search, q6k_search
     if qtype == QType.Q4_K:
         return quantize_q4_k(x, q4)
     if qtype == QType.Q6_K:
