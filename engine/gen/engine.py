@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.gen.sampling import sample_rows
-from kernels.decode_attention import decode_attention, triton_available
+from kernels._backend import pick_backend
+from kernels.decode_attention import decode_attention
 
 ATTENTION = ("sdpa", "bmm", "triton")
 
@@ -100,7 +101,7 @@ class SlotEngine:
         # SDPA's 151 us a layer at 320 rows on an H100)
         if attention == "auto":
             pow2 = self.head_dim & (self.head_dim - 1) == 0
-            attention = "triton" if self.device.type == "cuda" and triton_available() and pow2 else "sdpa"
+            attention = "triton" if pow2 and pick_backend("decode attention", "auto", self.device) == "triton" else "sdpa"
         self.attention = attention
         # concatenated q|k|v and gate|up weights (one wider GEMM each) and RMSNorm as one
         # fused kernel instead of the module's six. ``share_weights``: the model's projections become
