@@ -25,6 +25,7 @@ from engine.models.checkpoint import checkpoint_hash, open_checkpoint
 from engine.models.gguf_export import export_gguf, plan
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
+from kernels._backend import pick_backend
 from kernels.quant.formats import QType
 from kernels.quant.vectorized import quantize
 
@@ -125,10 +126,9 @@ def _llama_check(ctx: StageContext, model: Path, gguf: Path, text: str) -> float
 
 def _backend(ctx: StageContext, params: Params) -> str:
     """Triton on a GPU when it compiles there and agrees with the torch path on a probe block."""
-    if params.backend != "auto":
-        return params.backend
-    if not ctx.device.startswith("cuda"):
-        return "torch"
+    backend = pick_backend("quantization", params.backend, ctx.device)
+    if params.backend != "auto" or backend == "torch":
+        return backend
     try:
         gen = torch.Generator(device=ctx.device).manual_seed(0)
         x = torch.randn(4, 512, generator=gen, device=ctx.device)
