@@ -22,12 +22,13 @@ from pydantic import Field
 
 from engine.data import decontam, mbpp, postprocess, prompts
 from engine.gen.base import GenRequest
+from engine.gen.batch import SAMPLING_KEYS, generate_units, in_units, seeded_request
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
-from engine.gen.sampling import task_seed
+from engine.jsonl import append_jsonl, read_objects
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.stages.pairs import normalize_code
-from engine.stages.sample import EVAL_SPLITS, append_lines, read_lines
+from engine.stages.sample import EVAL_SPLITS
 from engine.workspace import content_hash
 
 
@@ -113,7 +114,7 @@ def run(ctx: StageContext, params: Params) -> None:
         raise StageFailed("distill: no training problems left after decontamination")
 
     teacher_hash = content_hash(ctx.inputs["teacher"])
-    sampling = {k: getattr(params, k) for k in ("n", "temperature", "top_p", "top_k", "max_new_tokens", "seed")}
+    sampling = {k: getattr(params, k) for k in SAMPLING_KEYS}
     backend = load_engines(ctx.inputs["teacher"], params.backend, device=ctx.device, dtype=params.dtype,
                            engines=ctx.job.gpus, cache_dir=ctx.work_dir / "shards")
     if hasattr(backend, "max_rows"):
@@ -123,27 +124,29 @@ def run(ctx: StageContext, params: Params) -> None:
     by_id = {p.task_id: p for p in problems}
 
     gen_path = ctx.work_dir / "gen.jsonl"
-    done = {r["task_id"] for r in read_lines(gen_path)}
+    done = {r["task_id"] for r in read_objects(gen_path)}
     todo = [p for p in problems if p.task_id not in done]
     ctx.progress(len(problems) - len(todo), len(problems), "prompts")
+
+    def request(p: mbpp.Problem) -> GenRequest:
+        return seeded_request(p.task_id, built[p.task_id].text, **sampling)
+
     with SandboxPool(workers=params.exec_workers, limits=Limits()) as pool:
-        for i in range(0, len(todo), params.unit_prompts):
-            ctx.check_cancelled()
-            unit = todo[i:i + params.unit_prompts]
-            reqs = [GenRequest(p.task_id, built[p.task_id].text, params.max_new_tokens, params.temperature,
-                               params.top_p, params.top_k, task_seed(params.seed, p.task_id), params.n)
-                    for p in unit]
+        finished = len(problems) - len(todo)
+        for unit, _reqs, outs in generate_units(backend, in_units(todo, params.unit_prompts), request,
+                                                ctx.check_cancelled):
             records = [{"task_id": p.task_id, "sample": j, "prompt": built[p.task_id].text, "raw_completion": text,
                         "code": postprocess.clean(text, chat=built[p.task_id].chat, body=built[p.task_id].body)}
-                       for p, out in zip(unit, backend.generate(reqs), strict=True) for j, text in enumerate(out.texts)]
+                       for p, out in zip(unit, outs, strict=True) for j, text in enumerate(out.texts)]
             verdicts = pool.run_many([mbpp.make_job(by_id[r["task_id"]], r["code"], params.exec_timeout_s)
                                       for r in records])
             for r, v in zip(records, verdicts, strict=True):
                 r["status"] = v.status
-            append_lines(gen_path, records)  # the unit is done once its line block is on disk
-            ctx.progress(len(problems) - len(todo) + i + len(unit), len(problems), "prompts")
+            append_jsonl(gen_path, records, sort_keys=True)  # the unit is done once its line block is on disk
+            finished += len(unit)
+            ctx.progress(finished, len(problems), "prompts")
 
-    records = [r for r in read_lines(gen_path) if r["task_id"] in by_id]
+    records = [r for r in read_objects(gen_path) if r["task_id"] in by_id]
     kept = select(records, params.keep_per_prompt)
     if params.reference_when_none_pass:
         solved = {r["task_id"] for r in kept}

@@ -20,13 +20,14 @@ from typing import Any
 from engine.data import postprocess, prompts, protocols, scoring
 from engine.data.humaneval import default_path
 from engine.gen.base import GenRequest, load_tokenizer
+from engine.gen.batch import generate_units, in_units, seeded_request
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
-from engine.gen.sampling import task_seed
+from engine.jsonl import append_jsonl, read_objects
 from engine.results import make_record
 from engine.sandbox.pool import SandboxPool
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
+from engine.workspace import atomic_write_json, content_hash, ensure_dir
 
 
 class Params(StageParams):
@@ -72,16 +73,15 @@ def open_benchmark(params: Params) -> scoring.Benchmark:
         raise StageFailed(f"eval {params.protocol}: {exc}") from None
 
 
-def read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Per-problem records already appended (a partial last line is ignored)."""
+def read_done(path: Path, damaged: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-problem records already appended; a damaged line (``FILE:LINE: why``, added to ``damaged``)
+    leaves its problem to be run again."""
     done: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for raw in path.read_bytes().split(b"\n")[:-1]:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
+    for rec in read_objects(path, damaged):
+        if isinstance(rec.get("task_id"), str):
             done[rec["task_id"]] = rec
+        else:
+            damaged.append(f"{path}: a record without a task_id")
     return done
 
 
@@ -106,21 +106,24 @@ def run(ctx: StageContext, params: Params) -> None:
         ctx.warning("eval work dir belongs to another model, dataset or protocol; starting afresh")
         results_path.unlink(missing_ok=True)
     atomic_write_json(fp_path, fingerprint)
-    done = read_done(results_path)
+    damaged: list[str] = []
+    done = read_done(results_path, damaged)
+    if damaged:
+        ctx.warning("eval: damaged work file lines are skipped (their problems run again): " + "; ".join(damaged[:5]))
     todo = [t for t in bench.tasks if t.task_id not in done]
     ctx.progress(len(bench.tasks) - len(todo), len(bench.tasks), "problems")
     backend = load_engines(model_dir, params.backend, device=ctx.device, dtype=params.dtype, engines=ctx.job.gpus,
                            cache_dir=work / "shards")
+
+    def request(t: scoring.Task) -> GenRequest:
+        return seeded_request(t.task_id, built[t.task_id].text, max_new_tokens=proto.max_new_tokens,
+                              temperature=proto.temperature, top_p=proto.top_p, top_k=params.top_k, seed=params.seed,
+                              n=proto.n, stop=proto.stop_instruct if built[t.task_id].chat else proto.stop_base)
+
     with SandboxPool(workers=params.exec_workers, limits=scoring.pool_limits(proto, params.memory_mb)) as pool:
         sandbox = pool.isolation()
-        for start in range(0, len(todo), params.unit_problems):
-            ctx.check_cancelled()
-            unit = todo[start:start + params.unit_problems]
-            reqs = [GenRequest(t.task_id, built[t.task_id].text, proto.max_new_tokens, proto.temperature,
-                               proto.top_p, params.top_k, task_seed(params.seed, t.task_id), proto.n,
-                               stop=proto.stop_instruct if built[t.task_id].chat else proto.stop_base)
-                    for t in unit]
-            outs = backend.generate(reqs)
+        for unit, reqs, outs in generate_units(backend, in_units(todo, params.unit_problems), request,
+                                               ctx.check_cancelled):
             ctx.check_cancelled()
             pairs = []
             for t, out, req in zip(unit, outs, reqs, strict=True):

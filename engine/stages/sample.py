@@ -12,7 +12,6 @@ Verdicts come from a sandbox thread that runs while the next unit generates.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -24,11 +23,12 @@ from pydantic import Field
 from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
 from engine.gen.base import GenRequest
+from engine.gen.batch import SAMPLING_KEYS, generate_units, in_units, seeded_request
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
-from engine.gen.sampling import task_seed
+from engine.jsonl import append_jsonl, read_objects
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from engine.workspace import append_jsonl, atomic_write_json, content_hash, ensure_dir
+from engine.workspace import atomic_write_json, content_hash, ensure_dir
 
 EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples
 
@@ -61,24 +61,6 @@ OUTPUTS = {"samples": "dir: samples.jsonl (one record per task x sample, verdict
 def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     return sampling_bytes(Path(inputs["model"]), min(params.max_rows, params.unit_prompts * params.n),
                           1024 + params.max_new_tokens, params.dtype)
-
-
-def append_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as sorted-key JSON lines in one write, then fsync."""
-    append_jsonl(path, records, sort_keys=True)
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of ``path``; a torn last line (killed mid-write) is cut off the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    if end < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-            os.fsync(fh.fileno())
-    return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
 
 
 def load_problems(params: Params) -> tuple[list[Problem], dict[str, str], str]:
@@ -119,7 +101,7 @@ class Executor(threading.Thread):
                     jobs = [mbpp.make_job(self.problems[s["task_id"]], s["code"], self.params.exec_timeout_s)
                             for s in batch]
                     verdicts = pool.run_many(jobs)
-                    append_lines(self.path, [
+                    append_jsonl(self.path, sort_keys=True, records=[
                         {"task_id": s["task_id"], "sample": s["sample"], "status": v.status,
                          "error_type": v.error_type, "blocked_op": v.blocked_op}
                         for s, v in zip(batch, verdicts, strict=True)])
@@ -151,16 +133,16 @@ def run(ctx: StageContext, params: Params) -> None:
     # Units are planned from the whole problem set, so a resumed run batches exactly as the
     # first one did: same rows together, same numerics, the same samples.
     order = sorted(problems, key=lambda p: (len(backend.encode(sent[p.task_id])), int(p.task_id.split("/")[-1])))
-    units = [order[i:i + params.unit_prompts] for i in range(0, len(order), params.unit_prompts)]
+    units = in_units(order, params.unit_prompts)
     gen_path, verdict_path = ctx.work_dir / "gen.jsonl", ctx.work_dir / "verdicts.jsonl"
     ensure_dir(ctx.work_dir)
-    done = {(r["task_id"], r["sample"]): r for r in read_lines(gen_path)}
+    done = {(r["task_id"], r["sample"]): r for r in read_objects(gen_path)}
     for unit in units:  # a unit only partly on disk (a torn write) is generated again, whole
         keys = [(p.task_id, j) for p in unit for j in range(params.n)]
         if not all(k in done for k in keys):
             for k in keys:
                 done.pop(k, None)
-    judged = {(r["task_id"], r["sample"]) for r in read_lines(verdict_path)}
+    judged = {(r["task_id"], r["sample"]) for r in read_objects(verdict_path)}
     executor = Executor(verdict_path, by_id, params)
     executor.start()
     unjudged = [r for k, r in done.items() if k not in judged]
@@ -180,7 +162,7 @@ def run(ctx: StageContext, params: Params) -> None:
         executor.join()
     if executor.error is not None:
         raise StageFailed(f"sample: sandbox execution failed: {type(executor.error).__name__}: {executor.error}")
-    publish(ctx, params, problems, split_of, done, read_lines(verdict_path), data_hash, backend, overridden)
+    publish(ctx, params, problems, split_of, done, read_objects(verdict_path), data_hash, backend, overridden)
 
 
 def generate(ctx: StageContext, params: Params, backend: Any, units: list[list[Problem]], built: dict,
@@ -188,14 +170,15 @@ def generate(ctx: StageContext, params: Params, backend: Any, units: list[list[P
              gen_path: Path) -> None:
     """Generate every unfinished unit; append each whole unit (fsync) and queue it for the sandbox."""
     t0 = time.monotonic()
-    for todo in units:
-        if all((p.task_id, j) in done for p in todo for j in range(params.n)):
-            continue
-        ctx.check_cancelled()
-        reqs = [GenRequest(p.task_id, built[p.task_id].text, params.max_new_tokens, params.temperature, params.top_p,
-                           params.top_k, task_seed(params.seed, p.task_id), params.n) for p in todo]
+    todo_units = [u for u in units if not all((p.task_id, j) in done for p in u for j in range(params.n))]
+    sampling = {k: getattr(params, k) for k in SAMPLING_KEYS}
+
+    def request(p: Problem) -> GenRequest:
+        return seeded_request(p.task_id, built[p.task_id].text, **sampling)
+
+    for todo, _reqs, outs in generate_units(backend, todo_units, request, ctx.check_cancelled):
         records = []
-        for p, out in zip(todo, backend.generate(reqs), strict=True):
+        for p, out in zip(todo, outs, strict=True):
             for j in range(params.n):
                 pr = built[p.task_id]
                 rec = {"task_id": p.task_id, "split": split_of[p.task_id], "sample": j, "prompt": pr.text,
@@ -203,7 +186,7 @@ def generate(ctx: StageContext, params: Params, backend: Any, units: list[list[P
                        "tokens": out.token_counts[j], "finish": out.finish_reasons[j]}
                 records.append(rec)
                 done[(p.task_id, j)] = rec
-        append_lines(gen_path, records)
+        append_jsonl(gen_path, records, sort_keys=True)
         executor.inbox.put(records)
         finished_prompts += len(todo)
         ctx.progress(finished_prompts, total, "prompts")
