@@ -21,7 +21,7 @@ from engine.sdk.run import params_hash, run_inline
 from engine.workspace import Workspace, content_hash, sha256_file
 
 MBPP_FILE = mbpp.SHIPPED_DIR / "mbpp.jsonl"
-VOLATILE = ("job_id", "wall_s")
+VOLATILE = ("job_id", "wall_s", "digest")  # digest: of the ledger line, which holds the job id
 
 
 def _params(**kw) -> dict:
