@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.gen.base import Backend, GenRequest, load_backend
+from engine.gen.backends import load_backend
+from engine.gen.base import Backend, GenRequest
 from engine.gen.hf import HFBackend
 from engine.gen.sampling import sample_key, sample_rows, uniforms
 

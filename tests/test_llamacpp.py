@@ -20,7 +20,8 @@ import torch
 llama_cpp = pytest.importorskip("llama_cpp")
 
 from engine.events import read_events  # noqa: E402
-from engine.gen.base import GenRequest, gguf_file, load_backend, load_tokenizer  # noqa: E402
+from engine.gen.backends import load_backend  # noqa: E402
+from engine.gen.base import GenRequest, gguf_file, load_tokenizer  # noqa: E402
 from engine.gen.llamacpp import LlamaCppBackend  # noqa: E402
 from engine.models.gguf_export import export_gguf, gguf_to_hf  # noqa: E402
 from engine.results import read_ledger  # noqa: E402

@@ -12,7 +12,8 @@ import pytest
 
 from engine.data import mbpp
 from engine.events import read_events
-from engine.gen.base import GenRequest, load_backend
+from engine.gen.backends import load_backend
+from engine.gen.base import GenRequest
 from engine.gen.parallel import ParallelBackend, load_engines
 from engine.gen.sampling import task_seed
 from engine.sdk.base import JobSpec

@@ -22,7 +22,8 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from engine.gen.base import Backend, GenOutput, GenRequest, load_backend, load_tokenizer
+from engine.gen.backends import load_backend
+from engine.gen.base import Backend, GenOutput, GenRequest, load_tokenizer
 from engine.jsonl import append_jsonl, read_objects
 
 
