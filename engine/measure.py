@@ -15,7 +15,6 @@ to its progress units when the same pipeline runs again.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.eta import phases
+from engine.jsonl import append_jsonl, read_objects
 from engine.resume import free_bytes
 from engine.sdk.run import rss_bytes
 from engine.spec import PipelineSpec
 from engine.state import PipelineState
-from engine.workspace import Workspace, append_jsonl, atomic_write_json
+from engine.workspace import Workspace, atomic_write_json
 
 GIB = 1 << 30  # the unit of the spec's memory_gb (the supervisor admits in GiB)
 HEADROOM = 1.15  # declared / measured: a rerun's peak may grow 15%; <= 1.25 even after rounding up
@@ -94,19 +94,8 @@ class Monitor(threading.Thread):
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        if "jobs" in rec:
-            out.append(rec)
-    return out
+    """The sampler's records (a torn last line or a damaged one is skipped: samples are best effort)."""
+    return [rec for rec in read_objects(path, []) if "jobs" in rec]
 
 
 def _eta_error(points: list[tuple[float, float | None, float | None, float | None]], end: float) -> float | None:
