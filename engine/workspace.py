@@ -77,21 +77,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def append_jsonl(path: Path, records: list[dict[str, Any]], *, sort_keys: bool = False) -> None:
-    """Append records as JSON lines in one ``write()``, then fsync: a kill loses at most this call."""
-    if not records:
-        return
-    data = "".join(json.dumps(r, sort_keys=sort_keys, default=str) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    except OSError as exc:
-        raise named(exc, path) from None
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
