@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.data import humaneval, mbpp
+from engine.data.postprocess import normalize_code
 from engine.events import read_events
 from engine.sandbox.pool import SandboxPool
 from engine.sdk.run import run_inline
-from engine.stages.pairs import normalize_code
 from engine.workspace import Workspace
 
 MBPP = mbpp.SHIPPED_DIR

@@ -21,6 +21,7 @@ FILES = {
 }
 # the copy the package ships (CC BY 4.0), which the demo and the tests read
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "mbpp"
+EVAL_SPLITS = {"test", "prompt"}  # the benchmark split and its few-shot examples: training refuses them
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974), "all": (1, 974)}
 OBTAIN = ("download it from https://github.com/google-research/google-research/tree/master/mbpp "
           "(CC BY 4.0) into that directory")

@@ -12,7 +12,9 @@ stop at the first line back at column 0.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 
 TRAILERS = ("Human:", "Assistant:", "User:", "###", "[DONE]")
 _FENCE = re.compile(r"^\s*```")
@@ -239,3 +241,24 @@ def evalplus_solution(raw: str, *, prompt: str, stops: tuple[str, ...] | list[st
     front for a base model (``prompt``; "" for instruct), then ``sanitize``."""
     cut = min([raw.index(s) for s in stops if s in raw] + [10000])
     return sanitize(prompt + raw[:cut].replace("\t", "    "), entry_point)
+
+
+def normalize_code(code: str) -> str:
+    """Code with comments, docstrings and layout normalised (the same program, spelled once)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        words: list[str] = []
+        try:  # tokens without comments, up to where the tokenizer gives up
+            for t in tokenize.generate_tokens(io.StringIO(code).readline):
+                if t.type != tokenize.COMMENT and t.string.strip():
+                    words.append(t.string)
+        except (tokenize.TokenError, SyntaxError):
+            pass
+        return " ".join(words) or re.sub(r"\s+", " ", code).strip()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)

@@ -21,14 +21,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.data import decontam, mbpp, postprocess, prompts
+from engine.data.mbpp import EVAL_SPLITS
+from engine.data.postprocess import normalize_code
 from engine.gen.base import GenRequest
 from engine.gen.batch import SAMPLING_KEYS, generate_units, in_units, seeded_request
 from engine.gen.memory import sampling_bytes
 from engine.gen.parallel import load_engines
 from engine.jsonl import append_jsonl, read_objects
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from engine.stages.pairs import normalize_code
-from engine.stages.sample import EVAL_SPLITS
 from engine.workspace import content_hash
 
 

@@ -11,11 +11,7 @@ and listed in summary.json either way.
 
 from __future__ import annotations
 
-import ast
-import io
 import json
-import re
-import tokenize
 from collections import defaultdict
 from itertools import product
 from pathlib import Path
@@ -26,6 +22,7 @@ from pydantic import Field
 from engine.data import mbpp
 from engine.data.decontam import DecontamIndex
 from engine.data.humaneval import Problem
+from engine.data.postprocess import normalize_code
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, ensure_dir
 
@@ -48,25 +45,7 @@ def memory_estimate(params: Params, inputs: dict[str, Path]) -> int:
     return 1 << 30  # JSON records and a sandbox pool
 
 
-def normalize_code(code: str) -> str:
-    """Code with comments, docstrings and layout normalised (the same program, spelled once)."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        words: list[str] = []
-        try:  # tokens without comments, up to where the tokenizer gives up
-            for t in tokenize.generate_tokens(io.StringIO(code).readline):
-                if t.type != tokenize.COMMENT and t.string.strip():
-                    words.append(t.string)
-        except (tokenize.TokenError, SyntaxError):
-            pass
-        return " ".join(words) or re.sub(r"\s+", " ", code).strip()
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

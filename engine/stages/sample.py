@@ -22,6 +22,7 @@ from pydantic import Field
 
 from engine.data import mbpp, postprocess, prompts
 from engine.data.humaneval import Problem
+from engine.data.mbpp import EVAL_SPLITS
 from engine.gen.base import GenRequest
 from engine.gen.batch import SAMPLING_KEYS, generate_units, in_units, seeded_request
 from engine.gen.memory import sampling_bytes
@@ -29,8 +30,6 @@ from engine.gen.parallel import load_engines
 from engine.jsonl import append_jsonl, read_objects
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json, content_hash, ensure_dir
-
-EVAL_SPLITS = {"test", "prompt"}  # MBPP's benchmark split and its few-shot examples
 
 
 class Params(StageParams):
