@@ -9,7 +9,7 @@ against those MBPP rows is reported too: MBPP has near-duplicate tasks across it
 those hits are measured, not targeted.
 
     .venv/bin/python bench/decontam.py [--mbpp engine/pipelines/data/mbpp] [--show 12]
-        [--humaneval-plus FILE] [--mbpp-plus FILE] [--plusgen]
+        [--humaneval-plus FILE] [--mbpp-plus FILE] [--plusgen] [--only DISGUISE,...]
 
 ``--plusgen`` builds evalplus-format HumanEval+ / MBPP+ files on the spot (engine/data/plusgen.py)
 when the release files are not at hand, so that every evaluation set the gates read is indexed.
@@ -23,19 +23,20 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
-import copy
 import json
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.data import humaneval, mbpp
-from engine.data.decontam import DecontamIndex, eval_index, statement_of
+from engine.data.decontam import Contamination, DecontamIndex, eval_index, statement_of
 
 ROOT = Path(__file__).resolve().parents[1]
 RECALL, FALSE_REFUSALS, BUILD_S = 0.95, 0.01, 5.0
+ROWS_PER_S = 100  # tens of thousands of training rows in a few minutes, on one shared core
 SYNONYMS = {
     "return": "give back", "returns": "gives back", "list": "sequence", "string": "text", "strings": "texts",
     "number": "value", "numbers": "values", "given": "provided", "function": "routine", "check": "test",
@@ -221,6 +222,51 @@ def unroll_comprehensions(code: str) -> str:
     return text if "acc = []" in text else ""
 
 
+def roll_loops(code: str) -> str:
+    """``out = []`` then ``for x in xs: [if c:] out.append(e)`` -> ``out = [e for x in xs if c]`` ('' if none)."""
+    tree, rolled = ast.parse(code), False
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        for k in range(len(body) - 1, 0, -1):
+            init, loop = body[k - 1], body[k]
+            if not (isinstance(init, ast.Assign) and isinstance(init.value, ast.List) and not init.value.elts
+                    and isinstance(loop, ast.For) and not loop.orelse and len(loop.body) == 1):
+                continue
+            inner, ifs = loop.body[0], []
+            if isinstance(inner, ast.If) and not inner.orelse and len(inner.body) == 1:
+                ifs, inner = [inner.test], inner.body[0]
+            call = inner.value if isinstance(inner, ast.Expr) else None
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "append"
+                    and ast.unparse(call.func.value) == ast.unparse(init.targets[0]) and len(call.args) == 1):
+                init.value = ast.ListComp(call.args[0], [ast.comprehension(loop.target, loop.iter, ifs, 0)])
+                del body[k]
+                rolled = True
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if rolled else ""
+
+
+JUNK = ["tmp_{k} = len(str({k}))", "pass", "print('step', {k})", "if False:\n    unused_{k} = {k}",
+        "_ = None", "flag_{k} = True"]
+
+
+def insert_mixed_junk(code: str) -> str:
+    """One of several kinds of junk statement after every simple statement (prints, pass, dead stores, dead ifs)."""
+    tree, count = ast.parse(code), 0
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                out: list[ast.stmt] = []
+                for stmt in body:
+                    out.append(stmt)
+                    if not isinstance(stmt, (ast.Return, ast.Raise, ast.Continue, ast.Break, ast.FunctionDef)):
+                        out += ast.parse(JUNK[count % len(JUNK)].format(k=count)).body
+                        count += 1
+                setattr(node, field, out)
+    return ast.unparse(tree) + "\n"
+
+
 def paraphrase(p: humaneval.Problem) -> str:
     """The statement without examples, words swapped for synonyms, the function renamed."""
     text = statement_of(p.prompt).replace(p.entry_point, "solve_it")
@@ -259,8 +305,14 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "repl_transcript": lambda p: "".join((">>> " if not line.startswith((" ", "\t")) else "... ") + line + "\n"
                                          for line in rename(bare(p)).splitlines() if line.strip()),
     "numbered_listing": lambda p: "".join(f"{k + 1:3d}. {line}\n" for k, line in enumerate(rename(bare(p)).splitlines())),
+    "solution_alone_as_completion_field": lambda p: {"prompt": "Complete the function below.",
+                                                     "completion": p.canonical_solution},
+    "solution_alone_in_chat_fence": lambda p: chat(p, p.canonical_solution),
     "dead_code_between_statements": lambda p: insert_dead_code(bare(p)),
+    "mixed_junk_between_statements_renamed": lambda p: insert_mixed_junk(rename(bare(p))),
     "comprehension_unrolled_to_loop": lambda p: unroll_comprehensions(bare(p)),
+    "loop_rolled_into_comprehension": lambda p: roll_loops(bare(p)),
+    "renamed_loop_rolled_or_unrolled": lambda p: rename(roll_loops(bare(p)) or unroll_comprehensions(bare(p)) or ""),
     "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),
                                                                             add=False))),
 }
@@ -275,23 +327,35 @@ def bench_line(name: str, value: float, target: str, ok: bool) -> None:
     RESULTS.append(f"BENCH {name} {value:.4g} {target} {'PASS' if ok else 'MISS'}")
 
 
-def caught(index: DecontamIndex, rows: list[tuple[str, object]]) -> list[str]:
-    """Task ids of the rows the index refuses for their own task."""
-    found = index.scan([r for _, r in rows])
-    return [t for k, (t, _) in enumerate(rows) if any(h.task_id == t for h in found.rows.get(k, []))]
+SCANNED = [0, 0.0]  # rows scanned, seconds
 
 
-def recall(index: DecontamIndex, problems: list[humaneval.Problem], show: int) -> None:
-    """Each disguise against the index, and against its prose signals alone (the check before code signals)."""
-    baseline = copy.copy(index)
-    baseline.code_signals = []
-    for name, make in DISGUISES.items():
+def timed_scan(index: DecontamIndex, rows: list[object]) -> Contamination:
+    t0 = time.perf_counter()
+    found = index.scan(rows)
+    SCANNED[0] += len(rows)
+    SCANNED[1] += time.perf_counter() - t0
+    return found
+
+
+def caught(index: DecontamIndex, rows: list[tuple[str, object]]) -> dict[str, set[str]]:
+    """Task id -> the signals that refuse its row for its own task (rows not refused for it left out)."""
+    found = timed_scan(index, [r for _, r in rows])
+    out = {t: {h.reason for h in found.rows.get(k, []) if h.task_id == t} for k, (t, _) in enumerate(rows)}
+    return {t: v for t, v in out.items() if v}
+
+
+def recall(index: DecontamIndex, problems: list[humaneval.Problem], show: int, wanted: set[str]) -> None:
+    """Each disguise against the index: caught for its own task, and by which signal."""
+    for name, make in ((n, m) for n, m in DISGUISES.items() if n in wanted):
         rows = [(p.task_id, row) for p in problems if (row := make(p))]
-        hit = set(caught(index, rows))
+        hit = caught(index, rows)
         missed = [t for t, _ in rows if t not in hit]
         share = len(hit) / len(rows)
         bench_line(f"decontam_recall_{name}", share, f">={RECALL}", share >= RECALL)
-        print(f"  {name}: {len(hit)}/{len(rows)} caught (prose signals alone: {len(caught(baseline, rows))})"
+        signals = Counter(r for v in hit.values() for r in v)
+        print(f"  {name}: {len(hit)}/{len(rows)} caught (per signal: "
+              + ", ".join(f"{r} {c}" for r, c in sorted(signals.items())) + ")"
               + (f"; missed {', '.join(missed[:show])}" + (" ..." if len(missed) > show else "") if missed else ""))
 
 
@@ -306,7 +370,7 @@ def mbpp_rows(data_dir: Path) -> list[tuple[str, dict]]:
 
 def false_refusals(index: DecontamIndex, data_dir: Path, show: int) -> None:
     rows = mbpp_rows(data_dir)
-    found = index.scan([r for _, r in rows])
+    found = timed_scan(index, [r for _, r in rows])
     by_source: dict[str, list[str]] = {}
     for k, hits in sorted(found.rows.items()):
         for src in {h.source for h in hits}:
@@ -363,7 +427,7 @@ def stdlib_functions(limit: int = 4000) -> list[tuple[str, str]]:
 
 def stdlib_false_refusals(index: DecontamIndex, show: int) -> None:
     rows = stdlib_functions()
-    found = index.scan([code for _, code in rows])
+    found = timed_scan(index, [code for _, code in rows])
     he = {rows[k][0]: sorted({f"{h.task_id}({h.reason})" for h in hits if h.source.startswith("humaneval")})
           for k, hits in found.rows.items()}
     he = {k: v for k, v in he.items() if v}
@@ -380,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mbpp-plus", type=Path)
     ap.add_argument("--plusgen", action="store_true", help="build HumanEval+/MBPP+ files with plusgen")
     ap.add_argument("--show", type=int, default=12, help="missed problems / hits listed per line")
+    ap.add_argument("--only", help="comma-separated disguises to measure (default: all of them)")
     args = ap.parse_args(argv)
     if args.plusgen:
         import tempfile
@@ -391,10 +456,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_line("decontam_index_build_s", build, f"<={BUILD_S}", build <= BUILD_S)
     problems = humaneval.load()[0]
     t0 = time.perf_counter()
-    recall(index, problems, args.show)
+    wanted = set(args.only.split(",")) if args.only else set(DISGUISES)
+    if wanted - set(DISGUISES):
+        ap.error(f"--only: unknown disguises {', '.join(sorted(wanted - set(DISGUISES)))}")
+    recall(index, problems, args.show, wanted)
     false_refusals(index, args.mbpp, args.show)
     stdlib_false_refusals(index, args.show)
     print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows and the clean sets")
+    rate = SCANNED[0] / SCANNED[1]
+    bench_line("decontam_scan_rows_per_s", rate, f">={ROWS_PER_S}", rate >= ROWS_PER_S)
     print("\n".join(RESULTS))
     return 0
 

@@ -16,7 +16,14 @@ problem's task id:
   abstracted), with enough rare structure to be evidence; a one-line solution counts only
   with a function name the problem defines (5+ characters: ``strlen``, ``encode_cyclic``);
 * ``statements``: the row holds most of the problem's normalised statements, in any order
-  and with anything between them.
+  and with anything between them;
+* ``body``: a piece of the row (one of its strings, or a fenced block in one) is, for the
+  most part, a problem's whole solution body as a normalised token stream: a one-line body
+  (``return len(string)``) is too common to be evidence inside other code, but a row that is
+  that body and little else is the solution.
+
+Code is put in canonical shape first (engine/data/codeshape.py): junk statements dropped,
+accumulating loops rolled into comprehensions, on both sides.
 
 Training stages call :func:`require_clean`, which fails with the offending rows listed
 unless the spec allows them explicitly.
@@ -48,6 +55,8 @@ only more most same other others one two goal task here have has had was were be
 contain contains containing multiple properly within into onto after before every some many much very
 note assume suppose following follows below above""".split())
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
+BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
+FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,26 @@ def specific(name: str) -> bool:
     return len(name) >= 10 and ("_" in name.strip("_") or name != name.lower())
 
 
+def tokens_of(code: str) -> list[str]:
+    """The canonical normalised token stream of ``code``, without the separators at its ends."""
+    stream = normalise(canonical(code))
+    lo, hi = 0, len(stream)
+    while lo < hi and stream[lo] in (";", ":"):
+        lo += 1
+    while hi > lo and stream[hi - 1] == ";":
+        hi -= 1
+    return stream[lo:hi]
+
+
+def leaves(row: Any) -> list[str]:
+    """The strings inside a training row (each message, prompt, completion)."""
+    if isinstance(row, str):
+        return [row]
+    if isinstance(row, dict):
+        row = list(row.values())
+    return [s for v in row for s in leaves(v)] if isinstance(row, (list, tuple)) else []
+
+
 def row_text(row: Any) -> str:
     """Every string inside a training row (str, dict, list: prompts, messages, chosen, rejected...)."""
     if isinstance(row, str):
@@ -192,6 +221,13 @@ class DecontamIndex:
             CodeSignal("code", CodeIndex(*args, n=code_ngram), *code_floor, f"normalised code {code_ngram}-grams"),
             CodeSignal("statements", CodeIndex(*args, n=0), *statement_floor, "normalised statements"),
         ]
+        self.bodies: dict[tuple[str, ...], set[int]] = defaultdict(set)  # whole solution bodies (not functions)
+        for i, it in enumerate(items):
+            for shape in dict.fromkeys((it.solution, canonical(it.solution))) if it.solution else ():
+                body = tokens_of(shape)
+                if len(body) >= BODY_MIN and "def" not in body:
+                    self.bodies[tuple(body)].add(i)
+        self.body_sizes = sorted({len(b) for b in self.bodies}, reverse=True)
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
         self.names: dict[str, set[int]] = defaultdict(set)
         self.defines: dict[str, set[int]] = defaultdict(set)  # functions the problem's code defines (5+ chars)
@@ -226,8 +262,8 @@ class DecontamIndex:
         total = sum(self.idf[w] for w in c)
         return sum(self.idf[w] for w in c if w in row_words) / total if total else 0.0
 
-    def check(self, text: str) -> list[Hit]:
-        """Every (problem, signal) the text hits."""
+    def check(self, text: str, pieces: Iterable[str] = ()) -> list[Hit]:
+        """Every (problem, signal) the text hits; ``pieces``: the row's strings, when it has several."""
         toks = words(text)
         hits: dict[tuple[int, str], Hit] = {}
         for k in range(len(toks) - self.n + 1):
@@ -253,6 +289,7 @@ class DecontamIndex:
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
         hits.update(self.code_hits(text, set().union(*(self.defines.get(nm, set()) for nm in names))))
+        hits.update(self.body_hits([text, *pieces]))
         return list(hits.values())
 
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
@@ -271,10 +308,25 @@ class DecontamIndex:
                                               + ("" if strong else ", under a function name the problem defines"))
         return hits
 
+    def body_hits(self, texts: list[str]) -> dict[tuple[int, str], Hit]:
+        """Hits of pieces that are mostly one whole solution body (each text, and each fenced block in it)."""
+        hits: dict[tuple[int, str], Hit] = {}
+        for piece in dict.fromkeys(p for t in texts for p in (t, *FENCED.findall(t))):
+            stream = tokens_of(piece)
+            for size in self.body_sizes:
+                if size > len(stream) or size < BODY_SHARE * len(stream):
+                    continue
+                for k in range(len(stream) - size + 1):
+                    for i in self.bodies.get(tuple(stream[k:k + size]), ()):
+                        it = self.items[i]
+                        hits.setdefault((i, "body"), Hit(it.source, it.task_id, "body", size / len(stream),
+                                                         f"the whole solution body ({size} normalised tokens)"))
+        return hits
+
     def scan(self, rows: Iterable[Any]) -> Contamination:
         found = Contamination()
         for r, row in enumerate(rows):
-            hits = self.check(row_text(row))
+            hits = self.check(row_text(row), leaves(row) if not isinstance(row, str) else ())
             if hits:
                 found.rows[r] = hits
         return found
