@@ -20,12 +20,11 @@ from pydantic import Field
 
 from engine.sdk import train as _train
 from engine.sdk.base import StageContext, StageFailed
-from engine.stages import sft
 from engine.workspace import content_hash, sha256_file
 
 
-class Params(sft.Params):
-    """The LoRA training parameters of `sft`, plus DPO's own."""
+class Params(_train.TrainParams):
+    """The LoRA training parameters every trainer kind shares, plus DPO's own."""
 
     beta: float = Field(gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo"]

