@@ -9,13 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.models.checkpoint import (
-    INDEX_FILE,
-    SINGLE_FILE,
-    ShardedWriter,
-    copy_side_files,
-    open_checkpoint,
-)
+from engine.models.checkpoint import open_checkpoint
+from engine.models.checkpoint_writer import ShardedWriter, copy_side_files
+from engine.models.files import INDEX_FILE, SINGLE_FILE
 from engine.workspace import sha256_file
 
 

@@ -26,7 +26,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def load_dtype(dtype: str, device: str) -> torch.dtype:
+    """The dtype a model is loaded in for compute: ``auto`` is bfloat16 on CUDA, float32 elsewhere."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
@@ -76,9 +77,9 @@ class HFBackend:
             # no transient CPU copy of the weights, which unified memory would count twice.
             direct = dev != "cpu" and importlib.util.find_spec("accelerate") is not None
             if is_random_source(model_dir):  # a rehearsal's teacher: weights drawn on the device
-                model = materialise(model_dir, dev, resolve_dtype(dtype, dev))
+                model = materialise(model_dir, dev, load_dtype(dtype, dev))
             else:
-                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev),
+                model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype(dtype, dev),
                                                              device_map=dev if direct else None)
             model.to(dev)
         self.model = model.eval()
