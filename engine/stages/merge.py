@@ -22,13 +22,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.models.checkpoint import (
-    CheckpointReader,
+from engine.models.checkpoint import CheckpointReader, open_checkpoint
+from engine.models.checkpoint_writer import (
     ShardedWriter,
     copy_side_files,
-    open_checkpoint,
-    resolve_dtype,
     set_config_dtype,
+    storage_dtype,
 )
 from engine.models.files import safetensors_header
 from engine.sdk.base import StageContext, StageFailed, StageParams
@@ -209,7 +208,7 @@ def merge_adapter(
     adapter.check_against(base)
     targets = adapter.targets()
     names = list(base.iter_shard_order())
-    out_dtypes = {n: resolve_dtype(out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n)
+    out_dtypes = {n: storage_dtype(out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n)
                   for n in names}
     layout = [(n, out_dtypes[n], base.shape(n)) for n in names]
     raw, work, out = _Scratch("cpu"), _Scratch(device), _Scratch("cpu")
@@ -227,7 +226,7 @@ def merge_adapter(
                 on_tensor(i + 1, len(names))
     copy_side_files(base_dir, out_dir)
     if out_dtype is not None:
-        set_config_dtype(out_dir, resolve_dtype(out_dtype, torch.float32))
+        set_config_dtype(out_dir, storage_dtype(out_dtype, torch.float32))
     return MergeReport(
         tensors=len(names),
         merged=len(adapter.modules),
