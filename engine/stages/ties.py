@@ -22,14 +22,12 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field, model_validator
 
-from engine.models.checkpoint import (
-    CheckpointReader,
+from engine.models.checkpoint import CheckpointReader, model_dir_hash, open_checkpoint
+from engine.models.checkpoint_writer import (
     ShardedWriter,
-    checkpoint_hash,
     copy_side_files,
-    open_checkpoint,
-    resolve_dtype,
     set_config_dtype,
+    storage_dtype,
 )
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.stages.merge import ADAPTER_CONFIG, LoraAdapter, load_adapter
@@ -180,7 +178,7 @@ def run(ctx: StageContext, params: Params) -> None:
     per_tensor: dict[str, dict[str, float]] = {}
     totals = {"naive": 0, "trimmed": 0, "elected": 0, "numel": 0}
     layout = [
-        (n, resolve_dtype(params.out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n),
+        (n, storage_dtype(params.out_dtype, base.dtype(n)) if base.dtype(n).is_floating_point else base.dtype(n),
          base.shape(n))
         for n in names
     ]
@@ -191,7 +189,7 @@ def run(ctx: StageContext, params: Params) -> None:
             if not raw.is_floating_point():
                 writer.add(name, raw)
                 continue
-            dtype = resolve_dtype(params.out_dtype, raw.dtype)
+            dtype = storage_dtype(params.out_dtype, raw.dtype)
             b = raw.to(ctx.device, torch.float32)
             del raw
             if tp is not None:
@@ -231,7 +229,7 @@ def run(ctx: StageContext, params: Params) -> None:
                 ctx.progress(i + 1, len(names), "tensors")
     copy_side_files(ctx.inputs["base"], out)
     if params.out_dtype is not None:
-        set_config_dtype(out, resolve_dtype(params.out_dtype, torch.float32))
+        set_config_dtype(out, storage_dtype(params.out_dtype, torch.float32))
 
     drifts = [abs(r["norm_drift"]) for r in per_tensor.values()]
     metrics = {"norm_drift_max_abs": max(drifts), "norm_drift_mean_abs": sum(drifts) / len(drifts)}
@@ -254,7 +252,7 @@ def run(ctx: StageContext, params: Params) -> None:
                 **({"ties": tp.model_dump(by_alias=True)} if tp else {}),
                 **({"slerp": sp.model_dump()} if sp else {}),
                 "out_dtype": params.out_dtype,
-                "inputs": {k: checkpoint_hash(ctx.inputs[k]) for k in ("base", *models)},
+                "inputs": {k: model_dir_hash(ctx.inputs[k]) for k in ("base", *models)},
             },
             "metrics": metrics,
             "per_tensor": per_tensor,
