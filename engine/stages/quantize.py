@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine.models.checkpoint import checkpoint_hash, open_checkpoint
+from engine.models.checkpoint import model_dir_hash, open_checkpoint
 from engine.models.gguf_export import export_gguf, plan
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
@@ -144,7 +144,7 @@ def _backend(ctx: StageContext, params: Params) -> str:
 def run(ctx: StageContext, params: Params) -> None:
     model = Path(ctx.inputs["model"])
     backend = _backend(ctx, params)
-    source_hash = checkpoint_hash(model)
+    source_hash = model_dir_hash(model)
     qdir, stats = _export(ctx, model, source_hash, params.mix, backend, "quant")
     fdir, _ = _export(ctx, model, source_hash, "f16", backend, "f16")
     _tokenizer_check(model, qdir, params.check_text)
