@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 from pydantic import model_validator
 
-from engine.models.checkpoint import ShardedWriter, copy_side_files, open_checkpoint
+from engine.models.checkpoint import open_checkpoint
+from engine.models.checkpoint_writer import ShardedWriter, copy_side_files
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from kernels.wanda import ActNorm, prune_mask, wanda_scores
 
