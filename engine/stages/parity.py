@@ -46,11 +46,11 @@ def _logits(model_dir: Path, device: str, dtype: str, prompts: tuple[str, ...]):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.gen.hf import resolve_device, resolve_dtype
+    from engine.gen.hf import load_dtype, resolve_device
 
     dev = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype(dtype, dev)).to(dev).eval()
     param = next(model.parameters())
     ran = (str(param.device), str(param.dtype).removeprefix("torch."))
     out = []
