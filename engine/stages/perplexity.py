@@ -56,7 +56,7 @@ def run(ctx: StageContext, params: Params) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.gen.hf import resolve_device, resolve_dtype
+    from engine.gen.hf import load_dtype, resolve_device
 
     if not 0 < params.stride <= params.window:
         raise StageFailed(f"perplexity: need 0 < stride <= window, got stride={params.stride} window={params.window}")
@@ -70,7 +70,7 @@ def run(ctx: StageContext, params: Params) -> None:
     if len(ids) < 2:
         raise StageFailed(f"perplexity: {text_path} has {len(ids)} tokens; need at least 2")
     device = resolve_device(ctx.device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(params.dtype, device)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype(params.dtype, device)).to(device)
     model.eval()
     plan = windows(len(ids), params.window, params.stride)
     state_path = ctx.work_dir / "state.json"
