@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.checkpoint import ShardedWriter
+from engine.models.checkpoint_writer import ShardedWriter
 from engine.models.synthetic import SHAPES as _SYNTHETIC
 from engine.models.synthetic import Shape, qwen2_config, tensor_shapes
 from engine.models.tiny import train_tokenizer
