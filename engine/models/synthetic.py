@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.checkpoint import ShardedWriter
+from engine.models.checkpoint_writer import ShardedWriter
 from engine.workspace import atomic_write_json
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
