@@ -295,7 +295,7 @@ def gguf_to_hf(gguf_path: Path | str, out_dir: Path | str, source_dir: Path | st
     GGUF was exported from; every source tensor must be in the GGUF."""
     from gguf import GGUFReader
 
-    from engine.models.checkpoint import ShardedWriter, copy_side_files, set_config_dtype
+    from engine.models.checkpoint_writer import ShardedWriter, copy_side_files, set_config_dtype
 
     source = open_checkpoint(source_dir)
     to_hf = {gguf_name(n)[0]: n for n in source.names() if not _SKIP.search(n)}
