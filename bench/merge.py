@@ -43,7 +43,8 @@ def _child(mode: str, base: Path, adapter: Path, out: Path, device: str, shard_b
     """Run one contender in this (fresh) process; returns seconds and peak RSS."""
     import torch
 
-    from engine.models.checkpoint import ShardedWriter, open_checkpoint
+    from engine.models.checkpoint import open_checkpoint
+    from engine.models.checkpoint_writer import ShardedWriter
     from engine.stages.merge import merge_adapter
 
     if mode == "peft":  # imported before the clock starts, like ours
