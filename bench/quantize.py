@@ -66,7 +66,7 @@ def build_7b(out: Path, device: str) -> Path:
     """A random bf16 checkpoint with Qwen2.5-Coder-7B's shapes, config and a small tokenizer."""
     from transformers import Qwen2Config
 
-    from engine.models.checkpoint import ShardedWriter
+    from engine.models.checkpoint_writer import ShardedWriter
     from engine.models.tiny import train_tokenizer
 
     model = out / "qwen7b-random"
