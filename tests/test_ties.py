@@ -11,7 +11,8 @@ import torch
 from pydantic import ValidationError
 
 from engine.events import read_events
-from engine.models.checkpoint import ShardedWriter, copy_side_files, open_checkpoint
+from engine.models.checkpoint import open_checkpoint
+from engine.models.checkpoint_writer import ShardedWriter, copy_side_files
 from engine.sdk.run import run_inline
 from engine.stages.ties import Params
 from engine.workspace import Workspace
