@@ -38,6 +38,8 @@ from pmat_tui.widgets.header_bar import HeaderBar
 CHECK_NICE = 10  # the background `pmat check` runs at this niceness
 ACTIONS = ("run", "approve", "cancel", "retry")
 READONLY_KEYS = {"r": "run", "a": "approve", "c": "cancel", "t": "retry"}
+VIEWS_HELP = "views: DAG, Jobs, Memory, Gates, Log"
+LOGS_HELP = "the selected stage's log / its job's stdout and stderr (tracebacks)"
 FOLD_INLINE_BYTES = 32 << 20  # bigger logs are folded in a thread behind a "reading" header
 
 
@@ -68,21 +70,24 @@ class PmatApp(Guarded, App):
     MODES = {"dag": DagScreen, **{mode: _view(mode) for mode in LAZY_VIEWS}}
     DEFAULT_MODE = "dag"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    # the help screen lists these in this order, one row per tooltip (pmat_tui.screens.help)
     BINDINGS = [
-        Binding("1", "switch_mode('dag')", "DAG"),
-        Binding("2", "switch_mode('jobs')", "Jobs"),
-        Binding("3", "switch_mode('memory')", "Mem"),
-        Binding("4", "switch_mode('gates')", "Gates"),
-        Binding("5", "switch_mode('log')", "Log"),
-        Binding("r", "run", "Run"),
-        Binding("a", "approve", "Approve"),
-        Binding("c", "cancel", "Cancel"),
-        Binding("t", "retry", "Retry"),
-        Binding("l", "open_log", "Log"),
-        Binding("o", "open_out", "Out", show=False),
-        Binding("escape", "back", "Back", show=False),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
+        Binding("1", "switch_mode('dag')", "DAG", tooltip=VIEWS_HELP),
+        Binding("2", "switch_mode('jobs')", "Jobs", tooltip=VIEWS_HELP),
+        Binding("3", "switch_mode('memory')", "Mem", tooltip=VIEWS_HELP),
+        Binding("4", "switch_mode('gates')", "Gates", tooltip=VIEWS_HELP),
+        Binding("5", "switch_mode('log')", "Log", tooltip=VIEWS_HELP),
+        Binding("escape", "back", "Back", show=False, key_display="Esc",
+                tooltip="back: closes a dialog or the log filter, else returns to the view before"),
+        Binding("r", "run", "Run", tooltip="run the selected stage (with its upstream)"),
+        Binding("a", "approve", "Approve",
+                tooltip="approve the selected gated stage (failing criteria need a typed override reason)"),
+        Binding("c", "cancel", "Cancel", tooltip="cancel the selected stage's job (asks first)"),
+        Binding("t", "retry", "Retry", tooltip="retry a failed, crashed or cancelled stage"),
+        Binding("l", "open_log", "Log", tooltip=LOGS_HELP),
+        Binding("o", "open_out", "Out", show=False, tooltip=LOGS_HELP),
+        Binding("question_mark", "help", "Help", tooltip="this help"),
+        Binding("q", "quit", "Quit", tooltip="quit (jobs keep running; the supervisor keeps working)"),
     ]
 
     def __init__(

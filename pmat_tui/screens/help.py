@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 from rich.table import Table
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-KEYS = [
-    ("1 2 3 4 5", "views: DAG, Jobs, Memory, Gates, Log"),
-    ("j k / arrows", "move in every view (no mouse needed); tab moves between panels"),
-    ("Enter", "open what is under the cursor: a stage's or job's log, a gate's stage, a work item's fold"),
-    ("Esc", "back: closes a dialog or the log filter, else returns to the view before"),
-    ("space", "DAG: fold or unfold a work item (done ones fold by themselves)"),
-    ("r", "run the selected stage (with its upstream)"),
-    ("a", "approve the selected gated stage (failing criteria need a typed override reason)"),
-    ("c", "cancel the selected stage's job (asks first)"),
-    ("t", "retry a failed, crashed or cancelled stage"),
-    ("l / o", "the selected stage's log / its job's stdout and stderr (tracebacks)"),
-    ("ctrl+p", "command palette: every action on every stage"),
-    ("Log view: f / p [ ] s v", "follow/pause, filter, pretty JSON, prev/next job, journal, every event"),
-    ("q", "quit (jobs keep running; the supervisor keeps working)"),
-]
+# Keys the views and their widgets handle themselves (not app bindings): each list is shown
+# after the row of the app key named.
+VIEW_KEYS: dict[str, list[tuple[str, str]]] = {
+    "1": [
+        ("j k / arrows", "move in every view (no mouse needed); tab moves between panels"),
+        ("Enter", "open what is under the cursor: a stage's or job's log, a gate's stage, a work item's fold"),
+    ],
+    "escape": [("space", "DAG: fold or unfold a work item (done ones fold by themselves)")],
+    "o": [
+        ("ctrl+p", "command palette: every action on every stage"),
+        ("Log view: f / p [ ] s v", "follow/pause, filter, pretty JSON, prev/next job, journal, every event"),
+    ],
+}
+
+
+def key_rows(app: App) -> list[tuple[str, str]]:
+    """The app's bindings in order, one row per help text (a binding's tooltip, else its footer
+    description) with every key that has it, each followed by its ``VIEW_KEYS``. Actions the
+    app refuses (read-only) are left out: a binding added to the app is listed here by itself."""
+    rows: dict[str, list[Binding]] = {}
+    for binding in Binding.make_bindings(app.BINDINGS):
+        if app.check_action(binding.action.partition("(")[0], ()) is not False:
+            rows.setdefault(binding.tooltip or binding.description, []).append(binding)
+    out = []
+    for text, bindings in rows.items():
+        out.append((" ".join(app.get_key_display(b) for b in bindings), text))
+        for b in bindings:
+            out.extend(VIEW_KEYS.get(b.key, []))
+    return out
 
 
 LEGEND = ("▶ running  ✔ done  … queued  ○ not requested  ◆ needs approval  ▲ waiting for memory  "
@@ -39,10 +53,8 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         t = Table("key", "does", box=None, padding=(0, 1), header_style="bold")
-        for k, v in KEYS:
-            if self.readonly and k in ("r", "a", "c", "t"):
-                continue
-            t.add_row(k, v)
+        for keys, does in key_rows(self.app):
+            t.add_row(keys, does)
         with Vertical(classes="modal-box"):
             yield Static("pmat console — read-only: nothing can be changed" if self.readonly else "pmat console",
                          classes="modal-text")
