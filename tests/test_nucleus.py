@@ -33,7 +33,7 @@ def plain_draw(logits: torch.Tensor, c: torch.Tensor, k: torch.Tensor, tp: torch
     return out
 
 
-def case(rows: int, vocab: int, scale: float, dtype: torch.dtype, seed: int):
+def case(rows: int, vocab: int, scale: float, dtype: torch.dtype, seed: int, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(rows, vocab, generator=g) * scale
     logits[: rows // 2] = (logits[: rows // 2] * 2).round() / 2  # many exact ties
@@ -45,7 +45,8 @@ def case(rows: int, vocab: int, scale: float, dtype: torch.dtype, seed: int):
     top_p[1::7] = 0.0
     top_k = torch.randint(0, 40, (rows,), generator=g) * (torch.rand(rows, generator=g) < 0.5)
     c, k, tp = nu.prepare(temp, top_p, top_k, vocab)
-    return logits, c, k, tp, torch.randint(0, 1 << 24, (rows,), generator=g)
+    r = torch.randint(0, 1 << 24, (rows,), generator=g)
+    return tuple(t.to(device) for t in (logits, c, k, tp, r))
 
 
 @pytest.mark.parametrize("scale", [0.02, 1.0, 6.0])  # flat (huge nucleus) to peaked
@@ -67,9 +68,9 @@ def test_weights_and_keys() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_equals_reference(dtype: torch.dtype) -> None:
+def test_triton_equals_reference(triton_device: torch.device, dtype: torch.dtype) -> None:
     for scale in (0.02, 4.0):
-        logits, c, k, tp, r = case(10, 300, scale, dtype, seed=7)
+        logits, c, k, tp, r = case(10, 300, scale, dtype, seed=7, device=triton_device)
         logits[2, :200] = float("-inf")  # masked tokens weigh nothing
         logits[3] = float("-inf")  # no finite logit at all: both give the last token
         ref = nu.reference_sample(logits, c, k, tp, r)
@@ -77,8 +78,9 @@ def test_triton_equals_reference(dtype: torch.dtype) -> None:
         assert int(ref[2]) >= 200 and int(ref[3]) == 299
 
 
-def test_backend_choice_and_bad_input() -> None:
-    logits, c, k, tp, r = case(4, 50, 1.0, torch.bfloat16, seed=3)
+def test_backend_choice_and_bad_input(kernel_device: torch.device) -> None:
+    """auto: the Triton kernel on CUDA, the reference elsewhere; either way the reference's tokens."""
+    logits, c, k, tp, r = case(4, 50, 1.0, torch.bfloat16, seed=3, device=kernel_device)
     assert torch.equal(nu.sample(logits, c, k, tp, r), nu.reference_sample(logits, c, k, tp, r))
     with pytest.raises(ValueError, match="float32"):
         nu.sample(logits.float(), c, k, tp, r)

@@ -1,11 +1,8 @@
 """GGML quantization kernels: vectorized torch and Triton paths are byte-identical to the
-reference port, and the `gguf` package's dequantizer reads our bytes to our values exactly."""
+reference port, and the `gguf` package's dequantizer reads our bytes to our values exactly.
+The fast paths run on PMAT_TEST_DEVICE (tests/conftest.py: compiled Triton on CUDA, interpreted on CPU)."""
 
 from __future__ import annotations
-
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
 
 import warnings
 
@@ -69,23 +66,23 @@ def bits(a: np.ndarray) -> np.ndarray:
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # 1e6-sized outliers overflow float32 sums, in C too
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks)
-def test_vectorized_matches_reference(spec):
+def test_vectorized_matches_reference(kernel_device, spec):
     x = build(spec)
     for qt in QTYPES:
         ref = R.QUANTIZE[qt.name](x)
-        vec = V.quantize_blocks(torch.from_numpy(x), qt).reshape(-1).numpy()
+        vec = V.quantize_blocks(torch.from_numpy(x).to(kernel_device), qt).reshape(-1).cpu().numpy()
         assert np.array_equal(ref, vec), f"{qt.name} bytes differ for {spec}"
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_vectorized_matches_reference_on_a_large_batch():
+def test_vectorized_matches_reference_on_a_large_batch(kernel_device):
     """Rare rounding paths (a 1-in-100 block once exposed torch's reciprocal-multiply division)."""
     rng = np.random.default_rng(123)
     x = np.concatenate([make_block(KINDS[i % len(KINDS)], int(rng.integers(0, 2**31)), float(10 ** rng.uniform(-4, 3)))
                         for i in range(150)])
     for qt in (QType.Q4_K, QType.Q6_K):
         ref = R.QUANTIZE[qt.name](x).reshape(-1, 144 if qt == QType.Q4_K else 210)
-        vec = V.quantize_blocks(torch.from_numpy(x), qt).numpy()
+        vec = V.quantize_blocks(torch.from_numpy(x).to(kernel_device), qt).cpu().numpy()
         bad = np.nonzero((ref != vec).any(1))[0]
         assert bad.size == 0, f"{qt.name}: blocks {bad[:10]} differ"
 
@@ -127,8 +124,8 @@ def test_quantize_2d_chunking_and_bad_input():
         V.quantize(torch.zeros(2, 64), QType.Q4_K)
 
 
-def _triton_equal(x: np.ndarray) -> None:
-    t = torch.from_numpy(x)
+def _triton_equal(x: np.ndarray, device) -> None:
+    t = torch.from_numpy(x).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # masked lanes divide by zero, like C's skipped paths
         for qt in (QType.Q4_K, QType.Q6_K, QType.Q8_0):
@@ -137,15 +134,13 @@ def _triton_equal(x: np.ndarray) -> None:
             assert torch.equal(a, b), qt.name
 
 
-def test_triton_matches_on_every_kind():
-    pytest.importorskip("triton")
+def test_triton_matches_on_every_kind(triton_device):
     x = np.concatenate([make_block(k, i, 0.05 * (i + 1)) for i, k in enumerate(KINDS)])
-    _triton_equal(x)
+    _triton_equal(x, triton_device)
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31), st.floats(1e-4, 1e3)),
                 min_size=4, max_size=12))
-def test_triton_matches_random_batches(spec):
-    pytest.importorskip("triton")
-    _triton_equal(build(spec))
+def test_triton_matches_random_batches(triton_device, spec):
+    _triton_equal(build(spec), triton_device)
