@@ -24,8 +24,8 @@ STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: t
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.73])
-def test_row_mask_fast_equals_reference(sparsity: float) -> None:
-    scores = torch.rand(33, 96)
+def test_row_mask_fast_equals_reference(kernel_device: torch.device, sparsity: float) -> None:
+    scores = torch.rand(33, 96).to(kernel_device)
     fast, ref = row_mask(scores, sparsity), row_mask_ref(scores, sparsity)
     assert torch.equal(fast, ref)
     assert (fast.sum(dim=1) == int(96 * sparsity)).all()
@@ -33,8 +33,8 @@ def test_row_mask_fast_equals_reference(sparsity: float) -> None:
     assert (scores.masked_fill(~fast, -1).amax(1) <= scores.masked_fill(fast, 2).amin(1)).all()
 
 
-def test_two_four_mask() -> None:
-    scores = torch.rand(17, 64)
+def test_two_four_mask(kernel_device: torch.device) -> None:
+    scores = torch.rand(17, 64).to(kernel_device)
     fast = nm_mask(scores)
     assert torch.equal(fast, nm_mask_ref(scores))
     assert (fast.reshape(17, 16, 4).sum(-1) == 2).all()
