@@ -28,10 +28,10 @@ STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: t
 
 
 @pytest.mark.parametrize("fan_in_fan_out", [False, True])
-def test_lora_kernel_fast_equals_reference(fan_in_fan_out: bool) -> None:
+def test_lora_kernel_fast_equals_reference(kernel_device: torch.device, fan_in_fan_out: bool) -> None:
     torch.manual_seed(0)
-    a, b = torch.randn(8, 48), torch.randn(32, 8)
-    w = torch.randn(48, 32) if fan_in_fan_out else torch.randn(32, 48)
+    a, b = torch.randn(8, 48).to(kernel_device), torch.randn(32, 8).to(kernel_device)
+    w = (torch.randn(48, 32) if fan_in_fan_out else torch.randn(32, 48)).to(kernel_device)
     delta = lora_delta_ref(a, b, 0.5, fan_in_fan_out)
     assert torch.allclose(merge_lora_(w.clone(), a, b, 0.5, fan_in_fan_out) - w, delta, atol=1e-5)
     assert torch.allclose(delta, ((b @ a) * 0.5).T if fan_in_fan_out else (b @ a) * 0.5, atol=1e-5)
