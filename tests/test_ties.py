@@ -32,8 +32,8 @@ STAGE_DEVICE = os.environ.get("PMAT_TEST_DEVICE", "cpu")  # cuda on a GPU box: t
 
 
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.35, 0.7, 1.0])
-def test_trim_keeps_exactly_the_density_fraction(density: float) -> None:
-    x = torch.randn(37, 53)
+def test_trim_keeps_exactly_the_density_fraction(kernel_device: torch.device, density: float) -> None:
+    x = torch.randn(37, 53).to(kernel_device)
     k = int(density * x.numel())
     fast = x * trim_mask(x, density)
     ref = trim_ref(x, density)
