@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.events import EventWriter, read_events
-from engine.results import record_key
+from engine.results import malformed, record_key
 from engine.workspace import Workspace, atomic_write_json
 
 
@@ -130,6 +130,8 @@ class StageContext:
         ``engine.results.commit_results``): a kill before it leaves nothing, and a
         resumed attempt commits the same record (same key) exactly once.
         """
+        if why := malformed(record):  # readers would ignore it: refuse it now, naming it
+            raise StageFailed(f"{self.stage}: result record {record.get('benchmark')!r} refused: {why}")
         job = self.job
         key = record_key(job.stage, job.kind, job.params_hash, job.inputs, len(self.pending_results), record)
         self.pending_results.append({"job_id": self.job_id, "stage": self.stage, **record, "key": key})
