@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from engine.chain import append_chained, verify_chain
-from engine.events import read_events
-from engine.results import read_ledger
-from engine.sdk.base import JobSpec
+from engine.events import EventWriter, read_events
+from engine.results import make_record, read_ledger
+from engine.sdk.base import JobSpec, StageContext, StageFailed
 from engine.sdk.run import params_hash
 from engine.workspace import Workspace
 
@@ -75,3 +75,20 @@ def test_a_rerun_after_the_job_log_was_deleted_adds_no_second_record(tmp_path, t
     ws.job_log("ppl.2").write_bytes(ws.job_log("ppl.2").read_bytes()[:-20])  # truncated log
     assert launch(ws, 3, tiny_model_dir, text) == 0
     assert len(verify_chain(ws.ledger_path).records) == 1 and len(counted(ws)) == 1
+
+
+@pytest.mark.parametrize("bad", [{"metrics": {"loss": None}}, {"metrics": {"ok": True}}, {"benchmark": 3},
+                                 {"model_hash": 7}])
+def test_every_stage_records_through_one_checked_path(tmp_path: Path, bad: dict) -> None:
+    """What readers would ignore is refused where a stage records it (all kinds, not only eval's make_record)."""
+    ws = Workspace(tmp_path / "ws").init()
+    job = JobSpec(job_id="s.1", stage="s", kind="command", attempt=1, workspace=str(ws.root), params={}, inputs={},
+                  params_hash="p")
+    ctx = StageContext(job, EventWriter(ws.job_log(job.job_id)), ws)
+    good = {"benchmark": "b", "model_hash": None, "model_path": None, "metrics": {"x": 1.0}}
+    ctx.record_result(good)
+    with pytest.raises(StageFailed, match="^s: result record .* refused: malformed record"):
+        ctx.record_result({**good, **bad})
+    assert [r["benchmark"] for r in ctx.pending_results] == ["b"]
+    with pytest.raises(ValueError, match="malformed record"):
+        make_record(**{"dataset_hash": None, "protocol": {}, **good, **bad})
