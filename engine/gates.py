@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.content_id import CorruptArtifact, HashCache, ref_hash
+from engine.criteria import criterion_protocol, dotted, measures
 from engine.data import protocols
-from engine.data.protocols import Protocol
 from engine.refs import resolve_ref
-from engine.results import DEFAULT_PROTOCOL, incomparable, read_ledger, short_diff
-from engine.spec import REF_RE, Criterion, PipelineSpec
+from engine.results import incomparable, read_ledger, short_diff
+from engine.spec import Criterion, PipelineSpec
 from engine.workspace import Workspace
 
 
@@ -58,14 +58,6 @@ _CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE:
 _FUNCS = {"max": max, "min": min, "abs": abs}
 
 
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    raise ValueError(f"unsupported expression element {ast.dump(node)[:40]}")
-
-
 def evaluate_expr(expr: str, lookup) -> Any:
     """Evaluate a restricted expression: numbers, dotted names, + - * /, comparisons,
     and/or/not, max/min/abs. ``lookup(dotted_name)`` gives a value or None (no data).
@@ -81,7 +73,7 @@ def evaluate_expr(expr: str, lookup) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
             return node.value
         if isinstance(node, ast.Name | ast.Attribute):
-            return lookup(_dotted(node))
+            return lookup(dotted(node))
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
             a, b = ev(node.left), ev(node.right)
             return None if a is None or b is None else _BIN[type(node.op)](a, b)
@@ -124,11 +116,11 @@ def _fields(proto: dict[str, Any]) -> dict[str, Any]:
 def spec_protocols(spec: PipelineSpec, ref: str, bench: str) -> list[dict[str, Any]]:
     """The protocols (data fields aside) the spec's eval stages measuring ``ref`` on ``bench``
     would record now: a record under none of them predates a protocol change in the spec."""
-    want, out = _canonical_ref(spec, ref), []
+    want, out = spec.canonical_ref(ref), []
     for entry in spec.stages.values():
         params = entry.params
-        if entry.kind != "eval" or _measures(entry.kind, params) != bench or not any(
-                _canonical_ref(spec, r) == want for r in entry.inputs.values()):
+        if entry.kind != "eval" or measures(entry.kind, params) != bench or not any(
+                spec.canonical_ref(r) == want for r in entry.inputs.values()):
             continue
         try:
             official = protocols.get(str(params.get("protocol")))
@@ -139,18 +131,6 @@ def spec_protocols(spec: PipelineSpec, ref: str, bench: str) -> list[dict[str, A
         except (ValueError, TypeError):
             continue  # pmat check names a bad protocol or override
     return out
-
-
-def criterion_protocol(crit: Criterion, bench: str) -> Protocol | None:
-    """The protocol a criterion reads ``bench`` under: its pin (an id, or {id, overrides}),
-    else the official protocol of a code benchmark, else none (no protocol to match)."""
-    pin = (crit.protocol or {}).get(bench)
-    if pin is None:
-        return protocols.get(DEFAULT_PROTOCOL[bench]) if bench in DEFAULT_PROTOCOL else None
-    if isinstance(pin, str):
-        return protocols.get(pin)
-    overrides = {k: v for k, v in pin.items() if k not in ("id", "data_sha256")}
-    return protocols.resolve(pin["id"], data_sha256=pin.get("data_sha256"), overrides=overrides)
 
 
 def evaluate_criterion(spec: PipelineSpec, ws: Workspace, name: str, crit: Criterion,
@@ -245,94 +225,3 @@ def evaluate_gates(spec: PipelineSpec, ws: Workspace, *, persist_cache: bool = F
 
 def age_s(result: GateResult) -> float | None:
     return time.time() - result.newest_record_ts if result.newest_record_ts else None
-
-
-def _canonical_ref(spec: PipelineSpec, ref: str) -> str:
-    m = REF_RE.match(ref)
-    if m and m.group(1) == "model" and m.group(2) in spec.models and spec.models[m.group(2)].artifact:
-        return _canonical_ref(spec, str(spec.models[m.group(2)].artifact))
-    return ref
-
-
-def criterion_benchmarks(crit: Criterion) -> dict[str, set[str]]:
-    """Benchmarks the expression reads, per checkpoint alias ("" for a single checkpoint)."""
-    refs = [""] if crit.checkpoint else list(crit.checkpoints)
-    out: dict[str, set[str]] = {alias: set() for alias in refs}
-    for node in ast.walk(ast.parse(crit.expr, mode="eval")):
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-            try:
-                parts = _dotted(node).split(".")
-            except ValueError:
-                continue
-            alias = "" if crit.checkpoint else parts[0]
-            if len(parts) == (2 if crit.checkpoint else 3) and alias in out:
-                out[alias].add(parts[-2])
-    return out
-
-
-def _measures(kind: str, params: dict[str, Any]) -> str:
-    """The ledger benchmark a stage's records carry: an eval's protocol's, else its kind."""
-    proto = params.get("protocol")
-    if kind == "eval" and isinstance(proto, str) and proto in protocols.PROTOCOLS:
-        return protocols.PROTOCOLS[proto].benchmark
-    return str(params.get("benchmark") or kind)
-
-
-def criterion_sources(spec: PipelineSpec, crit: Criterion) -> set[str]:
-    """Stages whose results a criterion reads: those producing its checkpoints, and those
-    measuring one of them on a benchmark its expression names (eval ``benchmark``, or kind)."""
-    refs = {"": crit.checkpoint} if crit.checkpoint else dict(crit.checkpoints)
-    benches = criterion_benchmarks(crit)
-    out: set[str] = set()
-    for alias, ref in refs.items():
-        want = _canonical_ref(spec, ref)
-        if src := spec.ref_stage(want):
-            out.add(src)
-        for name, entry in spec.stages.items():
-            measures = _measures(entry.kind, entry.params)
-            if measures in benches[alias] and any(_canonical_ref(spec, r) == want for r in entry.inputs.values()):
-                out.add(name)
-    return out
-
-
-def gate_order_problems(spec: PipelineSpec) -> list[str]:
-    """A gated stage must run after every stage whose results its criteria read; else it
-    could be approved (and run) before the evaluations exist. One line per problem."""
-    problems = []
-    for stage, entry in spec.stages.items():
-        if entry.approval != "required" or not entry.work_item or entry.work_item not in spec.work_items:
-            continue
-        upstream, todo = set(), list(spec.deps(stage))
-        while todo:
-            s = todo.pop()
-            if s not in upstream and s in spec.stages:
-                upstream.add(s)
-                todo.extend(spec.deps(s))
-        for ac in spec.work_items[entry.work_item].acceptance:
-            if ac not in spec.acceptance:
-                continue
-            for src in sorted(criterion_sources(spec, spec.acceptance[ac]) - upstream - {stage}):
-                problems.append(f"stages.{stage}: its approval answers for {ac}, which reads results of "
-                                f"{src}: add {src} to stages.{stage}.after")
-    return problems
-
-
-def spec_problems(spec: PipelineSpec) -> list[str]:
-    """What ``pmat check`` refuses about the gates: protocol pins that name no benchmark of
-    the expression or no known protocol, and gated stages that could run before their evidence."""
-    problems = []
-    for name, crit in spec.acceptance.items():
-        read = set().union(*criterion_benchmarks(crit).values())
-        for bench, pin in (crit.protocol or {}).items():
-            where = f"acceptance.{name}.protocol.{bench}"
-            if bench not in read:
-                problems.append(f"{where}: {bench!r} is not a benchmark the expression reads "
-                                f"({', '.join(sorted(read)) or 'none'}); pin as BENCHMARK: PROTOCOL_ID")
-            elif not isinstance(pin, str) and not (isinstance(pin, dict) and isinstance(pin.get("id"), str)):
-                problems.append(f"{where}: expected a protocol id or {{id: ID, OVERRIDE: VALUE...}}, got {pin!r}")
-            else:
-                try:
-                    criterion_protocol(crit, bench)
-                except ValueError as exc:
-                    problems.append(f"{where}: {exc}")
-    return problems + gate_order_problems(spec)

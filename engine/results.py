@@ -172,11 +172,6 @@ def read_ledger(workspace: Workspace | Path) -> list[dict[str, Any]]:
 
 # -- comparability with a criterion's protocol ------------------------------------------------
 
-# the protocol a criterion reads for a code benchmark unless it pins another
-DEFAULT_PROTOCOL = {"humaneval": "humaneval", "humaneval_plus": "humaneval_plus", "mbpp": "mbpp_leaderboard",
-                    "mbpp_plus": "mbpp_plus"}
-
-
 def sample_passed(sample: Any) -> bool:
     """A sample's outcome: a status string, or a dict with ``status`` or ``base``/``plus``."""
     if isinstance(sample, str):

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.criteria import spec_problems
 from engine.data.pins import DATASETS
 from engine.kinds import load_stage, stage_kinds
 
@@ -153,6 +154,13 @@ class PipelineSpec(_Strict):
         if m.group(1) == "dataset":
             return None
         return m.group(3)
+
+    def canonical_ref(self, ref: str) -> str:
+        """A reference with model aliases followed to the artifact they name."""
+        m = REF_RE.match(ref)
+        if m and m.group(1) == "model" and m.group(2) in self.models and self.models[m.group(2)].artifact:
+            return self.canonical_ref(str(self.models[m.group(2)].artifact))
+        return ref
 
     def stages_of(self, item: str) -> list[str]:
         return [s for s, e in self.stages.items() if e.work_item == item]
@@ -373,10 +381,8 @@ def check_input_names(module: Any, params: Any, given: set[str]) -> None:
 
 
 def _check_gates(spec: PipelineSpec, where: str) -> None:
-    """Protocol pins and gate order (engine.gates.spec_problems): a gated stage must not be
+    """Protocol pins and gate order (engine.criteria.spec_problems): a gated stage must not be
     able to run before the evaluations its criteria read."""
-    from engine.gates import spec_problems  # engine.gates imports this module
-
     for problem in spec_problems(spec)[:1]:
         raise SpecError(f"{where}: {problem}")
 

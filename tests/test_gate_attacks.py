@@ -24,9 +24,10 @@ from engine.approvals import approval_current, check_approvable, revoked
 from engine.chain import append_chained, line_digest, verify_chain
 from engine.cli.main import main as pmat
 from engine.content_id import HashCache
+from engine.criteria import spec_problems
 from engine.data import protocols
 from engine.events import EventWriter
-from engine.gates import evaluate_gates, spec_problems
+from engine.gates import evaluate_gates
 from engine.spec import load_spec, pipeline_path
 from engine.workspace import Workspace
 
