@@ -23,6 +23,10 @@ import sys
 import sysconfig
 
 BASE = "/sandbox"  # the work area inside the namespace
+# Third-party modules that benchmark references use, preloaded by the template when installed (a
+# child under its own uid may not be able to read site-packages; and a numpy import costs a child
+# ~40 ms) and bound into the namespace (``packages``)
+OPTIONAL = ("numpy",)
 _PROBE: dict[bool, str | None] = {}
 
 
@@ -78,8 +82,6 @@ def site_dirs(under: str = "/") -> list[str]:
 
 def packages() -> list[str]:
     """Directories of the third-party packages preloaded in templates (and their bundled libs)."""
-    from engine.sandbox.template import OPTIONAL
-
     out = []
     for name in OPTIONAL:
         try:

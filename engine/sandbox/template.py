@@ -37,11 +37,6 @@ PRELOAD = (
 # Read into memory, imported only by a program that asks: importing threading (queue's
 # dependency) registers an at-fork handler that cost every forked child ~0.3 ms.
 IN_MEMORY = ("queue", "threading")
-# Third-party modules that benchmark references use, preloaded when installed (a child under its
-# own uid may not be able to read site-packages; and a numpy import costs a child ~40 ms)
-OPTIONAL = ("numpy",)
-
-
 class _MemoryModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports a few stdlib modules from code read in the template (a child under its own uid
     may not be able to read the stdlib's files)."""
@@ -76,7 +71,7 @@ def _warm_up() -> None:
         sys.meta_path.insert(0, _MemoryModules(tuple(n for n in IN_MEMORY if n not in sys.modules)))
     for name in PRELOAD:
         importlib.import_module(name)
-    for name in OPTIONAL:
+    for name in bwrap.OPTIONAL:
         try:
             importlib.import_module(name)
         except ImportError:
