@@ -25,6 +25,7 @@ import keyword
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.data.codeshape import canonical
@@ -192,6 +193,12 @@ def features(stream: list[str], n: int) -> list[tuple[tuple[str, ...], int]]:
     return out
 
 
+def code_shapes(text: str) -> list[list[str]]:
+    """The streams a unit is indexed as: as written and canonical (codeshape.py; a row that does not
+    parse meets the former)."""
+    return [normalise(text), normalise(canonical(text))]
+
+
 @dataclass(frozen=True)
 class CodeMatch:
     unit: int
@@ -202,6 +209,8 @@ class CodeMatch:
 
 class CodeIndex:
     """Code n-grams of evaluation solutions; :meth:`matches` scores a row against each of them.
+    (``shapes_of`` turns a unit into the token streams it is indexed as: any token stream works,
+    the statements' words too.)
 
     A unit is one piece of reference code (a problem's prompt + solution, or its solution
     alone), as written and in canonical shape; ``owners[u]`` is the item it belongs to, ``tasks[u]`` that item's task id (variants
@@ -212,11 +221,11 @@ class CodeIndex:
     """
 
     def __init__(self, units: list[str], owners: list[int], tasks: list[str], n: int = 8,
-                 max_df: float = 0.02) -> None:
-        shapes: dict[tuple[tuple[str, ...], int], str] = {}  # as written and canonical (codeshape.py): a row
-        for text, owner, task in zip(units, owners, tasks, strict=True):  # that does not parse meets the former
-            for shape in (text, canonical(text)):
-                shapes.setdefault((tuple(normalise(shape)), owner), task)
+                 max_df: float = 0.02, shapes_of: Callable[[str], list[list[str]]] | None = None) -> None:
+        shapes: dict[tuple[tuple[str, ...], int], str] = {}
+        for text, owner, task in zip(units, owners, tasks, strict=True):
+            for shape in (shapes_of or code_shapes)(text):
+                shapes.setdefault((tuple(shape), owner), task)
         streams = [list(s) for s, _ in shapes]
         self.n, self.owners = n, [o for _, o in shapes]
         tasks = list(shapes.values())

@@ -54,6 +54,46 @@ print example examples input output result those these their them they there the
 only more most same other others one two goal task here have has had was were been being like make made
 contain contains containing multiple properly within into onto after before every some many much very
 note assume suppose following follows below above""".split())
+# concept -> its common synonyms in task statements (a word maps to the first group naming it)
+CONCEPTS = {
+    "return": "returns returned give gives yield yields produce produces output outputs",
+    "list": "lists sequence sequences array arrays collection collections vector vectors tuple tuples",
+    "string": "strings text texts str sentence sentences phrase",
+    "integer": "integers int ints numeral numerals natural",
+    "element": "elements item items entry entries member members",
+    "character": "characters char chars letter letters symbol symbols",
+    "largest": "biggest greatest maximum max highest maximal",
+    "smallest": "tiniest least minimum min lowest minimal",
+    "first": "initial leading earliest",
+    "last": "final trailing latest",
+    "contain": "contains include includes including hold holds",
+    "sum": "total totals summation",
+    "count": "tally tallies counts",
+    "find": "determine compute computes calculate calculates get gets obtain obtains finds",
+    "check": "test tests verify verifies checks",
+    "sorted": "ordered sort sorts order",
+    "length": "size len",
+    "remove": "delete deletes drop drops discard discards removes eliminate",
+    "reverse": "reversed invert inverted flip flipped backwards",
+    "split": "separate separates divide splits",
+    "join": "concatenate concatenates combine combines merge merges joins",
+    "unique": "distinct different",
+    "duplicate": "duplicates repeated repeating",
+    "equal": "same identical equals",
+    "word": "words term terms",
+    "implement": "write create define code",
+    "number": "numbers value values",
+    "given": "provided supplied",
+    "each": "every",
+    "be": "is are was were been being am",
+    "positive": "above-zero nonnegative",
+    "argument": "input inputs parameter parameters arg args",
+}
+SYNONYM = {w: c for c, group in reversed(CONCEPTS.items()) for w in group.split()}
+PHRASES = {"give back": "return", "gives back": "return", "whole number": "integer", "whole numbers": "integer",
+           "happen to": "", "add up": "sum", "number of": "count", "less than": "below", "greater than": "above",
+           "more than": "above", "fewer than": "below", "above zero": "positive"}
+WORDING_N, WORDING_FLOOR = 3, (0.5, 12.0, 3)  # share of a statement's rare word 3-grams, their rarity, how many
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
 BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
 FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
@@ -132,9 +172,29 @@ def stem(word: str) -> str:
     return word
 
 
+def concept_words(toks: list[str]) -> list[str]:
+    """Words with synonyms put on one name (``give back``/``yield`` -> return, ``sequence``/``array`` -> list):
+    a paraphrase that swaps words for their common synonyms keeps the same concepts."""
+    out, k = [], 0
+    while k < len(toks):
+        pair = PHRASES.get(" ".join(toks[k:k + 2]))
+        if pair is not None:
+            out.append(pair)
+            k += 2
+            continue
+        out.append(SYNONYM.get(toks[k], toks[k]))
+        k += 1
+    return out
+
+
+def wording(text: str) -> list[str]:
+    """The stemmed concept-word stream of prose, stop words kept (they carry the sentence's order)."""
+    return [stem(w) for w in concept_words(words(text)) if w]
+
+
 def content_words(text: str) -> set[str]:
-    """Stemmed words that carry a task's meaning (no stop words, no numbers)."""
-    return {stem(w) for w in words(text) if len(w) > 2 and w not in STOP and not w.isdigit()}
+    """Stemmed concepts that carry a task's meaning (no stop words, no numbers)."""
+    return {stem(w) for w in concept_words(words(text)) if len(w) > 2 and w not in STOP and not w.isdigit()}
 
 
 def statement_of(prompt: str) -> str:
@@ -209,7 +269,8 @@ class DecontamIndex:
     def __init__(self, items: list[EvalItem], ngram: int = 10, doc_threshold: float = 0.7,
                  name_doc_threshold: float = 0.5, min_content: int = 5, code_ngram: int = 8,
                  code_floor: tuple[float, float, int] = (0.6, 25.0, 6),
-                 statement_floor: tuple[float, float, int] = (0.6, 15.0, 3)) -> None:
+                 statement_floor: tuple[float, float, int] = (0.6, 15.0, 3),
+                 wording_floor: tuple[float, float, int] = WORDING_FLOOR) -> None:
         if not items:
             raise ValueError("decontamination index: no evaluation problems to check against")
         self.items, self.n = items, ngram
@@ -220,6 +281,9 @@ class DecontamIndex:
         self.code_signals = [
             CodeSignal("code", CodeIndex(*args, n=code_ngram), *code_floor, f"normalised code {code_ngram}-grams"),
             CodeSignal("statements", CodeIndex(*args, n=0), *statement_floor, "normalised statements"),
+            CodeSignal("wording", CodeIndex([it.statement for it in items], list(range(len(items))),
+                                            [it.task_id for it in items], n=WORDING_N, shapes_of=lambda t: [wording(t)]),
+                       *wording_floor, f"statement word {WORDING_N}-grams (synonyms on one name)"),
         ]
         self.bodies: dict[tuple[str, ...], set[int]] = defaultdict(set)  # whole solution bodies (not functions)
         for i, it in enumerate(items):
@@ -295,8 +359,9 @@ class DecontamIndex:
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
         """Hits of the code signals; ``named``: the problems one of whose functions the row defines or calls."""
         hits: dict[tuple[int, str], Hit] = {}
-        stream = normalise(canonical(text), unpack=True)
+        streams = {"code": normalise(canonical(text), unpack=True), "wording": wording(text)}
         for sig in self.code_signals:
+            stream = streams["wording" if sig.name == "wording" else "code"]
             matches = sig.index.matches(stream, min(sig.coverage, NAMED_CODE))
             for m in sorted(matches, key=lambda m: (round(m.coverage, 6), round(m.weight, 6), -m.unit)):  # best last
                 i = sig.index.owners[m.unit]
