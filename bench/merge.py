@@ -6,7 +6,7 @@ layer, then runs, each in a fresh subprocess that reports its own peak RSS:
 
   floor   read every shard into one reused buffer and write the bytes to new files (fsync)
   copy    the same tensors through CheckpointReader -> ShardedWriter.copy_from, no math
-  ours    engine.stages.merge.merge_adapter (streamed, fp32 math on --device; unchanged
+  ours    engine.models.lora.merge_adapter (streamed, fp32 math on --device; unchanged
           tensors copied file to file)
   peft    AutoModelForCausalLM.from_pretrained + PeftModel + merge_and_unload + save_pretrained
 
@@ -45,7 +45,7 @@ def _child(mode: str, base: Path, adapter: Path, out: Path, device: str, shard_b
 
     from engine.models.checkpoint import open_checkpoint
     from engine.models.checkpoint_writer import ShardedWriter
-    from engine.stages.merge import merge_adapter
+    from engine.models.lora import merge_adapter
 
     if mode == "peft":  # imported before the clock starts, like ours
         from peft import PeftModel

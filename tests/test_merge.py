@@ -153,7 +153,7 @@ _RSS_CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from engine.stages.merge import merge_adapter
+    from engine.models.lora import merge_adapter
     base, adapter, out = map(Path, sys.argv[1:4])
     merge_adapter(base, adapter, out, out_dtype=None, max_shard_bytes=8 << 20)
     # VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across exec.

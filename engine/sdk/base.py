@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from engine.events import EventWriter, read_events
+from engine.failures import StageFailed as StageFailed  # the kinds' API; defined low, see there
 from engine.results import malformed, record_key
 from engine.workspace import Workspace, atomic_write_json
 
@@ -42,10 +43,6 @@ class StageParams(BaseModel):
 
 class Cancelled(Exception):
     """Raised by ``check_cancelled`` once a SIGTERM arrived."""
-
-
-class StageFailed(Exception):
-    """A stage's own verdict that its run is broken (not a crash)."""
 
 
 @dataclass

@@ -74,7 +74,7 @@ def resolve_base(ctx: StageContext) -> Path:
     model = ctx.inputs["model"]
     if not (Path(model) / "adapter_config.json").is_file():
         return Path(model)
-    from engine.stages.merge import merge_adapter
+    from engine.models.lora import merge_adapter
 
     out = ctx.work_dir / "merged_base"
     done = ctx.work_dir / "merged_base.done"

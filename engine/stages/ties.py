@@ -29,8 +29,8 @@ from engine.models.checkpoint_writer import (
     set_config_dtype,
     storage_dtype,
 )
+from engine.models.lora import ADAPTER_CONFIG, LoraAdapter, load_adapter
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from engine.stages.merge import ADAPTER_CONFIG, LoraAdapter, load_adapter
 from kernels.ties import KthLargest, disjoint_merge, sign_conflicts, slerp, trim_mask
 
 SPECIALIST = "model_"
