@@ -1,4 +1,4 @@
-"""Structured JSONL event logs: the single source of truth (DESIGN principle 1).
+"""Structured JSONL event logs: the single source of truth (docs/ARCHITECTURE.md, principle 2).
 
 One writer per file appends whole lines with a single ``write()``; readers resume
 from a byte offset, hold back a partial last line, and notice truncation and

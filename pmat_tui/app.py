@@ -1,6 +1,6 @@
 """The pmat console: a client of the supervisor that reads logs and writes commands.
 
-It never owns a job (DESIGN principle 5): quitting, a closed terminal (SIGHUP) or an
+It never owns a job (docs/ARCHITECTURE.md, principle 6): quitting, a closed terminal (SIGHUP) or an
 SSH drop leave every job and the supervisor running. When new events are folded in is
 ``pmat_tui.watcher``'s to decide.
 """

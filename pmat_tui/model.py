@@ -1,6 +1,6 @@
 """What the console knows: a fold over the workspace's logs, plus the commands it may send.
 
-The console is a client (DESIGN principle 5): everything shown here is derived from
+The console is a client (docs/ARCHITECTURE.md, principle 6): everything shown here is derived from
 ``PipelineState`` and the files of the workspace, and every action is a command file
 for the supervisor. ``refresh()`` separates cheap updates (progress of running jobs)
 from structural ones (the overview with reasons and the critical path), so an idle
