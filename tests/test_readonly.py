@@ -1,5 +1,6 @@
-"""Read-only means read-only: a read-only console session and ``pmat status`` leave every byte
-of a finished workspace as it was (no file added, removed or changed; the hash cache included)."""
+"""Read-only means read-only: a read-only console session, ``pmat status`` (and the other readers:
+``verify`` without ``--accept``, ``logs``) leave every byte of a finished workspace as it was (no
+file or folder added or removed, no file changed; the hash cache included)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,22 @@ def checksums(root: Path) -> dict[str, str]:
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     """A finished workspace whose gates hash checkpoints, with a persisted hash cache gone stale
-    (an artifact touched since): a reader re-hashes, and must keep what it learnt in memory."""
+    (an artifact touched since: a reader re-hashes, and must keep what it learnt in memory) and
+    torn last lines in the ledger, the journal and a job log."""
     ws = write_fixture(tmp_path / "fx")
     evaluate_gates(load_spec_fast(ws.spec_path, check_params=False), ws, persist_cache=True)
     assert (ws.root / "state" / "hash-cache.json").is_file()
     model = ws.artifact_path("base", "model")
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1))
+    for log in (ws.ledger_path, ws.journal_path, ws.job_log("sft.1")):  # writes in progress: readers skip, never cut
+        with open(log, "ab") as fh:
+            fh.write(b'{"ts": 1790003000.0, "kind": "prog')
     return ws
 
 
 async def test_a_readonly_console_session_writes_nothing(ws: Workspace) -> None:
     before = checksums(ws.root)
-    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory, watch=False)
+    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory)
     async with app.run_test(size=(160, 40)) as pilot:
         while not app.loaded:
             await pilot.pause(0.01)
@@ -52,8 +57,9 @@ async def test_a_readonly_console_session_writes_nothing(ws: Workspace) -> None:
     assert checksums(ws.root) == before
 
 
-@pytest.mark.parametrize("args", [["status"], ["status", "--json"]])
-def test_pmat_status_writes_nothing(ws: Workspace, args: list[str]) -> None:
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["verify"], ["logs", "supervisor"],
+                                  ["logs", "eval_base", "--all"]])
+def test_pmat_status_and_other_readers_write_nothing(ws: Workspace, args: list[str]) -> None:
     before = checksums(ws.root)
     out = subprocess.run([*PMAT, *args, "-w", str(ws.root)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
