@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.jsonl import append_lines, complete_lines, complete_part, parse
+from engine.workspace import atomic_write_bytes
 
 FILE_MODE = 0o600
 
@@ -187,12 +188,5 @@ def accept_break(path: Path) -> ChainReport:
     acc: dict[str, Any] = {"bytes": len(complete), "sha256": hashlib.sha256(complete).hexdigest(), "lines": len(lines),
                            "last": line_digest(lines[-1]) if lines else "", "accepted_at": time.time()}
     acc["seal"] = seal(path.name, str(acc["bytes"]), acc["sha256"], str(acc["lines"]), acc["last"])
-    tmp = _accept_path(path).with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.write(fd, (json.dumps(acc, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, _accept_path(path))
+    atomic_write_bytes(_accept_path(path), (json.dumps(acc, sort_keys=True) + "\n").encode())
     return verify_chain(path)
