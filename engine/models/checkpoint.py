@@ -67,10 +67,7 @@ class CheckpointReader:
         return SAFETENSORS_DTYPES[code]
 
     def nbytes(self, name: str) -> int:
-        n = 1
-        for d in self.shape(name):
-            n *= d
-        return n * self.dtype(name).itemsize
+        return tensor_nbytes(self.dtype(name), self.shape(name))
 
     def total_bytes(self) -> int:
         return sum(self.nbytes(n) for n in self._where)
@@ -130,6 +127,14 @@ class CheckpointReader:
 def open_checkpoint(root: Path | str) -> CheckpointReader:
     """Open a Hugging Face safetensors checkpoint directory (single file or sharded)."""
     return CheckpointReader(Path(root))
+
+
+def tensor_nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of ``dtype`` and ``shape`` as stored (no padding in safetensors)."""
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

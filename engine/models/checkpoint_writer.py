@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from engine.models.checkpoint import SAFETENSORS_DTYPES, CheckpointReader, tensor_bytes
+from engine.models.checkpoint import (
+    SAFETENSORS_DTYPES,
+    CheckpointReader,
+    tensor_bytes,
+    tensor_nbytes,
+)
 from engine.models.files import INDEX_FILE, SINGLE_FILE
 from engine.workspace import atomic_write_json, ensure_dir, fsync_dir, named, sha256_file
 
@@ -57,13 +62,6 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]) -
 Entry = tuple[str, torch.dtype, tuple[int, ...]]
 
 
-def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    n = dtype.itemsize
-    for d in shape:
-        n *= d
-    return n
-
-
 class ShardedWriter:
     """Write tensors into safetensors shards of at most ``max_shard_bytes`` plus an index.
 
@@ -100,7 +98,7 @@ class ShardedWriter:
         for name, dtype, shape in layout:
             if dtype not in _CODES:
                 raise ValueError(f"{self.out_dir}: tensor {name!r} has unsupported dtype {dtype}")
-            n = _nbytes(dtype, tuple(shape))
+            n = tensor_nbytes(dtype, tuple(shape))
             if not groups or (size and size + n > self.max_shard_bytes) or size >= self.max_shard_bytes:
                 groups.append([])
                 size = 0
@@ -109,7 +107,7 @@ class ShardedWriter:
         for group in groups:
             entries, offset = [], 0
             for name, dtype, shape in group:
-                n = _nbytes(dtype, shape)
+                n = tensor_nbytes(dtype, shape)
                 entries.append((name, dtype, shape, offset, offset + n))
                 offset += n
             header = _header(entries)
