@@ -172,5 +172,17 @@ def check(measured: dict[str, Any]) -> list[str]:
     return bad
 
 
+def fold(data: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (the shipped measured file) with a run's finished stages and totals replacing its
+    own, numbers rounded; its source, ceilings and method stay (say what the new run was)."""
+    out = {**data, "pipeline": measured["pipeline"], "stages": dict(data.get("stages") or {})}
+    for key in ("budget_gib", "max_reserved_together_gib", "max_footprint_together_gib", "min_disk_free_gib"):
+        out[key] = measured[key]
+    for name, m in measured["stages"].items():
+        if m.get("status") == "done":
+            out["stages"][name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    return out
+
+
 def save(path: Path, measured: dict[str, Any]) -> None:
     atomic_write_json(path, measured)

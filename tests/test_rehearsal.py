@@ -14,7 +14,7 @@ from engine.cli.rehearse import rehearsal_spec_text
 from engine.gen.base import GenRequest
 from engine.gen.hf import HFBackend
 from engine.hardware import admission_pool
-from engine.measure import check, derive
+from engine.measure import check, derive, fold
 from engine.memory import GIB, GpuInfo, MemorySnapshot
 from engine.preflight import path_problem
 from engine.random_source import is_random_source
@@ -104,3 +104,16 @@ def test_shipped_declarations_come_from_the_measured_run() -> None:
     assert len(measured["stages"]) == 27
     assert [line.split(":")[0] for line in check(measured)] == ["distill"]
     assert "prediction" in pipeline_path("rehearsal").read_text().split("distill:")[1].split("sft:")[0]
+
+
+def test_a_new_run_folds_into_the_data_file_its_stages_only() -> None:
+    """A rerun replaces the stages it finished (with their ETA phases) and the totals; stages it did
+    not finish and the file's source and ceilings stay."""
+    data = {"source": "H200", "ceilings": {"copy_bandwidth_GBps": 1}, "pipeline": "p",
+            "stages": {"a": {"status": "done", "footprint_gib": 9.0}, "b": {"status": "done", "footprint_gib": 5.0}}}
+    run = {"pipeline": "p", "budget_gib": 110, "max_reserved_together_gib": 100.0, "max_footprint_together_gib": 99.0,
+           "min_disk_free_gib": 3.0, "stages": {"a": {"status": "done", "footprint_gib": 7.123456, "startup_s": 30.0},
+                                               "b": {"status": "failed"}}}
+    out = fold(data, run)
+    assert out["stages"]["a"] == {"status": "done", "footprint_gib": 7.1235, "startup_s": 30.0}
+    assert out["stages"]["b"] == data["stages"]["b"] and out["source"] == "H200" and out["max_reserved_together_gib"] == 100.0

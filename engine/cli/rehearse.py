@@ -13,6 +13,7 @@ tests run it on a CPU. ``--report`` only folds an existing workspace's measureme
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import yaml
@@ -67,8 +68,8 @@ def table(measured: dict) -> list[str]:
     return lines
 
 
-def finish(ws: Workspace) -> int:
-    from engine.measure import check, derive, report, save
+def finish(ws: Workspace, fold_into: Path | None = None) -> int:
+    from engine.measure import check, derive, fold, report, save
 
     spec = load_spec(ws.spec_path)
     measured = report(ws, spec)
@@ -78,6 +79,13 @@ def finish(ws: Workspace) -> int:
     print("\n".join(table(measured)))
     for line in measured["declaration_problems"]:
         print(f"declaration outside [measured, 1.25 x measured]: {line}")
+    if fold_into is not None:
+        try:
+            data = json.loads(fold_into.read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--fold-into {fold_into}: cannot read the measured data file ({exc})") from None
+        save(fold_into, fold(data, measured))
+        print(f"folded into {fold_into}: re-derive rehearsal.yaml's memory_gb from it (engine.measure.derive)")
     return 0
 
 
@@ -90,7 +98,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     except UnsafeWorkspace as exc:
         raise BadInput(str(exc)) from None
     if args.report:
-        return finish(ws)
+        return finish(ws, args.fold_into)
     from engine.cli.demo import run_headless
     from engine.measure import Monitor
 
@@ -101,7 +109,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     finally:
         monitor.stop.set()
         monitor.join(timeout=5)
-    finish(ws)
+    finish(ws, args.fold_into)
     return rc
 
 
@@ -111,5 +119,7 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", help="STUDENT,TEACHER model shapes (default: the spec's 7b,32b; tiny,tiny on a CPU)")
     p.add_argument("--timeout", type=float, default=1500.0, help="give up waiting after this many seconds")
     p.add_argument("--report", action="store_true", help="only fold the workspace's measurements into a report")
+    p.add_argument("--fold-into", type=Path, help="also fold the run's measurements into this data file "
+                   "(engine/pipelines/data/rehearsal-measured.json: the ETA's phases and the declarations come from it)")
     p.set_defaults(func=cmd_rehearse)
 
