@@ -3,7 +3,8 @@
 #   bench/rehearse_device.sh start SECONDS   install the carried wheels (.whl), record the box and its
 #                                           ceilings, start the rehearsal detached (setsid), watch SECONDS
 #   bench/rehearse_device.sh watch SECONDS   watch the detached rehearsal
-#   bench/rehearse_device.sh collect         fold the measurements, copy them to $OUT, print the console's
+#   bench/rehearse_device.sh collect         fold the measurements (also into a copy of the shipped data
+#                                           file: $OUT/rehearsal-measured.json), copy them to $OUT, print the console's
 #                                           ETA error per stage (bench/rehearsal_eta.py --error; BENCH lines)
 # The workspace goes on the filesystem with the most free space.
 set -u
@@ -49,7 +50,8 @@ while [ $SECONDS -lt $end ]; do
   python3 -c "import psutil, sys; sys.exit(not any('engine.cli.main rehearse' in ' '.join(p.info['cmdline'] or []) for p in psutil.process_iter(['cmdline'])))" || { echo "rehearse is not running"; tail -20 /tmp/rehearse.log; break; }
 done
 if [ "$mode" = collect ] || grep -q "== pmat demo summary" /tmp/rehearse.log; then
-  grep -q "== pmat demo summary" /tmp/rehearse.log || python3 -m engine.cli.main rehearse -w "$WS" --report
+  cp engine/pipelines/data/rehearsal-measured.json "$OUT/rehearsal-measured.json"
+  python3 -m engine.cli.main rehearse -w "$WS" --report --fold-into "$OUT/rehearsal-measured.json" > /dev/null
   cp /tmp/rehearse.log "$WS/rehearsal/measured.json" "$WS/rehearsal/samples.jsonl" "$WS/logs/supervisor.jsonl" "$OUT/" 2>/dev/null
   tar czf "$OUT/joblogs.tgz" -C "$WS/logs" jobs 2>/dev/null
   python3 bench/rehearsal_eta.py --error "$WS/rehearsal/measured.json" | tee "$OUT/eta_error.txt"
