@@ -234,7 +234,7 @@ class ConsoleModel:
 
     def gates(self) -> list[GateRow]:
         """Every acceptance criterion with its verdict from ``engine.gates`` and the records behind it."""
-        verdicts = evaluate_gates(self.spec, self.ws, persist_cache=not self.readonly)
+        verdicts = evaluate_gates(self.spec, self.ws)  # a view: the hash cache is kept by approvals and stages
         ledger = {r["id"]: r for r in read_ledger(self.ws)}
         rows = []
         for ac, crit in self.spec.acceptance.items():
