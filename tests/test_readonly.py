@@ -43,13 +43,19 @@ def ws(tmp_path: Path) -> Workspace:
     return ws
 
 
-async def test_a_readonly_console_session_writes_nothing(ws: Workspace) -> None:
+LOOK = ("1", "2", "3", "4", "5", "1", "l", "escape", "question_mark", "escape")  # every view, a log, the help
+ACT = ("r", "a", "c", "t")  # refused by a read-only console
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+async def test_a_console_that_only_looks_writes_nothing(ws: Workspace, readonly: bool) -> None:
+    """Read-only or not, a console whose user only looks (every view, a log, the help) is a reader."""
     before = checksums(ws.root)
-    app = PmatApp(ws, readonly=True, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory)
+    app = PmatApp(ws, readonly=readonly, now=lambda: FIXTURE_NOW, memory_probe=fixture_memory)
     async with app.run_test(size=(160, 40)) as pilot:
         while not app.loaded:
             await pilot.pause(0.01)
-        for key in ("1", "2", "3", "4", "5", "1", "r", "a", "c", "t", "l", "escape", "question_mark", "escape"):
+        for key in LOOK + (ACT if readonly else ()):
             await pilot.press(key)
             await pilot.pause()
         app.do_refresh()
