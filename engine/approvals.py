@@ -15,14 +15,22 @@ wherever the approval is.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.chain import seal, sealed
 from engine.content_id import CorruptArtifact, HashCache, ref_hash
-from engine.gates import evaluate_gates
+from engine.gates import GateResult, evaluate_gates
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
+
+
+def round_verdicts(spec: PipelineSpec, ws: Workspace) -> Verdicts:
+    """The gates' verdicts for one round of looking at many stages: evaluated on first use only
+    (a round with no standing approval evaluates nothing), then shared."""
+    return functools.cache(lambda: evaluate_gates(spec, ws))
 
 
 def gated_criteria(spec: PipelineSpec, stage: str) -> list[str]:
@@ -31,12 +39,17 @@ def gated_criteria(spec: PipelineSpec, stage: str) -> list[str]:
     return list(spec.work_items[entry.work_item].acceptance) if entry.work_item else []
 
 
+Verdicts = Callable[[], Mapping[str, GateResult]]  # the gates' verdicts now, evaluated once per round
+
+
 def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str, *, full: bool = False,
-                   persist: bool = False) -> dict[str, Any]:
+                   persist: bool = False, verdicts: Verdicts | None = None) -> dict[str, Any]:
     """What an approver of ``stage`` is shown and signs: its inputs' hashes and its gates.
 
     ``full`` re-hashes every byte (an approval being granted); otherwise unchanged
     files are taken from the hash cache. A corrupt input shows as ``corrupt: why``.
+    ``verdicts`` (a plain, cached evaluation) spares a caller that looks at many stages in one
+    round (the overview, the supervisor's tick) evaluating every gate again for each.
     """
     entry = spec.stages[stage]
     cache = HashCache(ws, persist=persist, full=full)
@@ -50,10 +63,11 @@ def stage_evidence(spec: PipelineSpec, ws: Workspace, stage: str, *, full: bool 
     evidence: dict[str, Any] = {"inputs": inputs}
     acs = gated_criteria(spec, stage)
     if acs:
-        verdicts = evaluate_gates(spec, ws, full_hash=full, persist_cache=persist)
-        evidence["gates"] = {ac: {"outcome": verdicts[ac].outcome, "checkpoints": verdicts[ac].checkpoints,
-                                  "records": verdicts[ac].evidence, "expr": spec.acceptance[ac].expr,
-                                  "protocol": spec.acceptance[ac].protocol} for ac in acs if ac in verdicts}
+        now = verdicts() if verdicts and not (full or persist) else evaluate_gates(
+            spec, ws, full_hash=full, persist_cache=persist)
+        evidence["gates"] = {ac: {"outcome": now[ac].outcome, "checkpoints": now[ac].checkpoints,
+                                  "records": now[ac].evidence, "expr": spec.acceptance[ac].expr,
+                                  "protocol": spec.acceptance[ac].protocol} for ac in acs if ac in now}
     return evidence
 
 
@@ -92,7 +106,8 @@ def approval_seal(stage: str, by: str, evidence: dict[str, Any], override: str |
     return seal(stage, str(by), json.dumps(evidence, sort_keys=True), override or "")
 
 
-def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> str | None:
+def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None,
+            verdicts: Verdicts | None = None) -> str | None:
     """Why a gated stage's output is revoked (its approval lapsed), or None when it stands."""
     if spec.stages[stage].approval != "required":
         return None
@@ -101,16 +116,17 @@ def revoked(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, A
     if not sealed(approval.get("seal"), stage, str(approval.get("by")),
                   json.dumps(approval.get("evidence"), sort_keys=True), approval.get("override") or ""):
         return f"the approval of {stage} carries no valid seal (not granted by the supervisor): revoked"
-    now = stage_evidence(spec, ws, stage)
+    now = stage_evidence(spec, ws, stage, verdicts=verdicts)
     if approval.get("evidence") == now:
         return None
     changed = ", ".join(evidence_changes(approval.get("evidence") or {}, now)) or "evidence"
     return f"approval of {stage} lapsed ({changed} changed): revoked"
 
 
-def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None) -> bool:
+def approval_current(spec: PipelineSpec, ws: Workspace, stage: str, approval: dict[str, Any] | None,
+                     verdicts: Verdicts | None = None) -> bool:
     """True when ``stage`` needs no approval, or its approval names the evidence there is now."""
-    return revoked(spec, ws, stage, approval) is None
+    return revoked(spec, ws, stage, approval, verdicts) is None
 
 
 def describe_approval(stage: str, approval: dict[str, Any]) -> str:

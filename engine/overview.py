@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from engine.approvals import revoked
+from engine.approvals import revoked, round_verdicts
 from engine.chain import verify_chain
 from engine.dag import Blocker, critical_path, expand_targets, topo_order, why_not_running
 from engine.eta import Eta, estimate, profiles
@@ -159,12 +159,13 @@ def build_overview(ws: Workspace, spec: PipelineSpec, state: PipelineState, now:
     remaining = time_left(spec, state, {name: e.eta_s for name, e in etas.items()}) / 3600
     on_path = set(path)
     rows = []
+    verdicts = round_verdicts(spec, ws)  # every gated stage's evidence reads the same verdicts
     for name in topo_order(spec):
         entry = spec.stages[name]
         st = state.stage(name)
         a = st.latest
         grant = state.approvals.get(name)
-        lapsed = revoked(spec, ws, name, grant)
+        lapsed = revoked(spec, ws, name, grant, verdicts)
         approved = lapsed is None
         # revoked: granted once (or the stage ran) and no longer holding; never approved is just "required"
         why_revoked = lapsed.removesuffix(": revoked") if lapsed and (grant is not None or st.status == "done") else None

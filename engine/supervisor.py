@@ -27,7 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.approvals import approval_current, approval_seal, check_approvable
+from engine.approvals import (
+    Verdicts,
+    approval_current,
+    approval_seal,
+    check_approvable,
+    round_verdicts,
+)
 from engine.chain import append_chained
 from engine.dag import expand_targets, topo_order, why_not_running
 from engine.disk import apply_retention, disk_wait_reason
@@ -319,10 +325,11 @@ class Supervisor:
     def resolve(self, ref: str) -> str:
         return resolve_ref(self.spec, self.ws, ref, self.ws.spec_path.parent)
 
-    def approved(self, stage: str) -> bool:
-        return approval_current(self.spec, self.ws, stage, self.state.approvals.get(stage))
+    def approved(self, stage: str, verdicts: Verdicts | None = None) -> bool:
+        return approval_current(self.spec, self.ws, stage, self.state.approvals.get(stage), verdicts)
 
     def _schedule(self) -> None:
+        verdicts = round_verdicts(self.spec, self.ws)  # the gates are evaluated once a round, if at all
         for stage in self._order:
             st = self.state.stage(stage)
             if not st.requested or st.status not in ("queued", "pending"):
@@ -330,7 +337,7 @@ class Supervisor:
             need = headroom = None
             if all(self.state.stage(d).done for d in self.spec.deps(stage)):
                 need, headroom = self.need_bytes(stage), self.headroom()
-            b = why_not_running(self.spec, self.state, stage, approved=self.approved(stage), need=need, headroom=headroom)
+            b = why_not_running(self.spec, self.state, stage, approved=self.approved(stage, verdicts), need=need, headroom=headroom)
             if b.kind == "queued" and b.text == "ready":
                 if time.monotonic() - self._inputs_checked.get(stage, -RECHECK_INPUTS_S) < RECHECK_INPUTS_S:
                     continue

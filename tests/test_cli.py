@@ -239,3 +239,34 @@ def test_status_says_a_dead_supervisor_damaged_logs_and_where_a_job_runs(tmp_pat
     assert data["ledger_break"].startswith(f"{ws.ledger_path}:1")
     row = next(r for r in data["rows"] if r["stage"] == "gated")
     assert (row["executor"], row["slurm_id"], row["gpus"], row["executor_state"]) == ("slurm", "41", [0, 1], "PENDING (Resources)")
+
+
+def test_status_evaluates_the_gates_once_for_all_approved_stages(tmp_path, monkeypatch):
+    """Each approved gated stage's evidence reads the gates; one overview evaluates them once."""
+    import engine.approvals as approvals
+    from engine.overview import build_overview
+    from engine.spec import load_spec
+    from engine.state import PipelineState
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "w.bin").write_bytes(b"weights")
+    ship = {"kind": "command", "params": {"argv": ["true"]}, "approval": "required", "work_item": "W",
+            "memory_gb": 0.1, "duration_h": 0.1}
+    ws = Workspace(tmp_path / "ws").init()
+    ws.spec_path.write_text(yaml.safe_dump({
+        "name": "g", "models": {"base": {"path": str(base)}},
+        "work_items": {"W": {"title": "w", "acceptance": ["AC"]}},
+        "stages": {f"ship{i}": ship for i in range(3)},
+        "acceptance": {"AC": {"checkpoint": "model:base", "expr": "humaneval.pass_at_1 >= 0.5"}}}))
+    spec, state = load_spec(ws.spec_path), PipelineState(ws)
+    for name in spec.stages:
+        evidence = approvals.stage_evidence(spec, ws, name)
+        state.approvals[name] = {"by": "me", "evidence": evidence, "override": "test",
+                                 "seal": approvals.approval_seal(name, "me", evidence, "test")}
+    calls = []
+    real = approvals.evaluate_gates
+    monkeypatch.setattr(approvals, "evaluate_gates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = build_overview(ws, spec, state).rows
+    assert [r.approval for r in rows] == ["approved"] * 3
+    assert len(calls) == 1
