@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.workspace import named
+from engine.workspace import fsync_dir, named
 
 FILE_MODE = 0o600
 _TAIL_BLOCK = 1 << 16
@@ -139,11 +139,7 @@ def append_lines(path: Path, lines: Callable[[bytes | None], list[bytes]]) -> No
     finally:
         os.close(fd)  # closing releases the lock
     if created:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(path.parent)  # the new file's name survives a crash too
 
 
 def append_jsonl(path: Path, records: list[dict[str, Any]], *, sort_keys: bool = False) -> None:
