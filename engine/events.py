@@ -1,8 +1,8 @@
 """Structured JSONL event logs: the single source of truth (docs/ARCHITECTURE.md, principle 2).
 
 One writer per file appends whole lines with a single ``write()``; readers resume
-from a byte offset, hold back a partial last line, and notice truncation and
-rotation (the file shrank or its inode changed).
+from a byte offset, hold back a partial last line (``engine.jsonl``'s policy), and
+notice truncation and rotation (the file shrank or its inode changed).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ in progress (or the write of a writer killed mid-line): readers leave it alone, 
 error, and the next append cuts it off (it never counted). A complete line that is not a
 JSON object is damage: reported as ``FILE:LINE: why``, never silently read as data.
 Appends are one ``write()`` under an exclusive ``flock``, then ``fsync``: a kill loses at
-most that append.
+most that append. (A job's event log has one writer, ``engine.events.EventWriter``, which
+keeps its descriptor open and needs no lock; ``EventReader`` applies this policy incrementally.)
 """
 
 from __future__ import annotations
