@@ -274,6 +274,25 @@ def paraphrase(p: humaneval.Problem) -> str:
     return "Please implement the following. " + " ".join(text.split())
 
 
+# a second thesaurus, written apart from the checker's synonym groups, for a harsher paraphrase
+SYNONYMS_2 = {
+    "return": "hand back", "returns": "hands back", "list": "series", "lists": "series", "string": "character run",
+    "strings": "character runs", "given": "incoming", "number": "figure", "numbers": "figures", "if": "whether",
+    "check": "decide", "function": "procedure", "only": "solely", "empty": "blank", "first": "opening",
+    "words": "tokens", "word": "token", "sorted": "arranged", "integer": "int value", "integers": "int values",
+    "length": "extent", "find": "work out", "in": "within", "all": "every one of the", "two": "a pair of",
+    "and": "as well as", "the": "that", "should": "ought to", "contains": "has inside", "vowels": "vowel letters",
+}
+
+
+def paraphrase_harder(p: humaneval.Problem) -> str:
+    """Another thesaurus, sentences rotated (the first one last), the function renamed, no examples."""
+    text = statement_of(p.prompt).replace(p.entry_point, "the_routine")
+    text = re.sub(r"[A-Za-z]+", lambda m: SYNONYMS_2.get(m.group().lower(), m.group()), text)
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if x]
+    return "Task: " + " ".join(sentences[1:] + sentences[:1])
+
+
 def chat(p: humaneval.Problem, code: str) -> dict:
     return {"messages": [{"role": "user", "content": "Can you help me with this exercise?"},
                          {"role": "assistant", "content": f"Sure, here you go:\n\n```python\n{code}```\n"
@@ -288,6 +307,7 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "verbatim": lambda p: p.prompt + p.canonical_solution,
     "renamed_with_docstring": lambda p: rename(p.prompt + p.canonical_solution),
     "paraphrased_statement": paraphrase,
+    "paraphrased_statement_other_thesaurus_sentences_rotated": paraphrase_harder,
     "solution_alone": lambda p: p.canonical_solution,
     "solution_without_docstring": bare,
     "solution_without_docstring_renamed": lambda p: rename(bare(p)),
@@ -331,10 +351,10 @@ SCANNED = [0, 0.0]  # rows scanned, seconds
 
 
 def timed_scan(index: DecontamIndex, rows: list[object]) -> Contamination:
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: the machine is shared, wall time measures the neighbours
     found = index.scan(rows)
     SCANNED[0] += len(rows)
-    SCANNED[1] += time.perf_counter() - t0
+    SCANNED[1] += time.process_time() - t0
     return found
 
 
@@ -450,10 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         args.humaneval_plus, args.mbpp_plus = plusgen_files(args.mbpp, Path(tempfile.mkdtemp(prefix="decontam-")))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     index = eval_index(args.mbpp, humaneval_plus=args.humaneval_plus, mbpp_plus=args.mbpp_plus)
-    build = time.perf_counter() - t0
-    bench_line("decontam_index_build_s", build, f"<={BUILD_S}", build <= BUILD_S)
+    build = time.process_time() - t0
+    bench_line("decontam_index_build_cpu_s", build, f"<={BUILD_S}", build <= BUILD_S)
     problems = humaneval.load()[0]
     t0 = time.perf_counter()
     wanted = set(args.only.split(",")) if args.only else set(DISGUISES)
@@ -464,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     stdlib_false_refusals(index, args.show)
     print(f"  scan time {time.perf_counter() - t0:.1f} s for {len(DISGUISES)} x {len(problems)} rows and the clean sets")
     rate = SCANNED[0] / SCANNED[1]
-    bench_line("decontam_scan_rows_per_s", rate, f">={ROWS_PER_S}", rate >= ROWS_PER_S)
+    bench_line("decontam_scan_rows_per_cpu_s", rate, f">={ROWS_PER_S}", rate >= ROWS_PER_S)
     print("\n".join(RESULTS))
     return 0
 

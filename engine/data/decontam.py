@@ -93,7 +93,7 @@ SYNONYM = {w: c for c, group in reversed(CONCEPTS.items()) for w in group.split(
 PHRASES = {"give back": "return", "gives back": "return", "whole number": "integer", "whole numbers": "integer",
            "happen to": "", "add up": "sum", "number of": "count", "less than": "below", "greater than": "above",
            "more than": "above", "fewer than": "below", "above zero": "positive"}
-WORDING_N, WORDING_FLOOR = 3, (0.5, 12.0, 3)  # share of a statement's rare word 3-grams, their rarity, how many
+WORDING_FLOOR = (12.0, 3)  # rarity and count of the statement word n-grams matched (the shares: in the signals)
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
 BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
 FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
@@ -188,8 +188,14 @@ def concept_words(toks: list[str]) -> list[str]:
 
 
 def wording(text: str) -> list[str]:
-    """The stemmed concept-word stream of prose, stop words kept (they carry the sentence's order)."""
+    """The stemmed concept-word stream of prose, in order, every word kept (their order is the evidence)."""
     return [stem(w) for w in concept_words(words(text)) if w]
+
+
+def concepts(text: str) -> list[str]:
+    """:func:`wording` without function words (a paraphrase swaps those freely); the concepts a stop word
+    names (return, list, number) stay."""
+    return [stem(w) for w in concept_words(words(text)) if w and (w in CONCEPTS or w not in STOP) and not w.isdigit()]
 
 
 def content_words(text: str) -> set[str]:
@@ -270,7 +276,7 @@ class DecontamIndex:
                  name_doc_threshold: float = 0.5, min_content: int = 5, code_ngram: int = 8,
                  code_floor: tuple[float, float, int] = (0.6, 25.0, 6),
                  statement_floor: tuple[float, float, int] = (0.6, 15.0, 3),
-                 wording_floor: tuple[float, float, int] = WORDING_FLOOR) -> None:
+                 wording_floor: tuple[float, int] = WORDING_FLOOR) -> None:
         if not items:
             raise ValueError("decontamination index: no evaluation problems to check against")
         self.items, self.n = items, ngram
@@ -281,9 +287,11 @@ class DecontamIndex:
         self.code_signals = [
             CodeSignal("code", CodeIndex(*args, n=code_ngram), *code_floor, f"normalised code {code_ngram}-grams"),
             CodeSignal("statements", CodeIndex(*args, n=0), *statement_floor, "normalised statements"),
-            CodeSignal("wording", CodeIndex([it.statement for it in items], list(range(len(items))),
-                                            [it.task_id for it in items], n=WORDING_N, shapes_of=lambda t: [wording(t)]),
-                       *wording_floor, f"statement word {WORDING_N}-grams (synonyms on one name)"),
+            *(CodeSignal(name, CodeIndex([it.statement for it in items], list(range(len(items))),
+                                         [it.task_id for it in items], n=n, shapes_of=lambda t, f=f: [f(t)]),
+                         cover, *wording_floor, f"statement {what} {n}-grams (synonyms on one name)")
+              for name, f, n, cover, what in (("wording", wording, 3, 0.35, "word"),
+                                              ("concepts", concepts, 2, 0.4, "content-word"))),
         ]
         self.bodies: dict[tuple[str, ...], set[int]] = defaultdict(set)  # whole solution bodies (not functions)
         for i, it in enumerate(items):
@@ -359,9 +367,10 @@ class DecontamIndex:
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
         """Hits of the code signals; ``named``: the problems one of whose functions the row defines or calls."""
         hits: dict[tuple[int, str], Hit] = {}
-        streams = {"code": normalise(canonical(text), unpack=True), "wording": wording(text)}
+        streams = {"code": normalise(canonical(text), unpack=True), "wording": wording(text),
+                   "concepts": concepts(text)}
         for sig in self.code_signals:
-            stream = streams["wording" if sig.name == "wording" else "code"]
+            stream = streams.get(sig.name) or streams["code"]
             matches = sig.index.matches(stream, min(sig.coverage, NAMED_CODE))
             for m in sorted(matches, key=lambda m: (round(m.coverage, 6), round(m.weight, 6), -m.unit)):  # best last
                 i = sig.index.owners[m.unit]
