@@ -286,7 +286,7 @@ class Supervisor:
             if ident is None or ident.alive():
                 if ident and (shown := ident.status()) and shown != a.executor_state:
                     self.emit("executor_state", job_id=a.job_id, stage=a.stage, executor=ident.executor, state=shown)
-                    a.executor_state = shown
+                    self.state.refresh()  # the fold learns it from the journal, like everything else
                 deadline = self._kill_deadlines.get(a.job_id)
                 if ident and deadline and now > deadline:
                     ident.signal_group(signal.SIGKILL)
@@ -344,28 +344,27 @@ class Supervisor:
                 problem = stage_input_problem(self.spec, self.ws, stage)
                 if problem:  # held back, not failed: it starts once the input is fixed
                     self._inputs_checked[stage] = time.monotonic()
-                    if st.waiting != BAD_INPUT + problem:
-                        self.emit("waiting", stage=stage, reason=BAD_INPUT + problem)
-                        st.waiting = BAD_INPUT + problem
+                    self._wait(stage, BAD_INPUT + problem)
                     continue
                 if (full := disk_wait_reason(self.spec, self.ws, self.state, stage)) is not None:
-                    if st.waiting != full:  # its outputs would not fit: it waits, and says why
-                        self.emit("waiting", stage=stage, reason=full)
-                        st.waiting = full
+                    self._wait(stage, full)  # its outputs would not fit: it waits, and says why
                     continue
                 entry = self.spec.stages[stage]
                 gpus = admit_gpus(entry, entry.executor or self.spec.settings.executor, self.state.running(),
                                   need or 0, int(self.spec.settings.memory_margin_gb * GIB))
                 if isinstance(gpus, str):  # fewer GPUs with room than it asks for
-                    if st.waiting != gpus:
-                        self.emit("waiting", stage=stage, reason=gpus)
-                        st.waiting = gpus
+                    self._wait(stage, gpus)
                     continue
                 self.launch(stage, need or 0, gpus)
                 self.state.refresh()
-            elif b.kind in ("waiting_on", "needs_approval", "memory", "failed_dependency") and st.waiting != b.text:
-                self.emit("waiting", stage=stage, reason=b.text)
-                st.waiting = b.text
+            elif b.kind in ("waiting_on", "needs_approval", "memory", "failed_dependency"):
+                self._wait(stage, b.text)
+
+    def _wait(self, stage: str, reason: str) -> None:
+        """Journal why a stage waits when the reason changed; the fold learns it from the journal."""
+        if self.state.stage(stage).waiting != reason:
+            self.emit("waiting", stage=stage, reason=reason)
+            self.state.refresh()
 
     def launch(self, stage: str, reservation: int, gpus: list[int] | None = None) -> str | None:
         """Start the stage's next attempt, or None when a process of that very attempt still runs
