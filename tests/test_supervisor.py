@@ -188,3 +188,25 @@ def test_second_supervisor_refuses(tmp_path, supervisors):
     res = subprocess.run([sys.executable, "-m", "engine.cli.main", "supervise", "-w", str(ws.root)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "already runs" in res.stderr
+
+
+def test_a_command_is_read_as_it_was_sent(tmp_path):
+    """Each command's name and keys are spelled once (engine.inbox): what the console or the CLI
+    sends through the inbox is what the supervisor parses, and a bad record says why in one line."""
+    from engine.inbox import COMMANDS, Approve, parse_command, queued_commands, read_command
+
+    ws = Workspace(tmp_path / "ws").init()
+    sent = [Run(["prep", "W-1"]), Approve("ship", {"inputs": {"model": "ab12"}}, "looked at it", "tiny models"),
+            Approve("AC-1"), Cancel("prep.2"), Retry("prep")]
+    for cmd in sent:
+        send_command(ws, cmd)
+    received = []
+    for path in sorted(ws.commands_dir.glob("*.json")):
+        record, by, refused = read_command(path, os.getuid())
+        assert refused is None
+        received.append(parse_command(record))
+    assert received == sent == queued_commands(ws)
+    assert Approve("AC-1").args() == {"target": "AC-1"}  # defaults are not written
+    assert [COMMANDS[c.NAME].aimed("prep") for c in (Run, Cancel, Retry)] == [Run(["prep"]), Cancel("prep"), Retry("prep")]
+    assert parse_command({"command": "launch"}) == "unknown command 'launch'"
+    assert parse_command({"command": "run", "args": ["a"]}) == "command args must be a mapping, got list"
