@@ -43,6 +43,11 @@ class Command:
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    @classmethod
+    def aimed(cls, target: str, **extra: Any) -> Command:
+        """The command for one target (the console's actions name one stage or job)."""
+        return cls(target, **extra)  # type: ignore[call-arg]
+
 
 @dataclass(frozen=True)
 class Run(Command):
@@ -60,7 +65,6 @@ class Run(Command):
 
     @classmethod
     def aimed(cls, target: str, **extra: Any) -> Run:
-        """The command for one target (the console's actions name one stage or job)."""
         return cls((target,), **extra)
 
 
@@ -79,41 +83,30 @@ class Approve(Command):
         return cls(str(args.get("target")), args.get("evidence"), args.get("note", ""),
                    str(args.get("override") or "").strip() or None)
 
+
+@dataclass(frozen=True)
+class _JobCommand(Command):
+    """A command on one job, named by its id or by its stage (the stage's latest job)."""
+
+    job: str
+
     @classmethod
-    def aimed(cls, target: str, **extra: Any) -> Approve:
-        return cls(target, **extra)
+    def parse(cls, args: dict[str, Any]) -> _JobCommand:
+        return cls(str(args.get("job")))
 
 
 @dataclass(frozen=True)
-class Cancel(Command):
-    """Stop a stage's running job (by stage or job id) and unqueue the stage."""
+class Cancel(_JobCommand):
+    """Stop a stage's running job and unqueue the stage."""
 
     NAME: ClassVar[str] = "cancel"
-    job: str
-
-    @classmethod
-    def parse(cls, args: dict[str, Any]) -> Cancel:
-        return cls(str(args.get("job")))
-
-    @classmethod
-    def aimed(cls, target: str, **extra: Any) -> Cancel:
-        return cls(target, **extra)
 
 
 @dataclass(frozen=True)
-class Retry(Command):
-    """Queue a failed, crashed or cancelled stage again (by stage or job id)."""
+class Retry(_JobCommand):
+    """Queue a failed, crashed or cancelled stage again."""
 
     NAME: ClassVar[str] = "retry"
-    job: str
-
-    @classmethod
-    def parse(cls, args: dict[str, Any]) -> Retry:
-        return cls(str(args.get("job")))
-
-    @classmethod
-    def aimed(cls, target: str, **extra: Any) -> Retry:
-        return cls(target, **extra)
 
 
 COMMANDS: dict[str, type[Run] | type[Approve] | type[Cancel] | type[Retry]] = {
