@@ -87,20 +87,26 @@ def read_objects(path: Path, problems: list[str] | None = None) -> list[dict[str
     return out
 
 
+def complete_end(fd: int, size: int) -> int:
+    """Offset just past the last newline in an open file's first ``size`` bytes: what readers
+    may read (0 when there is no complete line). Reads backwards, a block at a time."""
+    pos = size
+    while pos > 0:
+        lo = max(0, pos - _TAIL_BLOCK)
+        i = os.pread(fd, pos - lo, lo).rfind(b"\n")
+        if i >= 0:
+            return lo + i + 1
+        pos = lo
+    return 0
+
+
 def last_complete_line(fd: int, size: int) -> tuple[bytes, int]:
     """(last complete line, offset just past it) of an open file; (b"", 0) when none."""
-    pos, buf = size, b""
-    while True:
-        nl_end = buf.rfind(b"\n")
-        if nl_end >= 0:
-            start = buf.rfind(b"\n", 0, nl_end)
-            if start >= 0 or pos == 0:
-                return buf[start + 1:nl_end], pos + nl_end + 1
-        elif pos == 0:
-            return b"", 0
-        step = min(_TAIL_BLOCK, pos)
-        pos -= step
-        buf = os.pread(fd, step, pos) + buf
+    end = complete_end(fd, size)
+    if not end:
+        return b"", 0
+    start = complete_end(fd, end - 1)
+    return os.pread(fd, end - 1 - start, start), end
 
 
 def last_line(path: Path) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import jsonl
 from engine.chain import append_chained, verify_chain
 from engine.events import EventReader, read_events
 from engine.jsonl import JsonlError, append_jsonl, last_line, read_objects
@@ -95,3 +96,18 @@ def test_concurrent_appenders_never_interleave_or_cut_each_other(tmp_path: Path)
     assert len(recs) == 4 * sum(1 + i % 3 for i in range(40))
     for k in range(4):
         assert sorted({r["i"] for r in recs if r["writer"] == k}) == list(range(40))
+
+
+def test_tail_reads_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonl, "_TAIL_BLOCK", 7)  # every line straddles blocks
+    path = tmp_path / "f.jsonl"
+    for tail in (b"", b'{"to', b"\n", b'{"a": 1}'):
+        path.write_bytes(b'{"first": 1}\n' + b'{"second": "' + b"y" * 20 + b'"}\n' + tail)
+        last = b"" if tail == b"\n" else b'{"second": "' + b"y" * 20 + b'"}'
+        assert last_line(path) == last
+        append_jsonl(path, [{"n": 3}])
+        assert read_objects(path) == [{"first": 1}, {"second": "y" * 20}, {"n": 3}]
+    path.write_bytes(b'{"only": "torn')
+    assert last_line(path) == b""
+    append_jsonl(path, [{"n": 1}])
+    assert path.read_bytes() == b'{"n": 1}\n'
