@@ -13,6 +13,8 @@ import os
 from array import array
 from pathlib import Path
 
+from engine.jsonl import complete_end
+
 BLOCK = 1 << 16
 
 
@@ -41,25 +43,13 @@ class LogTail:
             return
         st = os.fstat(self._fd)
         self.inode = st.st_ino
-        self.end = self._last_newline_end(st.st_size)
+        self.end = complete_end(self._fd, st.st_size)  # a torn last line waits for its newline
         self.load_back(self.initial)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def _last_newline_end(self, size: int) -> int:
-        """Offset just past the last newline at or before ``size`` (0 if none)."""
-        pos = size
-        while pos > 0:
-            lo = max(0, pos - BLOCK)
-            block = os.pread(self._fd, pos - lo, lo)
-            i = block.rfind(b"\n")
-            if i >= 0:
-                return lo + i + 1
-            pos = lo
-        return 0
 
     @property
     def head(self) -> int:
