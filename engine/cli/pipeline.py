@@ -260,10 +260,9 @@ def _log_target(ws: Workspace, spec: PipelineSpec, state: PipelineState, name: s
         return ws.journal_path, None
     job = name
     if name in spec.stages:
-        st = state.stages.get(name)
-        if not st or not st.latest:
+        if (latest := state.job_of(name)) is None:
             raise BadInput(f"logs: {name} has not run yet; no log")
-        job = st.latest.job_id
+        job = latest
     elif name not in state.jobs and not ws.job_log(name).exists():
         raise unknown("stage or job", name, ["supervisor", *spec.stages, *state.jobs])
     return ws.job_log(job), job
