@@ -1,4 +1,4 @@
-"""Helpers shared by CLI commands: finding the workspace, formatting."""
+"""Helpers shared by CLI commands: finding the workspace and its spec, one-line user errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from engine.spec import PipelineSpec, SpecError, load_spec
-from engine.text import fmt_bytes, fmt_duration  # noqa: F401 - re-exported for the commands
 from engine.workspace import UnsafeWorkspace, Workspace
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from engine.approvals import check_approvable, describe_approval
-from engine.cli._common import BadInput, fmt_duration
+from engine.cli._common import BadInput
 from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
 from engine.inbox import (
@@ -35,6 +35,7 @@ from engine.resume import waits_for_space, will_resume
 from engine.spec import PipelineSpec, load_spec, pipeline_path
 from engine.state import PipelineState
 from engine.supervisor import BAD_INPUT
+from engine.text import fmt_duration
 from engine.workspace import UnsafeWorkspace, Workspace
 
 DEMO_APPROVER = "pmat demo --headless"

@@ -16,20 +16,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from engine.cli._common import (
-    BadInput,
-    add_workspace_arg,
-    fmt_bytes,
-    fmt_duration,
-    spec_of,
-    workspace_of,
-)
+from engine.cli._common import BadInput, add_workspace_arg, spec_of, workspace_of
 from engine.dag import expand_targets
 from engine.events import EventReader
 from engine.inbox import Approve, Cancel, Command, Retry, Run, send_command, supervisor_identity
 from engine.overview import Overview, build_overview, load_spec_fast, summary
 from engine.spec import PipelineSpec, SpecError, load_spec, pipeline_path
 from engine.state import PipelineState, load_state
+from engine.text import fmt_bytes, fmt_duration
 from engine.workspace import UnsafeWorkspace, Workspace
 
 COMMANDS = ("init", "check", "status", "run", "approve", "cancel", "retry", "logs", "supervise")
