@@ -94,6 +94,10 @@ PHRASES = {"give back": "return", "gives back": "return", "whole number": "integ
            "happen to": "", "add up": "sum", "number of": "count", "less than": "below", "greater than": "above",
            "more than": "above", "fewer than": "below", "above zero": "positive"}
 WORDING_FLOOR = (12.0, 3)  # rarity and count of the statement word n-grams matched (the shares: in the signals)
+# HumanEval's docstrings are prose written for one problem; MBPP's one-line statements are templates whose
+# twins across splits differ in a word ('... the given string to upper case' / 'lower case'): the word-order
+# signals read an MBPP statement only from this many words on
+WORDING_MIN = 20
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
 BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
 FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
@@ -282,13 +286,15 @@ class DecontamIndex:
         self.items, self.n = items, ngram
         self.doc_threshold, self.name_doc_threshold = doc_threshold, name_doc_threshold
         self.min_content = min_content
+        worded = [i for i, it in enumerate(items)
+                  if it.source.startswith("humaneval") or len(wording(it.statement)) >= WORDING_MIN]
         units = [(i, code) for i, it in enumerate(items) for code in dict.fromkeys((it.code, it.solution)) if code]
         args = [c for _, c in units], [i for i, _ in units], [items[i].task_id for i, _ in units]
         self.code_signals = [
             CodeSignal("code", CodeIndex(*args, n=code_ngram), *code_floor, f"normalised code {code_ngram}-grams"),
             CodeSignal("statements", CodeIndex(*args, n=0), *statement_floor, "normalised statements"),
-            *(CodeSignal(name, CodeIndex([it.statement for it in items], list(range(len(items))),
-                                         [it.task_id for it in items], n=n, shapes_of=lambda t, f=f: [f(t)]),
+            *(CodeSignal(name, CodeIndex([items[i].statement for i in worded], worded,
+                                         [items[i].task_id for i in worded], n=n, shapes_of=lambda t, f=f: [f(t)]),
                          cover, *wording_floor, f"statement {what} {n}-grams (synonyms on one name)")
               for name, f, n, cover, what in (("wording", wording, 3, 0.35, "word"),
                                               ("concepts", concepts, 2, 0.4, "content-word"))),
@@ -432,16 +438,18 @@ def plus_items(path: Path, source: str) -> list[EvalItem]:
                      t.canonical_solution) for t in evalplus.load(path, mbpp=source == "mbpp_plus")]
 
 
-def eval_index(mbpp_dir: Path | None, humaneval_path: Path | None = None, humaneval_plus: Path | None = None,
-               mbpp_plus: Path | None = None, **kw: Any) -> DecontamIndex:
-    """The index of every evaluation set pmat reports on (plus variants when configured)."""
-    items = humaneval_items(humaneval_path)
-    if mbpp_dir is not None:
-        items += mbpp_test_items(mbpp_dir)
-    if humaneval_plus is not None:
-        items += plus_items(humaneval_plus, "humaneval_plus")
-    if mbpp_plus is not None:
-        items += plus_items(mbpp_plus, "mbpp_plus")
+def eval_index(mbpp_dir: Path | str | None, humaneval_path: Path | str | None = None,
+               humaneval_plus: Path | str | None = None, mbpp_plus: Path | str | None = None,
+               **kw: Any) -> DecontamIndex:
+    """The index of every evaluation set pmat reports on (plus variants when configured; paths as the
+    spec gives them, None or '' for not configured)."""
+    items = humaneval_items(Path(humaneval_path) if humaneval_path else None)
+    if mbpp_dir:
+        items += mbpp_test_items(Path(mbpp_dir))
+    if humaneval_plus:
+        items += plus_items(Path(humaneval_plus), "humaneval_plus")
+    if mbpp_plus:
+        items += plus_items(Path(mbpp_plus), "mbpp_plus")
     return DecontamIndex(items, **kw)
 
 
