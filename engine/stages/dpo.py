@@ -101,7 +101,8 @@ def build_trainer(ctx: StageContext, params: Params, base: Path, out_dir: Path, 
     same = [i for i, r in enumerate(rows) if r["chosen"] == r["rejected"]]
     if same:
         raise StageFailed(f"{path}: record {same[0] + 1} has chosen == rejected")
-    _train.require_clean(ctx, rows, path, params.eval_data_dir, params.humaneval_path, params.allow_eval_overlap)
+    _train.require_clean(ctx, rows, path, params.eval_data_dir, params.humaneval_path, params.allow_eval_overlap,
+                         params.humaneval_plus, params.mbpp_plus)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = _train.load_base(ctx, base, params)
     cuda = ctx.device.startswith("cuda")

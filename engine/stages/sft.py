@@ -51,7 +51,7 @@ def build_trainer(ctx: StageContext, params: Params, out_dir: Path, telemetry: _
     _train.quiet_datasets()
     rows = _train.read_jsonl(ctx.inputs["data"], ("prompt", "completion"))
     _train.require_clean(ctx, rows, ctx.inputs["data"], params.eval_data_dir, params.humaneval_path,
-                         params.allow_eval_overlap)
+                         params.allow_eval_overlap, params.humaneval_plus, params.mbpp_plus)
     tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
     model = _train.load_base(ctx, ctx.inputs["model"], params)
     cuda = ctx.device.startswith("cuda")
