@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+import warnings
 from collections import Counter
 
 MAX_PARSE = 200_000  # characters: a larger row is fingerprinted as written
@@ -42,7 +43,9 @@ def rewrite(src: str) -> str | None:
         return None
     for candidate in (src, textwrap.dedent(src)):
         try:
-            tree = ast.parse(candidate)
+            with warnings.catch_warnings():  # invalid escapes in a row's strings are the row's business
+                warnings.simplefilter("ignore")
+                tree = ast.parse(candidate)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
         try:
