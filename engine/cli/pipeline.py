@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 from engine.cli._common import BadInput, add_workspace_arg, spec_of, workspace_of
@@ -354,16 +355,16 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     add_workspace_arg(p)
 
-    for name, func, help_, arg, arg_help in (
-        ("run", cmd_run, "request stages (with their upstream) to run", "targets", "stage, work item or 'all'"),
-        ("approve", cmd_approve, "approve a gated stage (or the stages an AC gates)", "target", "stage or AC id"),
-        ("cancel", cmd_cancel, "cancel a job (SIGTERM, then SIGKILL after the grace period)", "job", "job id or stage"),
-        ("retry", cmd_retry, "run a failed, crashed or cancelled job again", "job", "job id or stage"),
+    for cls, func, help_, arg_help in (
+        (Run, cmd_run, "request stages (with their upstream) to run", "stage, work item or 'all'"),
+        (Approve, cmd_approve, "approve a gated stage (or the stages an AC gates)", "stage or AC id"),
+        (Cancel, cmd_cancel, "cancel a job (SIGTERM, then SIGKILL after the grace period)", "job id or stage"),
+        (Retry, cmd_retry, "run a failed, crashed or cancelled job again", "job id or stage"),
     ):
-        p = add(name, func, help_)
-        p.add_argument(arg, nargs="+" if arg == "targets" else None, help=arg_help)
+        p = add(cls.NAME, func, help_)  # the command's word and its target's key, as engine.inbox spells them
+        p.add_argument(fields(cls)[0].name, nargs="+" if cls is Run else None, help=arg_help)
         p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the supervisor's answer")
-        if name == "approve":
+        if cls is Approve:
             p.add_argument("--note", default="")
             p.add_argument("--override", metavar="REASON", default=None,
                            help="approve although a criterion fails, has no data or is stale, saying why")
