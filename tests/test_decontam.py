@@ -112,22 +112,18 @@ def test_every_evaluation_problem_is_caught_verbatim(index: DecontamIndex) -> No
 
 
 # --- the code signal ------------------------------------------------------------------------
-# A rewrite that changes the code's structure (a comprehension unrolled into a loop) is beyond
-# fingerprints: measured by bench/decontam.py, not held here.
-CODE_DISGUISES = [name for name in DISGUISES if name not in ("paraphrased_statement", "comprehension_unrolled_to_loop")]
-# A solution body alone, with no name and no statement, is evidence only when it carries structure:
-# 14 HumanEval bodies are one-line expressions (`return x + y`, `return len(string)`) that clean code
-# shares, so that disguise is held to 90% (measured 150 of 164); junk statements between every two
-# statements leave short functions too little to match (measured 150 of 164); every other to 95%.
-RECALL = {"solution_alone": 0.90, "dead_code_between_statements": 0.90}
+# Every disguise of bench/decontam.py is held to 95%, but the paraphrase with its own thesaurus and its
+# sentences rotated (measured 135 of 164: synonyms the checker's groups do not know leave short statements
+# nothing to match).
+RECALL = {"paraphrased_statement_other_thesaurus_sentences_rotated": 0.80}
 
 
 def test_code_disguises_of_humaneval_are_caught_and_clean_mbpp_rows_are_not(index: DecontamIndex) -> None:
-    """>= 95% of HumanEval in every code disguise, each refused for its own task; <= 1% of clean MBPP refused."""
+    """>= 95% of HumanEval in every disguise, each refused for its own task; <= 1% of clean MBPP refused."""
     from engine.data import humaneval
 
     problems = humaneval.load()[0]
-    for name in CODE_DISGUISES:
+    for name in DISGUISES:
         rows = [(p.task_id, row) for p in problems if (row := DISGUISES[name](p))]
         found = index.scan([r for _, r in rows])
         caught = sum(any(h.task_id == t for h in found.rows.get(k, [])) for k, (t, _) in enumerate(rows))

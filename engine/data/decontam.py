@@ -93,7 +93,7 @@ SYNONYM = {w: c for c, group in reversed(CONCEPTS.items()) for w in group.split(
 PHRASES = {"give back": "return", "gives back": "return", "whole number": "integer", "whole numbers": "integer",
            "happen to": "", "add up": "sum", "number of": "count", "less than": "below", "greater than": "above",
            "more than": "above", "fewer than": "below", "above zero": "positive"}
-WORDING_FLOOR = (12.0, 3)  # rarity and count of the statement word n-grams matched (the shares: in the signals)
+WORDING_FLOOR = (15.0, 3)  # rarity and count of the statement word n-grams matched (the shares: in the signals)
 # HumanEval's docstrings are prose written for one problem; MBPP's one-line statements are templates whose
 # twins across splits differ in a word ('... the given string to upper case' / 'lower case'): the word-order
 # signals read an MBPP statement only from this many words on
