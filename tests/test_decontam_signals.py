@@ -134,3 +134,13 @@ def test_training_stages_pass_the_plus_files_the_spec_names(tmp_path: Path) -> N
     found = index.scan([{"completion": "    h = len(xs) // 2\n    return [v for p in zip(xs[:h], xs[h:]) for v in p]"
                                        " + xs[2 * h:]\n"}])
     assert {(h.source, h.task_id) for h in found.rows[0]} == {("humaneval_plus", "HumanEval/999")}
+
+
+def test_a_long_parseable_row_is_scanned_in_linear_time(index: DecontamIndex) -> None:
+    """Canonical shape walks the tree a fixed number of times (once per body made a long file quadratic)."""
+    import time
+
+    code = "\n\n".join(r["completion"].replace("\r", "") for _, r in mbpp_rows(mbpp.SHIPPED_DIR))  # 474 functions
+    t0 = time.process_time()
+    index.scan([{"messages": [{"role": "assistant", "content": code}]}])
+    assert time.process_time() - t0 < 5.0

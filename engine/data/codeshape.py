@@ -25,6 +25,7 @@ import warnings
 from collections import Counter
 
 MAX_PARSE = 200_000  # characters: a larger row is fingerprinted as written
+LOOKBACK = 8  # statements between an accumulator's start and its loop
 FENCE = re.compile(r"(```[ \t]*(?:python|py|python3)?[ \t]*\n)([\s\S]*?)(\n[ \t]*```)")
 EMPTY = {"list": "[]", "set": "set()", "dict": "{}"}
 
@@ -179,9 +180,12 @@ class _Canon:
                     self.changed = True
             if self.changed == before:
                 break
-        for body in self._bodies():
+        bodies = self._bodies()
+        for body in bodies:
             self._roll_loops(body)
-            self._inline_return(body)
+        read = _loads(self.tree)  # once: every tree walk per body would make a long file quadratic
+        for body in bodies:
+            self._inline_return(body, read)
         for node in ast.walk(self.tree):
             if isinstance(node, ast.Call) and len(node.args) == 1 and isinstance(node.args[0], ast.ListComp):
                 comp = node.args[0]
@@ -211,14 +215,13 @@ class _Canon:
     @staticmethod
     def _init(body: list[ast.stmt], k: int, name: str) -> int | None:
         """Index of the statement before ``k`` that starts the accumulator (nothing between touches it)."""
-        for j in range(k - 1, -1, -1):
+        for j in range(k - 1, max(-1, k - 1 - LOOKBACK), -1):
             mentions = any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(body[j]))
             if mentions:
                 return j if _stores(body[j]) == [name] and not isinstance(body[j], ast.AugAssign) else None
         return None
 
-    def _inline_return(self, body: list[ast.stmt]) -> None:
-        read = _loads(self.tree)
+    def _inline_return(self, body: list[ast.stmt], read: Counter[str]) -> None:
         for k in range(len(body) - 1):
             a, b = body[k], body[k + 1]
             if (isinstance(a, ast.Assign) and _stores(a) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
