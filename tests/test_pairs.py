@@ -109,7 +109,8 @@ def test_caps_reference_and_summary(made) -> None:
     ref = by[tasks["none_train"]]
     assert len(ref) == 3 and all(r["chosen_is_reference"] and r["chosen_sample"] is None for r in ref)
     assert by[tasks["none_val"]] == [] and by[tasks["all_pass"]] == [] and by[tasks["leaked"]] == []
-    assert summary["contaminated"] == {tasks["leaked"]: ["humaneval:HumanEval/0:statement"]}
+    assert summary["contaminated"] == {tasks["leaked"]: ["humaneval:HumanEval/0:concepts", "humaneval:HumanEval/0:statement",
+                                                         "humaneval:HumanEval/0:wording"]}
     assert summary["contaminated_prompts"] == 1 and summary["prompts"] == 5
     smuggled = by[tasks["smuggle"]]  # the pair whose rejected side carries HumanEval/1 is dropped
     assert len(smuggled) == 1 and "separate_paren_groups" not in smuggled[0]["rejected"]
