@@ -89,7 +89,8 @@ CONCEPTS = {
     "positive": "above-zero nonnegative",
     "argument": "input inputs parameter parameters arg args",
 }
-SYNONYM = {w: c for c, group in reversed(CONCEPTS.items()) for w in group.split()}
+# a stop word never becomes a content word by its synonym ('write' stays boilerplate, not 'implement')
+SYNONYM = {w: c for c, group in reversed(CONCEPTS.items()) for w in group.split() if c in STOP or w not in STOP}
 PHRASES = {"give back": "return", "gives back": "return", "whole number": "integer", "whole numbers": "integer",
            "happen to": "", "add up": "sum", "number of": "count", "less than": "below", "greater than": "above",
            "more than": "above", "fewer than": "below", "above zero": "positive"}
