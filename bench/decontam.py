@@ -246,6 +246,31 @@ def roll_loops(code: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if rolled else ""
 
 
+def search_to_any_all(code: str) -> str:
+    """``for x in xs: if c: return True`` + ``return False`` -> ``return any(c for x in xs)``; the False/True
+    form -> ``return all(not (c) for x in xs)`` ('' when the code has no such loop)."""
+    tree, done = ast.parse(code), False
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        for k in range(len(body) - 2, -1, -1):
+            loop, after = body[k], body[k + 1]
+            if not (isinstance(loop, ast.For) and not loop.orelse and len(loop.body) == 1
+                    and isinstance(loop.body[0], ast.If) and not loop.body[0].orelse
+                    and len(loop.body[0].body) == 1 and isinstance(after, ast.Return)):
+                continue
+            inner, test = loop.body[0].body[0], loop.body[0].test
+            values = [ast.unparse(x.value) if isinstance(x, ast.Return) and x.value else "" for x in (inner, after)]
+            if values not in (["True", "False"], ["False", "True"]):
+                continue
+            elt = test if values[0] == "True" else ast.UnaryOp(ast.Not(), test)
+            gen = ast.GeneratorExp(elt, [ast.comprehension(loop.target, loop.iter, [], 0)])
+            body[k:k + 2] = [ast.Return(ast.Call(ast.Name("any" if values[0] == "True" else "all"), [gen], []))]
+            done = True
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if done else ""
+
+
 JUNK = ["tmp_{k} = len(str({k}))", "pass", "print('step', {k})", "if False:\n    unused_{k} = {k}",
         "_ = None", "flag_{k} = True"]
 
@@ -332,6 +357,8 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "mixed_junk_between_statements_renamed": lambda p: insert_mixed_junk(rename(bare(p))),
     "comprehension_unrolled_to_loop": lambda p: unroll_comprehensions(bare(p)),
     "loop_rolled_into_comprehension": lambda p: roll_loops(bare(p)),
+    "search_loop_to_any_all": lambda p: search_to_any_all(bare(p)),
+    "renamed_search_loop_to_any_all": lambda p: rename(search_to_any_all(bare(p))),
     "renamed_loop_rolled_or_unrolled": lambda p: rename(roll_loops(bare(p)) or unroll_comprehensions(bare(p)) or ""),
     "all_code_disguises_at_once": lambda p: add_comments(wrap_in_class(hints(change_literals(rename(bare(p))),
                                                                             add=False))),

@@ -144,3 +144,15 @@ def test_a_long_parseable_row_is_scanned_in_linear_time(index: DecontamIndex) ->
     t0 = time.process_time()
     index.scan([{"messages": [{"role": "assistant", "content": code}]}])
     assert time.process_time() - t0 < 5.0
+
+
+def test_search_loops_and_any_all_meet(index: DecontamIndex) -> None:
+    """``for ...: if c: return False`` + ``return True`` is ``all(not c ...)``: short searches written with any/all."""
+    loop = "def f(l, t):\n    for e in l:\n        if e >= t:\n            return False\n    return True\n"
+    forms = [loop, "def f(l, t):\n    return all(e < t for e in l)\n", "def f(l, t):\n    return not any(e >= t for e in l)\n"]
+    assert len({tuple(normalise(canonical(f))) for f in forms}) == 1
+    rows = {"HumanEval/52": "def below(xs, limit):\n    return all(x < limit for x in xs)\n",
+            "HumanEval/40": "def g(l):\n    return any(l[i] + l[j] + l[k] == 0 for i in range(len(l))"
+                            " for j in range(i + 1, len(l)) for k in range(j + 1, len(l)))\n"}
+    for task, row in rows.items():
+        assert "code" in hits_for(index, row, task), task

@@ -118,8 +118,8 @@ def _accumulates(stmt: ast.stmt) -> tuple[str, str, ast.expr | tuple[ast.expr, a
     return None
 
 
-def _comprehension(loop: ast.For) -> tuple[str, str, ast.expr] | None:
-    """(kind, accumulator, comprehension) that the loop nest spells, or None."""
+def _nest(loop: ast.For) -> tuple[list[ast.comprehension], ast.stmt]:
+    """The generators a nest of single-statement ``for`` / ``if`` spells, and the statement inside it."""
     gens: list[ast.comprehension] = []
     node: ast.stmt = loop
     while True:
@@ -130,7 +130,67 @@ def _comprehension(loop: ast.For) -> tuple[str, str, ast.expr] | None:
             gens[-1].ifs.append(node.test)
             node = node.body[0]
         else:
-            break
+            return gens, node
+
+
+def _bool(node: ast.AST) -> bool | None:
+    """The value of ``return True`` / ``return False`` (None for any other statement)."""
+    if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bool):
+        return node.value.value
+    return None
+
+
+def _search(loop: ast.stmt, after: ast.stmt) -> ast.Return | None:
+    """``for ...: [if c:] return True`` then ``return False`` -> ``return any(True for ... if c)``
+    (``not any`` for the reverse): a search loop and its any()/all() meet."""
+    if not isinstance(loop, ast.For):
+        return None
+    gens, inner = _nest(loop)
+    found, otherwise = _bool(inner), _bool(after)
+    if not gens or found is None or otherwise is None or found == otherwise:
+        return None
+    call: ast.expr = ast.Call(ast.Name("any", ast.Load()), [ast.GeneratorExp(ast.Constant(True), gens)], [])
+    return ast.Return(call if found else ast.UnaryOp(ast.Not(), call))
+
+
+INVERSE = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
+           ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+
+
+def _negate(e: ast.expr) -> ast.expr:
+    """``not e``, with ``not a < b`` written ``a >= b`` and ``not not e`` as ``e``."""
+    if isinstance(e, ast.Compare) and len(e.ops) == 1:
+        return ast.Compare(e.left, [INVERSE[type(e.ops[0])]()], e.comparators)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        return e.operand
+    return ast.UnaryOp(ast.Not(), e)
+
+
+class _AnyAll(ast.NodeTransformer):
+    """``any(e for ...)`` -> ``any(True for ... if e)``, ``all(e for ...)`` -> ``not any(True for ... if not e)``,
+    ``not a < b`` -> ``a >= b``: the forms a search loop canonicalises to."""
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        self.generic_visit(node)
+        return _negate(node.operand) if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Compare) else node
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        self.generic_visit(node)
+        f, args = node.func, node.args
+        if not (isinstance(f, ast.Name) and f.id in ("any", "all") and len(args) == 1 and not node.keywords
+                and isinstance(args[0], ast.GeneratorExp)) or not args[0].generators:
+            return node
+        gen = args[0]
+        elt = gen.elt if f.id == "any" else _negate(gen.elt)
+        if not (isinstance(elt, ast.Constant) and elt.value is True):
+            gen.generators[-1].ifs.append(elt)
+        call = ast.Call(ast.Name("any", ast.Load()), [ast.GeneratorExp(ast.Constant(True), gen.generators)], [])
+        return call if f.id == "any" else ast.UnaryOp(ast.Not(), call)
+
+
+def _comprehension(loop: ast.For) -> tuple[str, str, ast.expr] | None:
+    """(kind, accumulator, comprehension) that the loop nest spells, or None."""
+    gens, node = _nest(loop)
     if not gens:
         return None
     acc = _accumulates(node)
@@ -191,6 +251,10 @@ class _Canon:
                 comp = node.args[0]
                 node.args[0] = ast.GeneratorExp(comp.elt, comp.generators)
                 self.changed = True
+            elif isinstance(node, ast.Name) and node.id in ("any", "all") or isinstance(node, ast.Not):
+                self.changed = True
+        if self.changed:
+            _AnyAll().visit(self.tree)
         return self.changed
 
     def _bodies(self) -> list[list[ast.stmt]]:
@@ -201,6 +265,11 @@ class _Canon:
         k = 0
         while k < len(body):
             loop = body[k]
+            search = _search(loop, body[k + 1]) if k + 1 < len(body) else None
+            if search is not None:
+                body[k:k + 2] = [search]
+                self.changed = True
+                continue
             found = _comprehension(loop) if isinstance(loop, ast.For) else None
             init = self._init(body, k, found[1]) if found else None
             start = body[init] if found and init is not None else None
