@@ -20,8 +20,9 @@ from test_sft import (  # noqa: F401 - one_thread: autouse fixture
 )
 
 from engine.events import read_events
+from engine.sdk import train
 from engine.sdk.run import run_inline
-from engine.stages import _train, dpo
+from engine.stages import dpo
 from engine.workspace import Workspace
 
 PAIRS = [
@@ -100,14 +101,14 @@ def test_first_loss_check_fires_when_policy_and_reference_differ(
     tiny_model_dir: Path, pairs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A LoRA initialised off zero: the policy is not the reference at step 0 (the fault to catch)."""
-    real = _train.lora_config
+    real = train.lora_config
 
     def nonzero_init(*args, **kw):
         cfg = real(*args, **kw)
         cfg.init_lora_weights = False
         return cfg
 
-    monkeypatch.setattr(_train, "lora_config", nonzero_init)
+    monkeypatch.setattr(train, "lora_config", nonzero_init)
     ws = Workspace(tmp_path / "ws")
     out = run_inline(ws, "dpo", "dpo", params=dpo_params(max_steps=2, save_steps=10, lora_alpha=256, beta=5.0),
                      inputs={"model": tiny_model_dir, "pairs": pairs_dir}, outputs=["adapter"])
