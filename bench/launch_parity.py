@@ -17,86 +17,37 @@ count, the save interval and the sequence length shortened.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
+from jobrun import losses, run_job, spec_params, write_train_data
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.data import mbpp  # noqa: E402
-from engine.events import read_events  # noqa: E402
-from engine.rehearsal import build_model  # noqa: E402
-from engine.sdk.base import JobSpec  # noqa: E402
-from engine.sdk.launch import job_argv  # noqa: E402
-from engine.sdk.run import params_hash  # noqa: E402
-from engine.workspace import Workspace  # noqa: E402
+from engine.data import mbpp
+from engine.rehearsal import build_model
+from engine.sdk.launch import job_argv
+from engine.workspace import Workspace
 
 ROUNDING = 1e-5  # relative: an allreduce over one rank may still copy through another buffer
 
 
-def spec_params(kind: str, steps: int, max_length: int) -> dict:
-    stages = yaml.safe_load((REPO / "engine/pipelines/rehearsal.yaml").read_text())["stages"]
-    params = dict(stages[kind]["params"])
-    params.update(max_steps=steps, save_steps=steps, max_length=max_length, eval_data_dir=str(mbpp.SHIPPED_DIR),
-                  allow_eval_overlap=True)  # MBPP train rows near its test rows: irrelevant to a parity check
-    return params
-
-
-def write_data(root: Path, model: Path, rows: int) -> dict[str, Path]:
-    """SFT rows and DPO pairs from MBPP's train split, prompts through the model's chat template."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    tasks = [t for line in (mbpp.SHIPPED_DIR / "mbpp.jsonl").read_text().splitlines()
-             if 601 <= (t := json.loads(line))["task_id"] <= 974][:rows]  # the train split: not evaluated
-    sft, pairs = [], []
-    for t in tasks:
-        prompt = tok.apply_chat_template([{"role": "user", "content": t["text"]}], tokenize=False,
-                                         add_generation_prompt=True)
-        sft.append({"prompt": prompt, "completion": t["code"]})
-        pairs.append({"prompt": prompt, "chosen": t["code"], "rejected": "def f(*a):\n    return None\n",
-                      "task_id": f"mbpp/{t['task_id']}"})
-    out = {"sft": root / "sft.jsonl", "dpo": root / "pairs.jsonl"}
-    out["sft"].write_text("".join(json.dumps(r) + "\n" for r in sft))
-    out["dpo"].write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    return out
-
-
-def run_once(ws: Workspace, kind: str, label: str, params: dict, model: Path, data: Path, device: str,
-             argv_of) -> dict:
-    stage = f"{kind}_{label}"
-    job = JobSpec(job_id=f"{stage}.1", stage=stage, kind=kind, attempt=1, workspace=str(ws.root), params=params,
-                  inputs={"model": str(model), "data" if kind == "sft" else "pairs": str(data)},
-                  params_hash=params_hash(params), outputs=["adapter"], device=device)
-    job.save(ws.job_file(job.job_id))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv_of(ws.job_file(job.job_id), kind), cwd=ws.root, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    events = read_events(ws.job_log(job.job_id))
-    end = [e for e in events if e["kind"] == "job_finished"]
-    if proc.returncode != 0 or not end or end[-1]["outcome"] != "ok":
-        sys.exit(f"{stage}: exit {proc.returncode}, {end[-1] if end else 'no job_finished'}\n{proc.stderr[-3000:]}")
-    losses = {e["step"]: e["value"] for e in events if e["kind"] == "metric" and e["name"] == "loss"}
-    adapter = next(Path(e["path"]) for e in events if e["kind"] == "artifact" and e["name"] == "adapter")
-    return {"losses": losses, "adapter": load_file(adapter / "adapter_model.safetensors"), "wall_s": wall}
+def train_params(kind: str, steps: int, max_length: int) -> dict:
+    return spec_params(kind, max_steps=steps, save_steps=steps, max_length=max_length,
+                       eval_data_dir=str(mbpp.SHIPPED_DIR),
+                       allow_eval_overlap=True)  # MBPP train rows near its test rows: irrelevant to a parity check
 
 
 def differences(a: dict, b: dict) -> tuple[float, float]:
     """Largest relative per-step loss difference, largest relative adapter-tensor difference."""
-    if sorted(a["losses"]) != sorted(b["losses"]) or sorted(a["adapter"]) != sorted(b["adapter"]):
+    la, lb = losses(a), losses(b)
+    wa, wb = (load_file(r["artifacts"]["adapter"] / "adapter_model.safetensors") for r in (a, b))
+    if sorted(la) != sorted(lb) or sorted(wa) != sorted(wb):
         return float("inf"), float("inf")
-    loss = max(abs(a["losses"][s] - b["losses"][s]) / max(abs(a["losses"][s]), 1e-12) for s in a["losses"])
-    weights = max(((x := a["adapter"][k].float()) - b["adapter"][k].float()).abs().max().item()
-                  / max(x.abs().max().item(), 1e-12) for k in a["adapter"])
+    loss = max(abs(la[s] - lb[s]) / max(abs(la[s]), 1e-12) for s in la)
+    weights = max(((x := wa[k].float()) - wb[k].float()).abs().max().item() / max(x.abs().max().item(), 1e-12)
+                  for k in wa)
     return loss, weights
 
 
@@ -115,21 +66,22 @@ def main() -> None:
     model = args.workdir / f"model-{args.shape}"
     if not (model / "config.json").exists():
         build_model(model, args.shape, materialise="disk", seed=0, device=args.device)
-    data = write_data(args.workdir, model, rows=4 * args.steps)
-    paths = {"today": lambda f, k: job_argv(f, k, 1),
-             "launch": lambda f, k: [sys.executable, "-m", "engine.sdk.launch", "--ranks", "1", str(f)],
-             "today_again": lambda f, k: job_argv(f, k, 1)}
-    assert paths["today"](Path("j"), "sft")[2] != "engine.sdk.launch", "gpus: 1 no longer takes today's path"
+    data = write_train_data(args.workdir, model, rows=4 * args.steps)
+    paths = {"today": job_argv,
+             "launch": lambda f, k, g: [sys.executable, "-m", "engine.sdk.launch", "--ranks", "1", str(f)],
+             "today_again": job_argv}
+    assert "engine.sdk.launch" not in job_argv(Path("j"), "sft", 1), "gpus: 1 no longer takes today's path"
     results = []
     for kind in args.kinds.split(","):
-        params = spec_params(kind, args.steps, args.max_length)
-        runs = {label: run_once(ws, kind, label, params, model, data[kind], args.device, p)
+        params = train_params(kind, args.steps, args.max_length)
+        inputs = {"model": model, "data" if kind == "sft" else "pairs": data[kind]}
+        runs = {label: run_job(ws, f"{kind}_{label}", kind, params, inputs, ["adapter"], args.device, p)
                 for label, p in paths.items()}
         floor = differences(runs["today"], runs["today_again"])
         got = differences(runs["today"], runs["launch"])
         for label, r in runs.items():
             print(f"{kind} {label:12s} wall {r['wall_s']:6.1f} s losses "
-                  + " ".join(f"{r['losses'][s]:.6f}" for s in sorted(r["losses"])))
+                  + " ".join(f"{v:.6f}" for _, v in sorted(losses(r).items())))
         print(f"{kind}: launch vs today: loss {got[0]:.2e}, adapter {got[1]:.2e}; "
               f"today vs today again (floor): loss {floor[0]:.2e}, adapter {floor[1]:.2e}")
         results.append((kind, got, floor))
