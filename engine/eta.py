@@ -7,14 +7,17 @@ job they are noise; in a one-minute rehearsal stage they are most of it. So the 
 * before the first unit: max(start-up - elapsed, 0) + total x unit time + tail;
 * between the first and the last unit: units left / rate - time since the last event (at least the
   units after the burst under way) + tail, the
-  rate taken from events AFTER the first unit's burst only (never across the start-up gap; events
-  arriving together are one burst, so a batch of 41 problems reported at once is not a rate), the
-  measured unit time serving as a prior that the observed rate outweighs as units accumulate;
+  time per unit taken from events AFTER the first unit's burst only (never across the start-up gap;
+  events arriving together are one burst, so a batch of 41 problems reported at once is not a rate),
+  as the median interval (robust to the first steps' warm-up), blended in seconds per unit with the
+  measured unit time, a prior that the observed units outweigh as they accumulate;
 * after the last unit: the tail left (at least ``FINISHING_S``: the stage is finishing).
 
 Start-up, unit time and tail are measured (``engine.measure`` folds them from a run's job logs
 into ``engine/pipelines/data/<name>-measured.json``, whose ``pipeline`` names the spec they were
-measured for); a stage without its own measurement takes the median of its kind's in that file.
+measured for, each stage's runs kept: the prior is their median); a stage without its own
+measurement takes the median of its kind's in that file. Units come in bursts (a batch of 4
+prompts reported at once): the ETA counts whole bursts, a partial last batch at a full one's time.
 Without a measurement the ETA is the units' alone, as before.
 """
 
@@ -36,7 +39,7 @@ DATA_DIR = Path(__file__).parent / "pipelines" / "data"
 EW_TAU_MIN_S = 10.0  # the smoothing time constant: at least this, else 30% of the progress seen
 EW_TAU_SHARE = 0.3
 BURST_S = 0.05  # progress events closer than this arrived together: one burst, not a rate
-PRIOR_SHARE = 0.5  # the measured unit time weighs as this share of the units it was measured on
+PRIOR_SHARE = 2.0  # the measured unit time weighs as twice the units it was measured on (a short job's few intervals are noisy)
 PRIOR_REL = 0.2  # the uncertainty of an ETA from measurements alone (relative)
 FINISHING_S = 1.0  # the least ETA once the last unit is done
 
@@ -58,20 +61,30 @@ class Profile:
     unit_s: float | None = None  # None: the work differs from what was measured (another pipeline)
     tail_s: float = 0.0
     units: float | None = None  # the units measured: the total before the job reports its own
+    step: float = 1.0  # units per progress event (a batch of 4 prompts): a partial last batch costs a whole one
 
 
 def phases(started: float | None, finished: float | None,
            progress: Iterable[tuple[float, float]]) -> dict[str, float] | None:
-    """A finished attempt's start-up, unit time and tail (seconds), as ``estimate`` uses them:
-    the first unit's burst ends the start-up (less the units it carries, at the unit time)."""
+    """A finished attempt's start-up, unit time, tail (seconds) and step (units per burst), as
+    ``estimate`` uses them: the first unit's burst ends the start-up (less the units it carries,
+    at the unit time); a burst of fewer units than the step (the last, partial batch) costs a
+    whole step's time, so the unit time is per unit of a full batch."""
     pts = _bursts(progress)
     pts = [p for p in pts if p[1] > 0]
     if started is None or finished is None or not pts:
         return None
-    (t1, d1), (tn, dn) = pts[0], pts[-1]
-    unit = (tn - t1) / (dn - d1) if dn > d1 else (t1 - started) / dn
+    (t1, d1), (tn, _) = pts[0], pts[-1]
+    step = max([d1, *(b - a for (_, a), (_, b) in zip(pts, pts[1:], strict=False))])
+    full = sum(_whole(b - a, step) for (_, a), (_, b) in zip(pts, pts[1:], strict=False))
+    unit = (tn - t1) / full if full else (t1 - started) / d1
     return {"startup_s": round(max(t1 - started - d1 * unit, 0.0), 2), "unit_s": round(unit, 4),
-            "tail_s": round(max(finished - tn, 0.0), 2)}
+            "tail_s": round(max(finished - tn, 0.0), 2), "step": step}
+
+
+def _whole(units: float, step: float) -> float:
+    """``units`` rounded up to whole bursts of ``step``: what they cost at a full batch's time."""
+    return math.ceil(units / step - 1e-9) * step if step > 1 else units
 
 
 def _bursts(progress: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -112,21 +125,17 @@ def _seen(a: Attempt) -> float:
     return max(a.done - first, 0.0)
 
 
-def _observed(ivs: list[tuple[float, float]]) -> tuple[float, float]:
-    """An exponentially weighted rate (units/s) over the intervals and its relative uncertainty:
-    the weighted spread of the interval rates over the square root of their effective number,
-    and at least 1/n after n intervals."""
-    tau = max(EW_TAU_MIN_S, EW_TAU_SHARE * sum(dt for dt, _ in ivs))
-    ew_t = ew_d = w1 = w2 = wr = wr2 = 0.0  # decayed sums: time, units, weights, weights², weighted rates, rates²
-    for dt, dd in ivs:
-        decay = math.exp(-dt / tau)
-        ew_t, ew_d = ew_t * decay + dt, ew_d * decay + dd
-        w1, w2 = w1 * decay + dt, w2 * decay * decay + dt * dt
-        wr, wr2 = wr * decay + dd, wr2 * decay + dd * dd / dt
-    rate = ew_d / ew_t
-    spread = math.sqrt(max(wr2 / w1 - (wr / w1) ** 2, 0.0))
-    n_eff = w1 * w1 / w2
-    return rate, min(1.0, max(spread / rate / math.sqrt(n_eff), 1 / len(ivs)))
+def _observed(ivs: list[tuple[float, float]], step: float) -> tuple[float, float]:
+    """Seconds per unit over the intervals (each at whole batches) and their relative
+    uncertainty. The median interval, not the mean: in a short job the first steps' warm-up
+    (allocator growth, autotuning: 3 s against 0.5 s on the H200) or one batch slowed by a
+    neighbour are a large share of the few intervals seen, and the prior already holds what a
+    whole run's pauses cost. The uncertainty: the spread of the interval times over the square
+    root of their number, and at least 1/n after n intervals."""
+    per = [dt / _whole(dd, step) for dt, dd in ivs]
+    mid = statistics.median(per)
+    spread = statistics.pstdev(per) if len(per) > 1 else 0.0
+    return mid, min(1.0, max(spread / mid / math.sqrt(len(per)), 1 / len(per)))
 
 
 def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
@@ -149,19 +158,32 @@ def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
     since = max(0.0, now - units[-1][0])
     if a.done >= total:  # the last unit is done: saving, publishing
         return Eta(None, max(p.tail_s - since, FINISHING_S), 0.0)
+    step = max([p.step, *(dd for _, dd in ivs)])
     if ivs:
-        rate, rel = _observed(ivs)
-        if prior is not None:
+        per, rel = _observed(ivs, step)
+        if p.unit_s:  # blended as seconds per unit, so a prior 12x too fast cannot hold the ETA down
             w = _seen(a) / (_seen(a) + max(1.0, PRIOR_SHARE * (p.units or total)))
-            rate, rel = w * rate + (1 - w) * prior, w * rel + (1 - w) * PRIOR_REL
-    elif prior is not None:
-        rate, rel = prior, PRIOR_REL
+            per, rel = w * per + (1 - w) * p.unit_s, w * rel + (1 - w) * PRIOR_REL
+    elif p.unit_s:
+        per, rel = p.unit_s, PRIOR_REL
     else:
         return Eta()
-    left = total - a.done  # the burst under way may be overdue, the ones after it are not
-    step = ivs[-1][1] if ivs else units[-1][1]
-    eta = max(left / rate - since, max(left - step, 0.0) / rate) + p.tail_s
-    return Eta(rate, eta, eta * rel)
+    left = _whole(total - a.done, step)  # the burst under way may be overdue, the ones after it are not
+    eta = max(left * per - since, max(left - step, 0.0) * per) + p.tail_s
+    return Eta(1 / per, eta, eta * rel)
+
+
+def _prior(m: dict[str, Any]) -> Profile:
+    """A stage's phases as the median of its measured runs (one run slowed by a neighbour on the
+    device moves the prior half as much with two runs, not at all from three), its step the
+    largest and its units the latest run's."""
+    rs = [r for r in (m.get("runs") or [m]) if isinstance(r.get("startup_s"), (int, float))] or [m]
+
+    def med(key: str) -> float:
+        return statistics.median(float(r.get(key) or 0.0) for r in rs)
+
+    return Profile(med("startup_s"), med("unit_s") or None, med("tail_s"), m.get("units") or None,
+                   max(float(r.get("step") or 1.0) for r in rs))
 
 
 @lru_cache(maxsize=8)
@@ -190,8 +212,7 @@ def profiles(spec: PipelineSpec, data_dir: Path = DATA_DIR) -> dict[str, Profile
         for name, entry in spec.stages.items():
             m = rec.get(name)
             if m is not None:
-                out[name] = Profile(float(m["startup_s"]), m.get("unit_s") or None, float(m.get("tail_s") or 0.0),
-                                    m.get("units") or None)
+                out[name] = _prior(m)
                 continue
             kin = [r for r in rec.values() if r.get("kind") == entry.kind]
             if kin:

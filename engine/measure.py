@@ -149,38 +149,62 @@ def report(ws: Workspace, spec: PipelineSpec) -> dict[str, Any]:
     }
 
 
+RUN_KEYS = ("source", "footprint_gib", "gpu_peak_gib", "rss_peak_gib", "wall_s", "units", "startup_s", "unit_s",
+            "tail_s", "step", "eta_rel_error")
+
+
+def runs(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """A folded stage's runs, oldest first (a record from before runs were kept is its one run)."""
+    return list(m.get("runs") or [{k: m[k] for k in RUN_KEYS if k in m}])
+
+
 def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The declarations a measured run gives: memory_gb and duration_h per stage that finished."""
+    """The declarations measured runs give: memory_gb and duration_h per stage that finished,
+    from the largest footprint and wall time of the stage's runs (a rerun may be heavier)."""
     out = {}
     for name, m in measured["stages"].items():
         if m.get("status") != "done" or m.get("wall_s") is None:
             continue
-        out[name] = {"memory_gb": max(0.1, math.ceil(m["footprint_gib"] * HEADROOM * 10) / 10),
-                     "duration_h": max(0.001, round(m["wall_s"] / 3600, 4))}
+        rs = runs(m)
+        foot, wall = max(r["footprint_gib"] for r in rs), max(r["wall_s"] for r in rs)
+        mem = max(0.1, math.ceil(foot * HEADROOM * 10) / 10)
+        cap = math.floor(1.25 * max(min(r["footprint_gib"] for r in rs), 0.4) * 10) / 10
+        if cap >= foot:  # within [measured, 1.25 x measured] of every run where one value can be
+            mem = min(mem, cap)
+        out[name] = {"memory_gb": mem,
+                     "duration_h": max(0.001, round(wall / 3600, 4))}
     return out
 
 
 def check(measured: dict[str, Any]) -> list[str]:
-    """Stages whose declaration is not within [measured peak, 1.25 x measured peak]."""
+    """Stages whose declaration is not within [measured peak, 1.25 x measured peak], each run."""
     bad = []
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
             continue
-        peak, declared = m["footprint_gib"], m["declared_memory_gb"]
-        if not peak <= declared <= 1.25 * max(peak, 0.4):
-            bad.append(f"{name}: declared {declared:g} GiB, measured {peak:.2f} GiB")
+        declared = m["declared_memory_gb"]
+        for r in runs(m):
+            peak = r["footprint_gib"]
+            if not peak <= declared <= 1.25 * max(peak, 0.4):
+                bad.append(f"{name}: declared {declared:g} GiB, measured {peak:.2f} GiB")
     return bad
 
 
-def fold(data: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (the shipped measured file) with a run's finished stages and totals replacing its
-    own, numbers rounded; its source, ceilings and method stay (say what the new run was)."""
+def fold(data: dict[str, Any], measured: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``data`` (the shipped measured file) with a run's finished stages: each stage's record is
+    the new run's, its ``runs`` the earlier ones plus this one (``source`` says which run), so that
+    the ETA's priors are the median of runs and the declarations cover every run."""
     out = {**data, "pipeline": measured["pipeline"], "stages": dict(data.get("stages") or {})}
     for key in ("budget_gib", "max_reserved_together_gib", "max_footprint_together_gib", "min_disk_free_gib"):
         out[key] = measured[key]
     for name, m in measured["stages"].items():
-        if m.get("status") == "done":
-            out["stages"][name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+        if m.get("status") != "done":
+            continue
+        rec = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+        old = data.get("stages", {}).get(name)
+        earlier = runs(old) if isinstance(old, dict) and old.get("status") == "done" else []
+        rec["runs"] = [*earlier, {k: rec[k] for k in RUN_KEYS if k in rec} | ({"source": source} if source else {})]
+        out["stages"][name] = rec
     return out
 
 
