@@ -11,13 +11,19 @@ Usage: python bench/rehearsal_eta.py [MEASURED.json]   (default: the shipped dat
        python bench/rehearsal_eta.py --error MEASURED.json   the console's ETA error per stage in a
          rehearsal (read by engine.measure from the monitor's samples at 25-50 % of the units: the
          ETA the console showed against the time that was actually left), one line per stage and
-         BENCH lines for the sampling and training stages (target: within 25 %)
+         BENCH lines for the sampling and training stages (target: within 25 %); the error of a stage
+         is the LARGEST over the window's samples, not a typical one
+       python bench/rehearsal_eta.py --oos RUN_A_JOBLOGS.tgz RUN_B_JOBLOGS.tgz   out of sample: each run's
+         phases (engine.eta.phases from its job logs) predict the other run's sampling and training
+         stages, replayed through the console's state reader every 0.25 s at 25-50 % of the units
+         (largest error), and the median of both runs (the shipped prior) predicts each
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1] / "engine" / "pipelines" / "data" / "rehearsal-measured.json"
@@ -55,7 +61,64 @@ def error_lines(measured: dict) -> list[str]:
     return lines + bench
 
 
+def _runs_of(tgz: Path) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
+    """Per criterion stage of a run's job logs: (started, finished, [(ts, done), ...])."""
+    out = {}
+    with tarfile.open(tgz) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            stage = name.split(".")[0]
+            if stage not in CRITERION or not name.endswith(".1.jsonl"):
+                continue
+            recs = [json.loads(line) for line in tar.extractfile(member).read().decode().splitlines() if line.strip()]
+            start = next(r["ts"] for r in recs if r.get("kind") == "job_started")
+            end = next(r["ts"] for r in recs if r.get("kind") == "job_finished")
+            out[stage] = (start, end, [(r["ts"], r["done"]) for r in recs if r.get("kind") == "progress"],
+                          next(r["total"] for r in recs if r.get("kind") == "progress"))
+    return out
+
+
+def _worst(run: tuple, prior) -> float:
+    """The largest relative ETA error at 0.25 s ticks while 25-50 % of the units are done."""
+    from engine.eta import estimate
+    from engine.state import Attempt, StageState
+
+    start, end, pts, total = run
+    worst, t = 0.0, start
+    while t < end:
+        seen = [(ts, d) for ts, d in pts if ts <= t]
+        if seen and 0.25 <= seen[-1][1] / total <= 0.5:
+            st = StageState("s")
+            a = Attempt("s.1", "s", 1, launched_at=start, started_at=start, total=total, done=seen[-1][1])
+            a.progress.extend(seen)
+            st.attempts.append(a)
+            eta = estimate(st, t, prior).eta_s
+            worst = max(worst, 1.0 if eta is None else abs(eta - (end - t)) / (end - t))
+        t += 0.25
+    return worst
+
+
+def oos_lines(a: Path, b: Path) -> list[str]:
+    """Out-of-sample ETA errors, both directions, and the median of both runs' prior."""
+    from engine.eta import phases, prior_of
+
+    runs = {"A": _runs_of(a), "B": _runs_of(b)}
+    lines = []
+    for stage in CRITERION:
+        ph = {k: {**phases(r[stage][0], r[stage][1], r[stage][2]), "units": r[stage][3]} for k, r in runs.items()}
+        one = {k: prior_of(p) for k, p in ph.items()}
+        both = prior_of({"units": ph["B"]["units"], "runs": [ph["A"], ph["B"]]})
+        for label, prior, truth in (("A_to_B", one["A"], "B"), ("B_to_A", one["B"], "A"),
+                                    ("median_to_A", both, "A"), ("median_to_B", both, "B")):
+            err = _worst(runs[truth][stage], prior)
+            lines.append(f"BENCH rehearsal_eta_oos_{stage}_{label} {err:.3f} 0.25 {'PASS' if err <= 0.25 else 'MISS'}")
+    return lines
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--oos"]:
+        print("\n".join(oos_lines(Path(sys.argv[2]), Path(sys.argv[3]))))
+        return
     if sys.argv[1:2] == ["--error"]:
         print("\n".join(error_lines(json.loads(Path(sys.argv[2]).read_text()))))
         return

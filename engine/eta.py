@@ -173,7 +173,7 @@ def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
     return Eta(1 / per, eta, eta * rel)
 
 
-def _prior(m: dict[str, Any]) -> Profile:
+def prior_of(m: dict[str, Any]) -> Profile:
     """A stage's phases as the median of its measured runs (one run slowed by a neighbour on the
     device moves the prior half as much with two runs, not at all from three), its step the
     largest and its units the latest run's."""
@@ -212,7 +212,7 @@ def profiles(spec: PipelineSpec, data_dir: Path = DATA_DIR) -> dict[str, Profile
         for name, entry in spec.stages.items():
             m = rec.get(name)
             if m is not None:
-                out[name] = _prior(m)
+                out[name] = prior_of(m)
                 continue
             kin = [r for r in rec.values() if r.get("kind") == entry.kind]
             if kin:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -84,7 +85,8 @@ def finish(ws: Workspace, fold_into: Path | None = None) -> int:
             data = json.loads(fold_into.read_text())
         except (OSError, ValueError) as exc:
             raise BadInput(f"--fold-into {fold_into}: cannot read the measured data file ({exc})") from None
-        save(fold_into, fold(data, measured))
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        save(fold_into, fold(data, measured, source=f"{spec.name} run, folded {when}"))
         print(f"folded into {fold_into}: re-derive rehearsal.yaml's memory_gb from it (engine.measure.derive)")
     return 0
 
