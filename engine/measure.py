@@ -8,9 +8,11 @@ space. ``report`` folds the samples and the journal into one record per stage: p
 peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
 throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
 the declarations: memory_gb = footprint x 1.15 rounded up to 0.1 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
-<= declared <= 1.25 x measured, and a rerun whose peak grows up to 15% still fits), duration_h = wall time.
-Each stage's start-up, unit time and tail (``engine.eta.phases``) are what the console's ETA adds
-to its progress units when the same pipeline runs again.
+<= declared <= 1.25 x measured, and a rerun whose peak grows up to 15% still fits), duration_h = wall time;
+over several folded runs (``fold`` keeps them) the largest footprint, capped at 1.25 x the smallest
+where that still covers the largest. Each stage's start-up, unit time, tail and step
+(``engine.eta.phases``; the median of the runs) are what the console's ETA adds to its progress
+units when the same pipeline runs again.
 """
 
 from __future__ import annotations
