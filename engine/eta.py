@@ -153,12 +153,14 @@ def estimate(st: StageState, now: float, profile: Profile | None = None) -> Eta:
         if prior is None:
             return Eta()
         elapsed = max(0.0, now - (a.started_at or a.launched_at or now))
-        eta = max(p.startup_s - elapsed, 0.0) + total / prior + p.tail_s
+        eta = max(p.startup_s - elapsed, 0.0) + _whole(total, p.step) / prior + p.tail_s
         return Eta(prior, eta, eta * PRIOR_REL)
     since = max(0.0, now - units[-1][0])
     if a.done >= total:  # the last unit is done: saving, publishing
         return Eta(None, max(p.tail_s - since, FINISHING_S), 0.0)
-    step = max([p.step, *(dd for _, dd in ivs)])
+    # the job's own batch: its largest burst since the first (a profile measured with other batches
+    # would round the units left wrongly), before any interval the first unit's burst
+    step = max(dd for _, dd in ivs) if ivs else next((d for _, d in _bursts(a.progress) if d > 0), 1.0)
     if ivs:
         per, rel = _observed(ivs, step)
         if p.unit_s:  # blended as seconds per unit, so a prior 12x too fast cannot hold the ETA down

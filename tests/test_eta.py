@@ -16,7 +16,7 @@ import pytest
 
 from engine.eta import FINISHING_S, Profile, estimate, phases, profiles
 from engine.spec import load_spec, pipeline_path
-from engine.state import PipelineState, StageState
+from engine.state import Attempt, PipelineState, StageState
 from engine.workspace import Workspace
 
 T0 = 1796303000.0
@@ -182,3 +182,20 @@ def test_the_median_of_both_runs_predicts_each(tmp_path: Path, stage: str) -> No
     prior = profiles(spec, data_dir)[stage]
     for truth in (H200, RUN2):
         assert _worst_error(tmp_path, stage, prior, truth) <= 0.25
+
+
+def test_units_left_round_to_the_jobs_own_batch_not_the_profiles() -> None:
+    """The units left cost whole bursts of the job's own batch: a job reporting one unit at a
+    time is not rounded up to the 41-problem batches its profile was measured with; one reporting
+    batches of 4 pays a whole batch for its last 2."""
+    def stage(step: int, done: int, total: int) -> StageState:
+        st = StageState("s")
+        a = Attempt("s.1", "s", 1, launched_at=T0, started_at=T0, total=total, done=done)
+        a.progress.extend((T0 + 10.0 + i, i) for i in range(step, done + 1, step))
+        st.attempts.append(a)
+        return st
+
+    eta = estimate(stage(1, 30, 100), T0 + 40.0, Profile(0.0, 1.0, 0.0, 100, step=41)).eta_s
+    assert eta == pytest.approx(70.0)
+    eta = estimate(stage(4, 8, 10), T0 + 18.0, Profile(0.0, 1.0, 0.0, 10, step=4)).eta_s
+    assert eta == pytest.approx(4.0)  # 2 prompts left: one batch of 4, at 1 s a prompt
