@@ -186,9 +186,9 @@ def wrap_in_class(code: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
-def insert_dead_code(code: str) -> str:
-    """A useless assignment after every simple statement (breaks every n-gram across statements)."""
-    tree = ast.parse(code)
+def after_each_statement(code: str, junk) -> str:
+    """``junk(k, out)`` statements after every simple statement: the k-th insertion, ``out`` the body so far."""
+    tree, count = ast.parse(code), 0
     for node in ast.walk(tree):
         for field in ("body", "orelse", "finalbody"):
             body = getattr(node, field, None)
@@ -197,9 +197,15 @@ def insert_dead_code(code: str) -> str:
                 for stmt in body:
                     out.append(stmt)
                     if not isinstance(stmt, (ast.Return, ast.Raise, ast.Continue, ast.Break, ast.FunctionDef)):
-                        out.append(ast.parse(f"_unused_{len(out)} = {len(out)}").body[0])
+                        out += junk(count, out)
+                        count += 1
                 setattr(node, field, out)
     return ast.unparse(tree) + "\n"
+
+
+def insert_dead_code(code: str) -> str:
+    """A useless assignment after every simple statement (breaks every n-gram across statements)."""
+    return after_each_statement(code, lambda k, out: ast.parse(f"_unused_{len(out)} = {len(out)}").body)
 
 
 class _Unroll(ast.NodeTransformer):
@@ -277,19 +283,7 @@ JUNK = ["tmp_{k} = len(str({k}))", "pass", "print('step', {k})", "if False:\n   
 
 def insert_mixed_junk(code: str) -> str:
     """One of several kinds of junk statement after every simple statement (prints, pass, dead stores, dead ifs)."""
-    tree, count = ast.parse(code), 0
-    for node in ast.walk(tree):
-        for field in ("body", "orelse", "finalbody"):
-            body = getattr(node, field, None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                out: list[ast.stmt] = []
-                for stmt in body:
-                    out.append(stmt)
-                    if not isinstance(stmt, (ast.Return, ast.Raise, ast.Continue, ast.Break, ast.FunctionDef)):
-                        out += ast.parse(JUNK[count % len(JUNK)].format(k=count)).body
-                        count += 1
-                setattr(node, field, out)
-    return ast.unparse(tree) + "\n"
+    return after_each_statement(code, lambda k, out: ast.parse(JUNK[k % len(JUNK)].format(k=k)).body)
 
 
 def paraphrase(p: humaneval.Problem) -> str:
