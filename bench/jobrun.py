@@ -20,11 +20,22 @@ sys.path.insert(0, str(REPO))
 
 from engine.data import mbpp  # noqa: E402
 from engine.events import read_events  # noqa: E402
+from engine.rehearsal import build_model  # noqa: E402
 from engine.sdk.base import JobSpec  # noqa: E402
 from engine.sdk.run import params_hash  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 
 Argv = Callable[[Path, str, int], list[str]]
+
+
+def bench_workspace(workdir: Path, shape: str, device: str) -> tuple[Workspace, Path]:
+    """A fresh workspace under ``workdir`` and a random-weight model of ``shape`` (built once, reused)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(workdir / f"ws-{int(time.time())}").init()
+    model = workdir / f"model-{shape}"
+    if not (model / "config.json").exists():
+        build_model(model, shape, materialise="disk", seed=0, device=device)
+    return ws, model
 
 
 def spec_params(kind_or_stage: str, **changes: Any) -> dict[str, Any]:

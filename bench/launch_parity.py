@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
-from jobrun import losses, run_job, spec_params, write_train_data
+from jobrun import bench_workspace, losses, run_job, spec_params, write_train_data
 from safetensors.torch import load_file
 
 from engine.data import mbpp
-from engine.rehearsal import build_model
 from engine.sdk.launch import job_argv
-from engine.workspace import Workspace
 
 ROUNDING = 1e-5  # relative: an allreduce over one rank may still copy through another buffer
 
@@ -61,11 +58,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/launch-parity"))
     args = ap.parse_args()
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    ws = Workspace(args.workdir / f"ws-{int(time.time())}").init()
-    model = args.workdir / f"model-{args.shape}"
-    if not (model / "config.json").exists():
-        build_model(model, args.shape, materialise="disk", seed=0, device=args.device)
+    ws, model = bench_workspace(args.workdir, args.shape, args.device)
     data = write_train_data(args.workdir, model, rows=4 * args.steps)
     paths = {"today": job_argv,
              "launch": lambda f, k, g: [sys.executable, "-m", "engine.sdk.launch", "--ranks", "1", str(f)],

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
-from jobrun import losses, run_job, spec_params, unit_seconds, write_train_data
+from jobrun import bench_workspace, losses, run_job, spec_params, unit_seconds, write_train_data
 
 from engine.data import mbpp
-from engine.rehearsal import build_model
 from engine.sdk.launch import job_argv
 from engine.workspace import Workspace
 
@@ -124,11 +122,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/scaleout"))
     args = ap.parse_args()
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    ws = Workspace(args.workdir / f"ws-{int(time.time())}").init()
-    model = args.workdir / f"model-{args.shape}"
-    if not (model / "config.json").exists():
-        build_model(model, args.shape, materialise="disk", seed=0, device=args.device)
+    ws, model = bench_workspace(args.workdir, args.shape, args.device)
     parts = args.parts.split(",")
     lines = []
     if "train" in parts:
