@@ -286,9 +286,16 @@ def insert_mixed_junk(code: str) -> str:
     return after_each_statement(code, lambda k, out: ast.parse(JUNK[k % len(JUNK)].format(k=k)).body)
 
 
+def rename_function(text: str, name: str, new: str) -> str:
+    """The function renamed in prose: where it is called, and everywhere when the name is code-like
+    (``prime_fib``); a plain word that names the concept (median, unique) stays a word."""
+    code_like = "_" in name.strip("_") or name != name.lower()
+    return re.sub(rf"\b{re.escape(name)}\b" + ("" if code_like else r"(?=\s*\()"), new, text)
+
+
 def paraphrase(p: humaneval.Problem) -> str:
     """The statement without examples, words swapped for synonyms, the function renamed."""
-    text = statement_of(p.prompt).replace(p.entry_point, "solve_it")
+    text = rename_function(statement_of(p.prompt), p.entry_point, "solve_it")
     text = re.sub(r"[A-Za-z]+", lambda m: SYNONYMS.get(m.group().lower(), m.group()), text)
     return "Please implement the following. " + " ".join(text.split())
 
@@ -304,12 +311,41 @@ SYNONYMS_2 = {
 }
 
 
+def sentences_of(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if x]
+
+
 def paraphrase_harder(p: humaneval.Problem) -> str:
     """Another thesaurus, sentences rotated (the first one last), the function renamed, no examples."""
-    text = statement_of(p.prompt).replace(p.entry_point, "the_routine")
-    text = re.sub(r"[A-Za-z]+", lambda m: SYNONYMS_2.get(m.group().lower(), m.group()), text)
-    sentences = [x for x in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if x]
+    text = rename_function(statement_of(p.prompt), p.entry_point, "the_routine")
+    sentences = sentences_of(re.sub(r"[A-Za-z]+", lambda m: SYNONYMS_2.get(m.group().lower(), m.group()), text))
     return "Task: " + " ".join(sentences[1:] + sentences[:1])
+
+
+# a third thesaurus (everyday rewording, not the checker's groups) and sentence templates of their own
+SYNONYMS_3 = {
+    "return": "send back", "returns": "sends back", "list": "bunch", "lists": "bunches", "given": "supplied",
+    "string": "piece of text", "strings": "pieces of text", "number": "quantity", "numbers": "quantities",
+    "function": "method", "write": "code up", "if": "in case", "each": "any single", "true": "yes (True)",
+    "false": "no (False)", "count": "how many", "element": "entry", "elements": "entries", "in": "inside",
+    "integer": "whole quantity", "integers": "whole quantities", "consider": "think about", "you": "we",
+    "have": "hold", "has": "holds", "input": "incoming data", "positive": "greater-than-zero", "of": "from",
+}
+TEMPLATES = ("We need the following: {}", "In other words, {}", "Note that {}", "Also, {}", "Keep in mind: {}")
+DOCTEST = re.compile(r">>>\s*\w+\((.*)\)\s*\n\s*(?!>>>)(\S[^\n]*)")
+
+
+def paraphrase_templated(p: humaneval.Problem) -> str:
+    """Sentences reversed, each in a sentence template, a third thesaurus, the function renamed, and the
+    doctests kept as plain 'given ... the answer is ...' lines (no call, no prompt)."""
+    text = rename_function(statement_of(p.prompt), p.entry_point, "helper")
+    words = re.sub(r"[A-Za-z]+", lambda m: SYNONYMS_3.get(m.group().lower(), m.group()), text)
+    lines = [TEMPLATES[k % len(TEMPLATES)].format(s) for k, s in enumerate(reversed(sentences_of(words)))]
+    docstring = ast.get_docstring(next(n for n in ast.walk(ast.parse(p.prompt + "    pass\n"))
+                                       if isinstance(n, ast.FunctionDef) and n.name == p.entry_point)) or ""
+    lines += [f"Sample {k + 1}: given {args.strip()} the answer is {out.strip()}."
+              for k, (args, out) in enumerate(DOCTEST.findall(docstring))]
+    return "\n".join(lines)
 
 
 def chat(p: humaneval.Problem, code: str) -> dict:
@@ -327,6 +363,7 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "renamed_with_docstring": lambda p: rename(p.prompt + p.canonical_solution),
     "paraphrased_statement": paraphrase,
     "paraphrased_statement_other_thesaurus_sentences_rotated": paraphrase_harder,
+    "paraphrased_statement_templated_examples_reformatted": paraphrase_templated,
     "solution_alone": lambda p: p.canonical_solution,
     "solution_without_docstring": bare,
     "solution_without_docstring_renamed": lambda p: rename(bare(p)),

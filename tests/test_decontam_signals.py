@@ -14,6 +14,7 @@ from bench.decontam import (
     mbpp_rows,
     paraphrase,
     paraphrase_harder,
+    paraphrase_templated,
     rename,
     roll_loops,
     unroll_comprehensions,
@@ -21,7 +22,7 @@ from bench.decontam import (
 from engine.data import humaneval, mbpp
 from engine.data.codegrams import normalise
 from engine.data.codeshape import canonical
-from engine.data.decontam import DecontamIndex, eval_index
+from engine.data.decontam import DecontamIndex, eval_index, literals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,3 +157,31 @@ def test_search_loops_and_any_all_meet(index: DecontamIndex) -> None:
                             " for j in range(i + 1, len(l)) for k in range(j + 1, len(l)))\n"}
     for task, row in rows.items():
         assert "code" in hits_for(index, row, task), task
+
+
+def test_literals_are_read_however_they_are_written() -> None:
+    """Quotes, spacing, tuple or list, call or table: one literal; prose apostrophes and plain values are not."""
+    doctest = ">>> f([1.0, 2.8, 3.0], 0.3)\nTrue\n>>> f('Hello world')\n'3e25960a79dbc69b674cd4ec67a72c62'\n"
+    table = ('Input: ([1.0,2.8,3.0] , 0.3) -> Output: yes. Input: "Hello world" gives '
+             '"3e25960a79dbc69b674cd4ec67a72c62"; it\'s done')
+    assert literals(doctest) == literals(table) != set()
+    assert literals("It's 2.0, and 7 (not 12) items: [], [5], True, 'ab'") == set()
+    assert literals("g((1, 2), {'k': [3, 4]})") >= literals("g([1, 2], {'k': (3, 4)})")
+
+
+def test_examples_kept_under_any_wording_are_caught(index: DecontamIndex, problems: dict) -> None:
+    """A paraphrase that renames the function and rewords everything but keeps the examples' values."""
+    rows = {"HumanEval/0": "Samples: for ([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) say yes; for [1.0, 2.0, 3.0] and"
+                           " 0.5 say no.",
+            "HumanEval/162": '{"input": "Hello world", "expected": "3e25960a79dbc69b674cd4ec67a72c62"}',
+            "HumanEval/74": "compare(['hi', 'admin'], ['hI', 'Hi']) gives ['hI', 'Hi'], and (['4'], ['1', '2', '3',"
+                            " '4', '5']) gives ['4']"}
+    for task, row in rows.items():
+        assert "examples" in hits_for(index, row, task), task
+    # the bench's templated paraphrase (a third thesaurus, 'Sample k: given ... the answer is ...')
+    for task in ("HumanEval/0", "HumanEval/12", "HumanEval/47", "HumanEval/57"):
+        assert "examples" in hits_for(index, paraphrase_templated(problems[task]), task), task
+    # one shared literal, or common ones, are not evidence
+    clean = ["assert f([1, 2, 3]) == 6\nassert f([]) == 0\nassert f('abc') == 'cba'\nassert f((1, 1)) == 2",
+             "Input: [1.0, 2.0, 3.0] Output: 2.0", "print('Hello world')"]
+    assert not {h.reason for hits in index.scan(clean).rows.values() for h in hits} & {"examples"}

@@ -20,7 +20,10 @@ problem's task id:
 * ``body``: a piece of the row (one of its strings, or a fenced block in one) is, for the
   most part, a problem's whole solution body as a normalised token stream: a one-line body
   (``return len(string)``) is too common to be evidence inside other code, but a row that is
-  that body and little else is the solution.
+  that body and little else is the solution;
+* ``examples``: the row holds most of the literal values of a problem's examples or test
+  asserts (``[1.0, 2.8, 3.0], 0.3``, ``'Hello world'``), normalised (quotes, spacing, tuple or
+  list), however the examples are worded around them and whatever the function is called.
 
 Code is put in canonical shape first (engine/data/codeshape.py): junk statements dropped,
 accumulating loops rolled into comprehensions, on both sides.
@@ -100,8 +103,14 @@ WORDING_FLOOR = (15.0, 3)  # rarity and count of the statement word n-grams matc
 # signals read an MBPP statement only from this many words on
 WORDING_MIN = 20
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
+# examples: share of a problem's example literal weight, that weight (nats of rarity), distinct literals
+EXAMPLES_FLOOR, EXAMPLE_SIZE = (0.5, 11.0, 2), 8
 BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
 FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
+QUOTED = re.compile(r"""(?<![\w'"])(['"])([^'"\n]*)\1""")  # a quoted literal, not an apostrophe (it's)
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
+BRACKET = re.compile(r"[()\[\]{}]")
+LITERAL_CHARS = re.compile(r"[\s\d.,:+\-eEjx'\"()\[\]{}TrueFalsNon]*")  # a bracketed span worth literal_eval
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class EvalItem:
     statement: str       # the natural-language task (docstring / text), examples removed
     code: str            # prompt code + reference solution
     solution: str = ""   # the reference solution alone, when it is a separate piece (HumanEval's body)
+    examples: tuple[str, ...] = ()  # texts whose literals are the problem's examples (prompt, test asserts)
 
 
 @dataclass
@@ -254,6 +264,65 @@ def tokens_of(code: str) -> list[str]:
     return stream[lo:hi]
 
 
+def literal_key(value: Any) -> Any:
+    """A literal in one form whatever its spelling: quotes and spacing gone, tuple = list, 1 = 1.0."""
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(literal_key(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(literal_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("map", frozenset(("seq", (literal_key(k), literal_key(v))) for k, v in value.items()))
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return ("float", repr(value))  # as written: [1.0, 2.0] is not [1, 2]
+    return ("const", repr(value))  # True, None, bytes, inf: kept apart from the numbers they equal
+
+
+def literal_size(key: Any) -> int:
+    """Characters a literal takes to write (items and their separators): how specific it is."""
+    if isinstance(key, (str, int)):
+        return len(key) + 2 if isinstance(key, str) else len(repr(key))  # a string with its quotes
+    if key[0] in ("const", "float"):
+        return len(key[1]) if key[0] == "float" else 0
+    return sum(literal_size(k) + 1 for k in key[1])
+
+
+def telling(key: Any) -> bool:
+    """A literal that can tell examples apart: 3+ characters of text or of a number, or 2+ items."""
+    if isinstance(key, (str, int)):
+        return len(key if isinstance(key, str) else repr(key)) >= 3
+    if key[0] == "float":
+        return not float(key[1]).is_integer() and literal_size(key) >= 3  # 0.5 tells, 2.0 does not
+    return key[0] != "const" and len(key[1]) >= 2
+
+
+def literals(text: str) -> set[Any]:
+    """The telling literal values written in ``text`` (prose, doctests, asserts, tables): quoted strings,
+    numbers and every bracketed span that is a Python literal (call arguments as one tuple too)."""
+    found: set[Any] = {literal_key(m.group(2)) for m in QUOTED.finditer(text)}
+    found |= {literal_key(float(n) if any(c in n for c in ".eE") else int(n)) for n in NUMBER.findall(text)}
+    masked = QUOTED.sub(lambda m: m.group(1) + "x" * len(m.group(2)) + m.group(1), text)  # brackets in strings
+    opened: list[int] = []
+    for m in BRACKET.finditer(masked):
+        if m.group() in "([{":
+            opened.append(m.start())
+            continue
+        if not opened:
+            continue
+        start = opened.pop()
+        span = masked[start:m.end()]
+        if len(span) > 2000 or not LITERAL_CHARS.fullmatch(span) or not any(c.isdigit() or c in "'\"" for c in span):
+            continue
+        try:
+            found.add(literal_key(ast.literal_eval(text[start:m.end()])))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return {k for k in found if telling(k)}
+
+
 def leaves(row: Any) -> list[str]:
     """The strings inside a training row (each message, prompt, completion)."""
     if isinstance(row, str):
@@ -307,6 +376,7 @@ class DecontamIndex:
                 if len(body) >= BODY_MIN and "def" not in body:
                     self.bodies[tuple(body)].add(i)
         self.body_sizes = sorted({len(b) for b in self.bodies}, reverse=True)
+        self.example_units = self.index_examples(items)
         self.grams: dict[tuple[str, ...], set[int]] = defaultdict(set)
         self.names: dict[str, set[int]] = defaultdict(set)
         self.defines: dict[str, set[int]] = defaultdict(set)  # functions the problem's code defines (5+ chars)
@@ -334,6 +404,41 @@ class DecontamIndex:
         for i, c in enumerate(self.content):
             for w in c:
                 self.by_word[w].add(i)
+
+    def index_examples(self, items: list[EvalItem]) -> list[tuple[int, dict[Any, float]]]:
+        """(problem, its example literals with their weight) per example text; ``by_literal`` finds them.
+        Weight: rarity across the problems (a benchmark's variants counted once; a literal in more than 2%
+        of them is not indexed), scaled down for literals under ``EXAMPLE_SIZE`` characters ((1, 1), 235)."""
+        units = [(i, lits) for i, it in enumerate(items) for text in it.examples if (lits := literals(text))]
+        holders: dict[Any, set[str]] = defaultdict(set)
+        for i, lits in units:
+            for key in lits:
+                holders[key].add(items[i].task_id)
+        tasks = len({it.task_id for it in items})
+        weight = {k: math.log(1 + tasks / len(t)) * min(1.0, literal_size(k) / EXAMPLE_SIZE)
+                  for k, t in holders.items() if len(t) <= max(2, 0.02 * tasks)}
+        out = [(i, {k: weight[k] for k in lits if k in weight}) for i, lits in units]
+        self.by_literal: dict[Any, set[int]] = defaultdict(set)
+        for u, (_, lits) in enumerate(out):
+            for key in lits:
+                self.by_literal[key].add(u)
+        return out
+
+    def example_hits(self, text: str) -> dict[tuple[int, str], Hit]:
+        """Problems most of whose example literals (rarity-weighted) the text holds, in any wording."""
+        found = literals(text)
+        share, floor, count = EXAMPLES_FLOOR
+        hits: dict[tuple[int, str], Hit] = {}
+        for u in sorted(set().union(*(self.by_literal.get(k, set()) for k in found)) if found else ()):
+            i, lits = self.example_units[u]
+            matched = [w for k, w in lits.items() if k in found]
+            cover = sum(matched) / sum(lits.values())
+            old = hits.get((i, "examples"))
+            if cover >= share and sum(matched) >= floor and len(matched) >= count and (not old or cover > old.score):
+                it = self.items[i]
+                hits[(i, "examples")] = Hit(it.source, it.task_id, "examples", cover,
+                                            f"{len(matched)} example literals, rarity {sum(matched):.0f}")
+        return hits
 
     def doc_score(self, i: int, row_words: set[str]) -> float:
         """IDF-weighted share of problem i's statement words found in the row."""
@@ -369,6 +474,7 @@ class DecontamIndex:
                 hits[(i, "name")] = Hit(it.source, it.task_id, "name", score, f"defines or calls {it.name}")
         hits.update(self.code_hits(text, set().union(*(self.defines.get(nm, set()) for nm in names))))
         hits.update(self.body_hits([text, *pieces]))
+        hits.update(self.example_hits(text))
         return list(hits.values())
 
     def code_hits(self, text: str, named: set[int]) -> dict[tuple[int, str], Hit]:
@@ -418,14 +524,15 @@ def humaneval_items(path: Path | None = None, source: str = "humaneval") -> list
 
     problems, _ = humaneval.load(path)
     return [EvalItem(source, p.task_id, p.entry_point, statement_of(p.prompt), p.prompt + p.canonical_solution,
-                     p.canonical_solution) for p in problems]
+                     p.canonical_solution, (p.prompt, p.test)) for p in problems]
 
 
 def mbpp_test_items(data_dir: Path) -> list[EvalItem]:
     from engine.data import mbpp
 
     problems, _ = mbpp.load(Path(data_dir), "test")
-    return [EvalItem("mbpp_test", p.task_id, p.entry_point, p.text, p.canonical_solution) for p in problems]
+    return [EvalItem("mbpp_test", p.task_id, p.entry_point, p.text, p.canonical_solution,
+                     examples=("\n".join(mbpp.tests_of(p)["asserts"]),)) for p in problems]
 
 
 def plus_items(path: Path, source: str) -> list[EvalItem]:
@@ -436,7 +543,7 @@ def plus_items(path: Path, source: str) -> list[EvalItem]:
     if not path.is_file():
         raise FileNotFoundError(f"{source} file {path} not found (evalplus release JSONL, e.g. HumanEvalPlus.jsonl.gz)")
     return [EvalItem(source, t.task_id, t.entry_point, statement_of(t.prompt), t.prompt + t.canonical_solution,
-                     t.canonical_solution) for t in evalplus.load(path, mbpp=source == "mbpp_plus")]
+                     t.canonical_solution, (t.prompt,)) for t in evalplus.load(path, mbpp=source == "mbpp_plus")]
 
 
 def eval_index(mbpp_dir: Path | str | None, humaneval_path: Path | str | None = None,
