@@ -102,6 +102,7 @@ WORDING_FLOOR = (15.0, 3)  # rarity and count of the statement word n-grams matc
 # twins across splits differ in a word ('... the given string to upper case' / 'lower case'): the word-order
 # signals read an MBPP statement only from this many words on
 WORDING_MIN = 20
+SHORT_DOC = 0.9  # docstring: the share a statement of 5 to 7 content words must have matched (8+: doc_threshold)
 NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all of it is there with the problem's names
 # examples: share of a problem's example literal weight, that weight (nats of rarity), distinct literals
 EXAMPLES_FLOOR, EXAMPLE_SIZE = (0.5, 11.0, 2), 8
@@ -248,9 +249,15 @@ def informative(gram: tuple[str, ...], min_content: int) -> bool:
     return len({w for w in gram if w not in STOP and not w.isdigit() and len(w) > 1}) >= min_content
 
 
+def code_like(name: str) -> bool:
+    """A name written as code (prime_fib, sumTo): a paraphrase that renames the function drops it from the
+    statement, where a plain word (median, longest) names the concept and stays."""
+    return "_" in name.strip("_") or name != name.lower()
+
+
 def specific(name: str) -> bool:
     """A function name unlikely to be chosen by chance (has_close_elements, not add or check)."""
-    return len(name) >= 10 and ("_" in name.strip("_") or name != name.lower())
+    return len(name) >= 10 and code_like(name)
 
 
 def tokens_of(code: str) -> list[str]:
@@ -396,7 +403,7 @@ class DecontamIndex:
                         self.grams[gram].add(i)
             if it.name:
                 self.names[it.name].add(i)
-            c = Counter(content_words(it.statement))
+            c = Counter(content_words(it.statement) - ({stem(it.name.lower())} if code_like(it.name) else set()))
             self.content.append(c)
             df.update(set(c))
         self.idf = {w: math.log(1 + len(items) / d) for w, d in df.items()}
@@ -434,7 +441,9 @@ class DecontamIndex:
             matched = [w for k, w in lits.items() if k in found]
             cover = sum(matched) / sum(lits.values())
             old = hits.get((i, "examples"))
-            if cover >= share and sum(matched) >= floor and len(matched) >= count and (not old or cover > old.score):
+            whole = any(literal_size(k) >= EXAMPLE_SIZE for k in lits if k in found)  # 1100, 110, '1000' alone: no
+            if cover >= share and sum(matched) >= floor and len(matched) >= count and whole \
+                    and (not old or cover > old.score):
                 it = self.items[i]
                 hits[(i, "examples")] = Hit(it.source, it.task_id, "examples", cover,
                                             f"{len(matched)} example literals, rarity {sum(matched):.0f}")
@@ -467,7 +476,7 @@ class DecontamIndex:
             if st.count(" ") >= 4 and f" {st} " in flat:
                 hits[(i, "statement")] = Hit(it.source, it.task_id, "statement", 1.0, "the statement, verbatim")
             size = len(self.content[i])  # a short statement must be matched almost whole
-            if size >= self.min_content and score >= (self.doc_threshold if size >= 8 else max(self.doc_threshold, 0.9)):
+            if size >= self.min_content and score >= (self.doc_threshold if size >= 8 else max(self.doc_threshold, SHORT_DOC)):
                 hits[(i, "docstring")] = Hit(it.source, it.task_id, "docstring", score)
             enough = score >= self.name_doc_threshold and len(self.content[i]) >= 3
             if i in named and (enough or (specific(it.name) and score >= 0.3)):
