@@ -190,3 +190,14 @@ def test_examples_kept_under_any_wording_are_caught(index: DecontamIndex, proble
     clean = ["assert f([1, 2, 3]) == 6\nassert f([]) == 0\nassert f('abc') == 'cba'\nassert f((1, 1)) == 2",
              "Input: [1.0, 2.0, 3.0] Output: 2.0", "print('Hello world')"]
     assert not {h.reason for hits in index.scan(clean).rows.values() for h in hits} & {"examples"}
+
+
+def test_deeply_nested_brackets_are_read_in_linear_time() -> None:
+    """A hostile row of nested brackets: each character is read in a bounded number of literal spans."""
+    import time
+
+    row = ("[" * 900 + "1" + "]" * 900 + "\n") * 120
+    t0 = time.process_time()
+    assert literals(row) == set()
+    assert literals("[[[[1, 2], [3, 4]], 'abc']]") >= {"abc", ("seq", (1, 2))}
+    assert time.process_time() - t0 < 1.5

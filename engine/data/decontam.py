@@ -111,6 +111,7 @@ FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
 QUOTED = re.compile(r"""(?<![\w'"])(['"])([^'"\n]*)\1""")  # a quoted literal, not an apostrophe (it's)
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
 BRACKET = re.compile(r"[()\[\]{}]")
+LITERAL_NEST = 4  # brackets inside brackets: deeper spans are not read as literals
 LITERAL_CHARS = re.compile(r"[\s\d.,:+\-eEjx'\"()\[\]{}TrueFalsNon]*")  # a bracketed span worth literal_eval
 
 
@@ -312,16 +313,20 @@ def literals(text: str) -> set[Any]:
     found: set[Any] = {literal_key(m.group(2)) for m in QUOTED.finditer(text)}
     found |= {literal_key(float(n) if any(c in n for c in ".eE") else int(n)) for n in NUMBER.findall(text)}
     masked = QUOTED.sub(lambda m: m.group(1) + "x" * len(m.group(2)) + m.group(1), text)  # brackets in strings
-    opened: list[int] = []
+    opened: list[list[int]] = []  # [start, nesting depth inside]
     for m in BRACKET.finditer(masked):
         if m.group() in "([{":
-            opened.append(m.start())
+            opened.append([m.start(), 0])
             continue
         if not opened:
             continue
-        start = opened.pop()
+        start, inner = opened.pop()
+        if opened:
+            opened[-1][1] = max(opened[-1][1], inner + 1)
         span = masked[start:m.end()]
-        if len(span) > 2000 or not LITERAL_CHARS.fullmatch(span) or not any(c.isdigit() or c in "'\"" for c in span):
+        # a character lies in at most LITERAL_NEST read spans: linear time whatever the nesting of a hostile row
+        if inner >= LITERAL_NEST or len(span) > 2000 or not LITERAL_CHARS.fullmatch(span) \
+                or not any(c.isdigit() or c in "'\"" for c in span):
             continue
         try:
             found.add(literal_key(ast.literal_eval(text[start:m.end()])))
