@@ -365,6 +365,7 @@ DISGUISES: dict[str, Callable[[humaneval.Problem], object]] = {
     "paraphrased_statement_other_thesaurus_sentences_rotated": paraphrase_harder,
     "paraphrased_statement_templated_examples_reformatted": paraphrase_templated,
     "solution_alone": lambda p: p.canonical_solution,
+    "test_code_alone_renamed": lambda p: p.test.replace("candidate", "solution_under_test"),
     "solution_without_docstring": bare,
     "solution_without_docstring_renamed": lambda p: rename(bare(p)),
     "reformatted": lambda p: reformat(bare(p)),
