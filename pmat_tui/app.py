@@ -24,6 +24,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
+from engine.inbox import COMMANDS
 from engine.memory import MemorySnapshot
 from engine.spec import PipelineSpec
 from engine.workspace import Workspace
@@ -36,7 +37,6 @@ from pmat_tui.watcher import MIN_REFRESH_S, FilesChanged, Watcher
 from pmat_tui.widgets.header_bar import HeaderBar
 
 CHECK_NICE = 10  # the background `pmat check` runs at this niceness
-ACTIONS = ("run", "approve", "cancel", "retry")
 READONLY_KEYS = {"r": "run", "a": "approve", "c": "cancel", "t": "retry"}
 VIEWS_HELP = "views: DAG, Jobs, Memory, Gates, Log"
 LOGS_HELP = "the selected stage's log / its job's stdout and stderr (tracebacks)"
@@ -261,7 +261,7 @@ class PmatApp(Guarded, App):
 
     # -- actions --------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ACTIONS and self.model.readonly:
+        if action in COMMANDS and self.model.readonly:
             return False  # read-only: the actions do not exist
         return True
 
