@@ -120,7 +120,7 @@ def test_every_evaluation_problem_is_caught_verbatim(index: DecontamIndex) -> No
 # nothing to match).
 # measured floors under the 95% target (docs/DECONTAMINATION.md, Limits: short statements)
 RECALL = {"paraphrased_statement_other_thesaurus_sentences_rotated": 0.83,
-          "paraphrased_statement_templated_examples_reformatted": 0.9, "test_code_alone_renamed": 0.8}
+          "paraphrased_statement_templated_examples_reformatted": 0.9, "test_code_alone_renamed": 0.9}
 
 
 def test_code_disguises_of_humaneval_are_caught_and_clean_mbpp_rows_are_not(index: DecontamIndex) -> None:

@@ -22,7 +22,7 @@ from bench.decontam import (
 from engine.data import humaneval, mbpp
 from engine.data.codegrams import normalise
 from engine.data.codeshape import canonical
-from engine.data.decontam import DecontamIndex, eval_index, literals
+from engine.data.decontam import DecontamIndex, eval_index, is_pair, literals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,8 @@ def test_literals_are_read_however_they_are_written() -> None:
     doctest = ">>> f([1.0, 2.8, 3.0], 0.3)\nTrue\n>>> f('Hello world')\n'3e25960a79dbc69b674cd4ec67a72c62'\n"
     table = ('Input: ([1.0,2.8,3.0] , 0.3) -> Output: yes. Input: "Hello world" gives '
              '"3e25960a79dbc69b674cd4ec67a72c62"; it\'s done')
-    assert literals(doctest) == literals(table) != set()
+    assert {k for k in literals(doctest) if not is_pair(k)} == literals(table) != set()
+    assert len({k for k in literals(doctest) if is_pair(k)}) == 2  # f(...) with the result on the next line
     assert literals("It's 2.0, and 7 (not 12) items: [], [5], True, 'ab'") == set()
     assert literals("g((1, 2), {'k': [3, 4]})") >= literals("g([1, 2], {'k': (3, 4)})")
 
@@ -201,3 +202,14 @@ def test_deeply_nested_brackets_are_read_in_linear_time() -> None:
     assert literals(row) == set()
     assert literals("[[[[1, 2], [3, 4]], 'abc']]") >= {"abc", ("seq", (1, 2))}
     assert time.process_time() - t0 < 1.5
+
+
+def test_calls_with_their_results_are_examples_whatever_the_function_is_called(index: DecontamIndex,
+                                                                               problems: dict) -> None:
+    """Examples of small numbers tell by their pairing: /13's gcd examples and tests, function renamed."""
+    pair = literals(">>> g(3, 7)\n1\n")
+    assert pair == literals("assert g(3, 7) == 1") == literals("g(3, 7) -> 1") and pair
+    assert "examples" in hits_for(index, "my_gcd(3, 5) -> 1\nmy_gcd(25, 15) -> 5\n", "HumanEval/13")
+    test = problems["HumanEval/13"].test.replace("candidate", "solution_under_test")
+    assert "examples" in hits_for(index, test, "HumanEval/13")
+    assert not index.scan(["assert f(0) == 0\nassert f(1) == 1\nassert f(2) == 4\nassert f(10) == 100"]).rows

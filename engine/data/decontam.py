@@ -112,6 +112,10 @@ QUOTED = re.compile(r"""(?<![\w'"])(['"])([^'"\n]*)\1""")  # a quoted literal, n
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
 BRACKET = re.compile(r"[()\[\]{}]")
 LITERAL_NEST = 4  # brackets inside brackets: deeper spans are not read as literals
+CONSTANT = re.compile(r"(?<![\w.])(?:True|False|None)(?![\w.])")
+# what may stand between a call and the result written after it (a doctest puts it on the next line)
+RESULT_SEP = re.compile(r"[ \t]*(?:==>|==|=>|->|\u279e|\u2192|=|:)?[ \t]*\n?[ \t]*(?:(?:returns?|gives?|is|should"
+                        r" (?:be|return|give)|yields?|outputs?|evaluates to)[ \t]+)?")
 LITERAL_CHARS = re.compile(r"[\s\d.,:+\-eEjx'\"()\[\]{}TrueFalsNon]*")  # a bracketed span worth literal_eval
 
 
@@ -307,12 +311,22 @@ def telling(key: Any) -> bool:
     return key[0] != "const" and len(key[1]) >= 2
 
 
+def is_pair(key: Any) -> bool:
+    """A call's arguments with its result (:func:`literals`)."""
+    return isinstance(key, tuple) and key[0] == "pair"
+
+
 def literals(text: str) -> set[Any]:
     """The telling literal values written in ``text`` (prose, doctests, asserts, tables): quoted strings,
-    numbers and every bracketed span that is a Python literal (call arguments as one tuple too)."""
-    found: set[Any] = {literal_key(m.group(2)) for m in QUOTED.finditer(text)}
-    found |= {literal_key(float(n) if any(c in n for c in ".eE") else int(n)) for n in NUMBER.findall(text)}
+    numbers, every bracketed span that is a Python literal (call arguments as one tuple too), and each call's
+    arguments with the result written after it (``f(3, 7) == 1``, ``>>> f(3, 7)`` + ``1``, ``f(3, 7) -> 1``)
+    as one ``pair``, whatever the function is called."""
+    at: dict[int, Any] = {m.start(): literal_key(m.group(2)) for m in QUOTED.finditer(text)}  # start -> value
+    at.update((m.start(), literal_key(float(n) if any(c in n for c in ".eE") else int(n)))
+              for m in NUMBER.finditer(text) if (n := m.group()))
+    at.update((m.start(), literal_key(ast.literal_eval(m.group()))) for m in CONSTANT.finditer(text))
     masked = QUOTED.sub(lambda m: m.group(1) + "x" * len(m.group(2)) + m.group(1), text)  # brackets in strings
+    calls: list[tuple[int, Any]] = []  # (end, arguments) of spans written as a call
     opened: list[list[int]] = []  # [start, nesting depth inside]
     for m in BRACKET.finditer(masked):
         if m.group() in "([{":
@@ -329,9 +343,16 @@ def literals(text: str) -> set[Any]:
                 or not any(c.isdigit() or c in "'\"" for c in span):
             continue
         try:
-            found.add(literal_key(ast.literal_eval(text[start:m.end()])))
+            at[start] = literal_key(ast.literal_eval(text[start:m.end()]))
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
+        if span[0] == "(" and start and (masked[start - 1].isalnum() or masked[start - 1] == "_"):
+            calls.append((m.end(), at[start]))
+    found = set(at.values())
+    for end, args in calls:
+        result = at.get(RESULT_SEP.match(text, end).end())  # type: ignore[union-attr]  # matches the empty string
+        if result is not None:
+            found.add(("pair", (args, result)))
     return {k for k in found if telling(k)}
 
 
@@ -418,10 +439,12 @@ class DecontamIndex:
                 self.by_word[w].add(i)
 
     def index_examples(self, items: list[EvalItem]) -> list[tuple[int, dict[Any, float]]]:
-        """(problem, its example literals with their weight) per example text; ``by_literal`` finds them.
+        """(problem, its example literals with their weight) per example text, the calls with their results
+        apart (a row that keeps the values but not the calls is matched on the values); ``by_literal`` finds them.
         Weight: rarity across the problems (a benchmark's variants counted once; a literal in more than 2%
         of them is not indexed), scaled down for literals under ``EXAMPLE_SIZE`` characters ((1, 1), 235)."""
-        units = [(i, lits) for i, it in enumerate(items) for text in it.examples if (lits := literals(text))]
+        units = [(i, part) for i, it in enumerate(items) for text in it.examples for lits in [literals(text)]
+                 for part in ({k for k in lits if not is_pair(k)}, {k for k in lits if is_pair(k)}) if part]
         holders: dict[Any, set[str]] = defaultdict(set)
         for i, lits in units:
             for key in lits:
@@ -450,8 +473,9 @@ class DecontamIndex:
             if cover >= share and sum(matched) >= floor and len(matched) >= count and whole \
                     and (not old or cover > old.score):
                 it = self.items[i]
+                what = "calls with their results" if is_pair(next(iter(lits))) else "literals"
                 hits[(i, "examples")] = Hit(it.source, it.task_id, "examples", cover,
-                                            f"{len(matched)} example literals, rarity {sum(matched):.0f}")
+                                            f"{len(matched)} example {what}, rarity {sum(matched):.0f}")
         return hits
 
     def doc_score(self, i: int, row_words: set[str]) -> float:
