@@ -22,8 +22,9 @@ problem's task id:
   (``return len(string)``) is too common to be evidence inside other code, but a row that is
   that body and little else is the solution;
 * ``examples``: the row holds most of the literal values of a problem's examples or test
-  asserts (``[1.0, 2.8, 3.0], 0.3``, ``'Hello world'``), normalised (quotes, spacing, tuple or
-  list), however the examples are worded around them and whatever the function is called.
+  asserts (``[1.0, 2.8, 3.0], 0.3``, ``'Hello world'``), or most of its calls with their results
+  (``f(3, 7) == 1``), normalised (quotes, spacing, tuple or list), however the examples are
+  worded around them and whatever the function is called.
 
 Code is put in canonical shape first (engine/data/codeshape.py): junk statements dropped,
 accumulating loops rolled into comprehensions, on both sides.
@@ -136,7 +137,7 @@ class EvalItem:
 class Hit:
     source: str
     task_id: str
-    reason: str          # ngram | statement | docstring | name
+    reason: str          # ngram statement docstring name code statements wording concepts body examples
     score: float
     detail: str = ""
 
