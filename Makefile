@@ -18,7 +18,7 @@ console: setup         ## the same demo, in the console
 	.venv/bin/pmat demo --workspace demo-workspace
 
 test: setup            ## the test suite, lint, import floors and contract bindings (what CI runs)
-	.venv/bin/ruff check engine kernels pmat_tui tests bench
+	.venv/bin/ruff check engine pmat_kernels pmat_tui tests bench
 	.venv/bin/lint-imports --no-cache
 	.venv/bin/pmat contracts check
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests

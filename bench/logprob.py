@@ -37,7 +37,7 @@ def _child(cfg: dict, head: str, variant: str | None, queue: mp.Queue) -> None:
     timed alternately (full, chunked, full, ...) so a shared box's load drifts hit both."""
     import torch
 
-    from kernels.logprob import reference_token_logprobs, token_logprobs
+    from pmat_kernels.logprob import reference_token_logprobs, token_logprobs
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.quant import reference as R  # noqa: E402
-from kernels.quant.formats import QType  # noqa: E402
-from kernels.quant.vectorized import quantize  # noqa: E402
+from pmat_kernels.quant import reference as R  # noqa: E402
+from pmat_kernels.quant.formats import QType  # noqa: E402
+from pmat_kernels.quant.vectorized import quantize  # noqa: E402
 
 QWEN_7B = dict(hidden_size=3584, num_hidden_layers=28, intermediate_size=18944, vocab_size=152064,
                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,

@@ -46,7 +46,7 @@ def cuda_ms(fn, reps: int, rounds: int = 1) -> float:
 
 
 def check_logprob() -> bool:
-    from kernels.logprob import reference_token_logprobs, token_logprobs
+    from pmat_kernels.logprob import reference_token_logprobs, token_logprobs
 
     torch.manual_seed(0)
     ok = True
@@ -66,7 +66,7 @@ def check_logprob() -> bool:
 
 
 def check_nucleus() -> bool:
-    from kernels import nucleus as nu
+    from pmat_kernels import nucleus as nu
 
     g = torch.Generator(device="cuda").manual_seed(0)
     ok = True
@@ -100,7 +100,7 @@ def check_nucleus() -> bool:
 def check_decode_attention() -> bool:
     import torch.nn.functional as F
 
-    from kernels.decode_attention import decode_attention, reference_decode_attention
+    from pmat_kernels.decode_attention import decode_attention, reference_decode_attention
 
     g = torch.Generator(device="cuda").manual_seed(0)
     rows, heads, kv, d, slots = 320, 28, 4, 128, 512

@@ -1,4 +1,4 @@
-"""kernels.decode_attention: the Triton path equals the torch reference; the reference equals SDPA.
+"""pmat_kernels.decode_attention: the Triton path equals the torch reference; the reference equals SDPA.
 Tensors live on PMAT_TEST_DEVICE (tests/conftest.py): the compiled kernel gets CUDA tensors."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.decode_attention import decode_attention, reference_decode_attention
+from pmat_kernels.decode_attention import decode_attention, reference_decode_attention
 
 
 def inputs(rows: int, heads: int, kv: int, d: int, slots: int, seed: int, device: torch.device):

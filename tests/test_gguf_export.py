@@ -23,9 +23,9 @@ from engine.models.tiny import TinyConfig, build_tiny_model
 from engine.sdk.base import JobSpec
 from engine.sdk.run import params_hash, run_inline
 from engine.workspace import Workspace
-from kernels.quant import reference as R
-from kernels.quant.formats import QType
-from kernels.quant.vectorized import dequantize
+from pmat_kernels.quant import reference as R
+from pmat_kernels.quant.formats import QType
+from pmat_kernels.quant.vectorized import dequantize
 
 gguf = pytest.importorskip("gguf")
 TEXT = "def add(a, b):\n    return a + b  # 123 h\u00e9llo<|im_end|>\n<|im_start|>assistant\n"

@@ -1,4 +1,4 @@
-"""kernels._backend: one place decides torch or Triton for every kernel (auto = Triton on CUDA)."""
+"""pmat_kernels._backend: one place decides torch or Triton for every kernel (auto = Triton on CUDA)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from kernels import _backend
-from kernels import nucleus as nu
-from kernels._backend import pick_backend
-from kernels.logprob import token_logprobs
-from kernels.quant import vectorized as V
-from kernels.quant.formats import QType
+import pmat_kernels
+from pmat_kernels import _backend
+from pmat_kernels import nucleus as nu
+from pmat_kernels._backend import pick_backend
+from pmat_kernels.logprob import token_logprobs
+from pmat_kernels.quant import vectorized as V
+from pmat_kernels.quant.formats import QType
 
 
 def test_auto_is_triton_on_cuda_and_torch_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,8 +53,8 @@ def test_quantizer_auto_on_cpu_is_the_torch_path() -> None:
 
 
 def test_no_kernel_decides_the_backend_itself() -> None:
-    """The choice, the triton import and the interpreter check live in kernels/_backend.py only."""
-    root = Path(kernels.__file__).parent
+    """The choice, the triton import and the interpreter check live in pmat_kernels/_backend.py only."""
+    root = Path(pmat_kernels.__file__).parent
     for path in root.rglob("*.py"):
         if path.name in ("_backend.py", "triton_quant.py"):  # triton_quant is imported only once triton is chosen
             continue

@@ -43,3 +43,16 @@ def test_architecture_document_draws_the_contracts_floors() -> None:
     drawn = [re.sub(r"^\s*\d+\s+", "", line).split("  #")[0].strip()
              for line in block.group(1).splitlines() if line.strip()]
     assert drawn == _contract_floors()
+
+
+def test_no_top_level_package_shadows_an_installed_distribution() -> None:
+    """pmat's top-level packages must not share a name with another distribution's: a package of
+    ours named `kernels` shadowed Hugging Face's `kernels`, which transformers 5.25 imports."""
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    ours = {p.rstrip("*") for p in include}
+    assert all((ROOT / p / "__init__.py").exists() for p in ours), ours
+    clash = {p: d for p, d in packages_distributions().items() if p in ours and set(d) - {"pmat"}}
+    assert not clash, f"top-level packages shadowing installed distributions: {clash}"

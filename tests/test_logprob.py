@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.logprob import (
+from pmat_kernels.logprob import (
     cross_entropy,
     reference_cross_entropy,
     reference_token_logprobs,

@@ -20,7 +20,7 @@ from engine.models.checkpoint import open_checkpoint
 from engine.sdk.run import run_inline
 from engine.stages.merge import Params, memory_estimate
 from engine.workspace import Workspace, sha256_file
-from kernels.lora import lora_delta_ref, lora_scale, merge_lora_
+from pmat_kernels.lora import lora_delta_ref, lora_scale, merge_lora_
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

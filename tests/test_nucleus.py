@@ -1,11 +1,11 @@
-"""kernels.nucleus: the kept set is a stable-sort prefix, the draw is exact, Triton equals torch."""
+"""pmat_kernels.nucleus: the kept set is a stable-sort prefix, the draw is exact, Triton equals torch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kernels import nucleus as nu
+from pmat_kernels import nucleus as nu
 
 
 def plain_draw(logits: torch.Tensor, c: torch.Tensor, k: torch.Tensor, tp: torch.Tensor, r: torch.Tensor) -> list[int]:

@@ -16,7 +16,7 @@ from engine.models.tiny import training_corpus
 from engine.sdk.run import run_inline
 from engine.stages.prune import Params, load_calibration
 from engine.workspace import Workspace, sha256_file
-from kernels.wanda import ActNorm, nm_mask, nm_mask_ref, row_mask, row_mask_ref, wanda_scores
+from pmat_kernels.wanda import ActNorm, nm_mask, nm_mask_ref, row_mask, row_mask_ref, wanda_scores
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

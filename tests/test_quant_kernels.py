@@ -12,9 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels.quant import reference as R
-from kernels.quant import vectorized as V
-from kernels.quant.formats import QType
+from pmat_kernels.quant import reference as R
+from pmat_kernels.quant import vectorized as V
+from pmat_kernels.quant.formats import QType
 
 gguf = pytest.importorskip("gguf")
 

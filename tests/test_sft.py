@@ -230,7 +230,7 @@ def test_sigterm_saves_a_checkpoint_then_cancels(tiny_model_dir: Path, sft_data:
 
 
 def test_chunked_head_matches_full_logits_under_peft(tiny_model_dir: Path) -> None:
-    """The path TRL's trainers call (``fused_lm_head=True``) now runs kernels.logprob on labelled tokens."""
+    """The path TRL's trainers call (``fused_lm_head=True``) now runs pmat_kernels.logprob on labelled tokens."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head

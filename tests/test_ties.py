@@ -16,7 +16,7 @@ from engine.models.checkpoint_writer import ShardedWriter, copy_side_files
 from engine.sdk.run import run_inline
 from engine.stages.ties import Params
 from engine.workspace import Workspace
-from kernels.ties import (
+from pmat_kernels.ties import (
     KthLargest,
     disjoint_merge,
     elect_sign,
@@ -70,9 +70,9 @@ def test_elected_sign_rule_and_disjoint_mean_by_hand() -> None:
 
 @pytest.mark.parametrize("chunk", [7, 1 << 24])
 def test_global_threshold_matches_concatenated_reference(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kernels.ties
+    import pmat_kernels.ties
 
-    monkeypatch.setattr(kernels.ties, "_CHUNK", chunk)  # 7: ties and thresholds straddle chunk edges
+    monkeypatch.setattr(pmat_kernels.ties, "_CHUNK", chunk)  # 7: ties and thresholds straddle chunk edges
     torch.manual_seed(0)
     tensors = [torch.randn(40, 30), torch.randn(7), torch.randn(64, 12).round(decimals=1)]
     total = sum(t.numel() for t in tensors)

@@ -26,7 +26,7 @@ def _cycle(graph: grimp.ImportGraph, package: str) -> list[str] | None:
     return next((c for m in sorted(graph.modules) if (c := visit(m, []))), None)
 
 
-@pytest.mark.parametrize("package", ["pmat_tui", "kernels"])
+@pytest.mark.parametrize("package", ["pmat_tui", "pmat_kernels"])
 def test_no_import_circles(package: str) -> None:
     graph = grimp.build_graph(package, cache_dir=None)  # TYPE_CHECKING imports count too
     assert _cycle(graph, package) is None

@@ -8,12 +8,12 @@ through generic logits processors and leaves rows idle once they finish. Here:
 * a static KV cache of ``rows x max_len`` slots; each row writes at its own pointer,
   so a finished row is refilled with the next prompt while the others decode;
 * on CUDA the decode step is captured as a CUDA graph per attention-length bucket, and its
-  attention is ``kernels.decode_attention``: each row's valid slots only, the prompt's
+  attention is ``pmat_kernels.decode_attention``: each row's valid slots only, the prompt's
   prefix read from the first row of its group while that row still holds it;
 * q|k|v and gate|up weights concatenated (one wider GEMM each), in place when allowed;
 * exact top-k/top-p sampling with one counter-based uniform per (row key, step), so a
   sample's text depends only on its seed and sample index, not on its batch; 16-bit
-  logits go to ``kernels.nucleus`` (a Triton kernel on CUDA, no vocabulary sort).
+  logits go to ``pmat_kernels.nucleus`` (a Triton kernel on CUDA, no vocabulary sort).
 
 The model's own modules (norms, projections, MLP, rotary embedding) do the math; only
 the attention over the cache and its bookkeeping are written here.
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.gen.sampling import sample_rows
-from kernels._backend import pick_backend
-from kernels.decode_attention import decode_attention
+from pmat_kernels._backend import pick_backend
+from pmat_kernels.decode_attention import decode_attention
 
 ATTENTION = ("sdpa", "bmm", "triton")
 
@@ -97,7 +97,7 @@ class SlotEngine:
         if attention not in ("auto", *ATTENTION):
             raise ValueError(f"SlotEngine: attention={attention!r}; expected auto or one of {ATTENTION}")
         # decode attention: SDPA (masked, efficient kernel), plain bmm + softmax, or the Triton kernel
-        # that reads each row's valid slots only (kernels.decode_attention; auto on CUDA: 84 against
+        # that reads each row's valid slots only (pmat_kernels.decode_attention; auto on CUDA: 84 against
         # SDPA's 151 us a layer at 320 rows on an H100)
         if attention == "auto":
             pow2 = self.head_dim & (self.head_dim - 1) == 0

@@ -2,7 +2,7 @@
 
 One uniform per (row key, step) makes a sample's text depend only on its seed and
 sample index, never on the batch it lands in. Float32 logits sample by inverse CDF over
-the sorted distribution; 16-bit logits (what the model emits) take ``kernels.nucleus``:
+the sorted distribution; 16-bit logits (what the model emits) take ``pmat_kernels.nucleus``:
 the same kept set with exact integer weights, no sort, a Triton kernel on CUDA.
 """
 
@@ -12,7 +12,7 @@ import hashlib
 
 import torch
 
-from kernels import nucleus
+from pmat_kernels import nucleus
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -102,7 +102,7 @@ def sample_rows(
     first tries the best ``candidates`` logits of each row (``topk`` instead of a full
     sort): exact when every row's kept prefix lies inside them, which is checked; else the
     full sort runs. ``greedy_rows`` False skips the argmax. 16-bit logits take the sort-free
-    ``kernels.nucleus`` (the same kept set, ties by token index). Returns the tokens and whether
+    ``pmat_kernels.nucleus`` (the same kept set, ties by token index). Returns the tokens and whether
     it fell back from candidates to the full sort.
     """
     greedy = temp <= 0

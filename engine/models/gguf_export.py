@@ -26,8 +26,8 @@ import torch
 from engine.jsonl import append_jsonl, read_objects
 from engine.models.checkpoint import open_checkpoint
 from engine.models.gguf_writer import GGUFStreamWriter, GValue
-from kernels.quant.formats import BLOCK, QK_K, QType
-from kernels.quant.vectorized import dequantize, quantize
+from pmat_kernels.quant.formats import BLOCK, QK_K, QType
+from pmat_kernels.quant.vectorized import dequantize, quantize
 
 MIXES = ("f16", "q8_0", "q4_k", "q4_k_m")
 FILE_TYPE = {"f16": 1, "q8_0": 7, "q4_k": 14, "q4_k_m": 15}  # llama_ftype (q4_k reported as Q4_K_S)

@@ -13,7 +13,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from kernels.quant.formats import QType, row_bytes
+from pmat_kernels.quant.formats import QType, row_bytes
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3

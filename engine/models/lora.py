@@ -29,7 +29,7 @@ from engine.models.checkpoint_writer import (
     storage_dtype,
 )
 from engine.models.files import safetensors_header
-from kernels.lora import lora_scale, merge_lora_
+from pmat_kernels.lora import lora_scale, merge_lora_
 
 PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

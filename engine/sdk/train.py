@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from engine.sdk.base import Cancelled, StageContext, StageFailed, StageParams
 from engine.sdk.launch import rank_accum
 from engine.workspace import atomic_write_json, content_hash, seal_tree, sha256_file
-from kernels.logprob import token_logprobs
+from pmat_kernels.logprob import token_logprobs
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -176,7 +176,7 @@ def next_token_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 
 def install_chunked_head(model, chunk_size: int) -> None:
-    """Route TRL's ``fused_lm_head=True`` forward through ``kernels.logprob``.
+    """Route TRL's ``fused_lm_head=True`` forward through ``pmat_kernels.logprob``.
 
     TRL 1.x trainers call ``model(..., labels=..., fused_lm_head=True)`` and read per-token
     ``log_probs`` (+ entropy, mean logit, top-1 stats). This replaces that path (after the

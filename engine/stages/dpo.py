@@ -4,7 +4,7 @@ The pairs come from the `pairs` stage: ``prompt`` exactly as sent (chat template
 applied), ``chosen``, ``rejected``. The reference is the base with the adapter disabled,
 so an SFT adapter given as ``model`` is merged into its base first (streamed
 by ``engine.models.lora.merge_adapter`` as the `merge` kind is, into ``work_dir``). Per-token log-probs go through
-``kernels.logprob`` over completion tokens only. Before any update policy == reference,
+``pmat_kernels.logprob`` over completion tokens only. Before any update policy == reference,
 so the first loss is known exactly (sigmoid: ln 2); anything else is a broken pipeline.
 Writes a `dpo` ledger record (first/last loss, margins, accuracies) for AC-020.
 """

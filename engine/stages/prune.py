@@ -23,7 +23,7 @@ from pydantic import model_validator
 from engine.models.checkpoint import open_checkpoint
 from engine.models.checkpoint_writer import ShardedWriter, copy_side_files
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from kernels.wanda import ActNorm, prune_mask, wanda_scores
+from pmat_kernels.wanda import ActNorm, prune_mask, wanda_scores
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -25,9 +25,9 @@ from engine.models.checkpoint import model_dir_hash, open_checkpoint
 from engine.models.gguf_export import export_gguf, plan
 from engine.sdk.base import StageContext, StageFailed, StageParams
 from engine.workspace import atomic_write_json
-from kernels._backend import pick_backend
-from kernels.quant.formats import QType
-from kernels.quant.vectorized import quantize
+from pmat_kernels._backend import pick_backend
+from pmat_kernels.quant.formats import QType
+from pmat_kernels.quant.vectorized import quantize
 
 CHECK_TEXT = (
     "<|im_start|>user\nWrite a function that returns the 3 largest numbers, e.g. [10, 250, 7].<|im_end|>\n"

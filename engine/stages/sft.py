@@ -2,7 +2,7 @@
 
 QLoRA (NF4 base through bitsandbytes) when CUDA and bitsandbytes are present, plain LoRA
 otherwise; loss on completion tokens only; per-token log-probs through
-``kernels.logprob`` (no full-vocabulary logits). Every hyperparameter comes from the spec.
+``pmat_kernels.logprob`` (no full-vocabulary logits). Every hyperparameter comes from the spec.
 A first logged loss above ln(vocab) + 1 fails the stage: that is a broken pipeline
 (misaligned labels, wrong tokenizer), not a bad run. Checkpoints every ``save_steps``;
 a killed job resumes from the last complete one.

@@ -31,7 +31,7 @@ from engine.models.checkpoint_writer import (
 )
 from engine.models.lora import ADAPTER_CONFIG, LoraAdapter, load_adapter
 from engine.sdk.base import StageContext, StageFailed, StageParams
-from kernels.ties import KthLargest, disjoint_merge, sign_conflicts, slerp, trim_mask
+from pmat_kernels.ties import KthLargest, disjoint_merge, sign_conflicts, slerp, trim_mask
 
 SPECIALIST = "model_"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kernels._backend import interpreted, require_triton, tl, triton
+from pmat_kernels._backend import interpreted, require_triton, tl, triton
 
 
 def reference_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,

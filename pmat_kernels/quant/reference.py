@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from kernels.quant.formats import GROUP_MAX_EPS, MAGIC, QK_K
+from pmat_kernels.quant.formats import GROUP_MAX_EPS, MAGIC, QK_K
 
 F = np.float32
 _MAGIC = F(MAGIC)

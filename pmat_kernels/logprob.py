@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kernels._backend import pick_backend, require_triton, tile, tl, triton
+from pmat_kernels._backend import pick_backend, require_triton, tile, tl, triton
 
 IGNORE_INDEX = -100
 

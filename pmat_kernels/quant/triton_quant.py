@@ -6,7 +6,7 @@ element ``i`` of neighbouring sub-blocks is contiguous (coalesced loads). Sums r
 element at a time as in the C code; divisions and square roots use the IEEE-rounded
 ``div_rn`` / ``sqrt_rn`` and kernels launch with ``enable_fp_fusion=False`` so no multiply
 and add is contracted into an FMA. Packing and the final code pass stay in torch
-(``kernels.quant.vectorized``), which is exact element-wise on any device.
+(``pmat_kernels.quant.vectorized``), which is exact element-wise on any device.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.quant.formats import GROUP_MAX_EPS
-from kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
+from pmat_kernels.quant.formats import GROUP_MAX_EPS
+from pmat_kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
 
 _BLOCK = 128
 

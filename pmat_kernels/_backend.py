@@ -1,4 +1,4 @@
-"""Which implementation a kernel runs, decided once for every kernel in ``kernels/``.
+"""Which implementation a kernel runs, decided once for every kernel in ``pmat_kernels/``.
 
 ``auto`` means the Triton kernel on a CUDA device (where it is compiled, and faster) and the
 plain torch reference everywhere else; ``torch`` and ``triton`` force one. Triton kernels are

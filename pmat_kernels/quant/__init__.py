@@ -5,7 +5,7 @@ quantizers), ``vectorized`` (torch, CPU or GPU) and ``triton`` (the GPU kernel f
 scale searches). Use :func:`quantize` / :func:`dequantize`.
 """
 
-from kernels.quant.formats import BLOCK, QK_K, QType, parse_qtype, row_bytes
-from kernels.quant.vectorized import dequantize, quantize
+from pmat_kernels.quant.formats import BLOCK, QK_K, QType, parse_qtype, row_bytes
+from pmat_kernels.quant.vectorized import dequantize, quantize
 
 __all__ = ["BLOCK", "QK_K", "QType", "dequantize", "parse_qtype", "quantize", "row_bytes"]

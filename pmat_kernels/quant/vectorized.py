@@ -1,4 +1,4 @@
-"""Vectorized torch path: the same bytes as ``kernels.quant.reference``, many blocks at once.
+"""Vectorized torch path: the same bytes as ``pmat_kernels.quant.reference``, many blocks at once.
 
 Bit identity needs the reference's float32 rounding at every step, so:
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kernels._backend import pick_backend
-from kernels.quant.formats import BLOCK, GROUP_MAX_EPS, MAGIC, QK_K, QType, row_bytes
-from kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
+from pmat_kernels._backend import pick_backend
+from pmat_kernels.quant.formats import BLOCK, GROUP_MAX_EPS, MAGIC, QK_K, QType, row_bytes
+from pmat_kernels.quant.trials import Q4K_TRIALS, Q6K_TRIALS
 
 EPS = float(np.float32(GROUP_MAX_EPS))  # compared in float32, as ggml does
 
@@ -292,10 +292,10 @@ _DEQUANT = {
 
 def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
     """Quantize a float32 tensor (numel a multiple of the block) to ``[n_blocks, bytes]``;
-    ``backend`` as ``kernels._backend.pick_backend`` reads it (the bytes are the same)."""
+    ``backend`` as ``pmat_kernels._backend.pick_backend`` reads it (the bytes are the same)."""
     backend = pick_backend("quantization", backend, x.device)
     if qtype == QType.Q8_0 and backend == "triton":
-        from kernels.quant import triton_quant
+        from pmat_kernels.quant import triton_quant
 
         return triton_quant.quantize_q8_0(x)
     if qtype == QType.Q8_0:
@@ -303,7 +303,7 @@ def quantize_blocks(x: Tensor, qtype: QType, backend: str = "torch") -> Tensor:
     if qtype == QType.Q5_0:
         return quantize_q5_0(x)
     if backend == "triton":
-        from kernels.quant import triton_quant
+        from pmat_kernels.quant import triton_quant
 
         q4, q6 = triton_quant.q4k_search, triton_quant.q6k_search
     else:

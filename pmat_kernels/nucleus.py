@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from kernels._backend import pick_backend, require_triton, tile, tl, triton
+from pmat_kernels._backend import pick_backend, require_triton, tile, tl, triton
 
 WEIGHT_BITS = 40  # a token's weight is at most 2**40; 152k of them sum below 2**58
 U_BITS = 24  # the uniform and top_p are fixed-point with 24 fractional bits
