@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.approvals import stage_evidence
+from engine.eta import profiles
 from engine.gates import evaluate_gates
 from engine.inbox import COMMANDS, send_command, supervisor_identity
 from engine.memory import MemorySnapshot, admission_headroom, snapshot
@@ -115,6 +116,7 @@ class ConsoleModel:
     ) -> None:
         self.ws = ws
         self.spec = spec or load_spec_fast(ws.spec_path, check_params=False)
+        self.profiles = profiles(self.spec)  # measured phases for the ETAs, read once
         self.readonly = readonly
         self.now = now or time.time
         self.memory_probe = memory_probe or snapshot
@@ -163,7 +165,7 @@ class ConsoleModel:
             row = self.rows.get(a.stage)
             if row is None or row.job_id != a.job_id:
                 continue
-            e = estimate(self.state.stage(a.stage), now)
+            e = estimate(self.state.stage(a.stage), now, self.profiles.get(a.stage))
             row.done, row.total, row.unit = a.done, a.total, a.unit
             row.rate_per_h = e.rate * 3600 if e.rate else None
             row.eta_s, row.eta_pm_s = e.eta_s, e.pm_s

@@ -39,9 +39,9 @@ class JobsScreen(ViewScreen):
         for a in jobs:
             card = self._cards[a.job_id]
             if card.is_mounted:
-                card.update_job(a, m.state.stage(a.stage), now)
+                card.update_job(a, m.state.stage(a.stage), now, m.profiles.get(a.stage))
             else:
-                card.call_after_refresh(card.update_job, a, m.state.stage(a.stage), now)
+                card.call_after_refresh(card.update_job, a, m.state.stage(a.stage), now, m.profiles.get(a.stage))
         if jobs and self.focused is None:
             first = self._cards[jobs[0].job_id]
             first.call_after_refresh(first.focus)

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
 
+from engine.eta import Profile
 from engine.overview import attempt_placement, estimate
 from engine.state import Attempt, StageState
 from pmat_tui.fmt import fmt_bytes, fmt_duration, fmt_num, fmt_rate
@@ -47,7 +48,7 @@ class JobCard(Guarded, Vertical, can_focus=True):
         self._shown[selector] = value
         self.query_one(selector, Label).update(value)  # type: ignore[arg-type]
 
-    def update_job(self, a: Attempt, st: StageState, now: float) -> None:
+    def update_job(self, a: Attempt, st: StageState, now: float, profile: Profile | None = None) -> None:
         if not self.is_attached:  # replaced by a newer set of cards before this ran
             return
         status = a.outcome or ("running" if a.running else "queued")
@@ -66,7 +67,7 @@ class JobCard(Guarded, Vertical, can_focus=True):
             bar.update(total=a.total, progress=a.done)
         count = f"{fmt_num(a.done)}/{fmt_num(a.total)} {a.unit}" if a.total else f"{fmt_num(a.done)} {a.unit}"
         self._set(".job-count", count)
-        e = estimate(st, now) if a is st.latest else None
+        e = estimate(st, now, profile) if a is st.latest else None
         elapsed = ((a.finished_at or now) - a.started_at) if a.started_at else None
         gpu = fmt_bytes(a.gpu) if a.gpu is not None else "-"
         eta = (eta_text(e.eta_s, e.pm_s) or "after 2 steps") if e and a.running else "-"
