@@ -60,5 +60,6 @@ def overhead(model_dir: Path) -> tuple[float, int]:
     torch.cuda.memory.empty_cache()
     return extra, weights
 
+
 if __name__ == "__main__":
     main()
