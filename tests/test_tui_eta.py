@@ -53,3 +53,23 @@ def test_critical_path_ties_go_to_the_first_stage_and_jitter_does_not_flip_it(tm
     paths = {tuple(critical_path(spec, state, remaining=True, left_h={"a": 0.5 * (1 + j), "b": 0.5 * (1 - j)})[0])
              for j in (0.001, -0.001, 0.002, -0.002)}
     assert paths == {("a", "end")}
+
+
+def test_running_rows_keep_the_measured_phases_between_rebuilds(tmp_path) -> None:
+    """The console's rows are rebuilt with build_overview and updated every tick in between: both
+    use the stage's measured phases (a rehearsal's), so its ETA does not flip between two models."""
+    import yaml
+
+    from pmat_tui.fixture import FIXTURE_NOW, write_fixture
+    from pmat_tui.model import ConsoleModel
+
+    ws = write_fixture(tmp_path / "ws")
+    spec = yaml.safe_load(ws.spec_path.read_text())
+    ws.spec_path.write_text(yaml.safe_dump({**spec, "name": "pmat-rehearsal"}, sort_keys=False))  # measured stages
+    model = ConsoleModel(ws, readonly=True, now=lambda: FIXTURE_NOW)
+    model.refresh(force=True)
+    rebuilt = {s: model.rows[s].eta_s for s in ("sft", "sample")}
+    units_only = {s: estimate(model.state.stage(s), FIXTURE_NOW).eta_s for s in rebuilt}
+    assert model.profiles.keys() >= rebuilt.keys() and rebuilt != units_only  # the phases change these ETAs
+    model._update_running_rows()
+    assert {s: model.rows[s].eta_s for s in rebuilt} == rebuilt
