@@ -22,7 +22,8 @@ from bench.decontam import (
 from engine.data import humaneval, mbpp
 from engine.data.codegrams import normalise
 from engine.data.codeshape import canonical
-from engine.data.decontam import DecontamIndex, eval_index, is_pair, literals
+from engine.data.decontam import DecontamIndex, eval_index
+from engine.data.example_literals import is_pair, literals
 
 ROOT = Path(__file__).resolve().parents[1]
 

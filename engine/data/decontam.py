@@ -23,7 +23,7 @@ problem's task id:
   that body and little else is the solution;
 * ``examples``: the row holds most of the literal values of a problem's examples or test
   asserts (``[1.0, 2.8, 3.0], 0.3``, ``'Hello world'``), or most of its calls with their results
-  (``f(3, 7) == 1``), normalised (quotes, spacing, tuple or list), however the examples are
+  (``f(3, 7) == 1``), normalised (quotes, spacing, tuple or list: engine/data/example_literals.py), however the examples are
   worded around them and whatever the function is called.
 
 Code is put in canonical shape first (engine/data/codeshape.py): junk statements dropped,
@@ -46,6 +46,7 @@ from typing import Any
 
 from engine.data.codegrams import CodeIndex, normalise
 from engine.data.codeshape import canonical
+from engine.data.example_literals import is_pair, literal_size, literals
 
 WORD = re.compile(r"[a-z0-9_]+")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -109,15 +110,6 @@ NAMED_CODE = 0.9  # code too short to be evidence alone counts when nearly all o
 EXAMPLES_FLOOR, EXAMPLE_SIZE = (0.5, 11.0, 2), 8
 BODY_SHARE, BODY_MIN = 0.75, 4  # a piece of a row that is (75%+ of its tokens) a whole solution body of 4+ tokens
 FENCED = re.compile(r"```[^\n`]*\n([\s\S]*?)```")
-QUOTED = re.compile(r"""(?<![\w'"])(['"])([^'"\n]*)\1""")  # a quoted literal, not an apostrophe (it's)
-NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
-BRACKET = re.compile(r"[()\[\]{}]")
-LITERAL_NEST = 4  # brackets inside brackets: deeper spans are not read as literals
-CONSTANT = re.compile(r"(?<![\w.])(?:True|False|None)(?![\w.])")
-# what may stand between a call and the result written after it (a doctest puts it on the next line)
-RESULT_SEP = re.compile(r"[ \t]*(?:==>|==|=>|->|\u279e|\u2192|=|:)?[ \t]*\n?[ \t]*(?:(?:returns?|gives?|is|should"
-                        r" (?:be|return|give)|yields?|outputs?|evaluates to)[ \t]+)?")
-LITERAL_CHARS = re.compile(r"[\s\d.,:+\-eEjx'\"()\[\]{}TrueFalsNon]*")  # a bracketed span worth literal_eval
 
 
 @dataclass(frozen=True)
@@ -275,86 +267,6 @@ def tokens_of(code: str) -> list[str]:
     while hi > lo and stream[hi - 1] == ";":
         hi -= 1
     return stream[lo:hi]
-
-
-def literal_key(value: Any) -> Any:
-    """A literal in one form whatever its spelling: quotes and spacing gone, tuple = list, 1 = 1.0."""
-    if isinstance(value, (list, tuple)):
-        return ("seq", tuple(literal_key(v) for v in value))
-    if isinstance(value, (set, frozenset)):
-        return ("set", frozenset(literal_key(v) for v in value))
-    if isinstance(value, dict):
-        return ("map", frozenset(("seq", (literal_key(k), literal_key(v))) for k, v in value.items()))
-    if isinstance(value, str):
-        return " ".join(value.split())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return ("float", repr(value))  # as written: [1.0, 2.0] is not [1, 2]
-    return ("const", repr(value))  # True, None, bytes, inf: kept apart from the numbers they equal
-
-
-def literal_size(key: Any) -> int:
-    """Characters a literal takes to write (items and their separators): how specific it is."""
-    if isinstance(key, (str, int)):
-        return len(key) + 2 if isinstance(key, str) else len(repr(key))  # a string with its quotes
-    if key[0] in ("const", "float"):
-        return len(key[1]) if key[0] == "float" else 0
-    return sum(literal_size(k) + 1 for k in key[1])
-
-
-def telling(key: Any) -> bool:
-    """A literal that can tell examples apart: 3+ characters of text or of a number, or 2+ items."""
-    if isinstance(key, (str, int)):
-        return len(key if isinstance(key, str) else repr(key)) >= 3
-    if key[0] == "float":
-        return not float(key[1]).is_integer() and literal_size(key) >= 3  # 0.5 tells, 2.0 does not
-    return key[0] != "const" and len(key[1]) >= 2
-
-
-def is_pair(key: Any) -> bool:
-    """A call's arguments with its result (:func:`literals`)."""
-    return isinstance(key, tuple) and key[0] == "pair"
-
-
-def literals(text: str) -> set[Any]:
-    """The telling literal values written in ``text`` (prose, doctests, asserts, tables): quoted strings,
-    numbers, every bracketed span that is a Python literal (call arguments as one tuple too), and each call's
-    arguments with the result written after it (``f(3, 7) == 1``, ``>>> f(3, 7)`` + ``1``, ``f(3, 7) -> 1``)
-    as one ``pair``, whatever the function is called."""
-    at: dict[int, Any] = {m.start(): literal_key(m.group(2)) for m in QUOTED.finditer(text)}  # start -> value
-    at.update((m.start(), literal_key(float(n) if any(c in n for c in ".eE") else int(n)))
-              for m in NUMBER.finditer(text) if (n := m.group()))
-    at.update((m.start(), literal_key(ast.literal_eval(m.group()))) for m in CONSTANT.finditer(text))
-    masked = QUOTED.sub(lambda m: m.group(1) + "x" * len(m.group(2)) + m.group(1), text)  # brackets in strings
-    calls: list[tuple[int, Any]] = []  # (end, arguments) of spans written as a call
-    opened: list[list[int]] = []  # [start, nesting depth inside]
-    for m in BRACKET.finditer(masked):
-        if m.group() in "([{":
-            opened.append([m.start(), 0])
-            continue
-        if not opened:
-            continue
-        start, inner = opened.pop()
-        if opened:
-            opened[-1][1] = max(opened[-1][1], inner + 1)
-        span = masked[start:m.end()]
-        # a character lies in at most LITERAL_NEST read spans: linear time whatever the nesting of a hostile row
-        if inner >= LITERAL_NEST or len(span) > 2000 or not LITERAL_CHARS.fullmatch(span) \
-                or not any(c.isdigit() or c in "'\"" for c in span):
-            continue
-        try:
-            at[start] = literal_key(ast.literal_eval(text[start:m.end()]))
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if span[0] == "(" and start and (masked[start - 1].isalnum() or masked[start - 1] == "_"):
-            calls.append((m.end(), at[start]))
-    found = set(at.values())
-    for end, args in calls:
-        result = at.get(RESULT_SEP.match(text, end).end())  # type: ignore[union-attr]  # matches the empty string
-        if result is not None:
-            found.add(("pair", (args, result)))
-    return {k for k in found if telling(k)}
 
 
 def leaves(row: Any) -> list[str]:
