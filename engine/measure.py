@@ -7,10 +7,11 @@ running jobs' reservations (admission must keep it within the budget) and the di
 space. ``report`` folds the samples and the journal into one record per stage: peak GPU,
 peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
 throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
-the declarations: memory_gb = footprint x 1.15 rounded up to 0.1 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
+the declarations: memory_gb = footprint x 1.15 rounded up to 0.05 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
 <= declared <= 1.25 x measured, and a rerun whose peak grows up to 15% still fits), duration_h = wall time;
 over several folded runs (``fold`` keeps them) the largest footprint, capped at 1.25 x the smallest
-where that still covers the largest. Each stage's start-up, unit time, tail and step
+where that still covers the largest. A run whose record carries ``memory_excluded`` (the reason: its
+code has changed since, or the sampler missed the peak) still times the stage but no longer sizes it. Each stage's start-up, unit time, tail and step
 (``engine.eta.phases``; the median of the runs) are what the console's ETA adds to its progress
 units when the same pipeline runs again.
 """
@@ -34,6 +35,7 @@ from engine.workspace import Workspace, atomic_write_json
 GIB = 1 << 30  # the unit of the spec's memory_gb (the supervisor admits in GiB)
 HEADROOM = 1.15  # declared / measured: a rerun's peak may grow 15%; <= 1.25 even after rounding up
 SAMPLE_S = 1.0
+PER_GIB = 20  # declarations are whole twentieths of a GiB (0.05): fine enough for a 0.6 GiB stage
 
 
 def _children(pid: int) -> list[int]:
@@ -160,6 +162,11 @@ def runs(m: dict[str, Any]) -> list[dict[str, Any]]:
     return list(m.get("runs") or [{k: m[k] for k in RUN_KEYS if k in m}])
 
 
+def sizing_runs(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs whose peaks size the stage: all but those marked ``memory_excluded``."""
+    return [r for r in runs(m) if not r.get("memory_excluded")]
+
+
 def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The declarations measured runs give: memory_gb and duration_h per stage that finished,
     from the largest footprint and wall time of the stage's runs (a rerun may be heavier)."""
@@ -167,25 +174,27 @@ def derive(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
     for name, m in measured["stages"].items():
         if m.get("status") != "done" or m.get("wall_s") is None:
             continue
-        rs = runs(m)
-        foot, wall = max(r["footprint_gib"] for r in rs), max(r["wall_s"] for r in rs)
-        mem = max(0.1, math.ceil(foot * HEADROOM * 10) / 10)
-        cap = math.floor(1.25 * max(min(r["footprint_gib"] for r in rs), 0.4) * 10) / 10
-        if cap >= foot:  # within [measured, 1.25 x measured] of every run where one value can be
+        feet = [r["footprint_gib"] for r in sizing_runs(m)]
+        if not feet:  # every run excluded: nothing sizes it
+            continue
+        wall = max(r["wall_s"] for r in runs(m))
+        mem = max(1, math.ceil(round(max(feet) * HEADROOM * PER_GIB, 6)))
+        cap = math.floor(round(1.25 * max(min(feet), 0.4) * PER_GIB, 6))
+        if cap >= max(feet) * PER_GIB:  # within [measured, 1.25 x measured] of every run where one value can be
             mem = min(mem, cap)
-        out[name] = {"memory_gb": mem,
+        out[name] = {"memory_gb": mem / PER_GIB,
                      "duration_h": max(0.001, round(wall / 3600, 4))}
     return out
 
 
 def check(measured: dict[str, Any]) -> list[str]:
-    """Stages whose declaration is not within [measured peak, 1.25 x measured peak], each run."""
+    """Stages whose declaration is not within [measured peak, 1.25 x measured peak] of each sizing run."""
     bad = []
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
             continue
         declared = m["declared_memory_gb"]
-        for r in runs(m):
+        for r in sizing_runs(m):
             peak = r["footprint_gib"]
             if not peak <= declared <= 1.25 * max(peak, 0.4):
                 bad.append(f"{name}: declared {declared:g} GiB, measured {peak:.2f} GiB")

@@ -8,6 +8,8 @@ the spec's memory_gb/duration_h derive from) and prints a table.
 
 ``--shape STUDENT,TEACHER`` (e.g. ``tiny,tiny``) rehearses the same DAG on small shapes: the
 tests run it on a CPU. ``--report`` only folds an existing workspace's measurements.
+`pmat declare DATA SPEC` writes the declarations a measured data file gives
+(``engine.measure.derive``) into a spec's stages, its comments and anchors kept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from engine.cli._common import BadInput
 from engine.spec import load_spec, pipeline_path
 from engine.workspace import UnsafeWorkspace, Workspace
 
-COMMANDS = ("rehearse",)
+COMMANDS = ("rehearse", "declare")
 REHEARSAL_APPROVER = "pmat rehearse"
 REHEARSAL_OVERRIDE = "rehearsal: random weights fail the real gates by design"
 
@@ -115,6 +117,38 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_declare(args: argparse.Namespace) -> int:
+    from engine.declarations import DeclarationError, apply
+    from engine.measure import check, derive
+    from engine.spec import SpecError, parse_spec
+    from engine.workspace import atomic_write_bytes
+
+    try:
+        data = json.loads(args.data.read_text())
+        stages = data["stages"]
+        derived = derive(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(f"{args.data}: not a measured data file ({exc!r})") from None
+    try:
+        text = args.spec.read_text()
+        new = apply(text, derived)
+        spec = parse_spec(yaml.safe_load(new), str(args.spec))  # the spec as written must still load
+    except OSError as exc:
+        raise BadInput(f"{args.spec}: cannot read the spec ({exc})") from None
+    except (DeclarationError, yaml.YAMLError) as exc:
+        raise BadInput(f"{args.spec}: {str(exc).splitlines()[0]}") from None
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+    if new != text:
+        atomic_write_bytes(args.spec, new.encode())
+    declared = {n: {**m, "declared_memory_gb": spec.stages[n].memory_gb} for n, m in stages.items()
+                if m.get("status") == "done" and n in spec.stages}
+    print(f"{args.spec}: {len(declared)} stages declared from {args.data}" + (" (unchanged)" if new == text else ""))
+    for line in check({"stages": declared}):
+        print(f"no single value within [measured, 1.25 x measured] of every run: {line}")
+    return 0
+
+
 def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("rehearse", help="run the PMAT DAG at real shapes on random weights and measure each stage")
     p.add_argument("--workspace", "-w", type=Path, default=Path("rehearsal-workspace"))
@@ -124,4 +158,8 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-into", type=Path, help="also fold the run's measurements into this data file "
                    "(engine/pipelines/data/rehearsal-measured.json: the ETA's phases and the declarations come from it)")
     p.set_defaults(func=cmd_rehearse)
+    p = subs.add_parser("declare", help="write a measured data file's memory_gb and duration_h into a spec's stages")
+    p.add_argument("data", type=Path, help="the measured data file (e.g. engine/pipelines/data/rehearsal-measured.json)")
+    p.add_argument("spec", type=Path, help="the pipeline spec whose stages get the declarations (edited in place)")
+    p.set_defaults(func=cmd_declare)
 
