@@ -1,10 +1,11 @@
 """Per-stage measurements of a run, stored as data the spec's memory_gb/duration_h derive from.
 
-A ``Monitor`` thread samples, once a second, every running job's process tree: host RSS
+A ``Monitor`` thread samples, four times a second, every running job's process tree: host RSS
 (/proc) and device memory (NVML per process: what the driver holds, the caching allocator's
-reserve and the CUDA context included), the console's ETA for the stage, the sum of the
-running jobs' reservations (admission must keep it within the budget) and the disk's free
-space. ``report`` folds the samples and the journal into one record per stage: peak GPU,
+reserve and the CUDA context included), the sum of the running jobs' reservations (admission
+must keep it within the budget) and the disk's free space; once a second also the console's ETA
+for the stage (what a user reads; building it costs more). A short peak, such as a sandbox pool
+alive for two seconds, is seen eight times instead of twice (or once). ``report`` folds the samples and the journal into one record per stage: peak GPU,
 peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
 throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
 the declarations: memory_gb = footprint x 1.15 rounded up to 0.05 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
@@ -34,7 +35,8 @@ from engine.workspace import Workspace, atomic_write_json
 
 GIB = 1 << 30  # the unit of the spec's memory_gb (the supervisor admits in GiB)
 HEADROOM = 1.15  # declared / measured: a rerun's peak may grow 15%; <= 1.25 even after rounding up
-SAMPLE_S = 1.0
+SAMPLE_S = 0.25  # seconds between memory samples
+ETA_EVERY = 4  # samples: the console's ETA once a second
 PER_GIB = 20  # declarations are whole twentieths of a GiB (0.05): fine enough for a 0.6 GiB stage
 
 
@@ -68,12 +70,12 @@ class Monitor(threading.Thread):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stop = threading.Event()
 
-    def sample(self, state: PipelineState) -> dict[str, Any]:
+    def sample(self, state: PipelineState, with_eta: bool = True) -> dict[str, Any]:
         from engine.overview import build_overview
 
         state.refresh()
         etas = {r.stage: (r.eta_s, r.done, r.total) for r in build_overview(self.ws, self.spec, state).rows
-                if r.status == "running"}
+                if r.status == "running"} if with_eta else {}
         gpu = gpu_by_pid()
         jobs = {}
         for a in state.running():
@@ -90,11 +92,13 @@ class Monitor(threading.Thread):
 
     def run(self) -> None:
         state = PipelineState(self.ws)
+        n = 0
         while not self.stop.wait(SAMPLE_S):
             try:
-                append_jsonl(self.path, [self.sample(state)])
+                append_jsonl(self.path, [self.sample(state, with_eta=n % ETA_EVERY == 0)])
             except Exception as exc:  # noqa: BLE001 - a failed sample is a gap, not the end
                 append_jsonl(self.path, [{"t": time.time(), "error": repr(exc)}])
+            n += 1
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
