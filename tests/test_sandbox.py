@@ -14,7 +14,8 @@ import pytest
 
 from engine.sandbox import landlock
 from engine.sandbox.literal import Unsupported, split
-from engine.sandbox.pool import Job, Limits, SandboxPool, verdict_from
+from engine.sandbox.pool import Job, Limits, SandboxPool
+from engine.sandbox.slot import verdict_from
 
 ADD = "def add(a, b):\n    return a + b\n"
 TEST = "assert add(1, 2) == 3\n"
@@ -344,7 +345,7 @@ def test_per_call_deadline(pool: SandboxPool) -> None:
 
 def test_isolation_layers_are_reported_and_missing_ones_named(pool: SandboxPool) -> None:
     from engine.sandbox import check_line, isolation_layers
-    from engine.sandbox.pool import missing_layers
+    from engine.sandbox.isolation import missing_layers
 
     info = pool.isolation()
     assert "audit-hook" in info["layers"] and info["missing"] == missing_layers(info["layers"])
@@ -511,7 +512,7 @@ def test_a_malformed_reply_is_a_clean_verdict(pool: SandboxPool) -> None:
 
 def test_no_kernel_layer_means_check_refuses() -> None:
     """`pmat check` refuses a host where only the audit hook would confine programs."""
-    from engine.sandbox.pool import kernel_isolated
+    from engine.sandbox.isolation import kernel_isolated
 
     assert not kernel_isolated(["own-uid", "rlimits", "audit-hook", "scrubbed-env", "tests-outside-program"])
     assert kernel_isolated(["seccomp", "audit-hook"]) and kernel_isolated(["landlock-abi-1"])

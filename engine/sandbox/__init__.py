@@ -2,8 +2,9 @@
 
 Processes, per pool slot:
 
-- the manager (``pool.SandboxPool``, in the caller) dispatches jobs, enforces the wall
-  clock by SIGKILL, and turns anything that goes wrong into a verdict;
+- the manager (``pool.SandboxPool``, in the caller) dispatches jobs (``jobs.py``) to its
+  slots (``slot.py``), enforces the wall clock by SIGKILL, and turns anything that goes wrong
+  into a verdict;
 - a warm template (``template.py``), started inside bubblewrap (``bwrap.py``: its own
   root without site-packages, home or workspace; pid, network and IPC namespaces; the
   work area a size-limited tmpfs) where the host has it, else in a network namespace. It
@@ -21,7 +22,8 @@ Processes, per pool slot:
 Only plain data crosses the socket (``wire.py``), materialised as the types the program
 returned and decoded under budgets, so asserts compare values the trusted side built
 itself. A verdict counts only when the template's report carries the nonce the manager
-gave it for that job; each names the isolation layers that were active.
+gave it for that job; each names the isolation layers that were active (``isolation.py``:
+which ones this host gives, and what is missing).
 
 Tests that come with a ``pmat sandbox`` file are read as data (``literal.py``), never run.
 """
@@ -35,13 +37,13 @@ def isolation_layers() -> dict[str, Any]:
     """The isolation layers a pool started now on this host would have (``layers``), and what
     is missing (``missing``), and whether any kernel-enforced layer is there (``kernel``),
     without starting one."""
-    from engine.sandbox.pool import isolation_layers as layers
+    from engine.sandbox.isolation import isolation_layers as layers
 
     return layers()
 
 
 def check_line() -> str | None:
     """One line for ``pmat check`` when an isolation layer is missing here; None when all are."""
-    from engine.sandbox.pool import check_line as line
+    from engine.sandbox.isolation import check_line as line
 
     return line()
