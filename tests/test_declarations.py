@@ -90,7 +90,9 @@ def test_pmat_declare_writes_the_spec_and_names_bad_input(tmp_path: Path) -> Non
     assert (stages["student"]["memory_gb"], stages["teacher"]["memory_gb"]) == (4.6, 0.65)
     assert "2 stages declared" in done.stdout and spec.read_text().startswith("# The PMAT DAG")
     before = spec.read_text()
-    for bad_data, named in (("{not json", str(data)), (json.dumps({"stages": {"zz": _stage(1.0)}}), "'zz'")):
+    for bad_data, named in (("{not json", str(data)), (json.dumps({"stages": {"zz": _stage(1.0)}}), "'zz'"),
+                            ("[1]", "'stages' mapping"),
+                            (json.dumps({"stages": {"sft": {"status": "done", "wall_s": 1}}}), "'footprint_gib'")):
         data.write_text(bad_data)
         bad = declare(data, spec)
         assert bad.returncode != 0 and named in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ from textual.widgets import Static
 from pmat_tui.app import PmatApp
 from pmat_tui.fixture import FIXTURE_NOW, fixture_memory, write_fixture
 from pmat_tui.screens.help import HelpScreen, key_rows
+from pmat_tui.screens.log import LogScreen
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,10 @@ class WithExtraKeys(PmatApp):
 
 
 def _listed(app: PmatApp) -> dict[str, str]:
-    """Each key display -> the help text of its row."""
-    return {key: text for keys, text in key_rows(app) for key in keys.split(" ")}
+    """Each key display -> the help text of its row (a screen's row, "Log view: f / ...", holds that
+    screen's keys, not the app's)."""
+    return {key: text for keys, text in key_rows(app) if ": " not in keys
+            for key in keys.split(" ")}
 
 
 def test_every_binding_of_the_app_is_in_the_help(ws) -> None:
@@ -39,6 +42,15 @@ def test_every_binding_of_the_app_is_in_the_help(ws) -> None:
         assert listed.get(app.get_key_display(b)) == (b.tooltip or b.description), b
     assert listed["?"] == "this help" and listed["Esc"].startswith("back")
     assert ("1 2 3 4 5", "views: DAG, Jobs, Memory, Gates, Log") in key_rows(app)
+
+
+def test_every_key_of_the_log_view_is_in_the_help(ws) -> None:
+    """Its row is read from LogScreen's bindings (the hand-written row had left out `o`, stdout)."""
+    app = PmatApp(ws, watch=False)
+    keys, does = next(r for r in key_rows(app) if r[0].startswith("Log view: "))
+    for b in Binding.make_bindings(LogScreen.BINDINGS):
+        if b.key != "escape":
+            assert app.get_key_display(b) in keys.split()[2:] and (b.tooltip or b.description) in does, b
 
 
 def test_a_binding_added_to_the_app_shows_in_the_help(ws) -> None:

@@ -119,16 +119,25 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
 def cmd_declare(args: argparse.Namespace) -> int:
     from engine.declarations import DeclarationError, apply
-    from engine.measure import check, derive
+    from engine.measure import check, derive, runs
     from engine.spec import SpecError, parse_spec
     from engine.workspace import atomic_write_bytes
 
     try:
         data = json.loads(args.data.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise BadInput(f"{args.data}: expected a JSON object with a 'stages' mapping (a measured data file)")
         stages = data["stages"]
+        for name, m in stages.items():
+            for k, r in enumerate(runs(m) if m.get("status") == "done" else []):
+                bad = [key for key in ("footprint_gib", "wall_s") if not isinstance(r.get(key), (int, float))]
+                if bad:
+                    raise BadInput(f"{args.data}: stage {name!r}, run {k + 1}: no number for {bad[0]!r}")
         derived = derive(data)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BadInput(f"{args.data}: not a measured data file ({exc!r})") from None
+    except OSError as exc:
+        raise BadInput(f"{args.data}: cannot read the measured data file ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(f"{args.data}: not a measured data file ({type(exc).__name__}: {exc})") from None
     try:
         text = args.spec.read_text()
         new = apply(text, derived)

@@ -6,22 +6,29 @@ from rich.table import Table
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
+from pmat_tui.screens.log import LogScreen
+
 # Keys the views and their widgets handle themselves (not app bindings): each list is shown
-# after the row of the app key named.
+# after the row of the app key named. The log view's own bindings are read from its screen.
 VIEW_KEYS: dict[str, list[tuple[str, str]]] = {
     "1": [
         ("j k / arrows", "move in every view (no mouse needed); tab moves between panels"),
         ("Enter", "open what is under the cursor: a stage's or job's log, a gate's stage, a work item's fold"),
     ],
     "escape": [("space", "DAG: fold or unfold a work item (done ones fold by themselves)")],
-    "o": [
-        ("ctrl+p", "command palette: every action on every stage"),
-        ("Log view: f / p [ ] s v", "follow/pause, filter, pretty JSON, prev/next job, journal, every event"),
-    ],
+    "o": [("ctrl+p", "command palette: every action on every stage")],
 }
+SCREEN_KEYS_AFTER = {"o": [("Log view", LogScreen)]}  # a screen's bindings as one row, after the app key named
+
+
+def screen_row(app: App, title: str, screen: type[Screen]) -> tuple[str, str]:
+    """One row for a screen's own bindings (its way back, Esc, is the app's row)."""
+    bindings = [b for b in Binding.make_bindings(screen.BINDINGS) if b.key != "escape"]
+    return (f"{title}: " + " ".join(app.get_key_display(b) for b in bindings),
+            ", ".join(b.tooltip or b.description for b in bindings))
 
 
 def key_rows(app: App) -> list[tuple[str, str]]:
@@ -37,6 +44,7 @@ def key_rows(app: App) -> list[tuple[str, str]]:
         out.append((" ".join(app.get_key_display(b) for b in bindings), text))
         for b in bindings:
             out.extend(VIEW_KEYS.get(b.key, []))
+            out.extend(screen_row(app, title, screen) for title, screen in SCREEN_KEYS_AFTER.get(b.key, []))
     return out
 
 
