@@ -210,8 +210,10 @@ def fold(data: dict[str, Any], measured: dict[str, Any], source: str | None = No
     the new run's, its ``runs`` the earlier ones plus this one (``source`` says which run), so that
     the ETA's priors are the median of runs and the declarations cover every run."""
     out = {**data, "pipeline": measured["pipeline"], "stages": dict(data.get("stages") or {})}
+    whole = all(m.get("status") == "done" for m in measured["stages"].values())
     for key in ("budget_gib", "max_reserved_together_gib", "max_footprint_together_gib", "min_disk_free_gib"):
-        out[key] = measured[key]
+        if whole or key not in data:  # a part of the DAG (--target) does not stand for the whole run's totals
+            out[key] = measured[key]
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
             continue

@@ -98,8 +98,8 @@ def test_derived_declarations_bracket_the_measurement(peak: float) -> None:
 
 def test_shipped_declarations_come_from_the_measured_run() -> None:
     """Every stage measured on the H200 is declared as `pmat declare` derives it from the data file,
-    within [measured, 1.25 x measured] (GiB) of every sizing run, except pairs (its 2 s sandbox pool
-    was sampled at 1.36, 2.01 and 2.80 GiB: no value is within 1.25x of all; it covers the largest).
+    within [measured, 1.25 x measured] (GiB) of every sizing run, except pairs (its sandbox pool, alive
+    1-2 s, was sampled at 1.36, 2.01, 2.80 and 2.20 GiB: no value is within 1.25x of all; it covers the largest).
     Distill's first two runs (108 GiB) predate the fusing fix and are excluded, with the reason."""
     spec = load_spec(pipeline_path("rehearsal"))
     data = json.loads((pipeline_path("rehearsal").parent / "data" / "rehearsal-measured.json").read_text())
@@ -107,7 +107,7 @@ def test_shipped_declarations_come_from_the_measured_run() -> None:
                            for n, m in data["stages"].items() if m.get("status") == "done"}}
     assert len(measured["stages"]) == 28
     assert {line.split(":")[0] for line in check(measured)} == {"pairs"}
-    assert all(len(m["runs"]) == 3 for n, m in data["stages"].items() if n != "submit")
+    assert all(len(m["runs"]) >= 3 for n, m in data["stages"].items() if n != "submit")
     assert {n: (spec.stages[n].memory_gb, spec.stages[n].duration_h) for n in measured["stages"]} == {
         n: (d["memory_gb"], d["duration_h"]) for n, d in derive(data).items()}
     assert spec.stages["pairs"].memory_gb >= max(r["footprint_gib"] for r in data["stages"]["pairs"]["runs"])
@@ -128,6 +128,10 @@ def test_a_new_run_folds_into_the_data_file_its_stages_only() -> None:
     assert out["stages"]["a"] == {"status": "done", "footprint_gib": 7.1235, "startup_s": 30.0, "runs": [
         {"footprint_gib": 9.0}, {"footprint_gib": 7.1235, "startup_s": 30.0}]}
     assert out["stages"]["b"] == data["stages"]["b"] and out["source"] == "H200" and out["max_reserved_together_gib"] == 100.0
+    part = fold(out, {**run, "max_reserved_together_gib": 1.0})  # b not done: a part of the DAG (--target)
+    assert part["max_reserved_together_gib"] == 100.0 and len(part["stages"]["a"]["runs"]) == 3
+    both = {"a": run["stages"]["a"], "b": {"status": "done", "footprint_gib": 4.0}}
+    assert fold(out, {**run, "max_reserved_together_gib": 1.0, "stages": both})["max_reserved_together_gib"] == 1.0
 
 
 def test_a_rerun_keeps_the_earlier_runs_and_declares_for_all_of_them() -> None:
