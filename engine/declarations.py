@@ -48,11 +48,10 @@ def _block(lines: list[str], start: int, indent: int, values: dict[str, float]) 
                 default=indent + 2)
     for key in KEYS:
         pat = re.compile(rf"^( {{{child}}}{key}:\s*)([^#\n]*?)(\s*(#.*)?)$")
-        hits = [i for i, s in enumerate(body) if pat.match(s.rstrip("\n"))]
-        if hits:
-            i = hits[0]
-            m = pat.match(body[i].rstrip("\n"))
-            body[i] = m.group(1) + _fmt(values[key]) + (m.group(3) or "") + "\n"
+        for i, line in enumerate(body):
+            if m := pat.match(line.rstrip("\n")):
+                body[i] = m.group(1) + _fmt(values[key]) + (m.group(3) or "") + "\n"
+                break
         else:
             body.append(" " * child + f"{key}: {_fmt(values[key])}\n")
     return [*lines[:start + 1], *body, *lines[end:]]

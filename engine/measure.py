@@ -5,16 +5,19 @@ A ``Monitor`` thread samples, four times a second, every running job's process t
 reserve and the CUDA context included), the sum of the running jobs' reservations (admission
 must keep it within the budget) and the disk's free space; once a second also the console's ETA
 for the stage (what a user reads; building it costs more). A short peak, such as a sandbox pool
-alive for two seconds, is seen eight times instead of twice (or once). ``report`` folds the samples and the journal into one record per stage: peak GPU,
-peak RSS, footprint (their sum: what unified memory would hold), disk written, wall time,
-throughput, and how far the console's ETA was from the truth. ``derive`` turns a report into
-the declarations: memory_gb = footprint x 1.15 rounded up to 0.05 GiB (the spec's memory_gb is GiB to the supervisor; so that the measured peak
-<= declared <= 1.25 x measured, and a rerun whose peak grows up to 15% still fits), duration_h = wall time;
-over several folded runs (``fold`` keeps them) the largest footprint, capped at 1.25 x the smallest
-where that still covers the largest. A run whose record carries ``memory_excluded`` (the reason: its
-code has changed since, or the sampler missed the peak) still times the stage but no longer sizes it. Each stage's start-up, unit time, tail and step
-(``engine.eta.phases``; the median of the runs) are what the console's ETA adds to its progress
-units when the same pipeline runs again.
+alive for a second or two, is seen several times instead of once or not at all.
+
+``report`` folds the samples and the journal into one record per stage: peak GPU, peak RSS,
+footprint (their sum: what unified memory would hold), disk written, wall time, throughput,
+and how far the console's ETA was from the truth. ``derive`` turns a report into the
+declarations: memory_gb = footprint x 1.15 rounded up to 0.05 GiB (the spec's memory_gb is GiB
+to the supervisor; so that the measured peak <= declared <= 1.25 x measured, and a rerun whose
+peak grows up to 15% still fits), duration_h = wall time; over several folded runs (``fold``
+keeps them) the largest footprint, capped at 1.25 x the smallest where that still covers the
+largest. A run whose record carries ``memory_excluded`` (the reason, e.g. its code has changed
+since) still times the stage but no longer sizes it. Each stage's start-up, unit time, tail and
+step (``engine.eta.phases``; the median of the runs) are what the console's ETA adds to its
+progress units when the same pipeline runs again.
 """
 
 from __future__ import annotations
@@ -212,7 +215,7 @@ def fold(data: dict[str, Any], measured: dict[str, Any], source: str | None = No
     out = {**data, "pipeline": measured["pipeline"], "stages": dict(data.get("stages") or {})}
     whole = all(m.get("status") == "done" for m in measured["stages"].values())
     for key in ("budget_gib", "max_reserved_together_gib", "max_footprint_together_gib", "min_disk_free_gib"):
-        if whole or key not in data:  # a part of the DAG (--target) does not stand for the whole run's totals
+        if whole or key not in data:  # a run that did not finish every stage (--target, a failure) is no whole run
             out[key] = measured[key]
     for name, m in measured["stages"].items():
         if m.get("status") != "done":
